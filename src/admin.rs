@@ -1,0 +1,258 @@
+//! The admin operations behind the `hoglet user|org|team|key|dashboard` commands. Each validates its
+//! input, writes in one transaction and returns the JSON the command prints.
+
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+use crate::domain::{api_key, fields, password, scope};
+use crate::store::{
+    DynStore, MembershipLevel, NewApiKey, NewOrganization, NewTeam, NewUser, PasswordHash,
+    StoreError, UserRecord,
+};
+use crate::time::{iso_z, system_now};
+
+/// Name of every new organization's first team.
+pub const DEFAULT_TEAM_NAME: &str = "Default project";
+
+/// Why an admin command refused; the message is printed as is.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+type AdminResult<T> = Result<T, AdminError>;
+
+fn invalid(message: impl Into<String>) -> AdminError {
+    AdminError::Invalid(message.into())
+}
+
+pub struct NewUserArgs {
+    pub email: String,
+    pub password: String,
+    pub first_name: String,
+    pub last_name: String,
+    pub staff: bool,
+}
+
+pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Value> {
+    let email = args.email.trim().to_string();
+    if !fields::is_valid_email(&email) || email.len() > 254 {
+        return Err(invalid(format!("invalid email address {email:?}")));
+    }
+    if args.password.is_empty() {
+        return Err(invalid("the password may not be empty"));
+    }
+    if args.first_name.chars().count() > 150 || args.last_name.chars().count() > 150 {
+        return Err(invalid("names are limited to 150 characters"));
+    }
+    let plain = args.password;
+    let hash = tokio::task::spawn_blocking(move || password::hash(&plain))
+        .await
+        .map_err(anyhow::Error::from)??;
+    let user = store
+        .insert_user(NewUser {
+            uuid: Uuid::now_v7(),
+            email,
+            password: PasswordHash(hash),
+            first_name: args.first_name,
+            last_name: args.last_name,
+            distinct_id: crate::crypto::random_token(32),
+            is_staff: args.staff,
+            is_email_verified: None,
+            role_at_organization: None,
+            email_opt_in: None,
+            date_joined: system_now(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict("email") => {
+                invalid("there is already an account with this email address")
+            }
+            other => other.into(),
+        })?;
+    Ok(json!({
+        "id": user.id,
+        "uuid": user.uuid,
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "is_staff": user.is_staff,
+    }))
+}
+
+async fn user_by_email(store: &DynStore, email: &str) -> AdminResult<UserRecord> {
+    store
+        .user_by_email(email)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(|| invalid(format!("no user with email {email:?}")))
+}
+
+fn parse_org_id(id: &str) -> AdminResult<Uuid> {
+    Uuid::parse_str(id.trim()).map_err(|_| invalid(format!("{id:?} is not an organization id")))
+}
+
+fn team_json(team: &crate::store::TeamRecord) -> Value {
+    json!({
+        "id": team.id,
+        "uuid": team.uuid,
+        "organization": team.organization_id,
+        "project_id": team.project_id,
+        "name": team.name,
+        "api_token": team.api_token,
+    })
+}
+
+pub async fn create_organization(
+    store: &DynStore,
+    name: &str,
+    owner_email: &str,
+) -> AdminResult<Value> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 64 {
+        return Err(invalid("the organization name must be 1 to 64 characters"));
+    }
+    let owner = user_by_email(store, owner_email).await?;
+    let (organization, team) = store
+        .create_organization(NewOrganization {
+            name: name.to_string(),
+            owner_id: owner.id,
+            team_name: DEFAULT_TEAM_NAME.into(),
+        })
+        .await?;
+    Ok(json!({
+        "id": organization.id,
+        "name": organization.name,
+        "slug": organization.slug,
+        "team": team_json(&team),
+    }))
+}
+
+pub async fn add_member(
+    store: &DynStore,
+    organization: &str,
+    email: &str,
+    level: MembershipLevel,
+) -> AdminResult<Value> {
+    let organization = parse_org_id(organization)?;
+    let user = user_by_email(store, email).await?;
+    let membership = store
+        .add_membership(organization, user.id, level)
+        .await
+        .map_err(|e| match e {
+            StoreError::Missing("organization") => {
+                invalid(format!("no organization {organization}"))
+            }
+            StoreError::Conflict("membership") => {
+                invalid(format!("{email} is already a member of this organization"))
+            }
+            other => other.into(),
+        })?;
+    Ok(json!({
+        "id": membership.id,
+        "organization_id": membership.organization_id,
+        "user": {"id": user.id, "uuid": user.uuid, "email": user.email},
+        "level": membership.level.as_i64(),
+        "joined_at": iso_z(membership.joined_at),
+        "updated_at": iso_z(membership.updated_at),
+    }))
+}
+
+pub async fn create_team(store: &DynStore, organization: &str, name: &str) -> AdminResult<Value> {
+    let organization = parse_org_id(organization)?;
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 200 {
+        return Err(invalid("the team name must be 1 to 200 characters"));
+    }
+    let team = store
+        .create_team(NewTeam {
+            organization_id: organization,
+            name: name.to_string(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Missing("organization") => {
+                invalid(format!("no organization {organization}"))
+            }
+            other => other.into(),
+        })?;
+    Ok(team_json(&team))
+}
+
+pub async fn create_dashboard(store: &DynStore, team: i64, name: &str) -> AdminResult<Value> {
+    let name = name.trim();
+    if name.is_empty() || name.chars().count() > 400 {
+        return Err(invalid("the dashboard name must be 1 to 400 characters"));
+    }
+    let dashboard = store
+        .create_dashboard(team, name)
+        .await
+        .map_err(|e| match e {
+            StoreError::Missing("team") => invalid(format!("no team {team}")),
+            other => other.into(),
+        })?;
+    Ok(json!({"id": dashboard.id, "team_id": dashboard.team_id, "name": dashboard.name}))
+}
+
+pub struct NewKeyArgs {
+    pub email: String,
+    pub label: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<i64>,
+}
+
+pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value> {
+    let label = args.label.trim().to_string();
+    if label.is_empty() {
+        return Err(invalid("the label may not be blank"));
+    }
+    if label.chars().count() > api_key::MAX_LABEL_CHARS {
+        return Err(invalid(format!(
+            "the label is limited to {} characters",
+            api_key::MAX_LABEL_CHARS
+        )));
+    }
+    if let Some(bad) = args.scopes.iter().find(|s| !scope::is_valid_scope(s)) {
+        return Err(invalid(format!("Invalid scope: {bad}")));
+    }
+    let user = user_by_email(store, &args.email).await?;
+    let value = api_key::generate_value();
+    let record = store
+        .insert_api_key(
+            NewApiKey {
+                id: api_key::generate_id(),
+                user_id: user.id,
+                label,
+                secure_value: api_key::secure_value(&value),
+                mask_value: api_key::mask(&value),
+                scopes: args.scopes,
+                scoped_teams: None,
+                scoped_organizations: None,
+                expires_at: args.expires_at,
+                created_at: system_now(),
+            },
+            api_key::MAX_KEYS_PER_USER,
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Limit(n) => invalid(format!(
+                "You can only have {n} personal API keys. Remove an existing key before creating a new one."
+            )),
+            other => other.into(),
+        })?;
+    Ok(json!({
+        "id": record.id,
+        "label": record.label,
+        "scopes": record.scopes,
+        "value": value,
+        "mask_value": record.mask_value,
+        "user_id": record.user_id,
+        "created_at": iso_z(record.created_at),
+        "expires_at": record.expires_at.map(iso_z),
+    }))
+}

@@ -1,0 +1,156 @@
+//! The application: shared state, building it from configuration, and serving it.
+
+use std::net::SocketAddr;
+use std::ops::Deref;
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::{ExposeSecret, SecretString};
+use tokio::net::TcpListener;
+
+use crate::cache::{self, Caches};
+use crate::config::Config;
+use crate::http;
+use crate::http::metrics::Metrics;
+use crate::store::DynStore;
+use crate::time::Clock;
+
+/// Everything a request handler can reach. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    pub config: Config,
+    pub store: DynStore,
+    pub caches: Arc<Caches>,
+    pub clock: Clock,
+    pub metrics: Metrics,
+    /// Base of every absolute URL hoglet makes, without a trailing slash.
+    pub site_url: String,
+    pub secret_key: SecretString,
+}
+
+impl Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+impl AppState {
+    /// Derives a purpose-bound key from `HOGLET_SECRET_KEY` (HMAC-SHA256 of the purpose).
+    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
+        use hmac::{Mac, SimpleHmac};
+        let mut mac =
+            SimpleHmac::<sha2::Sha256>::new_from_slice(self.secret_key.expose_secret().as_bytes())
+                .expect("HMAC takes keys of any length");
+        mac.update(purpose.as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+}
+
+/// A built application bound to its listener, ready to serve.
+pub struct App {
+    state: AppState,
+    listener: TcpListener,
+}
+
+/// Options tests use to control the app; production uses the defaults.
+#[derive(Clone, Debug, Default)]
+pub struct BuildOptions {
+    pub clock: Option<Clock>,
+}
+
+impl App {
+    /// Connects to (and migrates) the database, binds the listener and prepares the state.
+    pub async fn build(config: Config) -> anyhow::Result<Self> {
+        Self::build_with(config, BuildOptions::default()).await
+    }
+
+    pub async fn build_with(config: Config, options: BuildOptions) -> anyhow::Result<Self> {
+        let store = crate::store::connect(&config.database_url)
+            .await
+            .with_context(|| format!("opening the database {:?}", config.database_url))?;
+        let bind = config.bind_addr()?;
+        let listener = TcpListener::bind(bind)
+            .await
+            .with_context(|| format!("binding {bind}"))?;
+        let local = listener.local_addr()?;
+        let secret_key = match &config.secret_key {
+            Some(key) => key.clone(),
+            None => SecretString::from(
+                store
+                    .setting_or_insert("secret_key", &crate::crypto::random_token(48))
+                    .await?,
+            ),
+        };
+        let site_url = config
+            .site_url
+            .clone()
+            .unwrap_or_else(|| format!("http://{local}"));
+        let state = AppState(Arc::new(Inner {
+            config,
+            store,
+            caches: Arc::new(Caches::new()),
+            clock: options.clock.unwrap_or_else(Clock::system),
+            metrics: Metrics::new(),
+            site_url,
+            secret_key,
+        }));
+        Ok(Self { state, listener })
+    }
+
+    pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
+        Ok(self.listener.local_addr()?)
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    /// Serves until `shutdown` resolves, then drains in-flight requests and flushes pending writes.
+    /// `on_ready` runs once the listener accepts connections.
+    pub async fn serve(
+        self,
+        shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+        on_ready: impl FnOnce(SocketAddr),
+    ) -> anyhow::Result<()> {
+        let addr = self.listener.local_addr()?;
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let poller = tokio::spawn(cache::run_invalidation_poller(
+            self.state.caches.clone(),
+            self.state.store.clone(),
+            stop_rx,
+        ));
+        let service = http::service(self.state.clone());
+        let server = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
+        on_ready(addr);
+        let served = server.await;
+        let _ = stop_tx.send(true);
+        let _ = poller.await;
+        served.context("serving HTTP")
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = terminate => {},
+    }
+    tracing::info!("shutting down: draining in-flight requests");
+}

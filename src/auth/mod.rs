@@ -1,0 +1,182 @@
+//! Authentication as an extractor, authorisation as a gate.
+//!
+//! A handler takes `Authenticated<P>`, where `P` lists the authenticators of the view in PostHog's
+//! order (the first one names the `WWW-Authenticate` challenge). It cannot reach the caller without
+//! calling [`Authenticated::authorize`] with the scope its action needs, so a scope check cannot be
+//! forgotten. Session authentication plugs in here without touching handlers.
+
+pub mod api_key;
+pub mod session;
+
+use std::marker::PhantomData;
+use std::sync::Arc;
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+
+use crate::app::AppState;
+use crate::cache::KeyEntry;
+use crate::domain::scope::{ScopeNeed, check_key_scopes};
+use crate::error::{ApiError, ApiResult, Challenge};
+
+pub use session::SessionAuth;
+
+/// One way of proving who the caller is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Session,
+    PersonalApiKey,
+    /// OAuth access tokens (`Bearer pha_…`). hoglet issues none, so any such token is invalid.
+    OAuth,
+}
+
+/// How the caller proved who they are.
+#[derive(Clone, Debug)]
+pub enum Credential {
+    Session(Arc<SessionAuth>),
+    ApiKey(Arc<KeyEntry>),
+}
+
+/// An authenticated caller whose access to the action has been checked.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    pub user_id: i64,
+    pub credential: Credential,
+}
+
+impl Caller {
+    pub fn is_session(&self) -> bool {
+        matches!(self.credential, Credential::Session(_))
+    }
+
+    pub fn session(&self) -> Option<&SessionAuth> {
+        match &self.credential {
+            Credential::Session(s) => Some(s),
+            Credential::ApiKey(_) => None,
+        }
+    }
+
+    pub fn api_key(&self) -> Option<&KeyEntry> {
+        match &self.credential {
+            Credential::ApiKey(k) => Some(k),
+            Credential::Session(_) => None,
+        }
+    }
+}
+
+/// The authenticators of a view, in order.
+pub trait Authenticators: Send + Sync + 'static {
+    const ORDER: &'static [Method];
+
+    fn challenge() -> Challenge {
+        match Self::ORDER.first() {
+            Some(Method::Session) => Challenge::Session,
+            _ => Challenge::Bearer,
+        }
+    }
+}
+
+/// `/api/users/…` (PostHog: Session, OAuth, PersonalAPIKey) and signal autonomy.
+pub struct UserViews;
+impl Authenticators for UserViews {
+    const ORDER: &'static [Method] = &[Method::Session, Method::OAuth, Method::PersonalApiKey];
+}
+
+/// `DELETE /api/users/…`: a key is ignored, only a browser session counts.
+pub struct SessionOnly;
+impl Authenticators for SessionOnly {
+    const ORDER: &'static [Method] = &[Method::Session];
+}
+
+/// `/api/users/{u}/integrations/…`: OAuth, PersonalAPIKey, Session.
+pub struct BearerFirst;
+impl Authenticators for BearerFirst {
+    const ORDER: &'static [Method] = &[Method::OAuth, Method::PersonalApiKey, Method::Session];
+}
+
+/// `/api/personal_api_keys/…`: PersonalAPIKey, Session (no OAuth).
+pub struct KeyThenSession;
+impl Authenticators for KeyThenSession {
+    const ORDER: &'static [Method] = &[Method::PersonalApiKey, Method::Session];
+}
+
+/// The caller, authenticated but not yet authorised for the action.
+pub struct Authenticated<P> {
+    caller: Caller,
+    _views: PhantomData<P>,
+}
+
+impl<P> Authenticated<P> {
+    /// Checks the scope the action needs (keys only: sessions are not scope-checked).
+    pub fn authorize(self, need: ScopeNeed) -> ApiResult<Caller> {
+        if let Credential::ApiKey(key) = &self.caller.credential {
+            check_key_scopes(&key.scopes, need)
+                .map_err(|denied| ApiError::forbidden(denied.detail()))?;
+        }
+        Ok(self.caller)
+    }
+}
+
+impl<P: Authenticators> FromRequestParts<AppState> for Authenticated<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        authenticate(parts, state, P::ORDER)
+            .await?
+            .map(|caller| Self {
+                caller,
+                _views: PhantomData,
+            })
+            .ok_or(ApiError::NotAuthenticated(P::challenge()))
+    }
+}
+
+/// Like [`Authenticated`], but anonymous callers pass through (AllowAny views that still honour
+/// a session or reject a bad key).
+pub struct MaybeAuthenticated<P>(pub Option<Caller>, PhantomData<P>);
+
+impl<P: Authenticators> FromRequestParts<AppState> for MaybeAuthenticated<P> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> ApiResult<Self> {
+        Ok(Self(
+            authenticate(parts, state, P::ORDER).await?,
+            PhantomData,
+        ))
+    }
+}
+
+/// Tries each authenticator in turn; the first that recognises its credential decides (a bad
+/// credential is an error, not a fall-through).
+async fn authenticate(
+    parts: &Parts,
+    state: &AppState,
+    order: &[Method],
+) -> ApiResult<Option<Caller>> {
+    let challenge = match order.first() {
+        Some(Method::Session) => Challenge::Session,
+        _ => Challenge::Bearer,
+    };
+    for method in order {
+        let caller = match method {
+            Method::Session => session::authenticate(parts, state).await?,
+            Method::PersonalApiKey => api_key::authenticate(parts, state, challenge).await?,
+            Method::OAuth => oauth_token(parts, challenge)?,
+        };
+        if caller.is_some() {
+            return Ok(caller);
+        }
+    }
+    Ok(None)
+}
+
+/// hoglet issues no OAuth tokens, so a `Bearer pha_…` token can only be invalid.
+fn oauth_token(parts: &Parts, challenge: Challenge) -> ApiResult<Option<Caller>> {
+    match api_key::bearer_token(parts) {
+        Some(token) if token.starts_with("pha_") => Err(ApiError::AuthenticationFailed {
+            detail: "Invalid access token.".into(),
+            challenge,
+        }),
+        _ => Ok(None),
+    }
+}

@@ -1,0 +1,68 @@
+//! HTTP: the router, its middleware and the handlers of each resource.
+//!
+//! Layer order, outermost first: path normalisation (so `/api/users/@me` and `/api/users/@me/`
+//! route alike), then routing; inside the router, telemetry (logs and metrics, labelled by the
+//! matched route) wraps body parsing, which wraps the handlers.
+
+pub mod body;
+pub mod health;
+pub mod metrics;
+pub mod openapi;
+pub mod paths;
+pub mod telemetry;
+pub mod users;
+
+use axum::Router;
+use axum::extract::Request;
+use axum::http::Method;
+use axum::response::IntoResponse;
+use tower::Layer;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+
+/// Every API route with its OpenAPI description.
+pub fn api_router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(openapi::base())
+        .merge(users::router())
+        .merge(health::router())
+}
+
+/// The OpenAPI document generated from the route definitions.
+pub fn openapi_document() -> utoipa::openapi::OpenApi {
+    api_router().split_for_parts().1
+}
+
+/// The complete service: routes, fallbacks, middleware and path normalisation.
+pub fn service(
+    state: AppState,
+) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+    tower::util::MapRequest<Router, fn(Request) -> Request>,
+    std::net::SocketAddr,
+> {
+    let (router, document) = api_router().split_for_parts();
+    let router = router
+        .route(
+            "/api/schema/",
+            axum::routing::get(move || async move { axum::Json(document) }),
+        )
+        .fallback(|| async { ApiError::NotFound("Endpoint not found.".into()) })
+        .method_not_allowed_fallback(|method: Method| async move {
+            ApiError::MethodNotAllowed(method.to_string()).into_response()
+        })
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            body::parse_body,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            telemetry::observe,
+        ))
+        .with_state(state);
+    let normalize: fn(Request) -> Request = paths::normalize;
+    let service = tower::util::MapRequestLayer::new(normalize).layer(router);
+    axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(
+        service,
+    )
+}

@@ -1,0 +1,41 @@
+//! Trailing slashes are optional everywhere: every route is registered with one, and requests
+//! without it get one added before routing. The path as sent is kept for the few rules that
+//! depend on it (the 2FA enforcement allow-list matches exact paths).
+
+use axum::extract::Request;
+use axum::http::Uri;
+use axum::http::uri::PathAndQuery;
+
+/// The request path exactly as the client sent it.
+#[derive(Clone, Debug)]
+pub struct OriginalPath(pub String);
+
+impl OriginalPath {
+    /// The path as sent: the recorded one when normalisation changed it, else the request's own.
+    pub fn of(parts: &axum::http::request::Parts) -> &str {
+        parts
+            .extensions
+            .get::<OriginalPath>()
+            .map_or(parts.uri.path(), |p| p.0.as_str())
+    }
+}
+
+pub fn normalize(mut request: Request) -> Request {
+    if request.uri().path().ends_with('/') {
+        return request;
+    }
+    let path = request.uri().path().to_string();
+    request.extensions_mut().insert(OriginalPath(path.clone()));
+    let new_path_and_query = match request.uri().query() {
+        Some(q) => format!("{path}/?{q}"),
+        None => format!("{path}/"),
+    };
+    let mut parts = request.uri().clone().into_parts();
+    if let Ok(pq) = PathAndQuery::try_from(new_path_and_query) {
+        parts.path_and_query = Some(pq);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+    }
+    request
+}

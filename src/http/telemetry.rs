@@ -1,0 +1,37 @@
+//! One middleware for request logs and metrics, labelled by the matched route (never by the raw
+//! path, which holds ids, and never with the query string, which may hold a key).
+
+use std::time::Instant;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use crate::app::AppState;
+use crate::error::ErrorCause;
+
+pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string());
+    let path = request.uri().path().to_string();
+    let response = next.run(request).await;
+    let elapsed = started.elapsed();
+    let status = response.status().as_u16();
+    let route = route.as_deref().unwrap_or("unmatched");
+    state
+        .metrics
+        .record(method.as_str(), route, status, elapsed.as_secs_f64());
+    let micros = elapsed.as_micros() as u64;
+    if let Some(cause) = response.extensions().get::<ErrorCause>() {
+        tracing::error!(%method, %path, route, status, micros, cause = %cause.0, "request failed");
+    } else if route == "/_health/" || route == "/metrics/" {
+        tracing::debug!(%method, %path, route, status, micros, "request");
+    } else {
+        tracing::info!(%method, %path, route, status, micros, "request");
+    }
+    response
+}

@@ -1,0 +1,535 @@
+//! `/api/users/…`: list, retrieve (`@me` on the hot path), update, delete, hedgehog config and
+//! scene personalisation.
+
+use axum::extract::{FromRequestParts, Path, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::Bytes;
+use serde_json::{Map, Value};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use crate::app::AppState;
+use crate::auth::{Authenticated, Caller, SessionOnly, UserViews};
+use crate::domain::fields::{self, Chars};
+use crate::domain::scope::ScopeNeed;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::body::Body;
+use crate::http::paths::OriginalPath;
+use crate::service::render::{self, PaginatedUserList, Requester, UserView};
+use crate::service::users::{self as users_service, load_caller, resolve_target};
+use crate::store::{NewScene, UserQuery, UserRecord};
+
+const USER_READ: ScopeNeed = ScopeNeed::Read("user");
+const USER_WRITE: ScopeNeed = ScopeNeed::Write("user");
+const DEFAULT_PAGE_SIZE: i64 = 100;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list))
+        .routes(routes!(retrieve, update, partial_update, destroy))
+        .routes(routes!(hedgehog_config, hedgehog_config_update))
+        .routes(routes!(scene_personalisation))
+}
+
+/// The `{uuid}` path segment; a segment that cannot be decoded names no user.
+pub struct UserSegment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for UserSegment {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
+            .await
+            .map_err(|_| ApiError::not_found())?;
+        params
+            .into_iter()
+            .find(|(name, _)| name == "uuid")
+            .map(|(_, value)| UserSegment(value))
+            .ok_or_else(ApiError::not_found)
+    }
+}
+
+fn requester_of(caller: &Caller) -> Requester {
+    Requester {
+        user_id: caller.user_id,
+        session_created_at: caller.session().map(|s| s.created_at),
+    }
+}
+
+fn json_bytes(body: Bytes) -> Response {
+    let mut response = (StatusCode::OK, body).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+fn to_json(view: &impl serde::Serialize) -> ApiResult<Bytes> {
+    serde_json::to_vec(view)
+        .map(Bytes::from)
+        .map_err(ApiError::internal)
+}
+
+/// List users
+///
+/// Staff see every active user; everyone else sees only themselves.
+#[utoipa::path(
+    get,
+    path = "/api/users/",
+    operation_id = "users_list",
+    tag = "users",
+    params(
+        ("email" = Option<String>, Query, description = "Exact email address."),
+        ("is_staff" = Option<bool>, Query, description = "Only staff (`true`) or non-staff (`false`)."),
+        ("limit" = Option<i64>, Query, description = "Number of results to return per page."),
+        ("offset" = Option<i64>, Query, description = "The initial index from which to return the results."),
+    ),
+    responses(
+        (status = 200, body = PaginatedUserList),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ),
+    security(("PersonalAPIKeyAuth" = ["user:read"]))
+)]
+async fn list(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+    parts: RequestTarget,
+) -> ApiResult<Response> {
+    let caller = auth.authorize(USER_READ)?;
+    let requester = load_caller(&state, &caller).await?;
+    let params = parts.query_pairs();
+    let last = |name: &str| {
+        params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    };
+    let limit = last("limit")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|l| *l > 0)
+        .unwrap_or(DEFAULT_PAGE_SIZE);
+    let offset = last("offset")
+        .and_then(|v| v.trim().parse::<i64>().ok())
+        .filter(|o| *o >= 0)
+        .unwrap_or(0);
+    let is_staff = last("is_staff").and_then(|v| match v.to_ascii_lowercase().as_str() {
+        "true" | "1" => Some(true),
+        "false" | "0" => Some(false),
+        _ => None,
+    });
+    let query = UserQuery {
+        only_user: (!requester.is_staff).then_some(requester.id),
+        email: last("email").map(str::to_string),
+        is_staff,
+        limit,
+        offset,
+    };
+    let page = state.store.list_users(&query).await?;
+    let results = render::render_users(&state, &requester_of(&caller), page.users).await?;
+    let base = format!("{}{}", state.site_url, parts.path);
+    let next = (offset + limit < page.count)
+        .then(|| page_link(&base, &params, limit, Some(offset + limit)));
+    let previous = (offset > 0).then(|| {
+        let previous_offset = offset - limit;
+        page_link(
+            &base,
+            &params,
+            limit,
+            (previous_offset > 0).then_some(previous_offset),
+        )
+    });
+    let body = to_json(&PaginatedUserList {
+        count: page.count,
+        next,
+        previous,
+        results,
+    })?;
+    Ok(json_bytes(body))
+}
+
+/// The request path as sent and its query string.
+pub struct RequestTarget {
+    path: String,
+    query: Option<String>,
+}
+
+impl RequestTarget {
+    fn query_pairs(&self) -> Vec<(String, String)> {
+        self.query
+            .as_deref()
+            .and_then(|q| serde_urlencoded::from_str(q).ok())
+            .unwrap_or_default()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for RequestTarget {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        Ok(Self {
+            path: OriginalPath::of(parts).to_string(),
+            query: parts.uri.query().map(str::to_string),
+        })
+    }
+}
+
+/// DRF's `replace_query_param`: the same query with `limit`/`offset` replaced (or `offset`
+/// removed), parameters sorted by name, encoded like Python's `urlencode`.
+fn page_link(base: &str, params: &[(String, String)], limit: i64, offset: Option<i64>) -> String {
+    let mut pairs: Vec<(String, String)> = params
+        .iter()
+        .filter(|(k, _)| k != "limit" && k != "offset")
+        .cloned()
+        .collect();
+    pairs.push(("limit".into(), limit.to_string()));
+    if let Some(offset) = offset {
+        pairs.push(("offset".into(), offset.to_string()));
+    }
+    pairs.sort_by(|a, b| a.0.cmp(&b.0));
+    let query: Vec<String> = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", quote_plus(k), quote_plus(v)))
+        .collect();
+    format!("{base}?{}", query.join("&"))
+}
+
+/// Python's `urllib.parse.quote_plus`.
+fn quote_plus(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                out.push(char::from(byte))
+            }
+            b' ' => out.push('+'),
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+/// Retrieve a user
+///
+/// Pass `@me` to fetch the authenticated user; non-staff callers may only access their own account.
+#[utoipa::path(
+    get,
+    path = "/api/users/{uuid}/",
+    operation_id = "users_retrieve",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    responses(
+        (status = 200, body = UserView),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("PersonalAPIKeyAuth" = ["user:read"]))
+)]
+async fn retrieve(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+    UserSegment(segment): UserSegment,
+) -> ApiResult<Response> {
+    let caller = auth.authorize(USER_READ)?;
+    // The hot path: a key reading its own user is served from the rendered cache.
+    let cacheable = segment == "@me" && caller.api_key().is_some();
+    if cacheable {
+        if let Some(body) = state.caches.me(caller.user_id) {
+            return Ok(json_bytes(body));
+        }
+    }
+    let generation = state.caches.generation();
+    let requester = load_caller(&state, &caller).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
+    let view = render::render_user(&state, &requester_of(&caller), target).await?;
+    let body = to_json(&view)?;
+    if cacheable {
+        state
+            .caches
+            .put_me(caller.user_id, body.clone(), generation);
+    }
+    Ok(json_bytes(body))
+}
+
+/// Update a user (all fields)
+///
+/// Prefer PATCH: PUT requires `email` and `password`.
+#[utoipa::path(
+    put,
+    path = "/api/users/{uuid}/",
+    operation_id = "users_update",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    request_body(content = Object, description = "Writable user fields."),
+    responses(
+        (status = 200, body = UserView),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ),
+    security(("PersonalAPIKeyAuth" = ["user:write"]))
+)]
+async fn update(
+    state: State<AppState>,
+    auth: Authenticated<UserViews>,
+    segment: UserSegment,
+    body: Body,
+) -> ApiResult<Json> {
+    write_user(state, auth, segment, body, false).await
+}
+
+/// Update a user
+///
+/// Update one or more of the user's profile fields or settings.
+#[utoipa::path(
+    patch,
+    path = "/api/users/{uuid}/",
+    operation_id = "users_partial_update",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    request_body(content = Object, description = "Any subset of the writable user fields."),
+    responses(
+        (status = 200, body = UserView),
+        (status = 400, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+    ),
+    security(("PersonalAPIKeyAuth" = ["user:write"]))
+)]
+async fn partial_update(
+    state: State<AppState>,
+    auth: Authenticated<UserViews>,
+    segment: UserSegment,
+    body: Body,
+) -> ApiResult<Json> {
+    write_user(state, auth, segment, body, true).await
+}
+
+type Json = axum::Json<UserView>;
+
+async fn write_user(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+    UserSegment(segment): UserSegment,
+    Body(body): Body,
+    partial: bool,
+) -> ApiResult<Json> {
+    let caller = auth.authorize(USER_WRITE)?;
+    let requester = load_caller(&state, &caller).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
+    let (mut user, changes) =
+        users_service::apply_update(&state, &caller, &requester, &target, body, partial).await?;
+    if let Some(email) = changes.new_email {
+        user.email = email;
+    }
+    users_service::save(&state, &user).await?;
+    let view = render::render_user(&state, &requester_of(&caller), user).await?;
+    Ok(axum::Json(view))
+}
+
+/// Delete a user
+///
+/// Only possible with a browser session, and only for users without organization memberships.
+#[utoipa::path(
+    delete,
+    path = "/api/users/{uuid}/",
+    operation_id = "users_destroy",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    responses(
+        (status = 204, description = "Deleted."),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 409, body = ErrorBody),
+    ),
+)]
+async fn destroy(
+    State(state): State<AppState>,
+    auth: Authenticated<SessionOnly>,
+    UserSegment(segment): UserSegment,
+) -> ApiResult<StatusCode> {
+    let caller = auth.authorize(ScopeNeed::Write("user"))?;
+    let requester = load_caller(&state, &caller).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
+    users_service::delete(&state, &target).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Retrieve a user's hedgehog config
+///
+/// The stored configuration, or `{}` when none is set.
+#[utoipa::path(
+    get,
+    path = "/api/users/{uuid}/hedgehog_config/",
+    operation_id = "users_hedgehog_config_retrieve",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    responses((status = 200, body = Object), (status = 401, body = ErrorBody)),
+    security(("PersonalAPIKeyAuth" = ["user:read"]))
+)]
+async fn hedgehog_config(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+    UserSegment(segment): UserSegment,
+) -> ApiResult<axum::Json<Value>> {
+    let caller = auth.authorize(USER_READ)?;
+    let requester = load_caller(&state, &caller).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
+    Ok(axum::Json(
+        target
+            .hedgehog_config
+            .unwrap_or_else(|| Value::Object(Map::new())),
+    ))
+}
+
+/// Replace a user's hedgehog config
+///
+/// The request body becomes the stored configuration (a replacement, not a merge).
+#[utoipa::path(
+    patch,
+    path = "/api/users/{uuid}/hedgehog_config/",
+    operation_id = "users_hedgehog_config_partial_update",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    request_body(content = Object),
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody)),
+    security(("PersonalAPIKeyAuth" = ["user:write"]))
+)]
+async fn hedgehog_config_update(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+    UserSegment(segment): UserSegment,
+    Body(body): Body,
+) -> ApiResult<axum::Json<Value>> {
+    let caller = auth.authorize(USER_WRITE)?;
+    let requester = load_caller(&state, &caller).await?;
+    let mut target = resolve_target(&state, &requester, &segment).await?;
+    target.hedgehog_config = Some(body.clone());
+    users_service::save(&state, &target).await?;
+    Ok(axum::Json(body))
+}
+
+/// Pin a dashboard to a scene
+///
+/// Upserts the dashboard shown for `scene` in the user's current project.
+#[utoipa::path(
+    post,
+    path = "/api/users/{uuid}/scene_personalisation/",
+    operation_id = "users_scene_personalisation_create",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    request_body(content = Object, description = "`{\"scene\": str, \"dashboard\": int}`"),
+    responses((status = 200, body = UserView), (status = 400, body = ErrorBody)),
+)]
+async fn scene_personalisation(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+    UserSegment(segment): UserSegment,
+    body: Body,
+) -> ApiResult<Json> {
+    let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
+    let requester = load_caller(&state, &caller).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
+    let body = body.object()?;
+    let scene = match body.get("scene") {
+        Some(v) => fields::char_field(v, Chars::new().max(200))
+            .map_err(|e| ApiError::field("scene", e.code, e.detail))?,
+        None => None,
+    };
+    let dashboard = match body.get("dashboard") {
+        Some(v) => Some(validate_dashboard(&state, &target, v).await?),
+        None => None,
+    };
+    let Some(dashboard) = dashboard else {
+        return Err(ApiError::non_field(
+            "invalid_input",
+            "Dashboard must be provided.",
+        ));
+    };
+    let Some(scene) = scene else {
+        return Err(ApiError::non_field(
+            "invalid_input",
+            "Scene must be provided.",
+        ));
+    };
+    state
+        .store
+        .upsert_scene_personalisation(NewScene {
+            user_id: target.id,
+            team_id: target.current_team_id,
+            scene,
+            dashboard_id: dashboard,
+        })
+        .await?;
+    state.caches.invalidate_user(target.id);
+    let target = resolve_target(&state, &requester, &segment).await?;
+    let view = render::render_user(&state, &requester_of(&caller), target).await?;
+    Ok(axum::Json(view))
+}
+
+/// DRF's `PrimaryKeyRelatedField` for a dashboard of the target's current team.
+async fn validate_dashboard(
+    state: &AppState,
+    target: &UserRecord,
+    value: &Value,
+) -> ApiResult<i64> {
+    let err = |code: &'static str, detail: String| ApiError::field("dashboard", code, detail);
+    let incorrect = |v: &Value| {
+        err(
+            "incorrect_type",
+            format!(
+                "Incorrect type. Expected pk value, received {}.",
+                crate::domain::python::py_type_name(v)
+            ),
+        )
+    };
+    let id = match value {
+        Value::Null => return Err(err("null", "This field may not be null.".into())),
+        Value::Number(n) => n.as_i64().ok_or_else(|| incorrect(value))?,
+        Value::String(s) => s.trim().parse::<i64>().map_err(|_| incorrect(value))?,
+        other => return Err(incorrect(other)),
+    };
+    let dashboard = state
+        .store
+        .dashboard(id)
+        .await?
+        .filter(|d| !d.deleted)
+        .ok_or_else(|| {
+            err(
+                "does_not_exist",
+                format!(
+                    "Invalid pk \"{}\" - object does not exist.",
+                    crate::domain::python::py_str(value)
+                ),
+            )
+        })?;
+    if Some(dashboard.team_id) != target.current_team_id {
+        return Err(err(
+            "invalid_input",
+            "Dashboard must belong to the user's current team.".into(),
+        ));
+    }
+    Ok(dashboard.id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_links_match_drf() {
+        let params = vec![("email".to_string(), "a@b.c".to_string())];
+        assert_eq!(
+            page_link("http://h/api/users/", &params, 100, Some(100)),
+            "http://h/api/users/?email=a%40b.c&limit=100&offset=100"
+        );
+        assert_eq!(
+            page_link("http://h/api/users/", &[], 10, None),
+            "http://h/api/users/?limit=10"
+        );
+        assert_eq!(quote_plus("a b/c"), "a+b%2Fc");
+    }
+}

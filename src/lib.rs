@@ -1,0 +1,22 @@
+//! hoglet: PostHog's Users REST API as one small, fast binary.
+//!
+//! `main.rs` only parses the command line; everything lives here so tests run the real app.
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod app;
+pub mod auth;
+pub mod cache;
+pub mod cli;
+pub mod config;
+pub mod crypto;
+pub mod domain;
+pub mod error;
+pub mod http;
+pub mod service;
+pub mod store;
+pub mod telemetry;
+pub mod time;
+
+pub use app::{App, AppState, BuildOptions};
+pub use config::Config;

@@ -1,0 +1,18 @@
+use clap::Parser;
+
+fn main() {
+    let cli = hoglet::cli::Cli::parse();
+    hoglet::telemetry::init(matches!(cli.command, hoglet::cli::Command::Serve(_)));
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = runtime.block_on(hoglet::cli::run(cli));
+    std::process::exit(code);
+}

@@ -1,0 +1,154 @@
+//! Storage: one trait, two backends (embedded SQLite and PostgreSQL), chosen once by URL.
+//!
+//! Both backends share the SQL text in [`sql`] where the dialects agree and the row mapping in
+//! [`row`]; timestamps are `BIGINT` microseconds, JSON is text and UUIDs are text in both, so one
+//! mapper serves both drivers. Every multi-statement write runs in one transaction, and every write
+//! that changes what a cached response shows appends to `cache_invalidations` in that transaction
+//! (see [`crate::cache`]), so other processes sharing the database learn about it.
+
+pub mod postgres;
+mod records;
+mod row;
+mod sql;
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use uuid::Uuid;
+
+pub use records::*;
+
+use crate::time::Micros;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database did not answer (down, locked past the busy timeout, pool exhausted).
+    #[error("database unavailable: {0:#}")]
+    Unavailable(anyhow::Error),
+    /// A uniqueness constraint refused the write; the string names what was duplicated.
+    #[error("duplicate {0}")]
+    Conflict(&'static str),
+    /// A row the write depends on does not exist (or no longer exists).
+    #[error("{0} not found")]
+    Missing(&'static str),
+    /// A per-user limit would be exceeded.
+    #[error("limit of {0} reached")]
+    Limit(usize),
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a successful delete of a user found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum UserDeletion {
+    Deleted,
+    HasMemberships,
+    Missing,
+}
+
+/// The storage contract every backend implements. Methods taking slices of ids load many rows in
+/// one query so a page of users renders with a fixed number of round trips.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    fn backend(&self) -> Backend;
+
+    /// Cheap round trip used by `/_health`.
+    async fn ping(&self) -> StoreResult<()>;
+
+    /// Returns the stored value for `key`, inserting `value` first when there is none.
+    async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
+
+    // --- users ---
+    async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord>;
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>>;
+    async fn user_by_uuid(&self, uuid: Uuid) -> StoreResult<Option<UserRecord>>;
+    /// Case-insensitive match on the login email.
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;
+    async fn count_users(&self) -> StoreResult<i64>;
+    /// Writes every mutable column of `user` (`Conflict("email")` when the address is taken).
+    async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Sets the current organization and team without touching anything else.
+    async fn set_current_context(
+        &self,
+        user_id: i64,
+        organization: Option<Uuid>,
+        team: Option<i64>,
+    ) -> StoreResult<()>;
+    /// Deletes the user and everything hanging off it, unless they belong to an organization.
+    async fn delete_user(&self, id: i64) -> StoreResult<UserDeletion>;
+    /// Per-user facts the representation needs, for many users at once.
+    async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>>;
+
+    // --- organizations, teams, memberships ---
+    /// Creates the organization with its first team (and that team's default dashboard), makes
+    /// `owner` its owner and points the owner's current organization and team at them.
+    async fn create_organization(
+        &self,
+        new: NewOrganization,
+    ) -> StoreResult<(OrganizationRecord, TeamRecord)>;
+    async fn organization(&self, id: Uuid) -> StoreResult<Option<OrganizationRecord>>;
+    async fn add_membership(
+        &self,
+        organization: Uuid,
+        user_id: i64,
+        level: MembershipLevel,
+    ) -> StoreResult<MembershipRecord>;
+    async fn create_team(&self, new: NewTeam) -> StoreResult<TeamRecord>;
+    async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>>;
+    /// Memberships (with their organizations) of every given user, in join order.
+    async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>>;
+    /// Teams of the given organizations, ordered by id.
+    async fn teams_of(&self, organizations: &[Uuid]) -> StoreResult<Vec<TeamRecord>>;
+    /// Active members of each given organization.
+    async fn member_counts(&self, organizations: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>>;
+
+    // --- dashboards and scene personalisation ---
+    async fn create_dashboard(&self, team_id: i64, name: &str) -> StoreResult<DashboardRecord>;
+    async fn dashboard(&self, id: i64) -> StoreResult<Option<DashboardRecord>>;
+    async fn scene_personalisations_of(&self, user_ids: &[i64]) -> StoreResult<Vec<SceneRecord>>;
+    async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()>;
+
+    // --- personal API keys ---
+    /// Inserts the key unless the user already has `limit` keys.
+    async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord>;
+    /// The key with this `secure_value`, if its user is active.
+    async fn api_key_by_secure_value(
+        &self,
+        secure_value: &str,
+    ) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Whether any key still carries a legacy PBKDF2 hash (decides whether lookups try them).
+    async fn has_legacy_api_keys(&self) -> StoreResult<bool>;
+    /// Every key stored with the given legacy hash prefix (`pbkdf2_sha256$<iterations>$`).
+    async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>>;
+    /// Replaces a legacy hash by its sha256 form.
+    async fn upgrade_api_key_hash(&self, id: &str, secure_value: &str) -> StoreResult<()>;
+    /// Records `last_used_at` for a batch of keys (no cache invalidation: nothing cached shows it).
+    async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()>;
+
+    // --- cross-process cache invalidation feed ---
+    /// Invalidations recorded after `since` (microseconds), oldest first.
+    async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>>;
+    async fn prune_invalidations(&self, before: Micros) -> StoreResult<()>;
+}
+
+/// Which database a store talks to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub type DynStore = Arc<dyn Store>;
+
+/// Opens (creating if needed) and migrates the database named by `url`.
+pub async fn connect(url: &crate::config::DatabaseUrl) -> anyhow::Result<DynStore> {
+    use crate::config::DatabaseUrl;
+    Ok(match url {
+        DatabaseUrl::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(postgres::PgStore::connect(url).await?),
+    })
+}

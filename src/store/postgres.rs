@@ -1,0 +1,789 @@
+//! PostgreSQL backend (tokio-postgres with a deadpool pool and cached prepared statements).
+//! Prepared statements are per connection: put PgBouncer in session mode, not transaction mode.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use bytes::BytesMut;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
+use tokio_postgres::{NoTls, Row as PgRow};
+use uuid::Uuid;
+
+use super::row::{self, Row, json_text};
+use super::sql::{self, FilterParam, user_columns};
+use super::*;
+use crate::crypto;
+use crate::time::{Micros, system_now};
+
+mod embedded {
+    refinery::embed_migrations!("migrations/postgres");
+}
+
+/// Connections per process; replicas scale out by running more processes.
+const POOL_SIZE: usize = 16;
+/// How long a request waits for a connection before answering 503.
+const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Serialises migrations of replicas that start together.
+const MIGRATION_LOCK: i64 = 0x686f_676c_6574;
+
+type Param<'a> = &'a (dyn ToSql + Sync);
+
+pub struct PgStore {
+    pool: Pool,
+}
+
+impl PgStore {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        let config: tokio_postgres::Config = url.parse().context("parsing the Postgres URL")?;
+        migrate(&config).await?;
+        let manager = Manager::from_config(
+            config,
+            NoTls,
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .runtime(Runtime::Tokio1)
+            .wait_timeout(Some(POOL_TIMEOUT))
+            .create_timeout(Some(POOL_TIMEOUT))
+            .recycle_timeout(Some(POOL_TIMEOUT))
+            .build()
+            .context("building the Postgres pool")?;
+        Ok(Self { pool })
+    }
+
+    async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
+        self.pool
+            .get()
+            .await
+            .map_err(|e| StoreError::Unavailable(anyhow::anyhow!("Postgres pool: {e}")))
+    }
+}
+
+async fn migrate(config: &tokio_postgres::Config) -> anyhow::Result<()> {
+    let connect = tokio::time::timeout(Duration::from_secs(10), config.connect(NoTls));
+    let (mut client, connection) = connect
+        .await
+        .context("connecting to Postgres timed out")?
+        .context("connecting to Postgres")?;
+    let task = tokio::spawn(connection);
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .context("taking the migration lock")?;
+    let applied = embedded::migrations::runner()
+        .run_async(&mut client)
+        .await
+        .context("applying Postgres migrations");
+    client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
+        .await
+        .ok();
+    drop(client);
+    task.abort();
+    applied.map(|_| ())
+}
+
+fn map_err(e: tokio_postgres::Error) -> StoreError {
+    if let Some(db) = e.as_db_error() {
+        if *db.code() == SqlState::UNIQUE_VIOLATION {
+            let target = db.constraint().unwrap_or(db.message());
+            return StoreError::Conflict(sql::conflict_target(target));
+        }
+        let code = db.code().code();
+        // Connection exceptions, shutdowns and resource exhaustion: the database is not answering.
+        if code.starts_with("08") || code.starts_with("57") || code.starts_with("53") {
+            return StoreError::Unavailable(e.into());
+        }
+        return StoreError::Other(e.into());
+    }
+    if e.is_closed() || std::error::Error::source(&e).is_some() {
+        return StoreError::Unavailable(e.into());
+    }
+    StoreError::Other(e.into())
+}
+
+fn map_row<T>(r: anyhow::Result<T>) -> StoreResult<T> {
+    r.map_err(StoreError::Other)
+}
+
+impl ToSql for FilterParam<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            FilterParam::Int(v) => v.to_sql(ty, out),
+            FilterParam::Text(v) => v.to_sql(ty, out),
+            FilterParam::Bool(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <i64 as ToSql>::accepts(ty) || <&str as ToSql>::accepts(ty) || <bool as ToSql>::accepts(ty)
+    }
+
+    to_sql_checked!();
+}
+
+async fn rows(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<Vec<PgRow>> {
+    let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
+    c.query(&stmt, params).await.map_err(map_err)
+}
+
+async fn first<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+    map: impl Fn(&PgRow) -> anyhow::Result<T>,
+) -> StoreResult<Option<T>> {
+    let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
+    let row = c.query_opt(&stmt, params).await.map_err(map_err)?;
+    row.as_ref().map(map).transpose().map_err(StoreError::Other)
+}
+
+async fn all<T>(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[Param<'_>],
+    map: impl Fn(&PgRow) -> anyhow::Result<T>,
+) -> StoreResult<Vec<T>> {
+    rows(c, sql, params)
+        .await?
+        .iter()
+        .map(|r| map_row(map(r)))
+        .collect()
+}
+
+async fn execute(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+    let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
+    c.execute(&stmt, params).await.map_err(map_err)
+}
+
+async fn count(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<i64> {
+    Ok(first(c, sql, params, |r| r.i64(0)).await?.unwrap_or(0))
+}
+
+async fn invalidate(
+    c: &impl GenericClient,
+    user: Option<i64>,
+    key_hash: Option<&str>,
+) -> StoreResult<()> {
+    execute(
+        c,
+        sql::INVALIDATION_INSERT,
+        &[&system_now(), &user, &key_hash],
+    )
+    .await?;
+    Ok(())
+}
+
+/// Locks the user's row for the rest of the transaction; `Missing` when there is no such user.
+async fn lock_user(c: &impl GenericClient, id: i64) -> StoreResult<()> {
+    first(
+        c,
+        "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+        &[&id],
+        |r| r.i64(0),
+    )
+    .await?
+    .map(|_| ())
+    .ok_or(StoreError::Missing("user"))
+}
+
+async fn organization_exists(c: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
+    Ok(first(
+        c,
+        "SELECT id FROM organizations WHERE id = $1",
+        &[&id.to_string()],
+        |r| r.text(0),
+    )
+    .await?
+    .is_some())
+}
+
+async fn insert_team(
+    c: &impl GenericClient,
+    organization: Uuid,
+    name: &str,
+    now: Micros,
+) -> StoreResult<TeamRecord> {
+    let token = format!("phc_{}", crypto::random_token(35));
+    let id = first(
+        c,
+        sql::TEAM_INSERT,
+        &[
+            &Uuid::now_v7().to_string(),
+            &organization.to_string(),
+            &token,
+            &name,
+            &now,
+        ],
+        |r| r.i64(0),
+    )
+    .await?
+    .ok_or(StoreError::Missing("team"))?;
+    execute(
+        c,
+        sql::DASHBOARD_INSERT,
+        &[&id, &sql::DEFAULT_DASHBOARD_NAME, &now],
+    )
+    .await?;
+    first(c, sql::TEAM_BY_ID, &[&id], |r| row::team_from_row(r))
+        .await?
+        .ok_or(StoreError::Missing("team"))
+}
+
+async fn insert_membership(
+    c: &impl GenericClient,
+    organization: Uuid,
+    user_id: i64,
+    level: MembershipLevel,
+    invited: bool,
+    now: Micros,
+) -> StoreResult<MembershipRecord> {
+    let id = Uuid::now_v7().to_string();
+    execute(
+        c,
+        sql::MEMBERSHIP_INSERT,
+        &[
+            &id,
+            &organization.to_string(),
+            &user_id,
+            &level.as_i64(),
+            &invited,
+            &now,
+        ],
+    )
+    .await?;
+    first(c, sql::MEMBERSHIP_BY_ID, &[&id], |r| {
+        row::membership_from_row(r)
+    })
+    .await?
+    .ok_or(StoreError::Missing("membership"))
+}
+
+async fn unique_slug(c: &impl GenericClient, name: &str) -> StoreResult<String> {
+    let base = sql::slugify(name);
+    let mut slug = base.clone();
+    for _ in 0..20 {
+        if count(c, sql::ORGANIZATION_SLUG_TAKEN, &[&slug]).await? == 0 {
+            return Ok(slug);
+        }
+        slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
+    }
+    Err(StoreError::Conflict("slug"))
+}
+
+fn uuid_strings(ids: &[Uuid]) -> Vec<String> {
+    ids.iter().map(Uuid::to_string).collect()
+}
+
+#[async_trait]
+impl Store for PgStore {
+    fn backend(&self) -> Backend {
+        Backend::Postgres
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(&c, sql::PING, &[]).await.map(|_| ())
+    }
+
+    async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
+        let c = self.client().await?;
+        execute(&c, sql::SETTING_INSERT, &[&key, &value]).await?;
+        first(&c, sql::SETTING_GET, &[&key], |r| r.text(0))
+            .await?
+            .ok_or(StoreError::Missing("setting"))
+    }
+
+    async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
+        let c = self.client().await?;
+        let id = first(
+            &c,
+            sql::USER_INSERT,
+            &[
+                &user.uuid.to_string(),
+                &user.email,
+                &sql::email_key(&user.email),
+                &user.password.0,
+                &user.first_name,
+                &user.last_name,
+                &user.distinct_id,
+                &user.is_staff,
+                &user.is_email_verified,
+                &user.role_at_organization,
+                &user.email_opt_in,
+                &user.date_joined,
+            ],
+            |r| r.i64(0),
+        )
+        .await?
+        .ok_or(StoreError::Missing("user"))?;
+        first(&c, sql::USER_BY_ID, &[&id], |r| row::user_from_row(r, 0))
+            .await?
+            .ok_or(StoreError::Missing("user"))
+    }
+
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::USER_BY_ID, &[&id], |r| row::user_from_row(r, 0)).await
+    }
+
+    async fn user_by_uuid(&self, uuid: Uuid) -> StoreResult<Option<UserRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::USER_BY_UUID, &[&uuid.to_string()], |r| {
+            row::user_from_row(r, 0)
+        })
+        .await
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::USER_BY_EMAIL, &[&sql::email_key(email)], |r| {
+            row::user_from_row(r, 0)
+        })
+        .await
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage> {
+        let c = self.client().await?;
+        let (filter, params) = sql::user_list_filter(query);
+        let mut all_params: Vec<Param<'_>> = params.iter().map(|p| p as Param<'_>).collect();
+        let count = count(
+            &c,
+            &format!("SELECT count(*) FROM users u {filter}"),
+            &all_params,
+        )
+        .await?;
+        let n = all_params.len();
+        all_params.push(&query.limit);
+        all_params.push(&query.offset);
+        let page_sql = format!(
+            "SELECT {} FROM users u {filter} ORDER BY u.id LIMIT ${} OFFSET ${}",
+            user_columns!(),
+            n + 1,
+            n + 2
+        );
+        let users = all(&c, &page_sql, &all_params, |r| row::user_from_row(r, 0)).await?;
+        Ok(UserPage { count, users })
+    }
+
+    async fn count_users(&self) -> StoreResult<i64> {
+        let c = self.client().await?;
+        count(&c, sql::USER_COUNT, &[]).await
+    }
+
+    async fn update_user(&self, u: &UserRecord) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let changed = execute(
+            &tx,
+            sql::USER_UPDATE,
+            &[
+                &u.id,
+                &u.email,
+                &sql::email_key(&u.email),
+                &u.pending_email,
+                &u.password.0,
+                &u.first_name,
+                &u.last_name,
+                &u.is_active,
+                &u.is_staff,
+                &u.last_login,
+                &u.is_email_verified,
+                &u.requested_password_reset_at,
+                &u.current_organization_id.map(|o| o.to_string()),
+                &u.current_team_id,
+                &json_text(&u.partial_notification_settings),
+                &u.anonymize_data,
+                &u.allow_impersonation,
+                &u.toolbar_mode,
+                &u.theme_mode,
+                &json_text(&u.hedgehog_config),
+                &u.events_column_config.to_string(),
+                &json_text(&u.has_seen_product_intro_for),
+                &u.role_at_organization,
+                &u.allow_sidebar_suggestions,
+                &u.shortcut_position,
+                &u.passkeys_enabled_for_2fa,
+                &u.hide_mcp_hints,
+                &json_text(&u.ui_configuration),
+                &u.credentials_reviewed_at,
+            ],
+        )
+        .await?;
+        if changed == 0 {
+            return Err(StoreError::Missing("user"));
+        }
+        invalidate(&tx, Some(u.id), None).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn set_current_context(
+        &self,
+        user_id: i64,
+        organization: Option<Uuid>,
+        team: Option<i64>,
+    ) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let org = organization.map(|o| o.to_string());
+        execute(&tx, sql::USER_SET_CONTEXT, &[&user_id, &org, &team]).await?;
+        invalidate(&tx, Some(user_id), None).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn delete_user(&self, id: i64) -> StoreResult<UserDeletion> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        match lock_user(&tx, id).await {
+            Err(StoreError::Missing(_)) => return Ok(UserDeletion::Missing),
+            other => other?,
+        }
+        if count(&tx, sql::USER_MEMBERSHIP_COUNT, &[&id]).await? > 0 {
+            return Ok(UserDeletion::HasMemberships);
+        }
+        execute(&tx, sql::USER_DELETE, &[&id]).await?;
+        invalidate(&tx, Some(id), None).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(UserDeletion::Deleted)
+    }
+
+    async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>> {
+        let c = self.client().await?;
+        let ids = user_ids.to_vec();
+        all(
+            &c,
+            "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
+             FALSE FROM users u WHERE u.id = ANY($1)",
+            &[&ids],
+            |r| row::user_facts_from_row(r),
+        )
+        .await
+    }
+
+    async fn create_organization(
+        &self,
+        new: NewOrganization,
+    ) -> StoreResult<(OrganizationRecord, TeamRecord)> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let now = system_now();
+        lock_user(&tx, new.owner_id).await?;
+        let slug = unique_slug(&tx, &new.name).await?;
+        let id = Uuid::now_v7().to_string();
+        execute(
+            &tx,
+            sql::ORGANIZATION_INSERT,
+            &[&id, &new.name, &slug, &now],
+        )
+        .await?;
+        let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&id], |r| {
+            row::organization_from_row(r, 0)
+        })
+        .await?
+        .ok_or(StoreError::Missing("organization"))?;
+        let team = insert_team(&tx, organization.id, &new.team_name, now).await?;
+        insert_membership(
+            &tx,
+            organization.id,
+            new.owner_id,
+            MembershipLevel::Owner,
+            false,
+            now,
+        )
+        .await?;
+        execute(
+            &tx,
+            sql::USER_SET_CONTEXT,
+            &[&new.owner_id, &organization.id.to_string(), &team.id],
+        )
+        .await?;
+        invalidate(&tx, Some(new.owner_id), None).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok((organization, team))
+    }
+
+    async fn organization(&self, id: Uuid) -> StoreResult<Option<OrganizationRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::ORGANIZATION_BY_ID, &[&id.to_string()], |r| {
+            row::organization_from_row(r, 0)
+        })
+        .await
+    }
+
+    async fn add_membership(
+        &self,
+        organization: Uuid,
+        user_id: i64,
+        level: MembershipLevel,
+    ) -> StoreResult<MembershipRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let now = system_now();
+        lock_user(&tx, user_id).await?;
+        if !organization_exists(&tx, organization).await? {
+            return Err(StoreError::Missing("organization"));
+        }
+        let membership = insert_membership(&tx, organization, user_id, level, true, now).await?;
+        let first_team = first(
+            &tx,
+            "SELECT id FROM teams WHERE organization_id = $1 ORDER BY id LIMIT 1",
+            &[&organization.to_string()],
+            |r| r.i64(0),
+        )
+        .await?;
+        execute(
+            &tx,
+            sql::USER_SET_CONTEXT,
+            &[&user_id, &organization.to_string(), &first_team],
+        )
+        .await?;
+        invalidate(&tx, None, None).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(membership)
+    }
+
+    async fn create_team(&self, new: NewTeam) -> StoreResult<TeamRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        if !organization_exists(&tx, new.organization_id).await? {
+            return Err(StoreError::Missing("organization"));
+        }
+        let team = insert_team(&tx, new.organization_id, &new.name, system_now()).await?;
+        invalidate(&tx, None, None).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(team)
+    }
+
+    async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::TEAM_BY_ID, &[&id], |r| row::team_from_row(r)).await
+    }
+
+    async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>> {
+        let c = self.client().await?;
+        let ids = user_ids.to_vec();
+        all(
+            &c,
+            concat!(
+                "SELECT ",
+                sql::membership_columns!(),
+                ", ",
+                sql::organization_columns!(),
+                " FROM organization_memberships m \
+                 JOIN organizations o ON o.id = m.organization_id \
+                 WHERE m.user_id = ANY($1) ORDER BY m.joined_at, m.id"
+            ),
+            &[&ids],
+            |r| row::membership_with_org_from_row(r),
+        )
+        .await
+    }
+
+    async fn teams_of(&self, organizations: &[Uuid]) -> StoreResult<Vec<TeamRecord>> {
+        let c = self.client().await?;
+        let ids = uuid_strings(organizations);
+        all(
+            &c,
+            concat!(
+                "SELECT ",
+                sql::team_columns!(),
+                " FROM teams t WHERE t.organization_id = ANY($1) ORDER BY t.id"
+            ),
+            &[&ids],
+            |r| row::team_from_row(r),
+        )
+        .await
+    }
+
+    async fn member_counts(&self, organizations: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>> {
+        let c = self.client().await?;
+        let ids = uuid_strings(organizations);
+        all(
+            &c,
+            "SELECT m.organization_id, count(*) FROM organization_memberships m \
+             JOIN users u ON u.id = m.user_id \
+             WHERE u.is_active = TRUE AND m.organization_id = ANY($1) GROUP BY m.organization_id",
+            &[&ids],
+            |r| Ok((r.uuid(0)?, r.i64(1)?)),
+        )
+        .await
+    }
+
+    async fn create_dashboard(&self, team_id: i64, name: &str) -> StoreResult<DashboardRecord> {
+        let c = self.client().await?;
+        if first(&c, sql::TEAM_BY_ID, &[&team_id], |r| r.i64(0))
+            .await?
+            .is_none()
+        {
+            return Err(StoreError::Missing("team"));
+        }
+        first(
+            &c,
+            sql::DASHBOARD_INSERT,
+            &[&team_id, &name, &system_now()],
+            |r| row::dashboard_from_row(r),
+        )
+        .await?
+        .ok_or(StoreError::Missing("dashboard"))
+    }
+
+    async fn dashboard(&self, id: i64) -> StoreResult<Option<DashboardRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::DASHBOARD_BY_ID, &[&id], |r| {
+            row::dashboard_from_row(r)
+        })
+        .await
+    }
+
+    async fn scene_personalisations_of(&self, user_ids: &[i64]) -> StoreResult<Vec<SceneRecord>> {
+        let c = self.client().await?;
+        let ids = user_ids.to_vec();
+        all(
+            &c,
+            "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations \
+             WHERE user_id = ANY($1) ORDER BY id",
+            &[&ids],
+            |r| row::scene_from_row(r),
+        )
+        .await
+    }
+
+    async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        lock_user(&tx, scene.user_id).await?;
+        let updated = match scene.team_id {
+            None => {
+                execute(
+                    &tx,
+                    sql::SCENE_UPDATE_NULL_TEAM,
+                    &[&scene.user_id, &scene.scene, &scene.dashboard_id],
+                )
+                .await?
+            }
+            Some(_) => 0,
+        };
+        if updated == 0 {
+            execute(
+                &tx,
+                sql::SCENE_UPSERT,
+                &[
+                    &scene.user_id,
+                    &scene.team_id,
+                    &scene.scene,
+                    &scene.dashboard_id,
+                    &system_now(),
+                ],
+            )
+            .await?;
+        }
+        invalidate(&tx, Some(scene.user_id), None).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        lock_user(&tx, key.user_id).await?;
+        if count(&tx, sql::API_KEY_COUNT_FOR_USER, &[&key.user_id]).await? >= limit as i64 {
+            return Err(StoreError::Limit(limit));
+        }
+        let scopes = serde_json::to_string(&key.scopes).map_err(anyhow::Error::from)?;
+        let teams = key
+            .scoped_teams
+            .as_ref()
+            .map(|t| serde_json::json!(t).to_string());
+        let orgs = key
+            .scoped_organizations
+            .as_ref()
+            .map(|o| serde_json::json!(o).to_string());
+        execute(
+            &tx,
+            sql::API_KEY_INSERT,
+            &[
+                &key.id,
+                &key.user_id,
+                &key.label,
+                &key.secure_value,
+                &key.mask_value,
+                &key.created_at,
+                &scopes,
+                &teams,
+                &orgs,
+                &key.expires_at,
+            ],
+        )
+        .await?;
+        invalidate(&tx, Some(key.user_id), None).await?;
+        let record = first(&tx, sql::API_KEY_BY_ID, &[&key.id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await?
+        .ok_or(StoreError::Missing("personal API key"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn api_key_by_secure_value(
+        &self,
+        secure_value: &str,
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::API_KEY_BY_SECURE_VALUE, &[&secure_value], |r| {
+            row::api_key_from_row(r)
+        })
+        .await
+    }
+
+    async fn has_legacy_api_keys(&self) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(count(&c, sql::API_KEY_HAS_LEGACY, &[]).await? > 0)
+    }
+
+    async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>> {
+        let c = self.client().await?;
+        let pattern = format!("{prefix}%");
+        all(&c, sql::API_KEY_LEGACY_BY_PREFIX, &[&pattern], |r| {
+            row::api_key_from_row(r)
+        })
+        .await
+    }
+
+    async fn upgrade_api_key_hash(&self, id: &str, secure_value: &str) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(&c, sql::API_KEY_SET_SECURE_VALUE, &[&id, &secure_value]).await?;
+        Ok(())
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()> {
+        let c = self.client().await?;
+        for (id, at) in used {
+            execute(&c, sql::API_KEY_TOUCH, &[id, at]).await?;
+        }
+        Ok(())
+    }
+
+    async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {
+        let c = self.client().await?;
+        all(&c, sql::INVALIDATIONS_SINCE, &[&since], |r| {
+            row::invalidation_from_row(r)
+        })
+        .await
+    }
+
+    async fn prune_invalidations(&self, before: Micros) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(&c, sql::INVALIDATIONS_PRUNE, &[&before]).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,288 @@
+//! Plain rows as the store reads and writes them. Validation and rendering live elsewhere.
+
+use serde_json::Value;
+use uuid::Uuid;
+
+use crate::time::Micros;
+
+/// A password hash as stored (`argon2id$…`, Django `pbkdf2_sha256$…`, or an unusable marker).
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct PasswordHash(pub String);
+
+impl std::fmt::Debug for PasswordHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PasswordHash(<redacted>)")
+    }
+}
+
+impl PasswordHash {
+    /// Django's marker for "no usable password" starts with `!`; empty means never set.
+    pub fn is_usable(&self) -> bool {
+        !self.0.is_empty() && !self.0.starts_with('!')
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub email: String,
+    pub pending_email: Option<String>,
+    pub password: PasswordHash,
+    pub first_name: String,
+    pub last_name: String,
+    pub distinct_id: Option<String>,
+    pub is_active: bool,
+    pub is_staff: bool,
+    pub date_joined: Micros,
+    pub last_login: Option<Micros>,
+    pub is_email_verified: Option<bool>,
+    pub requested_password_reset_at: Option<Micros>,
+    pub current_organization_id: Option<Uuid>,
+    pub current_team_id: Option<i64>,
+    pub partial_notification_settings: Option<Value>,
+    pub anonymize_data: Option<bool>,
+    pub allow_impersonation: Option<bool>,
+    pub toolbar_mode: Option<String>,
+    pub theme_mode: Option<String>,
+    pub hedgehog_config: Option<Value>,
+    pub events_column_config: Value,
+    pub has_seen_product_intro_for: Option<Value>,
+    pub role_at_organization: Option<String>,
+    pub allow_sidebar_suggestions: Option<bool>,
+    pub shortcut_position: Option<String>,
+    pub passkeys_enabled_for_2fa: Option<bool>,
+    pub hide_mcp_hints: bool,
+    pub ui_configuration: Option<Value>,
+    pub email_opt_in: Option<bool>,
+    pub credentials_reviewed_at: Option<Micros>,
+}
+
+/// What creating a user needs; everything else takes the column default.
+#[derive(Clone, Debug)]
+pub struct NewUser {
+    pub uuid: Uuid,
+    pub email: String,
+    pub password: PasswordHash,
+    pub first_name: String,
+    pub last_name: String,
+    pub distinct_id: String,
+    pub is_staff: bool,
+    pub is_email_verified: Option<bool>,
+    pub role_at_organization: Option<String>,
+    pub email_opt_in: Option<bool>,
+    pub date_joined: Micros,
+}
+
+/// Filters of `GET /api/users/`; `only_user` narrows non-staff callers to themselves.
+#[derive(Clone, Debug, Default)]
+pub struct UserQuery {
+    pub only_user: Option<i64>,
+    pub email: Option<String>,
+    pub is_staff: Option<bool>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+#[derive(Clone, Debug)]
+pub struct UserPage {
+    pub count: i64,
+    pub users: Vec<UserRecord>,
+}
+
+/// Facts about a user that live in other tables.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct UserFacts {
+    pub user_id: i64,
+    pub has_api_keys: bool,
+    pub has_totp: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MembershipLevel {
+    Member = 1,
+    Admin = 8,
+    Owner = 15,
+}
+
+impl MembershipLevel {
+    pub fn from_i64(level: i64) -> Option<Self> {
+        match level {
+            1 => Some(Self::Member),
+            8 => Some(Self::Admin),
+            15 => Some(Self::Owner),
+            _ => None,
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Self> {
+        match name {
+            "member" => Some(Self::Member),
+            "admin" => Some(Self::Admin),
+            "owner" => Some(Self::Owner),
+            _ => None,
+        }
+    }
+
+    pub fn as_i64(self) -> i64 {
+        self as i64
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct NewOrganization {
+    pub name: String,
+    pub owner_id: i64,
+    pub team_name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct OrganizationRecord {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub logo_media_id: Option<String>,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+    pub plugins_access_level: i64,
+    pub available_product_features: Value,
+    pub is_member_join_email_enabled: bool,
+    pub enforce_2fa: Option<bool>,
+    pub members_can_invite: Option<bool>,
+    pub members_can_use_personal_api_keys: bool,
+    pub allow_publicly_shared_resources: bool,
+    pub is_ai_data_processing_approved: Option<bool>,
+    pub default_experiment_stats_method: Option<String>,
+    pub default_anonymize_ips: bool,
+    pub default_role_id: Option<String>,
+    pub customer_id: Option<String>,
+    pub is_active: Option<bool>,
+    pub is_not_active_reason: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewTeam {
+    pub organization_id: Uuid,
+    pub name: String,
+}
+
+#[derive(Clone, Debug)]
+pub struct TeamRecord {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub organization_id: Uuid,
+    pub project_id: i64,
+    pub api_token: String,
+    pub name: String,
+    pub completed_snippet_onboarding: bool,
+    pub has_completed_onboarding_for: Option<Value>,
+    pub ingested_event: bool,
+    pub is_demo: bool,
+    pub timezone: String,
+    pub access_control: bool,
+    pub created_at: Micros,
+}
+
+#[derive(Clone, Debug)]
+pub struct MembershipRecord {
+    pub id: Uuid,
+    pub organization_id: Uuid,
+    pub user_id: i64,
+    pub level: MembershipLevel,
+    /// False for the member who created the organization; true for everyone added later.
+    pub invited: bool,
+    pub joined_at: Micros,
+    pub updated_at: Micros,
+}
+
+#[derive(Clone, Debug)]
+pub struct MembershipWithOrg {
+    pub membership: MembershipRecord,
+    pub organization: OrganizationRecord,
+}
+
+#[derive(Clone, Debug)]
+pub struct DashboardRecord {
+    pub id: i64,
+    pub team_id: i64,
+    pub name: String,
+    pub deleted: bool,
+}
+
+#[derive(Clone, Debug)]
+pub struct SceneRecord {
+    pub user_id: i64,
+    pub team_id: Option<i64>,
+    pub scene: String,
+    pub dashboard_id: Option<i64>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewScene {
+    pub user_id: i64,
+    pub team_id: Option<i64>,
+    pub scene: String,
+    pub dashboard_id: i64,
+}
+
+#[derive(Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub user_id: i64,
+    pub label: String,
+    pub secure_value: String,
+    pub mask_value: String,
+    pub scopes: Vec<String>,
+    pub scoped_teams: Option<Vec<i64>>,
+    pub scoped_organizations: Option<Vec<String>>,
+    pub expires_at: Option<Micros>,
+    pub created_at: Micros,
+}
+
+#[derive(Clone)]
+pub struct ApiKeyRecord {
+    pub id: String,
+    pub user_id: i64,
+    pub label: String,
+    pub secure_value: String,
+    pub mask_value: String,
+    pub scopes: Vec<String>,
+    pub scoped_teams: Option<Vec<i64>>,
+    pub scoped_organizations: Option<Vec<String>>,
+    pub created_at: Micros,
+    pub last_used_at: Option<Micros>,
+    pub last_rolled_at: Option<Micros>,
+    pub expires_at: Option<Micros>,
+}
+
+impl std::fmt::Debug for ApiKeyRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ApiKeyRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("label", &self.label)
+            .field("mask_value", &self.mask_value)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for NewApiKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewApiKey")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("label", &self.label)
+            .finish_non_exhaustive()
+    }
+}
+
+/// One entry of the invalidation feed: a user (their rendered responses and keys), one key (by its
+/// `secure_value`), or — when both are absent — everything.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InvalidationRecord {
+    pub seq: i64,
+    pub created_at: Micros,
+    pub user_id: Option<i64>,
+    pub key_hash: Option<String>,
+}

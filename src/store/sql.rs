@@ -1,0 +1,260 @@
+//! SQL text both backends run unchanged. Placeholders are `$N`, numbered in order of first
+//! appearance, which SQLite reads as named parameters bound by position and Postgres natively.
+//! Statements that differ (id lists, upserts returning rows) live in the backend modules.
+
+macro_rules! user_columns {
+    () => {
+        "u.id, u.uuid, u.email, u.pending_email, u.password, u.first_name, u.last_name, \
+         u.distinct_id, u.is_active, u.is_staff, u.date_joined, u.last_login, u.is_email_verified, \
+         u.requested_password_reset_at, u.current_organization_id, u.current_team_id, \
+         u.partial_notification_settings, u.anonymize_data, u.allow_impersonation, u.toolbar_mode, \
+         u.theme_mode, u.hedgehog_config, u.events_column_config, u.has_seen_product_intro_for, \
+         u.role_at_organization, u.allow_sidebar_suggestions, u.shortcut_position, \
+         u.passkeys_enabled_for_2fa, u.hide_mcp_hints, u.ui_configuration, u.email_opt_in, \
+         u.credentials_reviewed_at"
+    };
+}
+
+macro_rules! organization_columns {
+    () => {
+        "o.id, o.name, o.slug, o.logo_media_id, o.created_at, o.updated_at, o.plugins_access_level, \
+         o.available_product_features, o.is_member_join_email_enabled, o.enforce_2fa, \
+         o.members_can_invite, o.members_can_use_personal_api_keys, \
+         o.allow_publicly_shared_resources, o.is_ai_data_processing_approved, \
+         o.default_experiment_stats_method, o.default_anonymize_ips, o.default_role_id, \
+         o.customer_id, o.is_active, o.is_not_active_reason"
+    };
+}
+
+macro_rules! team_columns {
+    () => {
+        "t.id, t.uuid, t.organization_id, t.api_token, t.name, t.completed_snippet_onboarding, \
+         t.has_completed_onboarding_for, t.ingested_event, t.is_demo, t.timezone, t.access_control, \
+         t.created_at"
+    };
+}
+
+macro_rules! membership_columns {
+    () => {
+        "m.id, m.organization_id, m.user_id, m.level, m.invited, m.joined_at, m.updated_at"
+    };
+}
+
+macro_rules! api_key_columns {
+    () => {
+        "k.id, k.user_id, k.label, k.secure_value, k.mask_value, k.created_at, k.last_used_at, \
+         k.last_rolled_at, k.scopes, k.scoped_teams, k.scoped_organizations, k.expires_at"
+    };
+}
+
+pub(crate) use {membership_columns, organization_columns, team_columns, user_columns};
+
+pub const PING: &str = "SELECT 1";
+
+pub const SETTING_GET: &str = "SELECT value FROM settings WHERE key = $1";
+pub const SETTING_INSERT: &str =
+    "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
+
+// SQLite's RETURNING cannot name columns through a table alias, so inserts return the id and
+// the row is read back with the usual column list.
+pub const USER_INSERT: &str = "INSERT INTO users (uuid, email, email_lower, password, first_name, \
+     last_name, distinct_id, is_staff, is_email_verified, role_at_organization, email_opt_in, \
+     date_joined) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12) RETURNING id";
+pub const USER_BY_ID: &str = concat!("SELECT ", user_columns!(), " FROM users u WHERE u.id = $1");
+pub const USER_BY_UUID: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users u WHERE u.uuid = $1"
+);
+pub const USER_BY_EMAIL: &str = concat!(
+    "SELECT ",
+    user_columns!(),
+    " FROM users u WHERE u.email_lower = $1"
+);
+pub const USER_COUNT: &str = "SELECT count(*) FROM users";
+
+/// A parameter of the user-list filter.
+#[derive(Debug)]
+pub enum FilterParam<'a> {
+    Int(i64),
+    Text(&'a str),
+    Bool(bool),
+}
+
+/// `WHERE …` of the user list and its parameters, with only the filters in use so each variant
+/// gets its own plan (and the email index is used when filtering by email).
+pub fn user_list_filter(q: &super::UserQuery) -> (String, Vec<FilterParam<'_>>) {
+    let mut clause = String::from("WHERE u.is_active = TRUE");
+    let mut params = Vec::new();
+    if let Some(id) = q.only_user {
+        params.push(FilterParam::Int(id));
+        clause.push_str(&format!(" AND u.id = ${}", params.len()));
+    }
+    if let Some(email) = &q.email {
+        params.push(FilterParam::Text(email));
+        clause.push_str(&format!(" AND u.email = ${}", params.len()));
+    }
+    if let Some(staff) = q.is_staff {
+        params.push(FilterParam::Bool(staff));
+        clause.push_str(&format!(" AND u.is_staff = ${}", params.len()));
+    }
+    (clause, params)
+}
+
+pub const USER_UPDATE: &str = "UPDATE users SET email = $2, email_lower = $3, pending_email = $4, \
+     password = $5, first_name = $6, last_name = $7, is_active = $8, is_staff = $9, last_login = $10, \
+     is_email_verified = $11, requested_password_reset_at = $12, current_organization_id = $13, \
+     current_team_id = $14, partial_notification_settings = $15, anonymize_data = $16, \
+     allow_impersonation = $17, toolbar_mode = $18, theme_mode = $19, hedgehog_config = $20, \
+     events_column_config = $21, has_seen_product_intro_for = $22, role_at_organization = $23, \
+     allow_sidebar_suggestions = $24, shortcut_position = $25, passkeys_enabled_for_2fa = $26, \
+     hide_mcp_hints = $27, ui_configuration = $28, credentials_reviewed_at = $29 WHERE id = $1";
+
+pub const USER_SET_CONTEXT: &str =
+    "UPDATE users SET current_organization_id = $2, current_team_id = $3 WHERE id = $1";
+pub const USER_MEMBERSHIP_COUNT: &str =
+    "SELECT count(*) FROM organization_memberships WHERE user_id = $1";
+pub const USER_DELETE: &str = "DELETE FROM users WHERE id = $1";
+
+pub const ORGANIZATION_SLUG_TAKEN: &str = "SELECT count(*) FROM organizations WHERE slug = $1";
+pub const ORGANIZATION_INSERT: &str = "INSERT INTO organizations (id, name, slug, created_at, \
+     updated_at) VALUES ($1, $2, $3, $4, $4)";
+pub const ORGANIZATION_BY_ID: &str = concat!(
+    "SELECT ",
+    organization_columns!(),
+    " FROM organizations o WHERE o.id = $1"
+);
+
+pub const TEAM_INSERT: &str = "INSERT INTO teams (uuid, organization_id, api_token, name, \
+     created_at) VALUES ($1, $2, $3, $4, $5) RETURNING id";
+pub const TEAM_BY_ID: &str = concat!("SELECT ", team_columns!(), " FROM teams t WHERE t.id = $1");
+
+pub const MEMBERSHIP_INSERT: &str = "INSERT INTO organization_memberships (id, organization_id, \
+     user_id, level, invited, joined_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $6)";
+pub const MEMBERSHIP_BY_ID: &str = concat!(
+    "SELECT ",
+    membership_columns!(),
+    " FROM organization_memberships m WHERE m.id = $1"
+);
+
+pub const DASHBOARD_INSERT: &str = "INSERT INTO dashboards (team_id, name, created_at) \
+     VALUES ($1, $2, $3) RETURNING id, team_id, name, deleted";
+pub const DASHBOARD_BY_ID: &str = "SELECT id, team_id, name, deleted FROM dashboards WHERE id = $1";
+
+pub const SCENE_UPSERT: &str = "INSERT INTO scene_personalisations \
+     (user_id, team_id, scene, dashboard_id, created_at) VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (team_id, user_id, scene) DO UPDATE SET dashboard_id = excluded.dashboard_id";
+/// Upsert by hand for the `team_id IS NULL` case, which a unique constraint cannot catch.
+pub const SCENE_UPDATE_NULL_TEAM: &str = "UPDATE scene_personalisations SET dashboard_id = $3 \
+     WHERE user_id = $1 AND team_id IS NULL AND scene = $2";
+
+pub const API_KEY_COUNT_FOR_USER: &str =
+    "SELECT count(*) FROM personal_api_keys WHERE user_id = $1";
+pub const API_KEY_INSERT: &str = "INSERT INTO personal_api_keys (id, user_id, label, \
+     secure_value, mask_value, created_at, scopes, scoped_teams, scoped_organizations, expires_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+pub const API_KEY_BY_ID: &str = concat!(
+    "SELECT ",
+    api_key_columns!(),
+    " FROM personal_api_keys k WHERE k.id = $1"
+);
+pub const API_KEY_BY_SECURE_VALUE: &str = concat!(
+    "SELECT ",
+    api_key_columns!(),
+    " FROM personal_api_keys k JOIN users u ON u.id = k.user_id \
+      WHERE k.secure_value = $1 AND u.is_active = TRUE"
+);
+pub const API_KEY_HAS_LEGACY: &str =
+    "SELECT count(*) FROM personal_api_keys WHERE secure_value LIKE 'pbkdf2%'";
+pub const API_KEY_LEGACY_BY_PREFIX: &str = concat!(
+    "SELECT ",
+    api_key_columns!(),
+    " FROM personal_api_keys k JOIN users u ON u.id = k.user_id \
+      WHERE k.secure_value LIKE $1 AND u.is_active = TRUE"
+);
+pub const API_KEY_SET_SECURE_VALUE: &str =
+    "UPDATE personal_api_keys SET secure_value = $2 WHERE id = $1";
+pub const API_KEY_TOUCH: &str = "UPDATE personal_api_keys SET last_used_at = $2 \
+     WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
+pub const INVALIDATION_INSERT: &str =
+    "INSERT INTO cache_invalidations (created_at, user_id, key_hash) VALUES ($1, $2, $3)";
+pub const INVALIDATIONS_SINCE: &str = "SELECT seq, created_at, user_id, key_hash \
+     FROM cache_invalidations WHERE created_at > $1 ORDER BY seq LIMIT 10000";
+pub const INVALIDATIONS_PRUNE: &str = "DELETE FROM cache_invalidations WHERE created_at < $1";
+
+/// The case-insensitive form an email is unique under.
+pub fn email_key(email: &str) -> String {
+    email.trim().to_lowercase()
+}
+
+/// Names the constraint a uniqueness error came from, as the [`super::StoreError::Conflict`] target.
+pub fn conflict_target(message: &str) -> &'static str {
+    const TARGETS: [(&str, &str); 8] = [
+        ("email_lower", "email"),
+        ("distinct_id", "distinct_id"),
+        ("organization_memberships", "membership"),
+        ("slug", "slug"),
+        ("api_token", "api_token"),
+        ("secure_value", "api_key"),
+        ("scene_personalisations", "scene_personalisation"),
+        ("settings", "setting"),
+    ];
+    TARGETS
+        .iter()
+        .find(|(needle, _)| message.contains(needle))
+        .map_or("row", |(_, target)| target)
+}
+
+/// Django's `slugify` for ASCII: lower-case, runs of spaces and hyphens become one hyphen, other
+/// punctuation is dropped; at most 48 characters.
+pub fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    let mut pending_dash = false;
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            if pending_dash && !slug.is_empty() {
+                slug.push('-');
+            }
+            pending_dash = false;
+            slug.push(c.to_ascii_lowercase());
+        } else if c.is_whitespace() || c == '-' {
+            pending_dash = true;
+        }
+    }
+    let slug: String = slug.chars().take(48).collect();
+    let slug = slug.trim_matches(|c| c == '-' || c == '_').to_string();
+    if slug.is_empty() {
+        "organization".to_string()
+    } else {
+        slug
+    }
+}
+
+pub const DEFAULT_DASHBOARD_NAME: &str = "My App Dashboard";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slugs_follow_django() {
+        assert_eq!(slugify("Hedgehogs United, LLC"), "hedgehogs-united-llc");
+        assert_eq!(slugify("  Jane's  Organization "), "janes-organization");
+        assert_eq!(slugify("!!!"), "organization");
+    }
+
+    #[test]
+    fn conflicts_name_their_target() {
+        assert_eq!(
+            conflict_target("UNIQUE constraint failed: users.email_lower"),
+            "email"
+        );
+        assert_eq!(
+            conflict_target(
+                "duplicate key value violates unique constraint \"users_email_lower_key\""
+            ),
+            "email"
+        );
+    }
+}

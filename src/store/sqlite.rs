@@ -1,0 +1,857 @@
+//! Embedded SQLite backend (rusqlite, bundled SQLite).
+//!
+//! Short reads run directly on the calling async worker with one of a few read connections: a
+//! thread hop costs more than the query (see `design/hot-path.md`). Writes go through one writer
+//! connection on the blocking pool, each in a `BEGIN IMMEDIATE` transaction, so concurrent writers
+//! (including admin commands in other processes) wait on the busy timeout instead of failing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use async_trait::async_trait;
+use parking_lot::Mutex;
+use rusqlite::types::ToSqlOutput;
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
+use uuid::Uuid;
+
+use super::row::{self, Row, json_text};
+use super::sql::{self, FilterParam, user_columns};
+use super::*;
+use crate::crypto;
+use crate::time::Micros;
+
+mod embedded {
+    refinery::embed_migrations!("migrations/sqlite");
+}
+
+const READERS: usize = 4;
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+const STATEMENT_CACHE: usize = 128;
+
+pub struct SqliteStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    path: PathBuf,
+    readers: Vec<Mutex<Connection>>,
+    next_reader: AtomicUsize,
+    writer: Mutex<Connection>,
+}
+
+impl SqliteStore {
+    /// Opens the database file (creating it and its WAL), then applies pending migrations.
+    pub async fn open(path: &Path) -> anyhow::Result<Self> {
+        let path = path.to_path_buf();
+        tokio::task::spawn_blocking(move || Self::open_blocking(path))
+            .await
+            .context("opening SQLite")?
+    }
+
+    fn open_blocking(path: PathBuf) -> anyhow::Result<Self> {
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("creating directory {}", dir.display()))?;
+        }
+        let mut writer = open_connection(&path, false)?;
+        // WAL is a property of the file: set once, every later connection inherits it.
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        anyhow::ensure!(
+            mode.eq_ignore_ascii_case("wal"),
+            "SQLite refused WAL mode (got {mode})"
+        );
+        embedded::migrations::runner()
+            .run(&mut writer)
+            .context("applying SQLite migrations")?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(&path, true).map(Mutex::new))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                path,
+                readers,
+                next_reader: AtomicUsize::new(0),
+                writer: Mutex::new(writer),
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs a short read on the current thread.
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> StoreResult<T> {
+        self.inner.read(f)
+    }
+
+    /// Runs a read that may scan many rows on the blocking pool, off the async workers.
+    async fn read_blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.read(f))
+            .await
+            .map_err(|e| StoreError::Other(e.into()))?
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer connection.
+    async fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> StoreResult<T> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut conn = inner.writer.lock();
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit().map_err(map_err)?;
+            Ok(out)
+        })
+        .await
+        .map_err(|e| StoreError::Other(e.into()))?
+    }
+}
+
+impl Inner {
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> StoreResult<T> {
+        // Start at a rotating index and take the first free connection; reads never await while
+        // holding one, so all are busy only when every worker thread is mid-query.
+        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        let guard = (0..self.readers.len())
+            .find_map(|i| self.readers[(start + i) % self.readers.len()].try_lock())
+            .unwrap_or_else(|| self.readers[start % self.readers.len()].lock());
+        f(&guard).map_err(map_anyhow)
+    }
+}
+
+fn open_connection(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)
+        .with_context(|| format!("opening SQLite database {}", path.display()))?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // FULL: a commit is on disk before it is acknowledged, even across power loss.
+    conn.execute_batch(
+        "PRAGMA foreign_keys = ON;
+         PRAGMA synchronous = FULL;
+         PRAGMA mmap_size = 268435456;
+         PRAGMA cache_size = -16000;",
+    )?;
+    if read_only {
+        conn.execute_batch("PRAGMA query_only = ON;")?;
+    }
+    Ok(conn)
+}
+
+fn map_err(e: rusqlite::Error) -> StoreError {
+    use rusqlite::ErrorCode;
+    if let rusqlite::Error::SqliteFailure(failure, message) = &e {
+        match failure.code {
+            ErrorCode::ConstraintViolation
+                if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
+                    || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+            {
+                return StoreError::Conflict(sql::conflict_target(
+                    message.as_deref().unwrap_or_default(),
+                ));
+            }
+            ErrorCode::DatabaseBusy
+            | ErrorCode::DatabaseLocked
+            | ErrorCode::CannotOpen
+            | ErrorCode::SystemIoFailure
+            | ErrorCode::DiskFull
+            | ErrorCode::ReadOnly => return StoreError::Unavailable(e.into()),
+            _ => {}
+        }
+    }
+    StoreError::Other(e.into())
+}
+
+fn map_anyhow(e: anyhow::Error) -> StoreError {
+    match e.downcast::<rusqlite::Error>() {
+        Ok(e) => map_err(e),
+        Err(e) => match e.downcast::<StoreError>() {
+            Ok(e) => e,
+            Err(e) => StoreError::Other(e),
+        },
+    }
+}
+
+impl rusqlite::ToSql for FilterParam<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            FilterParam::Int(v) => v.to_sql(),
+            FilterParam::Text(v) => v.to_sql(),
+            FilterParam::Bool(v) => v.to_sql(),
+        }
+    }
+}
+
+/// The shared SQL numbers parameters `$N`; SQLite reads `$N` as a *named* parameter numbered by
+/// first appearance, so it gets the positional `?N` form instead.
+fn positional(sql: &str) -> std::borrow::Cow<'_, str> {
+    if !sql.contains('$') {
+        return std::borrow::Cow::Borrowed(sql);
+    }
+    let mut out = String::with_capacity(sql.len());
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '$' && chars.peek().is_some_and(char::is_ascii_digit) {
+            out.push('?');
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+fn prepare<'c>(conn: &'c Connection, sql: &str) -> rusqlite::Result<rusqlite::CachedStatement<'c>> {
+    conn.prepare_cached(&positional(sql))
+}
+
+fn exec(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<usize> {
+    prepare(conn, sql)
+        .and_then(|mut s| s.execute(params))
+        .map_err(map_err)
+}
+
+/// Collects every row of a prepared query through a mapper.
+fn collect<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl Fn(&rusqlite::Row<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<Vec<T>> {
+    let mut stmt = prepare(conn, sql)?;
+    let mut rows = stmt.query(params)?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(map(r)?);
+    }
+    Ok(out)
+}
+
+fn first<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    map: impl Fn(&rusqlite::Row<'_>) -> anyhow::Result<T>,
+) -> anyhow::Result<Option<T>> {
+    let mut stmt = prepare(conn, sql)?;
+    let mut rows = stmt.query(params)?;
+    rows.next()?.map(map).transpose()
+}
+
+fn count(conn: &Connection, sql: &str, params: impl rusqlite::Params) -> anyhow::Result<i64> {
+    Ok(prepare(conn, sql)?.query_row(params, |r| r.get(0))?)
+}
+
+/// Ids as the JSON array `json_each` expands.
+fn id_list<T: serde::Serialize>(ids: &[T]) -> String {
+    serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
+}
+
+fn invalidate(tx: &Transaction<'_>, user: Option<i64>, key_hash: Option<&str>) -> StoreResult<()> {
+    prepare(tx, sql::INVALIDATION_INSERT)
+        .and_then(|mut s| s.execute(params![crate::time::system_now(), user, key_hash]))
+        .map_err(map_err)?;
+    Ok(())
+}
+
+fn user_in_tx(tx: &Transaction<'_>, id: i64) -> StoreResult<Option<UserRecord>> {
+    first(tx, sql::USER_BY_ID, [id], |r| row::user_from_row(r, 0)).map_err(map_anyhow)
+}
+
+fn insert_team(
+    tx: &Transaction<'_>,
+    organization: Uuid,
+    name: &str,
+    now: Micros,
+) -> StoreResult<TeamRecord> {
+    let id: i64 = prepare(tx, sql::TEAM_INSERT)
+        .and_then(|mut s| {
+            s.query_row(
+                params![
+                    Uuid::now_v7().to_string(),
+                    organization.to_string(),
+                    format!("phc_{}", crypto::random_token(35)),
+                    name,
+                    now
+                ],
+                |r| r.get(0),
+            )
+        })
+        .map_err(map_err)?;
+    prepare(tx, sql::DASHBOARD_INSERT)
+        .and_then(|mut s| s.query_row(params![id, sql::DEFAULT_DASHBOARD_NAME, now], |_| Ok(())))
+        .map_err(map_err)?;
+    first(tx, sql::TEAM_BY_ID, [id], |r| row::team_from_row(r))
+        .map_err(map_anyhow)?
+        .ok_or(StoreError::Missing("team"))
+}
+
+fn insert_membership(
+    tx: &Transaction<'_>,
+    organization: Uuid,
+    user_id: i64,
+    level: MembershipLevel,
+    invited: bool,
+    now: Micros,
+) -> StoreResult<MembershipRecord> {
+    let id = Uuid::now_v7().to_string();
+    exec(
+        tx,
+        sql::MEMBERSHIP_INSERT,
+        params![
+            id,
+            organization.to_string(),
+            user_id,
+            level.as_i64(),
+            invited,
+            now
+        ],
+    )?;
+    first(tx, sql::MEMBERSHIP_BY_ID, [&id], |r| {
+        row::membership_from_row(r)
+    })
+    .map_err(map_anyhow)?
+    .ok_or(StoreError::Missing("membership"))
+}
+
+fn unique_slug(tx: &Transaction<'_>, name: &str) -> StoreResult<String> {
+    let base = sql::slugify(name);
+    let mut slug = base.clone();
+    for _ in 0..20 {
+        if count(tx, sql::ORGANIZATION_SLUG_TAKEN, [&slug]).map_err(map_anyhow)? == 0 {
+            return Ok(slug);
+        }
+        slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
+    }
+    Err(StoreError::Conflict("slug"))
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    fn backend(&self) -> Backend {
+        Backend::Sqlite
+    }
+
+    async fn ping(&self) -> StoreResult<()> {
+        self.read(|c| Ok(prepare(c, sql::PING)?.query_row([], |_| Ok(()))?))
+    }
+
+    async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |tx| {
+            exec(tx, sql::SETTING_INSERT, params![key, value])?;
+            first(tx, sql::SETTING_GET, [&key], |r| r.text(0))
+                .map_err(map_anyhow)?
+                .ok_or(StoreError::Missing("setting"))
+        })
+        .await
+    }
+
+    async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
+        self.write(move |tx| {
+            let id: i64 = prepare(tx, sql::USER_INSERT).and_then(|mut s| {
+                s.query_row(
+                    params![
+                        user.uuid.to_string(),
+                        user.email,
+                        sql::email_key(&user.email),
+                        user.password.0,
+                        user.first_name,
+                        user.last_name,
+                        user.distinct_id,
+                        user.is_staff,
+                        user.is_email_verified,
+                        user.role_at_organization,
+                        user.email_opt_in,
+                        user.date_joined
+                    ],
+                    |r| r.get(0),
+                )
+            })?;
+            user_in_tx(tx, id)?.ok_or(StoreError::Missing("user"))
+        })
+        .await
+    }
+
+    async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
+        self.read(|c| first(c, sql::USER_BY_ID, [id], |r| row::user_from_row(r, 0)))
+    }
+
+    async fn user_by_uuid(&self, uuid: Uuid) -> StoreResult<Option<UserRecord>> {
+        self.read(|c| {
+            first(c, sql::USER_BY_UUID, [uuid.to_string()], |r| {
+                row::user_from_row(r, 0)
+            })
+        })
+    }
+
+    async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>> {
+        let key = sql::email_key(email);
+        self.read(|c| first(c, sql::USER_BY_EMAIL, [key], |r| row::user_from_row(r, 0)))
+    }
+
+    async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage> {
+        let query = query.clone();
+        self.read_blocking(move |c| {
+            let (filter, params) = sql::user_list_filter(&query);
+            let count_sql = format!("SELECT count(*) FROM users u {filter}");
+            let count = count(c, &count_sql, rusqlite::params_from_iter(params.iter()))?;
+            let n = params.len();
+            let page_sql = format!(
+                "SELECT {} FROM users u {filter} ORDER BY u.id LIMIT ${} OFFSET ${}",
+                user_columns!(),
+                n + 1,
+                n + 2
+            );
+            let mut all: Vec<&dyn rusqlite::ToSql> =
+                params.iter().map(|p| p as &dyn rusqlite::ToSql).collect();
+            all.push(&query.limit);
+            all.push(&query.offset);
+            let users = collect(c, &page_sql, all.as_slice(), |r| row::user_from_row(r, 0))?;
+            Ok(UserPage { count, users })
+        })
+        .await
+    }
+
+    async fn count_users(&self) -> StoreResult<i64> {
+        self.read(|c| count(c, sql::USER_COUNT, []))
+    }
+
+    async fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
+        let u = user.clone();
+        self.write(move |tx| {
+            let changed = prepare(tx, sql::USER_UPDATE).and_then(|mut s| {
+                s.execute(params![
+                    u.id,
+                    u.email,
+                    sql::email_key(&u.email),
+                    u.pending_email,
+                    u.password.0,
+                    u.first_name,
+                    u.last_name,
+                    u.is_active,
+                    u.is_staff,
+                    u.last_login,
+                    u.is_email_verified,
+                    u.requested_password_reset_at,
+                    u.current_organization_id.map(|o| o.to_string()),
+                    u.current_team_id,
+                    json_text(&u.partial_notification_settings),
+                    u.anonymize_data,
+                    u.allow_impersonation,
+                    u.toolbar_mode,
+                    u.theme_mode,
+                    json_text(&u.hedgehog_config),
+                    u.events_column_config.to_string(),
+                    json_text(&u.has_seen_product_intro_for),
+                    u.role_at_organization,
+                    u.allow_sidebar_suggestions,
+                    u.shortcut_position,
+                    u.passkeys_enabled_for_2fa,
+                    u.hide_mcp_hints,
+                    json_text(&u.ui_configuration),
+                    u.credentials_reviewed_at
+                ])
+            })?;
+            if changed == 0 {
+                return Err(StoreError::Missing("user"));
+            }
+            invalidate(tx, Some(u.id), None)
+        })
+        .await
+    }
+
+    async fn set_current_context(
+        &self,
+        user_id: i64,
+        organization: Option<Uuid>,
+        team: Option<i64>,
+    ) -> StoreResult<()> {
+        self.write(move |tx| {
+            prepare(tx, sql::USER_SET_CONTEXT).and_then(|mut s| {
+                s.execute(params![user_id, organization.map(|o| o.to_string()), team])
+            })?;
+            invalidate(tx, Some(user_id), None)
+        })
+        .await
+    }
+
+    async fn delete_user(&self, id: i64) -> StoreResult<UserDeletion> {
+        self.write(move |tx| {
+            if user_in_tx(tx, id)?.is_none() {
+                return Ok(UserDeletion::Missing);
+            }
+            if count(tx, sql::USER_MEMBERSHIP_COUNT, [id]).map_err(map_anyhow)? > 0 {
+                return Ok(UserDeletion::HasMemberships);
+            }
+            exec(tx, sql::USER_DELETE, [id])?;
+            invalidate(tx, Some(id), None)?;
+            Ok(UserDeletion::Deleted)
+        })
+        .await
+    }
+
+    async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>> {
+        let ids = id_list(user_ids);
+        self.read(|c| {
+            collect(
+                c,
+                "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
+                 FALSE FROM users u WHERE u.id IN (SELECT value FROM json_each($1))",
+                [ids],
+                |r| row::user_facts_from_row(r),
+            )
+        })
+    }
+
+    async fn create_organization(
+        &self,
+        new: NewOrganization,
+    ) -> StoreResult<(OrganizationRecord, TeamRecord)> {
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            if user_in_tx(tx, new.owner_id)?.is_none() {
+                return Err(StoreError::Missing("user"));
+            }
+            let slug = unique_slug(tx, &new.name)?;
+            let id = Uuid::now_v7().to_string();
+            exec(
+                tx,
+                sql::ORGANIZATION_INSERT,
+                params![id, new.name, slug, now],
+            )?;
+            let organization = first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
+                row::organization_from_row(r, 0)
+            })
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("organization"))?;
+            let team = insert_team(tx, organization.id, &new.team_name, now)?;
+            insert_membership(
+                tx,
+                organization.id,
+                new.owner_id,
+                MembershipLevel::Owner,
+                false,
+                now,
+            )?;
+            exec(
+                tx,
+                sql::USER_SET_CONTEXT,
+                params![new.owner_id, organization.id.to_string(), team.id],
+            )?;
+            invalidate(tx, Some(new.owner_id), None)?;
+            Ok((organization, team))
+        })
+        .await
+    }
+
+    async fn organization(&self, id: Uuid) -> StoreResult<Option<OrganizationRecord>> {
+        self.read(|c| {
+            first(c, sql::ORGANIZATION_BY_ID, [id.to_string()], |r| {
+                row::organization_from_row(r, 0)
+            })
+        })
+    }
+
+    async fn add_membership(
+        &self,
+        organization: Uuid,
+        user_id: i64,
+        level: MembershipLevel,
+    ) -> StoreResult<MembershipRecord> {
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            if user_in_tx(tx, user_id)?.is_none() {
+                return Err(StoreError::Missing("user"));
+            }
+            let exists = first(
+                tx,
+                sql::ORGANIZATION_BY_ID,
+                [organization.to_string()],
+                |r| r.text(0),
+            )
+            .map_err(map_anyhow)?;
+            if exists.is_none() {
+                return Err(StoreError::Missing("organization"));
+            }
+            let membership = insert_membership(tx, organization, user_id, level, true, now)?;
+            // Joining makes the organization (and its first team) current, as PostHog's `join`.
+            let first_team = first(
+                tx,
+                "SELECT id FROM teams WHERE organization_id = $1 ORDER BY id LIMIT 1",
+                [organization.to_string()],
+                |r| r.i64(0),
+            )
+            .map_err(map_anyhow)?;
+            exec(
+                tx,
+                sql::USER_SET_CONTEXT,
+                params![user_id, organization.to_string(), first_team],
+            )?;
+            // Every member's view of the organization (member count) changed.
+            invalidate(tx, None, None)?;
+            Ok(membership)
+        })
+        .await
+    }
+
+    async fn create_team(&self, new: NewTeam) -> StoreResult<TeamRecord> {
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            let exists = first(
+                tx,
+                sql::ORGANIZATION_BY_ID,
+                [new.organization_id.to_string()],
+                |r| r.text(0),
+            )
+            .map_err(map_anyhow)?;
+            if exists.is_none() {
+                return Err(StoreError::Missing("organization"));
+            }
+            let team = insert_team(tx, new.organization_id, &new.name, now)?;
+            invalidate(tx, None, None)?;
+            Ok(team)
+        })
+        .await
+    }
+
+    async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>> {
+        self.read(|c| first(c, sql::TEAM_BY_ID, [id], |r| row::team_from_row(r)))
+    }
+
+    async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>> {
+        let ids = id_list(user_ids);
+        self.read(|c| {
+            collect(
+                c,
+                concat!(
+                    "SELECT ",
+                    sql::membership_columns!(),
+                    ", ",
+                    sql::organization_columns!(),
+                    " FROM organization_memberships m \
+                     JOIN organizations o ON o.id = m.organization_id \
+                     WHERE m.user_id IN (SELECT value FROM json_each($1)) \
+                     ORDER BY m.joined_at, m.id"
+                ),
+                [ids],
+                |r| row::membership_with_org_from_row(r),
+            )
+        })
+    }
+
+    async fn teams_of(&self, organizations: &[Uuid]) -> StoreResult<Vec<TeamRecord>> {
+        let ids = id_list(organizations);
+        self.read(|c| {
+            collect(
+                c,
+                concat!(
+                    "SELECT ",
+                    sql::team_columns!(),
+                    " FROM teams t WHERE t.organization_id IN (SELECT value FROM json_each($1)) \
+                     ORDER BY t.id"
+                ),
+                [ids],
+                |r| row::team_from_row(r),
+            )
+        })
+    }
+
+    async fn member_counts(&self, organizations: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>> {
+        let ids = id_list(organizations);
+        self.read(|c| {
+            collect(
+                c,
+                "SELECT m.organization_id, count(*) FROM organization_memberships m \
+                 JOIN users u ON u.id = m.user_id \
+                 WHERE u.is_active = TRUE AND m.organization_id IN (SELECT value FROM json_each($1)) \
+                 GROUP BY m.organization_id",
+                [ids],
+                |r| Ok((r.uuid(0)?, r.i64(1)?)),
+            )
+        })
+    }
+
+    async fn create_dashboard(&self, team_id: i64, name: &str) -> StoreResult<DashboardRecord> {
+        let name = name.to_string();
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            if first(tx, sql::TEAM_BY_ID, [team_id], |r| r.i64(0))
+                .map_err(map_anyhow)?
+                .is_none()
+            {
+                return Err(StoreError::Missing("team"));
+            }
+            first(
+                tx,
+                sql::DASHBOARD_INSERT,
+                params![team_id, name, now],
+                |r| row::dashboard_from_row(r),
+            )
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("dashboard"))
+        })
+        .await
+    }
+
+    async fn dashboard(&self, id: i64) -> StoreResult<Option<DashboardRecord>> {
+        self.read(|c| {
+            first(c, sql::DASHBOARD_BY_ID, [id], |r| {
+                row::dashboard_from_row(r)
+            })
+        })
+    }
+
+    async fn scene_personalisations_of(&self, user_ids: &[i64]) -> StoreResult<Vec<SceneRecord>> {
+        let ids = id_list(user_ids);
+        self.read(|c| {
+            collect(
+                c,
+                "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations \
+                 WHERE user_id IN (SELECT value FROM json_each($1)) ORDER BY id",
+                [ids],
+                |r| row::scene_from_row(r),
+            )
+        })
+    }
+
+    async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            let updated = match scene.team_id {
+                None => exec(
+                    tx,
+                    sql::SCENE_UPDATE_NULL_TEAM,
+                    params![scene.user_id, scene.scene, scene.dashboard_id],
+                )?,
+                Some(_) => 0,
+            };
+            if updated == 0 {
+                exec(
+                    tx,
+                    sql::SCENE_UPSERT,
+                    params![
+                        scene.user_id,
+                        scene.team_id,
+                        scene.scene,
+                        scene.dashboard_id,
+                        now
+                    ],
+                )?;
+            }
+            invalidate(tx, Some(scene.user_id), None)
+        })
+        .await
+    }
+
+    async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
+        self.write(move |tx| {
+            let existing =
+                count(tx, sql::API_KEY_COUNT_FOR_USER, [key.user_id]).map_err(map_anyhow)?;
+            if existing >= limit as i64 {
+                return Err(StoreError::Limit(limit));
+            }
+            exec(
+                tx,
+                sql::API_KEY_INSERT,
+                params![
+                    key.id,
+                    key.user_id,
+                    key.label,
+                    key.secure_value,
+                    key.mask_value,
+                    key.created_at,
+                    serde_json::to_string(&key.scopes).map_err(anyhow::Error::from)?,
+                    key.scoped_teams.as_ref().map(|t| id_list(t)),
+                    key.scoped_organizations.as_ref().map(|o| id_list(o)),
+                    key.expires_at
+                ],
+            )?;
+            invalidate(tx, Some(key.user_id), None)?;
+            first(tx, sql::API_KEY_BY_ID, [&key.id], |r| {
+                row::api_key_from_row(r)
+            })
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("personal API key"))
+        })
+        .await
+    }
+
+    async fn api_key_by_secure_value(
+        &self,
+        secure_value: &str,
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        self.read(|c| {
+            first(c, sql::API_KEY_BY_SECURE_VALUE, [secure_value], |r| {
+                row::api_key_from_row(r)
+            })
+        })
+    }
+
+    async fn has_legacy_api_keys(&self) -> StoreResult<bool> {
+        self.read(|c| Ok(count(c, sql::API_KEY_HAS_LEGACY, [])? > 0))
+    }
+
+    async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>> {
+        let pattern = format!("{prefix}%");
+        self.read(|c| {
+            collect(c, sql::API_KEY_LEGACY_BY_PREFIX, [pattern], |r| {
+                row::api_key_from_row(r)
+            })
+        })
+    }
+
+    async fn upgrade_api_key_hash(&self, id: &str, secure_value: &str) -> StoreResult<()> {
+        let (id, secure_value) = (id.to_string(), secure_value.to_string());
+        self.write(move |tx| {
+            exec(tx, sql::API_KEY_SET_SECURE_VALUE, params![id, secure_value])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()> {
+        let used = used.to_vec();
+        self.write(move |tx| {
+            let mut stmt = prepare(tx, sql::API_KEY_TOUCH).map_err(map_err)?;
+            for (id, at) in &used {
+                stmt.execute(params![id, at]).map_err(map_err)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {
+        self.read(|c| {
+            collect(c, sql::INVALIDATIONS_SINCE, [since], |r| {
+                row::invalidation_from_row(r)
+            })
+        })
+    }
+
+    async fn prune_invalidations(&self, before: Micros) -> StoreResult<()> {
+        self.write(move |tx| {
+            exec(tx, sql::INVALIDATIONS_PRUNE, [before])?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        map_err(e)
+    }
+}
