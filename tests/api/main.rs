@@ -1,0 +1,9 @@
+//! One integration-test binary: every test starts the real app on port 0 against a real database
+//! (a temporary SQLite file, and a fresh Postgres database when `HOGLET_TEST_POSTGRES_URL` is set).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod helpers;
+
+mod cli;
+mod operations;
+mod users;
