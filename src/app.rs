@@ -12,6 +12,9 @@ use crate::cache::{self, Caches};
 use crate::config::Config;
 use crate::http;
 use crate::http::metrics::Metrics;
+use crate::mail::Mailer;
+use crate::ratelimit::Limiter;
+use crate::service::passwords::PasswordHasher;
 use crate::store::DynStore;
 use crate::time::Clock;
 
@@ -28,6 +31,9 @@ pub struct Inner {
     /// Base of every absolute URL hoglet makes, without a trailing slash.
     pub site_url: String,
     pub secret_key: SecretString,
+    pub mailer: Mailer,
+    pub limiter: Arc<Limiter>,
+    pub hasher: PasswordHasher,
 }
 
 impl Deref for AppState {
@@ -88,6 +94,9 @@ impl App {
             .site_url
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
+        let mailer = Mailer::new(&config.email, &config.email_from)?;
+        let limiter =
+            Arc::new(Limiter::new(config.redis_url.as_ref().map(|u| u.expose_secret())).await);
         let state = AppState(Arc::new(Inner {
             config,
             store,
@@ -96,6 +105,9 @@ impl App {
             metrics: Metrics::new(),
             site_url,
             secret_key,
+            mailer,
+            limiter,
+            hasher: PasswordHasher::start(),
         }));
         Ok(Self { state, listener })
     }

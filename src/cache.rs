@@ -54,8 +54,19 @@ impl KeyEntry {
     }
 }
 
+/// An authenticated browser session as the authenticator needs it.
+#[derive(Debug)]
+pub struct SessionEntry {
+    pub id: String,
+    pub user_id: i64,
+    pub login_at: Option<Micros>,
+    pub expires_at: Micros,
+    pub csrf_token: String,
+}
+
 pub struct Caches {
     keys: Cache<[u8; 32], Arc<KeyEntry>>,
+    sessions: Cache<String, Arc<SessionEntry>>,
     me: Cache<i64, Bytes>,
     generation: AtomicU64,
     pending_last_used: Mutex<Vec<(String, Micros)>>,
@@ -76,6 +87,11 @@ impl Caches {
     pub fn new() -> Self {
         Self {
             keys: Cache::builder()
+                .max_capacity(MAX_KEYS)
+                .time_to_live(TTL)
+                .support_invalidation_closures()
+                .build(),
+            sessions: Cache::builder()
                 .max_capacity(MAX_KEYS)
                 .time_to_live(TTL)
                 .support_invalidation_closures()
@@ -104,6 +120,21 @@ impl Caches {
         }
     }
 
+    pub fn session(&self, id: &str) -> Option<Arc<SessionEntry>> {
+        self.sessions.get(id)
+    }
+
+    pub fn put_session(&self, entry: Arc<SessionEntry>, since: Generation) {
+        if self.generation.load(Ordering::Acquire) == since.0 {
+            self.sessions.insert(entry.id.clone(), entry);
+        }
+    }
+
+    pub fn invalidate_session(&self, id: &str) {
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        self.sessions.invalidate(id);
+    }
+
     pub fn me(&self, user_id: i64) -> Option<Bytes> {
         self.me.get(&user_id)
     }
@@ -122,10 +153,17 @@ impl Caches {
         let _ = self
             .keys
             .invalidate_entries_if(move |_, entry| entry.user_id == user_id);
+        let _ = self
+            .sessions
+            .invalidate_entries_if(move |_, entry| entry.user_id == user_id);
     }
 
-    /// Drops one key, named by its stored `sha256$<hex>` value.
+    /// Drops one credential, named by its stored `sha256$<hex>` value or `session$<id>`.
     pub fn invalidate_key(&self, secure_value: &str) {
+        if let Some(session) = secure_value.strip_prefix("session$") {
+            self.invalidate_session(session);
+            return;
+        }
         self.generation.fetch_add(1, Ordering::AcqRel);
         let digest = secure_value
             .strip_prefix("sha256$")
@@ -141,6 +179,7 @@ impl Caches {
         self.generation.fetch_add(1, Ordering::AcqRel);
         self.me.invalidate_all();
         self.keys.invalidate_all();
+        self.sessions.invalidate_all();
     }
 
     pub fn apply(&self, record: &InvalidationRecord) {

@@ -164,6 +164,12 @@ pub struct Config {
     pub instance_tag: String,
     /// Largest accepted request body, in bytes.
     pub max_body_bytes: usize,
+    /// The `From:` of outgoing mail.
+    pub email_from: String,
+    /// Login attempts one client IP may fail before it is locked out for ten minutes.
+    pub login_failure_limit: u64,
+    /// Whether PostHog's per-key burst/sustained throttles apply.
+    pub rate_limit_keys: bool,
 }
 
 impl Config {
@@ -184,6 +190,9 @@ impl Config {
             },
             instance_tag: "none".into(),
             max_body_bytes: 1024 * 1024,
+            email_from: "hoglet <noreply@hoglet.invalid>".into(),
+            login_failure_limit: 30,
+            rate_limit_keys: true,
         }
     }
 

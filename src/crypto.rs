@@ -86,3 +86,66 @@ mod tests {
         assert_eq!(encode_base(&[1], BASE57), "3");
     }
 }
+
+/// Authenticated encryption of small secrets at rest (TOTP secrets, GitHub tokens):
+/// ChaCha20-Poly1305 with a random nonce, stored as `v1:<base64(nonce ‖ ciphertext)>`.
+pub mod sealed {
+    use base64::Engine;
+    use chacha20poly1305::aead::{Aead, KeyInit};
+    use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+
+    const PREFIX: &str = "v1:";
+
+    pub fn seal(key: &[u8; 32], plaintext: &[u8]) -> anyhow::Result<String> {
+        let cipher = ChaCha20Poly1305::new(Key::from_slice(key));
+        let nonce_bytes: [u8; 12] = super::random_bytes();
+        let ciphertext = cipher
+            .encrypt(Nonce::from_slice(&nonce_bytes), plaintext)
+            .map_err(|_| anyhow::anyhow!("encryption failed"))?;
+        let mut blob = nonce_bytes.to_vec();
+        blob.extend_from_slice(&ciphertext);
+        Ok(format!(
+            "{PREFIX}{}",
+            base64::engine::general_purpose::STANDARD.encode(blob)
+        ))
+    }
+
+    pub fn open(key: &[u8; 32], sealed: &str) -> anyhow::Result<Vec<u8>> {
+        let encoded = sealed
+            .strip_prefix(PREFIX)
+            .ok_or_else(|| anyhow::anyhow!("unknown sealed format"))?;
+        let blob = base64::engine::general_purpose::STANDARD.decode(encoded)?;
+        anyhow::ensure!(blob.len() > 12, "sealed value too short");
+        let (nonce, ciphertext) = blob.split_at(12);
+        ChaCha20Poly1305::new(Key::from_slice(key))
+            .decrypt(Nonce::from_slice(nonce), ciphertext)
+            .map_err(|_| {
+                anyhow::anyhow!("cannot decrypt: wrong HOGLET_SECRET_KEY or corrupted value")
+            })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn round_trip_and_tamper_detection() {
+            let key = [7u8; 32];
+            let sealed = seal(&key, b"secret").unwrap();
+            assert!(sealed.starts_with("v1:"));
+            assert_eq!(open(&key, &sealed).unwrap(), b"secret");
+            assert!(open(&[8u8; 32], &sealed).is_err());
+        }
+    }
+}
+
+/// HMAC-SHA256 of `message` under `key`.
+pub fn hmac_sha256(key: &[u8], message: &[u8]) -> [u8; 32] {
+    use hmac::{Mac, SimpleHmac};
+    let mut mac = match SimpleHmac::<Sha256>::new_from_slice(key) {
+        Ok(mac) => mac,
+        Err(_) => unreachable!("HMAC accepts keys of any length"),
+    };
+    mac.update(message);
+    mac.finalize().into_bytes().into()
+}

@@ -13,6 +13,8 @@ pub mod crypto;
 pub mod domain;
 pub mod error;
 pub mod http;
+pub mod mail;
+pub mod ratelimit;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -12,7 +12,9 @@ use std::marker::PhantomData;
 use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
+use axum::http::Method as HttpMethod;
 use axum::http::request::Parts;
+use serde_json::{Map, Value};
 
 use crate::app::AppState;
 use crate::cache::KeyEntry;
@@ -67,6 +69,8 @@ impl Caller {
 /// The authenticators of a view, in order.
 pub trait Authenticators: Send + Sync + 'static {
     const ORDER: &'static [Method];
+    /// PostHog's `TimeSensitiveActionPermission`: unsafe session requests need a recent login.
+    const TIME_SENSITIVE: bool = false;
 
     fn challenge() -> Challenge {
         match Self::ORDER.first() {
@@ -80,12 +84,27 @@ pub trait Authenticators: Send + Sync + 'static {
 pub struct UserViews;
 impl Authenticators for UserViews {
     const ORDER: &'static [Method] = &[Method::Session, Method::OAuth, Method::PersonalApiKey];
+    const TIME_SENSITIVE: bool = true;
 }
 
 /// `DELETE /api/users/…`: a key is ignored, only a browser session counts.
 pub struct SessionOnly;
 impl Authenticators for SessionOnly {
     const ORDER: &'static [Method] = &[Method::Session];
+    const TIME_SENSITIVE: bool = true;
+}
+
+/// `/api/users/{id}/signal_autonomy/`: Session, PersonalAPIKey, OAuth; no recent-login rule.
+pub struct SignalViews;
+impl Authenticators for SignalViews {
+    const ORDER: &'static [Method] = &[Method::Session, Method::PersonalApiKey, Method::OAuth];
+}
+
+/// Views that any caller may use (sign-up, login, email verification), but where a valid
+/// session still authenticates (and must pass CSRF) and a bad key is still refused.
+pub struct AnyCaller;
+impl Authenticators for AnyCaller {
+    const ORDER: &'static [Method] = &[Method::Session, Method::PersonalApiKey];
 }
 
 /// `/api/users/{u}/integrations/…`: OAuth, PersonalAPIKey, Session.
@@ -98,20 +117,62 @@ impl Authenticators for BearerFirst {
 pub struct KeyThenSession;
 impl Authenticators for KeyThenSession {
     const ORDER: &'static [Method] = &[Method::PersonalApiKey, Method::Session];
+    const TIME_SENSITIVE: bool = true;
+}
+
+/// How long after login a session may perform sensitive actions (`SESSION_SENSITIVE_ACTIONS_AGE`).
+pub const SENSITIVE_SESSION_AGE: crate::time::Micros = 7200 * crate::time::SECOND;
+
+/// Whether an action needs a recent login (for time-sensitive views, unsafe session requests).
+#[derive(Clone, Copy, Debug)]
+pub enum Freshness<'a> {
+    Required,
+    /// The action never needs it (`hedgehog_config`, `scene_personalisation`).
+    Exempt,
+    /// Needed unless the body is non-empty and touches only these fields.
+    UnlessOnly(&'a Map<String, Value>, &'static [&'static str]),
 }
 
 /// The caller, authenticated but not yet authorised for the action.
 pub struct Authenticated<P> {
     caller: Caller,
+    method: HttpMethod,
+    now: crate::time::Micros,
     _views: PhantomData<P>,
 }
 
-impl<P> Authenticated<P> {
-    /// Checks the scope the action needs (keys only: sessions are not scope-checked).
+impl<P: Authenticators> Authenticated<P> {
+    /// Checks the scope the action needs (keys only: sessions are not scope-checked), then the
+    /// recent-login rule of time-sensitive views.
     pub fn authorize(self, need: ScopeNeed) -> ApiResult<Caller> {
-        if let Credential::ApiKey(key) = &self.caller.credential {
-            check_key_scopes(&key.scopes, need)
-                .map_err(|denied| ApiError::forbidden(denied.detail()))?;
+        self.authorize_with(need, Freshness::Required)
+    }
+
+    pub fn authorize_with(self, need: ScopeNeed, freshness: Freshness<'_>) -> ApiResult<Caller> {
+        match &self.caller.credential {
+            Credential::ApiKey(key) => check_key_scopes(&key.scopes, need)
+                .map_err(|denied| ApiError::forbidden(denied.detail()))?,
+            Credential::Session(session) => {
+                let unsafe_method = !matches!(
+                    self.method,
+                    HttpMethod::GET | HttpMethod::HEAD | HttpMethod::OPTIONS
+                );
+                let exempt = match freshness {
+                    Freshness::Required => false,
+                    Freshness::Exempt => true,
+                    Freshness::UnlessOnly(body, allowed) => {
+                        !body.is_empty() && body.keys().all(|k| allowed.contains(&k.as_str()))
+                    }
+                };
+                let stale = session.created_at == 0
+                    || self.now - session.created_at > SENSITIVE_SESSION_AGE;
+                if P::TIME_SENSITIVE && unsafe_method && !exempt && stale {
+                    return Err(ApiError::PermissionDenied {
+                        code: "sensitive_action_required_reauth",
+                        detail: "This action requires you to be recently authenticated.".into(),
+                    });
+                }
+            }
         }
         Ok(self.caller)
     }
@@ -125,6 +186,8 @@ impl<P: Authenticators> FromRequestParts<AppState> for Authenticated<P> {
             .await?
             .map(|caller| Self {
                 caller,
+                method: parts.method.clone(),
+                now: state.clock.now(),
                 _views: PhantomData,
             })
             .ok_or(ApiError::NotAuthenticated(P::challenge()))
@@ -133,7 +196,7 @@ impl<P: Authenticators> FromRequestParts<AppState> for Authenticated<P> {
 
 /// Like [`Authenticated`], but anonymous callers pass through (AllowAny views that still honour
 /// a session or reject a bad key).
-pub struct MaybeAuthenticated<P>(pub Option<Caller>, PhantomData<P>);
+pub struct MaybeAuthenticated<P>(pub Option<Caller>, pub PhantomData<P>);
 
 impl<P: Authenticators> FromRequestParts<AppState> for MaybeAuthenticated<P> {
     type Rejection = ApiError;

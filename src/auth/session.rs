@@ -1,11 +1,28 @@
-//! Browser session authentication (the `sessionid` cookie).
+//! Browser sessions: the `sessionid` cookie (the database keeps only its SHA-256), the
+//! `posthog_csrftoken` double-submit token checked on unsafe requests, and session creation.
 
+use std::sync::Arc;
+
+use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Method};
 
-use super::Caller;
+use super::{Caller, Credential};
 use crate::app::AppState;
-use crate::error::ApiResult;
-use crate::time::Micros;
+use crate::cache::SessionEntry;
+use crate::crypto;
+use crate::error::{ApiError, ApiResult};
+use crate::http::body::ParsedBody;
+use crate::store::SessionRecord;
+use crate::time::{Micros, SECOND};
+
+pub const SESSION_COOKIE: &str = "sessionid";
+pub const CSRF_COOKIE: &str = "posthog_csrftoken";
+pub const CSRF_HEADER: &str = "x-csrftoken";
+/// Django's `SESSION_COOKIE_AGE`: 14 days.
+pub const SESSION_AGE: Micros = 14 * 86_400 * SECOND;
+/// Django's `CSRF_COOKIE_AGE`: one year.
+const CSRF_COOKIE_AGE_SECONDS: i64 = 31_449_600;
 
 /// A logged-in browser session as the request sees it.
 #[derive(Debug)]
@@ -15,7 +32,231 @@ pub struct SessionAuth {
     pub created_at: Micros,
 }
 
-/// Looks for a session cookie. Sessions arrive with the accounts work; until then none match.
-pub async fn authenticate(_parts: &Parts, _state: &AppState) -> ApiResult<Option<Caller>> {
-    Ok(None)
+/// The value of cookie `name` in the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.trim_matches('"'))
+}
+
+/// Every cookie whose name starts with `prefix`.
+pub fn cookies_with_prefix<'a>(
+    headers: &'a HeaderMap,
+    prefix: &'a str,
+) -> impl Iterator<Item = (&'a str, &'a str)> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .filter(move |(k, _)| k.starts_with(prefix))
+}
+
+/// The id a session is stored under: the SHA-256 of its cookie value.
+pub fn session_id(token: &str) -> String {
+    crypto::sha256_hex(token.as_bytes())
+}
+
+fn is_unsafe(method: &Method) -> bool {
+    !matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE
+    )
+}
+
+/// Authenticates the request by its session cookie. An unknown or expired cookie is simply no
+/// session; a valid session making an unsafe request must present its CSRF token.
+pub async fn authenticate(parts: &Parts, state: &AppState) -> ApiResult<Option<Caller>> {
+    let Some(token) = cookie(&parts.headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let Some(entry) = logged_in_session(state, &session_id(token)).await? else {
+        return Ok(None);
+    };
+    if is_unsafe(&parts.method) {
+        check_csrf(parts, &entry.csrf_token)?;
+    }
+    Ok(Some(Caller {
+        user_id: entry.user_id,
+        credential: Credential::Session(Arc::new(SessionAuth {
+            session_id: entry.id.clone(),
+            created_at: entry.login_at.unwrap_or(0),
+        })),
+    }))
+}
+
+/// A logged-in, unexpired session of an active user (cached briefly).
+async fn logged_in_session(state: &AppState, id: &str) -> ApiResult<Option<Arc<SessionEntry>>> {
+    let now = state.clock.now();
+    if let Some(entry) = state.caches.session(id) {
+        return Ok((entry.expires_at > now).then_some(entry));
+    }
+    let generation = state.caches.generation();
+    let Some(record) = state.store.session(id).await? else {
+        return Ok(None);
+    };
+    let Some(user_id) = record.user_id else {
+        return Ok(None);
+    };
+    if record.expires_at <= now {
+        return Ok(None);
+    }
+    let active = state
+        .store
+        .user_by_id(user_id)
+        .await?
+        .is_some_and(|u| u.is_active);
+    if !active {
+        return Ok(None);
+    }
+    let entry = Arc::new(SessionEntry {
+        id: record.id,
+        user_id,
+        login_at: record.login_at,
+        expires_at: record.expires_at,
+        csrf_token: record.csrf_token,
+    });
+    state.caches.put_session(entry.clone(), generation);
+    Ok(Some(entry))
+}
+
+/// Django's CSRF check for session-authenticated unsafe requests: the token from the
+/// `X-CSRFToken` header (or a form's `csrfmiddlewaretoken`) must be the session's.
+fn check_csrf(parts: &Parts, expected: &str) -> ApiResult<()> {
+    let from_header = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
+    let from_form = match parts.extensions.get::<ParsedBody>() {
+        Some(ParsedBody::Fields(fields)) => {
+            fields.get("csrfmiddlewaretoken").and_then(|v| v.as_str())
+        }
+        _ => None,
+    };
+    let Some(presented) = from_header.or(from_form) else {
+        return Err(ApiError::forbidden("CSRF Failed: CSRF token missing."));
+    };
+    if crypto::constant_time_eq(presented.as_bytes(), expected.as_bytes()) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden("CSRF Failed: CSRF token incorrect."))
+    }
+}
+
+/// The session named by the request's cookie, logged in or not (for the 2FA login step and
+/// pending 2FA setup), if it has not expired.
+pub async fn current_record(
+    parts_headers: &HeaderMap,
+    state: &AppState,
+) -> ApiResult<Option<SessionRecord>> {
+    let Some(token) = cookie(parts_headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
+    let now = state.clock.now();
+    Ok(state
+        .store
+        .session(&session_id(token))
+        .await?
+        .filter(|s| s.expires_at > now))
+}
+
+/// `Set-Cookie` values a response carries.
+#[derive(Debug, Default)]
+pub struct SetCookies(pub Vec<HeaderValue>);
+
+impl SetCookies {
+    pub fn add(&mut self, value: String) {
+        if let Ok(v) = HeaderValue::from_str(&value) {
+            self.0.push(v);
+        }
+    }
+
+    pub fn apply(self, headers: &mut HeaderMap) {
+        for v in self.0 {
+            headers.append(SET_COOKIE, v);
+        }
+    }
+}
+
+fn secure_attribute(state: &AppState) -> &'static str {
+    if state.site_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    }
+}
+
+/// The cookies of a new session.
+fn session_cookies(state: &AppState, token: &str, csrf: &str) -> SetCookies {
+    let secure = secure_attribute(state);
+    let mut cookies = SetCookies::default();
+    cookies.add(format!(
+        "{SESSION_COOKIE}={token}; HttpOnly; Max-Age={}; Path=/; SameSite=Lax{secure}",
+        SESSION_AGE / SECOND
+    ));
+    cookies.add(format!(
+        "{CSRF_COOKIE}={csrf}; Max-Age={CSRF_COOKIE_AGE_SECONDS}; Path=/; SameSite=Lax{secure}"
+    ));
+    cookies
+}
+
+/// Cookies that end the browser's session.
+pub fn clear_session_cookies() -> SetCookies {
+    let mut cookies = SetCookies::default();
+    cookies.add(format!(
+        "{SESSION_COOKIE}=\"\"; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/; SameSite=Lax"
+    ));
+    cookies
+}
+
+/// What a new session is for.
+pub enum NewSession {
+    /// Logged in as this user (second factor done or not needed).
+    LoggedIn { user_id: i64 },
+    /// Waiting for the second factor of this user's login.
+    PendingTwoFactor { user_id: i64 },
+}
+
+/// Starts a fresh session (a new id, as Django rotates the key at login), ending `previous`.
+pub async fn start(
+    state: &AppState,
+    kind: NewSession,
+    previous: Option<&SessionRecord>,
+) -> ApiResult<(SessionRecord, SetCookies)> {
+    if let Some(previous) = previous {
+        state.store.delete_session(&previous.id).await?;
+        state.caches.invalidate_session(&previous.id);
+    }
+    let now = state.clock.now();
+    let token = crypto::random_token(32);
+    let csrf = crypto::random_alphanumeric(64);
+    let (user_id, login_at, pending_user_id, pending_at) = match kind {
+        NewSession::LoggedIn { user_id } => (Some(user_id), Some(now), None, None),
+        NewSession::PendingTwoFactor { user_id } => (None, None, Some(user_id), Some(now)),
+    };
+    let record = SessionRecord {
+        id: session_id(&token),
+        user_id,
+        created_at: now,
+        login_at,
+        expires_at: now + SESSION_AGE,
+        csrf_token: csrf.clone(),
+        two_factor_verified: user_id.is_some(),
+        pending_user_id,
+        pending_at,
+        totp_setup_secret: None,
+        totp_setup_at: None,
+    };
+    state.store.insert_session(&record).await?;
+    Ok((record, session_cookies(state, &token, &csrf)))
+}
+
+/// Ends a session.
+pub async fn end(state: &AppState, id: &str) -> ApiResult<()> {
+    state.store.delete_session(id).await?;
+    state.caches.invalidate_session(id);
+    Ok(())
 }

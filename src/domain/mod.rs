@@ -6,4 +6,6 @@ pub mod fields;
 pub mod password;
 pub mod python;
 pub mod scope;
+pub mod tokens;
+pub mod totp;
 pub mod user;

@@ -23,7 +23,7 @@ pub fn hash(password: &str) -> anyhow::Result<String> {
 }
 
 /// Result of checking a password against a stored hash.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Verified {
     No,
     Yes,
@@ -111,5 +111,63 @@ mod tests {
                 .unwrap(),
         );
         assert_eq!(out, format!("pbkdf2_sha256$1$salt${expected}"));
+    }
+}
+
+/// Why a new password is refused: Django's validator code and message.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Weakness {
+    pub code: &'static str,
+    pub message: String,
+}
+
+pub const MIN_LENGTH: usize = 8;
+
+/// Django's `MinimumLengthValidator` then PostHog's `ZxcvbnValidator` (score below 3 refused).
+pub fn validate_strength(password: &str, user_inputs: &[&str]) -> Result<(), Weakness> {
+    if password.chars().count() < MIN_LENGTH {
+        return Err(Weakness {
+            code: "password_too_short",
+            message: format!(
+                "This password is too short. It must contain at least {MIN_LENGTH} characters."
+            ),
+        });
+    }
+    let entropy = zxcvbn::zxcvbn(password, user_inputs);
+    if (entropy.score() as u8) < 3 {
+        let suggestions: Vec<String> = entropy
+            .feedback()
+            .map(|f| f.suggestions().iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
+        let message = if suggestions.is_empty() {
+            "This password is too weak.".to_string()
+        } else {
+            suggestions.join(" ")
+        };
+        return Err(Weakness {
+            code: "password_too_weak",
+            message,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod strength_tests {
+    use super::*;
+
+    #[test]
+    fn validators_in_order() {
+        assert_eq!(
+            validate_strength("123", &[]).unwrap_err().code,
+            "password_too_short"
+        );
+        let weak = validate_strength("password", &[]).unwrap_err();
+        assert_eq!(weak.code, "password_too_weak");
+        assert_eq!(
+            weak.message,
+            "Add another word or two. Uncommon words are better."
+        );
+        assert!(validate_strength("correct horse battery staple 91", &[]).is_ok());
     }
 }

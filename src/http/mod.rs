@@ -4,12 +4,14 @@
 //! route alike), then routing; inside the router, telemetry (logs and metrics, labelled by the
 //! matched route) wraps body parsing, which wraps the handlers.
 
+pub mod accounts;
 pub mod body;
 pub mod health;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;
 pub mod telemetry;
+pub mod two_factor;
 pub mod users;
 
 use axum::Router;
@@ -26,6 +28,8 @@ use crate::error::ApiError;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
+        .merge(accounts::router())
+        .merge(two_factor::router())
         .merge(health::router())
 }
 

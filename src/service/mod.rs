@@ -1,4 +1,7 @@
 //! Business rules behind the HTTP handlers; no axum types beyond the error.
 
+pub mod accounts;
+pub mod emails;
+pub mod passwords;
 pub mod render;
 pub mod users;

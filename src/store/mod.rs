@@ -129,6 +129,58 @@ pub trait Store: Send + Sync + 'static {
     /// Records `last_used_at` for a batch of keys (no cache invalidation: nothing cached shows it).
     async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()>;
 
+    /// The user's keys, newest first.
+    async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>>;
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord>;
+    /// Deletes the key; returns what was deleted.
+    async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    /// Replaces the key's hash and mask; returns the old record and the new one.
+    async fn roll_api_key(
+        &self,
+        id: &str,
+        secure_value: &str,
+        mask_value: &str,
+        rolled_at: Micros,
+    ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>>;
+
+    // --- sign-up ---
+    /// Creates the user, their organization, its first team and the owner membership in one
+    /// transaction; the user is staff iff they are the instance's first user.
+    async fn signup(
+        &self,
+        signup: NewSignup,
+    ) -> StoreResult<(UserRecord, OrganizationRecord, TeamRecord)>;
+
+    // --- sessions ---
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
+    /// Writes every mutable column of the session.
+    async fn update_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    async fn delete_session(&self, id: &str) -> StoreResult<()>;
+    /// Ends every session of the user except `keep`; returns how many ended.
+    async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64>;
+    async fn prune_sessions(&self, now: Micros) -> StoreResult<()>;
+
+    // --- two-factor authentication ---
+    async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>>;
+    /// Creates or replaces the user's device.
+    async fn put_totp_device(&self, device: &TotpDeviceRecord) -> StoreResult<()>;
+    /// Accepts `step` only if it is later than the last accepted one (a code works once).
+    async fn advance_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool>;
+    async fn set_totp_throttle(
+        &self,
+        user_id: i64,
+        failures: i64,
+        throttled_until: Micros,
+    ) -> StoreResult<()>;
+    /// Removes the device and every backup code.
+    async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()>;
+    async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()>;
+    /// Deletes the matching unused code; false when there is none.
+    async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool>;
+    async fn backup_code_count(&self, user_id: i64) -> StoreResult<i64>;
+
     // --- cross-process cache invalidation feed ---
     /// Invalidations recorded after `since` (microseconds), oldest first.
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>>;

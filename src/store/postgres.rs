@@ -463,7 +463,8 @@ impl Store for PgStore {
         all(
             &c,
             "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
-             FALSE FROM users u WHERE u.id = ANY($1)",
+             EXISTS (SELECT 1 FROM totp_devices d WHERE d.user_id = u.id) \
+             FROM users u WHERE u.id = ANY($1)",
             &[&ids],
             |r| row::user_facts_from_row(r),
         )
@@ -771,6 +772,334 @@ impl Store for PgStore {
             execute(&c, sql::API_KEY_TOUCH, &[id, at]).await?;
         }
         Ok(())
+    }
+
+    async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>> {
+        let c = self.client().await?;
+        all(&c, sql::API_KEYS_OF_USER, &[&user_id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await
+    }
+
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::API_KEY_BY_ID, &[&id], |r| row::api_key_from_row(r)).await
+    }
+
+    async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let before = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await?
+        .ok_or(StoreError::Missing("personal API key"))?;
+        let scopes = serde_json::to_string(&changes.scopes).map_err(anyhow::Error::from)?;
+        let teams = changes
+            .scoped_teams
+            .as_ref()
+            .map(|t| serde_json::json!(t).to_string());
+        let orgs = changes
+            .scoped_organizations
+            .as_ref()
+            .map(|o| serde_json::json!(o).to_string());
+        execute(
+            &tx,
+            sql::API_KEY_UPDATE,
+            &[
+                &id,
+                &changes.label,
+                &scopes,
+                &teams,
+                &orgs,
+                &changes.expires_at,
+            ],
+        )
+        .await?;
+        invalidate(&tx, None, Some(&before.secure_value)).await?;
+        let after = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await?
+        .ok_or(StoreError::Missing("personal API key"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(after)
+    }
+
+    async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let Some(before) = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await?
+        else {
+            return Ok(None);
+        };
+        execute(&tx, sql::API_KEY_DELETE, &[&id]).await?;
+        invalidate(&tx, Some(before.user_id), Some(&before.secure_value)).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some(before))
+    }
+
+    async fn roll_api_key(
+        &self,
+        id: &str,
+        secure_value: &str,
+        mask_value: &str,
+        rolled_at: Micros,
+    ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let Some(before) = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await?
+        else {
+            return Ok(None);
+        };
+        execute(
+            &tx,
+            sql::API_KEY_ROLL,
+            &[&id, &secure_value, &mask_value, &rolled_at],
+        )
+        .await?;
+        invalidate(&tx, None, Some(&before.secure_value)).await?;
+        let after = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+            row::api_key_from_row(r)
+        })
+        .await?
+        .ok_or(StoreError::Missing("personal API key"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(Some((before, after)))
+    }
+
+    async fn signup(
+        &self,
+        signup: NewSignup,
+    ) -> StoreResult<(UserRecord, OrganizationRecord, TeamRecord)> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let now = system_now();
+        // Serialises sign-ups so "the first user becomes staff" holds under concurrency.
+        execute(&tx, "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE", &[]).await?;
+        let first_user = count(&tx, sql::USER_COUNT, &[]).await? == 0;
+        if signup.only_first_user && !first_user {
+            return Err(StoreError::Conflict("first_user"));
+        }
+        let user = signup.user;
+        let user_id = first(
+            &tx,
+            sql::USER_INSERT,
+            &[
+                &user.uuid.to_string(),
+                &user.email,
+                &sql::email_key(&user.email),
+                &user.password.0,
+                &user.first_name,
+                &user.last_name,
+                &user.distinct_id,
+                &first_user,
+                &user.is_email_verified,
+                &user.role_at_organization,
+                &user.email_opt_in,
+                &user.date_joined,
+            ],
+            |r| r.i64(0),
+        )
+        .await?
+        .ok_or(StoreError::Missing("user"))?;
+        let slug = unique_slug(&tx, &signup.organization_name).await?;
+        let org_id = Uuid::now_v7().to_string();
+        execute(
+            &tx,
+            sql::ORGANIZATION_INSERT,
+            &[&org_id, &signup.organization_name, &slug, &now],
+        )
+        .await?;
+        let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&org_id], |r| {
+            row::organization_from_row(r, 0)
+        })
+        .await?
+        .ok_or(StoreError::Missing("organization"))?;
+        let team = insert_team(&tx, organization.id, &signup.team_name, now).await?;
+        insert_membership(
+            &tx,
+            organization.id,
+            user_id,
+            MembershipLevel::Owner,
+            false,
+            now,
+        )
+        .await?;
+        execute(
+            &tx,
+            sql::USER_SET_CONTEXT,
+            &[&user_id, &organization.id.to_string(), &team.id],
+        )
+        .await?;
+        let user = first(&tx, sql::USER_BY_ID, &[&user_id], |r| {
+            row::user_from_row(r, 0)
+        })
+        .await?
+        .ok_or(StoreError::Missing("user"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok((user, organization, team))
+    }
+
+    async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(
+            &c,
+            sql::SESSION_INSERT,
+            &[
+                &s.id,
+                &s.user_id,
+                &s.created_at,
+                &s.login_at,
+                &s.expires_at,
+                &s.csrf_token,
+                &s.two_factor_verified,
+                &s.pending_user_id,
+                &s.pending_at,
+                &s.totp_setup_secret,
+                &s.totp_setup_at,
+            ],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::SESSION_BY_ID, &[&id], |r| row::session_from_row(r)).await
+    }
+
+    async fn update_session(&self, s: &SessionRecord) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        execute(
+            &tx,
+            sql::SESSION_UPDATE,
+            &[
+                &s.id,
+                &s.user_id,
+                &s.login_at,
+                &s.expires_at,
+                &s.csrf_token,
+                &s.two_factor_verified,
+                &s.pending_user_id,
+                &s.pending_at,
+                &s.totp_setup_secret,
+                &s.totp_setup_at,
+            ],
+        )
+        .await?;
+        invalidate(&tx, None, Some(&format!("session${}", s.id))).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn delete_session(&self, id: &str) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        execute(&tx, sql::SESSION_DELETE, &[&id]).await?;
+        invalidate(&tx, None, Some(&format!("session${id}"))).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let keep = keep.unwrap_or_default();
+        let n = execute(&tx, sql::SESSIONS_DELETE_OF_USER, &[&user_id, &keep]).await?;
+        invalidate(&tx, Some(user_id), None).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(n)
+    }
+
+    async fn prune_sessions(&self, now: Micros) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(&c, sql::SESSIONS_PRUNE, &[&now]).await.map(|_| ())
+    }
+
+    async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>> {
+        let c = self.client().await?;
+        first(&c, sql::TOTP_BY_USER, &[&user_id], |r| {
+            row::totp_from_row(r)
+        })
+        .await
+    }
+
+    async fn put_totp_device(&self, d: &TotpDeviceRecord) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        execute(
+            &tx,
+            sql::TOTP_UPSERT,
+            &[
+                &d.user_id,
+                &d.secret,
+                &d.last_step,
+                &d.failures,
+                &d.throttled_until,
+                &d.created_at,
+            ],
+        )
+        .await?;
+        invalidate(&tx, Some(d.user_id), None).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn advance_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, sql::TOTP_ADVANCE, &[&user_id, &step]).await? == 1)
+    }
+
+    async fn set_totp_throttle(
+        &self,
+        user_id: i64,
+        failures: i64,
+        throttled_until: Micros,
+    ) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(
+            &c,
+            sql::TOTP_THROTTLE,
+            &[&user_id, &failures, &throttled_until],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        execute(&tx, sql::TOTP_DELETE, &[&user_id]).await?;
+        execute(&tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
+        invalidate(&tx, Some(user_id), None).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let now = system_now();
+        execute(&tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
+        for hash in hashes {
+            execute(&tx, sql::BACKUP_CODE_INSERT, &[&user_id, hash, &now]).await?;
+        }
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, sql::BACKUP_CODE_CONSUME, &[&user_id, &hash]).await? == 1)
+    }
+
+    async fn backup_code_count(&self, user_id: i64) -> StoreResult<i64> {
+        let c = self.client().await?;
+        count(&c, sql::BACKUP_CODE_COUNT, &[&user_id]).await
     }
 
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {

@@ -286,3 +286,76 @@ pub struct InvalidationRecord {
     pub user_id: Option<i64>,
     pub key_hash: Option<String>,
 }
+
+/// A browser session. Anonymous while a login waits for its second factor.
+#[derive(Clone)]
+pub struct SessionRecord {
+    /// SHA-256 (hex) of the cookie value.
+    pub id: String,
+    pub user_id: Option<i64>,
+    pub created_at: Micros,
+    /// When the user last logged in with this session (`session_created_at`).
+    pub login_at: Option<Micros>,
+    pub expires_at: Micros,
+    pub csrf_token: String,
+    pub two_factor_verified: bool,
+    /// A password login waiting for `/api/login/token`.
+    pub pending_user_id: Option<i64>,
+    pub pending_at: Option<Micros>,
+    /// An encrypted TOTP secret waiting for `two_factor_validate`.
+    pub totp_setup_secret: Option<String>,
+    pub totp_setup_at: Option<Micros>,
+}
+
+impl std::fmt::Debug for SessionRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionRecord")
+            .field("user_id", &self.user_id)
+            .field("login_at", &self.login_at)
+            .field("expires_at", &self.expires_at)
+            .field("pending_user_id", &self.pending_user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+pub struct TotpDeviceRecord {
+    pub user_id: i64,
+    /// Encrypted secret.
+    pub secret: String,
+    /// The last time step a code was accepted for (replay protection).
+    pub last_step: i64,
+    pub failures: i64,
+    pub throttled_until: Micros,
+    pub created_at: Micros,
+}
+
+impl std::fmt::Debug for TotpDeviceRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TotpDeviceRecord")
+            .field("user_id", &self.user_id)
+            .field("last_step", &self.last_step)
+            .field("failures", &self.failures)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sign-up: a user with their own organization, created together.
+#[derive(Clone, Debug)]
+pub struct NewSignup {
+    pub user: NewUser,
+    pub organization_name: String,
+    pub team_name: String,
+    /// Refuse (`Conflict("first_user")`) unless the instance has no user yet.
+    pub only_first_user: bool,
+}
+
+/// What may change on a personal API key.
+#[derive(Clone, Debug)]
+pub struct ApiKeyChanges {
+    pub label: String,
+    pub scopes: Vec<String>,
+    pub scoped_teams: Option<Vec<i64>>,
+    pub scoped_organizations: Option<Vec<String>>,
+    pub expires_at: Option<Micros>,
+}

@@ -248,3 +248,30 @@ pub(crate) fn user_facts_from_row(r: &impl Row) -> anyhow::Result<UserFacts> {
 pub(crate) fn json_text(value: &Option<Value>) -> Option<String> {
     value.as_ref().map(Value::to_string)
 }
+
+pub(crate) fn session_from_row(r: &impl Row) -> anyhow::Result<SessionRecord> {
+    Ok(SessionRecord {
+        id: r.text(0)?,
+        user_id: r.opt_i64(1)?,
+        created_at: r.i64(2)?,
+        login_at: r.opt_i64(3)?,
+        expires_at: r.i64(4)?,
+        csrf_token: r.text(5)?,
+        two_factor_verified: r.bool(6)?,
+        pending_user_id: r.opt_i64(7)?,
+        pending_at: r.opt_i64(8)?,
+        totp_setup_secret: r.opt_text(9)?,
+        totp_setup_at: r.opt_i64(10)?,
+    })
+}
+
+pub(crate) fn totp_from_row(r: &impl Row) -> anyhow::Result<TotpDeviceRecord> {
+    Ok(TotpDeviceRecord {
+        user_id: r.i64(0)?,
+        secret: r.text(1)?,
+        last_step: r.i64(2)?,
+        failures: r.i64(3)?,
+        throttled_until: r.i64(4)?,
+        created_at: r.i64(5)?,
+    })
+}

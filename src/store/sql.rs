@@ -47,6 +47,13 @@ macro_rules! api_key_columns {
     };
 }
 
+macro_rules! session_columns {
+    () => {
+        "s.id, s.user_id, s.created_at, s.login_at, s.expires_at, s.csrf_token, \
+         s.two_factor_verified, s.pending_user_id, s.pending_at, s.totp_setup_secret, s.totp_setup_at"
+    };
+}
+
 pub(crate) use {membership_columns, organization_columns, team_columns, user_columns};
 
 pub const PING: &str = "SELECT 1";
@@ -176,6 +183,50 @@ pub const API_KEY_SET_SECURE_VALUE: &str =
     "UPDATE personal_api_keys SET secure_value = $2 WHERE id = $1";
 pub const API_KEY_TOUCH: &str = "UPDATE personal_api_keys SET last_used_at = $2 \
      WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $2)";
+
+pub const API_KEYS_OF_USER: &str = concat!(
+    "SELECT ",
+    api_key_columns!(),
+    " FROM personal_api_keys k WHERE k.user_id = $1 ORDER BY k.created_at DESC, k.id"
+);
+pub const API_KEY_UPDATE: &str = "UPDATE personal_api_keys SET label = $2, scopes = $3, \
+     scoped_teams = $4, scoped_organizations = $5, expires_at = $6 WHERE id = $1";
+pub const API_KEY_DELETE: &str = "DELETE FROM personal_api_keys WHERE id = $1";
+pub const API_KEY_ROLL: &str = "UPDATE personal_api_keys SET secure_value = $2, mask_value = $3, \
+     last_rolled_at = $4 WHERE id = $1";
+
+pub const SESSION_INSERT: &str = "INSERT INTO sessions (id, user_id, created_at, login_at, \
+     expires_at, csrf_token, two_factor_verified, pending_user_id, pending_at, totp_setup_secret, \
+     totp_setup_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+pub const SESSION_BY_ID: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions s WHERE s.id = $1"
+);
+pub const SESSION_UPDATE: &str = "UPDATE sessions SET user_id = $2, login_at = $3, \
+     expires_at = $4, csrf_token = $5, two_factor_verified = $6, pending_user_id = $7, \
+     pending_at = $8, totp_setup_secret = $9, totp_setup_at = $10 WHERE id = $1";
+pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
+pub const SESSIONS_DELETE_OF_USER: &str = "DELETE FROM sessions WHERE user_id = $1 AND id <> $2";
+pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at < $1";
+
+pub const TOTP_BY_USER: &str = "SELECT user_id, secret, last_step, failures, throttled_until, \
+     created_at FROM totp_devices WHERE user_id = $1";
+pub const TOTP_UPSERT: &str = "INSERT INTO totp_devices (user_id, secret, last_step, failures, \
+     throttled_until, created_at) VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (user_id) DO UPDATE \
+     SET secret = excluded.secret, last_step = excluded.last_step, failures = excluded.failures, \
+     throttled_until = excluded.throttled_until, created_at = excluded.created_at";
+pub const TOTP_ADVANCE: &str = "UPDATE totp_devices SET last_step = $2, failures = 0, \
+     throttled_until = 0 WHERE user_id = $1 AND last_step < $2";
+pub const TOTP_THROTTLE: &str =
+    "UPDATE totp_devices SET failures = $2, throttled_until = $3 WHERE user_id = $1";
+pub const TOTP_DELETE: &str = "DELETE FROM totp_devices WHERE user_id = $1";
+pub const BACKUP_CODES_DELETE: &str = "DELETE FROM backup_codes WHERE user_id = $1";
+pub const BACKUP_CODE_INSERT: &str =
+    "INSERT INTO backup_codes (user_id, code_hash, created_at) VALUES ($1, $2, $3)";
+pub const BACKUP_CODE_CONSUME: &str =
+    "DELETE FROM backup_codes WHERE user_id = $1 AND code_hash = $2";
+pub const BACKUP_CODE_COUNT: &str = "SELECT count(*) FROM backup_codes WHERE user_id = $1";
 
 pub const INVALIDATION_INSERT: &str =
     "INSERT INTO cache_invalidations (created_at, user_id, key_hash) VALUES ($1, $2, $3)";

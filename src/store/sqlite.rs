@@ -508,7 +508,8 @@ impl Store for SqliteStore {
             collect(
                 c,
                 "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
-                 FALSE FROM users u WHERE u.id IN (SELECT value FROM json_each($1))",
+                 EXISTS (SELECT 1 FROM totp_devices d WHERE d.user_id = u.id) \
+                 FROM users u WHERE u.id IN (SELECT value FROM json_each($1))",
                 [ids],
                 |r| row::user_facts_from_row(r),
             )
@@ -831,6 +832,310 @@ impl Store for SqliteStore {
             Ok(())
         })
         .await
+    }
+
+    async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>> {
+        self.read(|c| {
+            collect(c, sql::API_KEYS_OF_USER, [user_id], |r| {
+                row::api_key_from_row(r)
+            })
+        })
+    }
+
+    async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        self.read(|c| first(c, sql::API_KEY_BY_ID, [id], |r| row::api_key_from_row(r)))
+    }
+
+    async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let before = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
+                .map_err(map_anyhow)?
+                .ok_or(StoreError::Missing("personal API key"))?;
+            exec(
+                tx,
+                sql::API_KEY_UPDATE,
+                params![
+                    id,
+                    changes.label,
+                    serde_json::to_string(&changes.scopes).map_err(anyhow::Error::from)?,
+                    changes.scoped_teams.as_ref().map(|t| id_list(t)),
+                    changes.scoped_organizations.as_ref().map(|o| id_list(o)),
+                    changes.expires_at
+                ],
+            )?;
+            invalidate(tx, None, Some(&before.secure_value))?;
+            first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
+                .map_err(map_anyhow)?
+                .ok_or(StoreError::Missing("personal API key"))
+        })
+        .await
+    }
+
+    async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let Some(before) = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
+                .map_err(map_anyhow)?
+            else {
+                return Ok(None);
+            };
+            exec(tx, sql::API_KEY_DELETE, [&id])?;
+            invalidate(tx, Some(before.user_id), Some(&before.secure_value))?;
+            Ok(Some(before))
+        })
+        .await
+    }
+
+    async fn roll_api_key(
+        &self,
+        id: &str,
+        secure_value: &str,
+        mask_value: &str,
+        rolled_at: Micros,
+    ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
+        let (id, secure_value, mask_value) = (
+            id.to_string(),
+            secure_value.to_string(),
+            mask_value.to_string(),
+        );
+        self.write(move |tx| {
+            let Some(before) = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
+                .map_err(map_anyhow)?
+            else {
+                return Ok(None);
+            };
+            exec(
+                tx,
+                sql::API_KEY_ROLL,
+                params![id, secure_value, mask_value, rolled_at],
+            )?;
+            invalidate(tx, None, Some(&before.secure_value))?;
+            let after = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
+                .map_err(map_anyhow)?
+                .ok_or(StoreError::Missing("personal API key"))?;
+            Ok(Some((before, after)))
+        })
+        .await
+    }
+
+    async fn signup(
+        &self,
+        signup: NewSignup,
+    ) -> StoreResult<(UserRecord, OrganizationRecord, TeamRecord)> {
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            let first_user = count(tx, sql::USER_COUNT, []).map_err(map_anyhow)? == 0;
+            if signup.only_first_user && !first_user {
+                return Err(StoreError::Conflict("first_user"));
+            }
+            let user = signup.user;
+            let user_id: i64 = prepare(tx, sql::USER_INSERT)
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            user.uuid.to_string(),
+                            user.email,
+                            sql::email_key(&user.email),
+                            user.password.0,
+                            user.first_name,
+                            user.last_name,
+                            user.distinct_id,
+                            first_user,
+                            user.is_email_verified,
+                            user.role_at_organization,
+                            user.email_opt_in,
+                            user.date_joined
+                        ],
+                        |r| r.get(0),
+                    )
+                })
+                .map_err(map_err)?;
+            let slug = unique_slug(tx, &signup.organization_name)?;
+            let org_id = Uuid::now_v7().to_string();
+            exec(
+                tx,
+                sql::ORGANIZATION_INSERT,
+                params![org_id, signup.organization_name, slug, now],
+            )?;
+            let organization = first(tx, sql::ORGANIZATION_BY_ID, [&org_id], |r| {
+                row::organization_from_row(r, 0)
+            })
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("organization"))?;
+            let team = insert_team(tx, organization.id, &signup.team_name, now)?;
+            insert_membership(
+                tx,
+                organization.id,
+                user_id,
+                MembershipLevel::Owner,
+                false,
+                now,
+            )?;
+            exec(
+                tx,
+                sql::USER_SET_CONTEXT,
+                params![user_id, organization.id.to_string(), team.id],
+            )?;
+            let user = user_in_tx(tx, user_id)?.ok_or(StoreError::Missing("user"))?;
+            Ok((user, organization, team))
+        })
+        .await
+    }
+
+    async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let s = session.clone();
+        self.write(move |tx| {
+            exec(
+                tx,
+                sql::SESSION_INSERT,
+                params![
+                    s.id,
+                    s.user_id,
+                    s.created_at,
+                    s.login_at,
+                    s.expires_at,
+                    s.csrf_token,
+                    s.two_factor_verified,
+                    s.pending_user_id,
+                    s.pending_at,
+                    s.totp_setup_secret,
+                    s.totp_setup_at
+                ],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
+        self.read(|c| first(c, sql::SESSION_BY_ID, [id], |r| row::session_from_row(r)))
+    }
+
+    async fn update_session(&self, session: &SessionRecord) -> StoreResult<()> {
+        let s = session.clone();
+        self.write(move |tx| {
+            exec(
+                tx,
+                sql::SESSION_UPDATE,
+                params![
+                    s.id,
+                    s.user_id,
+                    s.login_at,
+                    s.expires_at,
+                    s.csrf_token,
+                    s.two_factor_verified,
+                    s.pending_user_id,
+                    s.pending_at,
+                    s.totp_setup_secret,
+                    s.totp_setup_at
+                ],
+            )?;
+            invalidate(tx, None, Some(&format!("session${}", s.id)))
+        })
+        .await
+    }
+
+    async fn delete_session(&self, id: &str) -> StoreResult<()> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            exec(tx, sql::SESSION_DELETE, [&id])?;
+            invalidate(tx, None, Some(&format!("session${id}")))
+        })
+        .await
+    }
+
+    async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64> {
+        let keep = keep.unwrap_or_default().to_string();
+        self.write(move |tx| {
+            let n = exec(tx, sql::SESSIONS_DELETE_OF_USER, params![user_id, keep])?;
+            invalidate(tx, Some(user_id), None)?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    async fn prune_sessions(&self, now: Micros) -> StoreResult<()> {
+        self.write(move |tx| exec(tx, sql::SESSIONS_PRUNE, [now]).map(|_| ()))
+            .await
+    }
+
+    async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>> {
+        self.read(|c| first(c, sql::TOTP_BY_USER, [user_id], |r| row::totp_from_row(r)))
+    }
+
+    async fn put_totp_device(&self, device: &TotpDeviceRecord) -> StoreResult<()> {
+        let d = device.clone();
+        self.write(move |tx| {
+            exec(
+                tx,
+                sql::TOTP_UPSERT,
+                params![
+                    d.user_id,
+                    d.secret,
+                    d.last_step,
+                    d.failures,
+                    d.throttled_until,
+                    d.created_at
+                ],
+            )?;
+            invalidate(tx, Some(d.user_id), None)
+        })
+        .await
+    }
+
+    async fn advance_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool> {
+        self.write(move |tx| Ok(exec(tx, sql::TOTP_ADVANCE, params![user_id, step])? == 1))
+            .await
+    }
+
+    async fn set_totp_throttle(
+        &self,
+        user_id: i64,
+        failures: i64,
+        throttled_until: Micros,
+    ) -> StoreResult<()> {
+        self.write(move |tx| {
+            exec(
+                tx,
+                sql::TOTP_THROTTLE,
+                params![user_id, failures, throttled_until],
+            )
+            .map(|_| ())
+        })
+        .await
+    }
+
+    async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()> {
+        self.write(move |tx| {
+            exec(tx, sql::TOTP_DELETE, [user_id])?;
+            exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
+            invalidate(tx, Some(user_id), None)
+        })
+        .await
+    }
+
+    async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()> {
+        let hashes = hashes.to_vec();
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
+            for hash in &hashes {
+                exec(tx, sql::BACKUP_CODE_INSERT, params![user_id, hash, now])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool> {
+        let hash = hash.to_string();
+        self.write(move |tx| Ok(exec(tx, sql::BACKUP_CODE_CONSUME, params![user_id, hash])? == 1))
+            .await
+    }
+
+    async fn backup_code_count(&self, user_id: i64) -> StoreResult<i64> {
+        self.read(|c| count(c, sql::BACKUP_CODE_COUNT, [user_id]))
     }
 
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {

@@ -1,0 +1,116 @@
+//! TOTP (RFC 6238: HMAC-SHA1, 6 digits, 30 s steps, ±1 step of drift) and backup codes.
+
+use data_encoding::BASE32_NOPAD;
+use totp_rs::{Algorithm, TOTP};
+
+use crate::crypto;
+
+pub const STEP_SECONDS: i64 = 30;
+pub const BACKUP_CODE_COUNT: usize = 10;
+
+/// A new 20-byte secret.
+pub fn new_secret() -> [u8; 20] {
+    crypto::random_bytes()
+}
+
+/// The secret as shown to users: 32 characters of unpadded RFC 4648 base32.
+pub fn secret_base32(secret: &[u8]) -> String {
+    BASE32_NOPAD.encode(secret)
+}
+
+/// The `otpauth://` URI authenticator apps scan (django-two-factor's format).
+pub fn otpauth_uri(secret: &[u8], issuer: &str, account: &str) -> String {
+    let label = format!("{issuer}: {account}");
+    format!(
+        "otpauth://totp/{}?secret={}&digits=6&issuer={}",
+        percent_encode(&label),
+        secret_base32(secret),
+        percent_encode(issuer)
+    )
+}
+
+fn percent_encode(text: &str) -> String {
+    let mut out = String::new();
+    for byte in text.bytes() {
+        match byte {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
+                out.push(char::from(byte))
+            }
+            other => out.push_str(&format!("%{other:02X}")),
+        }
+    }
+    out
+}
+
+fn totp(secret: &[u8]) -> Option<TOTP> {
+    TOTP::new(Algorithm::SHA1, 6, 1, STEP_SECONDS as u64, secret.to_vec()).ok()
+}
+
+/// The code for the step containing `unix_seconds`.
+pub fn code_at(secret: &[u8], unix_seconds: i64) -> Option<String> {
+    totp(secret).map(|t| t.generate(unix_seconds.max(0) as u64))
+}
+
+/// The step a code belongs to, if it matches the current step or one either side. Accepts
+/// surrounding whitespace and leading zeros, as django-otp parses the token as an integer.
+pub fn matching_step(secret: &[u8], token: &str, unix_seconds: i64) -> Option<i64> {
+    let number: u32 = token.trim().parse().ok()?;
+    if number > 999_999 {
+        return None;
+    }
+    let candidate = format!("{number:06}");
+    let generator = totp(secret)?;
+    let now_step = unix_seconds.div_euclid(STEP_SECONDS);
+    [now_step, now_step - 1, now_step + 1]
+        .into_iter()
+        .find(|step| {
+            let expected = generator.generate((step * STEP_SECONDS).max(0) as u64);
+            crypto::constant_time_eq(expected.as_bytes(), candidate.as_bytes())
+        })
+}
+
+/// A backup code: 5 random bytes as 8 lower-case base32 characters.
+pub fn new_backup_code() -> String {
+    BASE32_NOPAD
+        .encode(&crypto::random_bytes::<5>())
+        .to_ascii_lowercase()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc6238_sha1_vector() {
+        // RFC 6238 appendix B, SHA-1 secret "12345678901234567890", T = 59 s → 94287082 (8 digits).
+        let secret = b"12345678901234567890";
+        assert_eq!(code_at(secret, 59).unwrap(), "287082");
+        assert_eq!(matching_step(secret, " 287082 ", 59), Some(1));
+        assert_eq!(
+            matching_step(secret, "287082", 59 + 30),
+            Some(1),
+            "one step of drift"
+        );
+        assert_eq!(matching_step(secret, "287082", 59 + 90), None);
+        assert_eq!(matching_step(secret, "abc", 59), None);
+    }
+
+    #[test]
+    fn shapes() {
+        assert_eq!(secret_base32(&new_secret()).len(), 32);
+        let code = new_backup_code();
+        assert_eq!(code.len(), 8);
+        assert!(
+            code.chars()
+                .all(|c| c.is_ascii_lowercase() || ('2'..='7').contains(&c))
+        );
+        assert_eq!(
+            otpauth_uri(
+                b"12345678901234567890",
+                "hoglet.example",
+                "jane@example.com"
+            ),
+            "otpauth://totp/hoglet.example%3A%20jane%40example.com?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&digits=6&issuer=hoglet.example"
+        );
+    }
+}

@@ -1,0 +1,805 @@
+//! Account flows around the Users API: sign-up, login (and its second factor), logout, password
+//! reset and email verification.
+
+use std::net::SocketAddr;
+
+use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Map, Value, json};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::session::{self, NewSession, SetCookies};
+use crate::auth::{AnyCaller, Authenticated, MaybeAuthenticated, SessionOnly, UserViews};
+use crate::config::SignupPolicy;
+use crate::crypto;
+use crate::domain::fields::{self, Chars, FieldError};
+use crate::domain::password::Verified;
+use crate::domain::scope::ScopeNeed;
+use crate::domain::user::ROLES_AT_ORGANIZATION;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::body::Body;
+use crate::ratelimit::Rate;
+use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor, client_ip};
+use crate::service::emails;
+use crate::service::render;
+use crate::store::{NewSignup, NewUser, PasswordHash, StoreError, UserRecord};
+
+const NO_NEW_ORGANIZATIONS: &str = "New organizations cannot be created in this instance. Contact your administrator if you think this is a mistake.";
+const EMAIL_TAKEN: &str = "There is already an account with this email address.";
+const LOCKOUT_SCOPE: &str = "login";
+const LOCKOUT_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(600);
+const EMAIL_VERIFICATION_RATE: Rate = Rate::per_day("user_email_verification", 6);
+const PASSWORD_RESET_RATE: Rate = Rate::per_day("password_reset_email", 6);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(signup))
+        .routes(routes!(login))
+        .routes(routes!(login_token))
+        .routes(routes!(login_precheck))
+        .routes(routes!(logout))
+        .routes(routes!(api_logout))
+        .routes(routes!(request_password_reset))
+        .routes(routes!(check_password_reset, complete_password_reset))
+        .routes(routes!(request_email_verification))
+        .routes(routes!(verify_email))
+        .routes(routes!(cancel_email_change_request))
+}
+
+/// A JSON response with cookies.
+fn respond(status: StatusCode, cookies: SetCookies, body: Value) -> Response {
+    let mut response = (status, axum::Json(body)).into_response();
+    cookies.apply(response.headers_mut());
+    response
+}
+
+fn field(attr: &'static str) -> impl Fn(FieldError) -> ApiError {
+    move |e| ApiError::field(attr, e.code, e.detail)
+}
+
+fn required(body: &Map<String, Value>, attr: &'static str) -> ApiResult<Value> {
+    body.get(attr)
+        .cloned()
+        .ok_or_else(|| ApiError::field(attr, "required", "This field is required."))
+}
+
+/// A 429 for a throttled request.
+async fn throttle(state: &AppState, rate: Rate, ident: &str) -> ApiResult<()> {
+    state
+        .limiter
+        .check(rate, ident)
+        .await
+        .map_err(ApiError::Throttled)
+}
+
+fn sha256_ident(value: &str) -> String {
+    crypto::sha256_hex(value.as_bytes())
+}
+
+/// Sign up
+///
+/// Creates a user with their own organization and default project, and logs them in (or, when
+/// email is configured, sends a verification link first).
+#[utoipa::path(
+    post,
+    path = "/api/signup/",
+    operation_id = "signup_create",
+    tag = "accounts",
+    request_body(content = Object, description = "`first_name`, `email`, `password`, optional `last_name`, `organization_name`, `role_at_organization`, `email_opt_in`."),
+    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn signup(
+    State(state): State<AppState>,
+    MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let allowed = match state.config.signup {
+        SignupPolicy::Closed => false,
+        SignupPolicy::Open => true,
+        SignupPolicy::FirstUser => state.store.count_users().await? == 0,
+    };
+    if !allowed {
+        return Err(ApiError::forbidden(NO_NEW_ORGANIZATIONS));
+    }
+    let body = body.object()?;
+    let first_name = fields::char_field(&required(&body, "first_name")?, Chars::new().max(128))
+        .map_err(field("first_name"))?
+        .unwrap_or_default();
+    let last_name = match body.get("last_name") {
+        Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok())
+            .map_err(field("last_name"))?
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let email = fields::email_field(&required(&body, "email")?)
+        .map_err(field("email"))?
+        .to_lowercase();
+    if state.store.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
+    }
+    let password = fields::char_field(
+        &required(&body, "password")?,
+        Chars::new().max(72).null_ok(),
+    )
+    .map_err(field("password"))?;
+    if let Some(password) = &password {
+        accounts::check_new_password(password, None, true)?;
+    }
+    let organization_name = match body.get("organization_name") {
+        Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok().null_ok())
+            .map_err(field("organization_name"))?
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let organization_name = if organization_name.is_empty() {
+        format!("{first_name}'s Organization")
+    } else {
+        organization_name
+    };
+    let role = match body.get("role_at_organization") {
+        Some(v) => fields::choice_field(v, ROLES_AT_ORGANIZATION, true, true)
+            .map_err(field("role_at_organization"))?
+            .filter(|r| !r.is_empty()),
+        None => None,
+    };
+    let email_opt_in = match body.get("email_opt_in") {
+        Some(v) => fields::bool_field(v, true).map_err(field("email_opt_in"))?,
+        None => Some(true),
+    };
+
+    let password_hash = match &password {
+        Some(p) => state.hasher.hash(p).await.map_err(ApiError::internal)?,
+        None => format!("!{}", crypto::random_token(30)),
+    };
+    let (mut user, _, _) = state
+        .store
+        .signup(NewSignup {
+            user: NewUser {
+                uuid: Uuid::now_v7(),
+                email,
+                password: PasswordHash(password_hash),
+                first_name,
+                last_name,
+                distinct_id: crypto::random_token(32),
+                is_staff: false,
+                is_email_verified: Some(false),
+                role_at_organization: role,
+                email_opt_in,
+                date_joined: state.clock.now(),
+            },
+            organization_name,
+            team_name: crate::admin::DEFAULT_TEAM_NAME.into(),
+            only_first_user: state.config.signup == SignupPolicy::FirstUser,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Conflict("first_user") => ApiError::forbidden(NO_NEW_ORGANIZATIONS),
+            StoreError::Conflict("email") => ApiError::field("email", "unique", EMAIL_TAKEN),
+            other => other.into(),
+        })?;
+
+    let mut cookies = SetCookies::default();
+    let redirect_url = if state.mailer.is_configured() {
+        emails::send_verification(&state, &user).await;
+        format!("/verify_email/{}", user.uuid)
+    } else {
+        let previous = session::current_record(&headers, &state).await?;
+        let (_, new_cookies) = session::start(
+            &state,
+            NewSession::LoggedIn { user_id: user.id },
+            previous.as_ref(),
+        )
+        .await?;
+        cookies = new_cookies;
+        user.last_login = Some(state.clock.now());
+        state.store.update_user(&user).await?;
+        "/".to_string()
+    };
+    Ok(respond(
+        StatusCode::CREATED,
+        cookies,
+        json!({
+            "id": user.id,
+            "uuid": user.uuid,
+            "distinct_id": user.distinct_id,
+            "first_name": user.first_name,
+            "last_name": user.last_name,
+            "email": user.email,
+            "is_email_verified": user.is_email_verified,
+            "hedgehog_config": crate::domain::user::hedgehog_basic(user.hedgehog_config.as_ref()),
+            "role_at_organization": user.role_at_organization,
+            "redirect_url": redirect_url,
+        }),
+    ))
+}
+
+/// Log in
+///
+/// Email and password. Answers 401 `2fa_required` when the second factor is still needed.
+#[utoipa::path(
+    post,
+    path = "/api/login/",
+    operation_id = "login_create",
+    tag = "accounts",
+    request_body(content = Object, description = "`{\"email\": str, \"password\": str}`"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn login(
+    State(state): State<AppState>,
+    MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let body = body.object()?;
+    let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
+    let password = fields::char_field(&required(&body, "password")?, Chars::new())
+        .map_err(field("password"))?
+        .unwrap_or_default();
+
+    let ip = client_ip(&headers, Some(peer));
+    if state.limiter.failures(LOCKOUT_SCOPE, &ip).await >= state.config.login_failure_limit {
+        return Err(ApiError::PermissionDenied {
+            code: "too_many_failed_attempts",
+            detail: "Too many failed login attempts. Please try again in 10 minutes.".into(),
+        });
+    }
+    let user = state
+        .store
+        .user_by_email(&email)
+        .await?
+        .filter(|u| u.is_active);
+    let stored = user
+        .as_ref()
+        .filter(|u| u.password.is_usable())
+        .map(|u| u.password.0.as_str());
+    let verified = state
+        .hasher
+        .verify(&password, stored)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut user = match (user, verified) {
+        (Some(user), Verified::Yes | Verified::YesButUpgrade) => user,
+        _ => {
+            state
+                .limiter
+                .add_failure(LOCKOUT_SCOPE, &ip, LOCKOUT_COOL_OFF)
+                .await;
+            return Err(ApiError::non_field(
+                "invalid_credentials",
+                "Invalid email or password.",
+            ));
+        }
+    };
+    if verified == Verified::YesButUpgrade {
+        // A Django PBKDF2 hash: store Argon2id from now on.
+        accounts::set_password(&state, &mut user, &password).await?;
+        state.store.update_user(&user).await?;
+    }
+    if state.mailer.is_configured() && user.is_email_verified != Some(true) {
+        emails::send_verification(&state, &user).await;
+        if user.is_email_verified == Some(false) {
+            return Err(ApiError::non_field(
+                "not_verified",
+                "Your account is awaiting verification. Please check your email for a verification link.",
+            ));
+        }
+    }
+    let previous = session::current_record(&headers, &state).await?;
+    if let Some(device) = state.store.totp_device(user.id).await? {
+        if !accounts::remembered(&state, &headers, &device) {
+            let (_, cookies) = session::start(
+                &state,
+                NewSession::PendingTwoFactor { user_id: user.id },
+                previous.as_ref(),
+            )
+            .await?;
+            let mut response = ApiError::Envelope {
+                status: StatusCode::UNAUTHORIZED,
+                kind: "server_error",
+                code: "2fa_required",
+                detail: "2FA is required.".into(),
+            }
+            .into_response();
+            cookies.apply(response.headers_mut());
+            return Ok(response);
+        }
+    }
+    let cookies = complete_login(&state, &mut user, previous.as_ref()).await?;
+    Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
+}
+
+/// Starts the logged-in session and records the login.
+async fn complete_login(
+    state: &AppState,
+    user: &mut UserRecord,
+    previous: Option<&crate::store::SessionRecord>,
+) -> ApiResult<SetCookies> {
+    let (_, cookies) =
+        session::start(state, NewSession::LoggedIn { user_id: user.id }, previous).await?;
+    user.last_login = Some(state.clock.now());
+    state.store.update_user(user).await?;
+    Ok(cookies)
+}
+
+/// Log in: second factor
+///
+/// Completes a login that answered `2fa_required`, with a TOTP code or a backup code.
+#[utoipa::path(
+    post,
+    path = "/api/login/token/",
+    operation_id = "login_token_create",
+    tag = "accounts",
+    request_body(content = Object, description = "`{\"token\": str}`"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+)]
+async fn login_token(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let expired = || {
+        ApiError::non_field(
+            "2fa_expired",
+            "Login attempt has expired. Re-enter username/password.",
+        )
+    };
+    let pending = session::current_record(&headers, &state)
+        .await?
+        .filter(|s| s.pending_user_id.is_some())
+        .ok_or_else(expired)?;
+    let now = state.clock.now();
+    if pending
+        .pending_at
+        .is_none_or(|at| now - at > PENDING_LOGIN_AGE)
+    {
+        return Err(expired());
+    }
+    let invalid = || ApiError::non_field("2fa_invalid", "Invalid authentication code");
+    let body = body.object()?;
+    let token = body
+        .get("token")
+        .and_then(accounts::text_of)
+        .ok_or_else(invalid)?;
+    let mut user = match pending.pending_user_id {
+        Some(id) => state.store.user_by_id(id).await?.filter(|u| u.is_active),
+        None => None,
+    }
+    .ok_or_else(expired)?;
+    match accounts::check_second_factor(&state, &user, &token).await? {
+        SecondFactor::Accepted => {}
+        SecondFactor::Throttled => {
+            return Err(ApiError::non_field(
+                "2fa_too_many_attempts",
+                "Too many attempts.",
+            ));
+        }
+        SecondFactor::Rejected => return Err(invalid()),
+    }
+    let mut cookies = complete_login(&state, &mut user, Some(&pending)).await?;
+    if let Some(device) = state.store.totp_device(user.id).await? {
+        accounts::remember_cookie(&state, &device, &mut cookies);
+    }
+    Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
+}
+
+/// Login precheck
+///
+/// Whether the email's domain enforces SSO (hoglet has no SSO, so never).
+#[utoipa::path(
+    post,
+    path = "/api/login/precheck/",
+    operation_id = "login_precheck_create",
+    tag = "accounts",
+    request_body(content = Object, description = "`{\"email\": str}`"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+)]
+async fn login_precheck(body: Body) -> ApiResult<axum::Json<Value>> {
+    let body = body.object()?;
+    fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
+    Ok(axum::Json(
+        json!({"sso_enforcement": null, "saml_available": false}),
+    ))
+}
+
+/// A same-site relative path, as Django's `url_has_allowed_host_and_scheme` accepts for `next`.
+fn safe_next(next: &str) -> Option<&str> {
+    let ok = next.starts_with('/')
+        && !next.starts_with("//")
+        && !next.starts_with("/\\")
+        && !next.chars().any(|c| c.is_control() || c == '\\');
+    ok.then_some(next)
+}
+
+async fn end_session(
+    state: &AppState,
+    caller: Option<crate::auth::Caller>,
+    next: Option<&str>,
+) -> ApiResult<Response> {
+    if let Some(session) = caller.as_ref().and_then(|c| c.session()) {
+        session::end(state, &session.session_id).await?;
+    }
+    let location = match next.and_then(safe_next) {
+        Some(next) => format!("/login?next={next}"),
+        None => "/login".to_string(),
+    };
+    let mut response = StatusCode::FOUND.into_response();
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    session::clear_session_cookies().apply(response.headers_mut());
+    Ok(response)
+}
+
+/// `next` from the form body, else the query string.
+fn next_from(body: &Value, query: Option<&str>) -> Option<String> {
+    body.get("next")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .or_else(|| {
+            serde_urlencoded::from_str::<Vec<(String, String)>>(query?)
+                .ok()?
+                .into_iter()
+                .find(|(k, _)| k == "next")
+                .map(|(_, v)| v)
+        })
+}
+
+/// Log out
+///
+/// Ends the browser session and redirects to `/login` (keeping a safe `next`).
+#[utoipa::path(
+    post,
+    path = "/logout/",
+    operation_id = "logout",
+    tag = "accounts",
+    responses((status = 302, description = "Redirect to /login")),
+)]
+async fn logout(
+    State(state): State<AppState>,
+    MaybeAuthenticated(caller, ..): MaybeAuthenticated<SessionOnly>,
+    RawQuery(query): RawQuery,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let next = next_from(&body, query.as_deref());
+    end_session(&state, caller, next.as_deref()).await
+}
+
+/// Log out (API path)
+#[utoipa::path(
+    post,
+    path = "/api/logout/",
+    operation_id = "api_logout",
+    tag = "accounts",
+    responses((status = 302, description = "Redirect to /login")),
+)]
+async fn api_logout(
+    State(state): State<AppState>,
+    MaybeAuthenticated(caller, ..): MaybeAuthenticated<SessionOnly>,
+    RawQuery(query): RawQuery,
+    Body(body): Body,
+) -> ApiResult<Response> {
+    let next = next_from(&body, query.as_deref());
+    end_session(&state, caller, next.as_deref()).await
+}
+
+/// Request a password reset
+///
+/// Emails a reset link when the address belongs to an account; answers 204 either way.
+#[utoipa::path(
+    post,
+    path = "/api/reset/",
+    operation_id = "reset_create",
+    tag = "accounts",
+    request_body(content = Object, description = "`{\"email\": str}`"),
+    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+)]
+async fn request_password_reset(
+    State(state): State<AppState>,
+    MaybeAuthenticated(caller, ..): MaybeAuthenticated<AnyCaller>,
+    body: Body,
+) -> ApiResult<StatusCode> {
+    let body = body.object()?;
+    let ident = match &caller {
+        Some(c) => c.user_id.to_string(),
+        None => sha256_ident(
+            body.get("email")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        ),
+    };
+    throttle(&state, PASSWORD_RESET_RATE, &ident).await?;
+    let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
+    if !state.mailer.is_configured() {
+        return Err(ApiError::non_field(
+            "email_not_available",
+            "Cannot reset passwords because email is not configured for your instance. Please contact your administrator.",
+        ));
+    }
+    if let Some(mut user) = state
+        .store
+        .user_by_email(&email)
+        .await?
+        .filter(|u| u.is_active)
+    {
+        user.requested_password_reset_at = Some(state.clock.now());
+        state.store.update_user(&user).await?;
+        emails::send_password_reset(&state, &user).await;
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(serde::Deserialize)]
+struct TokenParam {
+    token: Option<String>,
+}
+
+fn invalid_reset_token() -> ApiError {
+    ApiError::field(
+        "token",
+        "invalid_token",
+        "This reset token is invalid or has expired.",
+    )
+}
+
+/// The user a reset link names, if the token is valid for them.
+async fn reset_target(state: &AppState, uuid: &str, token: &str) -> ApiResult<UserRecord> {
+    let uuid = Uuid::parse_str(uuid).map_err(|_| invalid_reset_token())?;
+    let user = state
+        .store
+        .user_by_uuid(uuid)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(invalid_reset_token)?;
+    if emails::reset_token_is_valid(state, &user, token) {
+        Ok(user)
+    } else {
+        Err(invalid_reset_token())
+    }
+}
+
+/// Check a password reset token
+#[utoipa::path(
+    get,
+    path = "/api/reset/{user_uuid}/",
+    operation_id = "reset_retrieve",
+    tag = "accounts",
+    params(("user_uuid" = String, Path), ("token" = String, Query)),
+    responses((status = 200, description = "The token is valid."), (status = 400, body = ErrorBody)),
+)]
+async fn check_password_reset(
+    State(state): State<AppState>,
+    Path(user_uuid): Path<String>,
+    Query(params): Query<TokenParam>,
+) -> ApiResult<StatusCode> {
+    let token = params
+        .token
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
+    reset_target(&state, &user_uuid, &token).await?;
+    Ok(StatusCode::OK)
+}
+
+/// Complete a password reset
+#[utoipa::path(
+    post,
+    path = "/api/reset/{user_uuid}/",
+    operation_id = "reset_complete",
+    tag = "accounts",
+    params(("user_uuid" = String, Path)),
+    request_body(content = Object, description = "`{\"token\": str, \"password\": str}`"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+)]
+async fn complete_password_reset(
+    State(state): State<AppState>,
+    Path(user_uuid): Path<String>,
+    body: Body,
+) -> ApiResult<axum::Json<Value>> {
+    let body = body.object()?;
+    let token =
+        fields::char_field(&required(&body, "token")?, Chars::new()).map_err(field("token"))?;
+    let password = fields::char_field(&required(&body, "password")?, Chars::new().max(128))
+        .map_err(field("password"))?
+        .unwrap_or_default();
+    let mut user = reset_target(&state, &user_uuid, &token.unwrap_or_default()).await?;
+    accounts::check_new_password(&password, Some(&user), false)?;
+    accounts::set_password(&state, &mut user, &password).await?;
+    user.requested_password_reset_at = None;
+    crate::service::users::save(&state, &user).await?;
+    // Whoever held the old password may hold a session too.
+    state.store.delete_sessions_of(user.id, None).await?;
+    state.caches.invalidate_user(user.id);
+    emails::send_notice(
+        &state,
+        &user.email,
+        &user,
+        "Your password has been changed",
+        "The password of your account was just reset.",
+    )
+    .await;
+    Ok(axum::Json(json!({"success": true, "email": user.email})))
+}
+
+/// Request an email verification link
+#[utoipa::path(
+    post,
+    path = "/api/users/request_email_verification/",
+    operation_id = "users_request_email_verification_create",
+    tag = "users",
+    request_body(content = Object, description = "`{\"uuid\": str}`"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+)]
+async fn request_email_verification(
+    State(state): State<AppState>,
+    MaybeAuthenticated(caller, ..): MaybeAuthenticated<AnyCaller>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<axum::Json<Value>> {
+    let body = body.object()?;
+    let ident = match &caller {
+        Some(c) => c.user_id.to_string(),
+        None => match body
+            .get("email")
+            .or_else(|| body.get("uuid"))
+            .and_then(accounts::text_of)
+        {
+            Some(value) => sha256_ident(&value),
+            None => client_ip(&headers, Some(peer)),
+        },
+    };
+    throttle(&state, EMAIL_VERIFICATION_RATE, &ident).await?;
+    if !state.mailer.is_configured() {
+        return Err(ApiError::non_field(
+            "email_not_available",
+            "Cannot verify email address because email is not configured for your instance. Please contact your administrator.",
+        ));
+    }
+    let uuid = body
+        .get("uuid")
+        .and_then(accounts::text_of)
+        .ok_or_else(|| ApiError::field("uuid", "required", "This field is required."))?;
+    if let Ok(uuid) = Uuid::parse_str(&uuid) {
+        if let Some(user) = state
+            .store
+            .user_by_uuid(uuid)
+            .await?
+            .filter(|u| u.is_active)
+        {
+            emails::send_verification(&state, &user).await;
+        }
+    }
+    Ok(axum::Json(json!({"success": true})))
+}
+
+/// Verify an email address
+///
+/// Applies a staged email change, marks the address verified and logs the browser in.
+#[utoipa::path(
+    post,
+    path = "/api/users/verify_email/",
+    operation_id = "users_verify_email_create",
+    tag = "users",
+    request_body(content = Object, description = "`{\"uuid\": str, \"token\": str}`"),
+    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+)]
+async fn verify_email(
+    State(state): State<AppState>,
+    MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
+    headers: HeaderMap,
+    body: Body,
+) -> ApiResult<Response> {
+    let body = body.object()?;
+    let token = body
+        .get("token")
+        .and_then(accounts::text_of)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
+    let invalid = || {
+        ApiError::field(
+            "token",
+            "invalid_token",
+            "This verification token is invalid or has expired.",
+        )
+    };
+    let uuid = body
+        .get("uuid")
+        .and_then(accounts::text_of)
+        .and_then(|u| Uuid::parse_str(&u).ok())
+        .ok_or_else(invalid)?;
+    let mut user = state
+        .store
+        .user_by_uuid(uuid)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(invalid)?;
+    if !emails::verification_token_is_valid(&state, &user, &token) {
+        return Err(invalid());
+    }
+    let old_email = user.email.clone();
+    let changed = user.pending_email.take();
+    if let Some(new_email) = &changed {
+        if let Some(other) = state.store.user_by_email(new_email).await? {
+            if other.id != user.id {
+                return Err(ApiError::field(
+                    "email",
+                    "email_taken",
+                    "Another account now uses this email address. Start the change again with a different address.",
+                ));
+            }
+        }
+        user.email = new_email.clone();
+    }
+    user.is_email_verified = Some(true);
+    let two_factor = state.store.totp_device(user.id).await?.is_some();
+    let mut cookies = SetCookies::default();
+    if two_factor {
+        crate::service::users::save(&state, &user).await?;
+    } else {
+        let previous = session::current_record(&headers, &state).await?;
+        cookies = complete_login(&state, &mut user, previous.as_ref()).await?;
+    }
+    if let Some(new_email) = &changed {
+        let what = format!(
+            "The email address of your account was changed from {old_email} to {new_email}."
+        );
+        emails::send_notice(
+            &state,
+            &old_email,
+            &user,
+            "Your email address has been changed",
+            &what,
+        )
+        .await;
+        emails::send_notice(
+            &state,
+            new_email,
+            &user,
+            "Your email address has been changed",
+            &what,
+        )
+        .await;
+    }
+    let body = if two_factor {
+        json!({"success": true, "requires_2fa": true})
+    } else {
+        json!({"success": true, "token": token})
+    };
+    Ok(respond(StatusCode::OK, cookies, body))
+}
+
+/// Cancel a pending email change
+#[utoipa::path(
+    patch,
+    path = "/api/users/cancel_email_change_request/",
+    operation_id = "users_cancel_email_change_request_partial_update",
+    tag = "users",
+    responses((status = 200, body = render::UserView), (status = 400, body = ErrorBody)),
+)]
+async fn cancel_email_change_request(
+    State(state): State<AppState>,
+    auth: Authenticated<UserViews>,
+) -> ApiResult<axum::Json<render::UserView>> {
+    let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
+    let mut user = crate::service::users::load_caller(&state, &caller).await?;
+    if user.pending_email.is_none() {
+        return Err(ApiError::non_field(
+            "email_change_request_not_found",
+            "No active email change requests found.",
+        ));
+    }
+    user.pending_email = None;
+    crate::service::users::save(&state, &user).await?;
+    let requester = render::Requester {
+        user_id: caller.user_id,
+        session_created_at: caller.session().map(|s| s.created_at),
+    };
+    Ok(axum::Json(
+        render::render_user(&state, &requester, user).await?,
+    ))
+}

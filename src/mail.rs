@@ -1,0 +1,110 @@
+//! Outgoing mail: to the log, to `.eml` files in a directory, or through an SMTP relay.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use lettre::message::{Mailbox, header::ContentType};
+use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
+use secrecy::ExposeSecret;
+
+use crate::config::EmailDelivery;
+
+/// One message to send.
+#[derive(Clone)]
+pub struct Email {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+impl std::fmt::Debug for Email {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Bodies carry one-time links: keep them out of debug output.
+        f.debug_struct("Email")
+            .field("to", &self.to)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+enum Transport {
+    Log,
+    Directory(PathBuf),
+    Smtp(AsyncSmtpTransport<Tokio1Executor>),
+}
+
+pub struct Mailer {
+    transport: Transport,
+    from: Mailbox,
+}
+
+impl Mailer {
+    pub fn new(delivery: &EmailDelivery, from: &str) -> anyhow::Result<Self> {
+        let transport = match delivery {
+            EmailDelivery::Log => Transport::Log,
+            EmailDelivery::Directory(dir) => {
+                std::fs::create_dir_all(dir)
+                    .with_context(|| format!("creating the mail directory {}", dir.display()))?;
+                Transport::Directory(dir.clone())
+            }
+            EmailDelivery::Smtp(url) => Transport::Smtp(
+                AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
+                    .context("parsing HOGLET_EMAIL as an SMTP URL")?
+                    .build(),
+            ),
+        };
+        let from = from
+            .parse()
+            .with_context(|| format!("invalid sender address {from:?}"))?;
+        Ok(Self { transport, from })
+    }
+
+    /// Whether mail really leaves (PostHog's `is_email_available`).
+    pub fn is_configured(&self) -> bool {
+        !matches!(self.transport, Transport::Log)
+    }
+
+    /// Sends the message; a failure is logged, never returned (mail is best effort, as in PostHog).
+    pub async fn send(&self, email: Email) {
+        if let Err(e) = self.try_send(&email).await {
+            tracing::error!(to = %email.to, subject = %email.subject, error = %format!("{e:#}"), "could not send mail");
+        }
+    }
+
+    async fn try_send(&self, email: &Email) -> anyhow::Result<()> {
+        if let Transport::Log = self.transport {
+            tracing::info!(to = %email.to, subject = %email.subject, "mail (not delivered: HOGLET_EMAIL=log)");
+            return Ok(());
+        }
+        let message = Message::builder()
+            .from(self.from.clone())
+            .to(email.to.parse().context("recipient address")?)
+            .subject(email.subject.clone())
+            .header(ContentType::TEXT_PLAIN)
+            .body(email.body.clone())
+            .context("building the message")?;
+        match &self.transport {
+            Transport::Log => Ok(()),
+            Transport::Directory(dir) => {
+                let name = format!(
+                    "{}-{}.eml",
+                    crate::time::system_now(),
+                    uuid::Uuid::new_v4().simple()
+                );
+                let temporary = dir.join(format!(".{name}.tmp"));
+                tokio::fs::write(&temporary, message.formatted())
+                    .await
+                    .context("writing the message")?;
+                tokio::fs::rename(&temporary, dir.join(name))
+                    .await
+                    .context("publishing the message")?;
+                Ok(())
+            }
+            Transport::Smtp(smtp) => smtp
+                .send(message)
+                .await
+                .map(|_| ())
+                .context("SMTP delivery"),
+        }
+    }
+}

@@ -1,0 +1,225 @@
+//! Rules shared by the account flows: passwords, the second factor, remember-device cookies and
+//! client identification.
+
+use std::net::SocketAddr;
+
+use axum::http::HeaderMap;
+use serde_json::Value;
+
+use crate::app::AppState;
+use crate::auth::session::{SetCookies, cookies_with_prefix};
+use crate::crypto;
+use crate::domain::password;
+use crate::domain::totp;
+use crate::error::{ApiError, ApiResult};
+use crate::store::{TotpDeviceRecord, UserRecord};
+use crate::time::{Micros, SECOND};
+
+/// How long a password login may wait for its second factor.
+pub const PENDING_LOGIN_AGE: Micros = 600 * SECOND;
+/// How long a started TOTP setup stays valid.
+pub const TOTP_SETUP_AGE: Micros = 600 * SECOND;
+const REMEMBER_COOKIE_PREFIX: &str = "remember-cookie_";
+const REMEMBER_AGE_SECONDS: i64 = 30 * 86_400;
+
+/// The client address PostHog's lockout keys on: the first `X-Forwarded-For` hop, else the peer.
+pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
+    headers
+        .get("x-forwarded-for")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(',').next())
+        .map(|v| v.trim().to_string())
+        .filter(|v| !v.is_empty())
+        .or_else(|| peer.map(|p| p.ip().to_string()))
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Runs Django's password validators. Sign-up keeps their codes; other flows report every
+/// failure as `invalid_input`, as DRF does when it re-raises Django's errors.
+pub fn check_new_password(
+    candidate: &str,
+    user: Option<&UserRecord>,
+    keep_codes: bool,
+) -> ApiResult<()> {
+    let inputs: Vec<&str> = user
+        .map(|u| {
+            vec![
+                u.email.as_str(),
+                u.first_name.as_str(),
+                u.last_name.as_str(),
+            ]
+        })
+        .unwrap_or_default();
+    password::validate_strength(candidate, &inputs).map_err(|weakness| {
+        let code = if keep_codes {
+            weakness.code
+        } else {
+            "invalid_input"
+        };
+        ApiError::field("password", code, weakness.message)
+    })
+}
+
+/// Hashes and stores a new password on `user` (not yet saved).
+pub async fn set_password(state: &AppState, user: &mut UserRecord, new: &str) -> ApiResult<()> {
+    let hash = state.hasher.hash(new).await.map_err(ApiError::internal)?;
+    user.password = crate::store::PasswordHash(hash);
+    Ok(())
+}
+
+/// A JSON value as text, as a `CharField` reads it (`None` for objects, arrays, booleans, null).
+pub fn text_of(value: &Value) -> Option<String> {
+    match value {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        _ => None,
+    }
+}
+
+// --- the second factor ---
+
+fn totp_key(state: &AppState) -> [u8; 32] {
+    state.derived_key("totp-secrets")
+}
+
+pub fn seal_totp_secret(state: &AppState, secret: &[u8]) -> ApiResult<String> {
+    crypto::sealed::seal(&totp_key(state), secret).map_err(ApiError::internal)
+}
+
+pub fn open_totp_secret(state: &AppState, sealed: &str) -> ApiResult<Vec<u8>> {
+    crypto::sealed::open(&totp_key(state), sealed).map_err(ApiError::internal)
+}
+
+/// The keyed hash a backup code is stored as (so a database copy alone cannot be brute-forced).
+pub fn backup_code_hash(state: &AppState, user_id: i64, code: &str) -> String {
+    let key = state.derived_key("backup-codes");
+    hex::encode(crypto::hmac_sha256(
+        &key,
+        format!("{user_id}:{}", code.trim()).as_bytes(),
+    ))
+}
+
+/// Ten fresh backup codes for the user (stored hashed; returned in clear this once).
+pub async fn regenerate_backup_codes(state: &AppState, user_id: i64) -> ApiResult<Vec<String>> {
+    let codes: Vec<String> = (0..totp::BACKUP_CODE_COUNT)
+        .map(|_| totp::new_backup_code())
+        .collect();
+    let hashes: Vec<String> = codes
+        .iter()
+        .map(|c| backup_code_hash(state, user_id, c))
+        .collect();
+    state.store.replace_backup_codes(user_id, &hashes).await?;
+    Ok(codes)
+}
+
+/// Result of checking a second-factor code at login.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SecondFactor {
+    Accepted,
+    Rejected,
+    Throttled,
+}
+
+/// Checks a TOTP code (each time step at most once) and then the backup codes. A TOTP miss
+/// blocks the device for 2^(n−1) s after n counted failures (PostHog counts a miss twice).
+pub async fn check_second_factor(
+    state: &AppState,
+    user: &UserRecord,
+    token: &str,
+) -> ApiResult<SecondFactor> {
+    let now = state.clock.now();
+    if let Some(device) = state.store.totp_device(user.id).await? {
+        if device.throttled_until > now {
+            return Ok(SecondFactor::Throttled);
+        }
+        let secret = open_totp_secret(state, &device.secret)?;
+        let step = totp::matching_step(&secret, token, state.clock.now_secs());
+        if let Some(step) = step.filter(|s| *s > device.last_step) {
+            if state.store.advance_totp_step(user.id, step).await? {
+                return Ok(SecondFactor::Accepted);
+            }
+        }
+        let failures = device.failures + 2;
+        let delay = 1i64 << (failures - 1).clamp(0, 12);
+        state
+            .store
+            .set_totp_throttle(user.id, failures, now + delay * SECOND)
+            .await?;
+    }
+    let hash = backup_code_hash(state, user.id, token);
+    if state.store.consume_backup_code(user.id, &hash).await? {
+        if state.store.totp_device(user.id).await?.is_some() {
+            state.store.set_totp_throttle(user.id, 0, 0).await?;
+        }
+        crate::service::emails::send_notice(
+            state,
+            &user.email,
+            user,
+            "A backup code was used to log in",
+            "One of your two-factor backup codes was just used to log in to your account.",
+        )
+        .await;
+        return Ok(SecondFactor::Accepted);
+    }
+    Ok(SecondFactor::Rejected)
+}
+
+// --- remember this device ---
+
+fn remember_signature(
+    state: &AppState,
+    user_id: i64,
+    device_created: Micros,
+    expires: i64,
+) -> String {
+    let key = state.derived_key("remember-device");
+    hex::encode(
+        &crypto::hmac_sha256(
+            &key,
+            format!("{user_id}:{device_created}:{expires}").as_bytes(),
+        )[..20],
+    )
+}
+
+/// The cookie that lets this browser skip the second factor for 30 days.
+pub fn remember_cookie(state: &AppState, device: &TotpDeviceRecord, cookies: &mut SetCookies) {
+    let expires = state.clock.now_secs() + REMEMBER_AGE_SECONDS;
+    let signature = remember_signature(state, device.user_id, device.created_at, expires);
+    let secure = if state.site_url.starts_with("https://") {
+        "; Secure"
+    } else {
+        ""
+    };
+    cookies.add(format!(
+        "{REMEMBER_COOKIE_PREFIX}{}={}:{}:{}:{signature}; HttpOnly; Max-Age={REMEMBER_AGE_SECONDS}; Path=/; SameSite=Strict{secure}",
+        uuid::Uuid::new_v4().simple(),
+        device.user_id,
+        device.created_at,
+        expires,
+    ));
+}
+
+/// Whether the request carries a remember-device cookie for the user's current device.
+pub fn remembered(state: &AppState, headers: &HeaderMap, device: &TotpDeviceRecord) -> bool {
+    let now = state.clock.now_secs();
+    cookies_with_prefix(headers, REMEMBER_COOKIE_PREFIX).any(|(_, value)| {
+        let parts: Vec<&str> = value.split(':').collect();
+        let [user, created, expires, signature] = parts.as_slice() else {
+            return false;
+        };
+        let (Ok(user), Ok(created), Ok(expires)) = (
+            user.parse::<i64>(),
+            created.parse::<i64>(),
+            expires.parse::<i64>(),
+        ) else {
+            return false;
+        };
+        user == device.user_id
+            && created == device.created_at
+            && expires > now
+            && crypto::constant_time_eq(
+                remember_signature(state, user, created, expires).as_bytes(),
+                signature.as_bytes(),
+            )
+    })
+}

@@ -1,0 +1,135 @@
+//! The messages hoglet sends and the one-time tokens their links carry.
+
+use crate::app::AppState;
+use crate::domain::tokens;
+use crate::mail::Email;
+use crate::store::UserRecord;
+
+const VERIFY_PURPOSE: &str = "email-verification";
+const RESET_PURPOSE: &str = "password-reset";
+
+/// Everything a verification token depends on: once the address is verified, changed or a new
+/// change is staged (or the user logs in), older tokens stop working.
+fn verification_state(user: &UserRecord) -> String {
+    format!(
+        "{}|{}|{:?}|{:?}|{:?}",
+        user.id, user.email, user.is_email_verified, user.pending_email, user.last_login
+    )
+}
+
+/// Everything a reset token depends on: a reset, a newer request or any password change kill it.
+fn reset_state(user: &UserRecord) -> String {
+    format!(
+        "{}|{}|{:?}|{}",
+        user.id, user.email, user.requested_password_reset_at, user.password.0
+    )
+}
+
+pub fn verification_token(state: &AppState, user: &UserRecord) -> String {
+    tokens::mint(
+        &state.derived_key(VERIFY_PURPOSE),
+        VERIFY_PURPOSE,
+        &verification_state(user),
+        state.clock.now_secs(),
+    )
+}
+
+pub fn verification_token_is_valid(state: &AppState, user: &UserRecord, token: &str) -> bool {
+    tokens::verify(
+        &state.derived_key(VERIFY_PURPOSE),
+        VERIFY_PURPOSE,
+        &verification_state(user),
+        token,
+        state.clock.now_secs(),
+    )
+}
+
+pub fn reset_token(state: &AppState, user: &UserRecord) -> String {
+    tokens::mint(
+        &state.derived_key(RESET_PURPOSE),
+        RESET_PURPOSE,
+        &reset_state(user),
+        state.clock.now_secs(),
+    )
+}
+
+pub fn reset_token_is_valid(state: &AppState, user: &UserRecord, token: &str) -> bool {
+    tokens::verify(
+        &state.derived_key(RESET_PURPOSE),
+        RESET_PURPOSE,
+        &reset_state(user),
+        token,
+        state.clock.now_secs(),
+    )
+}
+
+/// Sends a verification link for the staged address, or the current one.
+pub async fn send_verification(state: &AppState, user: &UserRecord) {
+    let to = user
+        .pending_email
+        .clone()
+        .unwrap_or_else(|| user.email.clone());
+    let link = format!(
+        "{}/verify_email/{}/{}",
+        state.site_url,
+        user.uuid,
+        verification_token(state, user)
+    );
+    state
+        .mailer
+        .send(Email {
+            to,
+            subject: "Verify your email address".into(),
+            body: format!(
+                "Hi {},\n\nPlease confirm this email address by opening the link below:\n\n{link}\n\n\
+                 The link is valid for 24 hours. If you did not ask for it, you can ignore this message.\n",
+                greeting(user)
+            ),
+        })
+        .await;
+}
+
+pub async fn send_password_reset(state: &AppState, user: &UserRecord) {
+    let link = format!(
+        "{}/reset/{}/{}",
+        state.site_url,
+        user.uuid,
+        reset_token(state, user)
+    );
+    state
+        .mailer
+        .send(Email {
+            to: user.email.clone(),
+            subject: "Reset your PostHog password".into(),
+            body: format!(
+                "Hi {},\n\nYou asked to reset your password. Choose a new one here:\n\n{link}\n\n\
+                 The link is valid for 24 hours and works once. If you did not ask for it, you can \
+                 ignore this message.\n",
+                greeting(user)
+            ),
+        })
+        .await;
+}
+
+/// A short notice about a change to the account.
+pub async fn send_notice(state: &AppState, to: &str, user: &UserRecord, subject: &str, what: &str) {
+    state
+        .mailer
+        .send(Email {
+            to: to.to_string(),
+            subject: subject.to_string(),
+            body: format!(
+                "Hi {},\n\n{what}\n\nIf this was not you, reset your password and contact your administrator.\n",
+                greeting(user)
+            ),
+        })
+        .await;
+}
+
+fn greeting(user: &UserRecord) -> &str {
+    if user.first_name.is_empty() {
+        "there"
+    } else {
+        &user.first_name
+    }
+}
