@@ -269,12 +269,20 @@ async fn insert_membership(
     .ok_or(StoreError::Missing("membership"))
 }
 
-async fn unique_slug(c: &impl GenericClient, name: &str) -> StoreResult<String> {
+/// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
+/// `ON CONFLICT DO NOTHING` waits for a concurrent insert of the same slug instead of failing,
+/// so organizations created at once with one name all succeed.
+async fn insert_organization(
+    c: &impl GenericClient,
+    id: &str,
+    name: &str,
+    now: Micros,
+) -> StoreResult<()> {
     let base = sql::slugify(name);
     let mut slug = base.clone();
     for _ in 0..20 {
-        if count(c, sql::ORGANIZATION_SLUG_TAKEN, &[&slug]).await? == 0 {
-            return Ok(slug);
+        if execute(c, sql::ORGANIZATION_INSERT, &[&id, &name, &slug, &now]).await? == 1 {
+            return Ok(());
         }
         slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
@@ -478,14 +486,8 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(map_err)?;
         let now = system_now();
         lock_user(&tx, new.owner_id).await?;
-        let slug = unique_slug(&tx, &new.name).await?;
         let id = Uuid::now_v7().to_string();
-        execute(
-            &tx,
-            sql::ORGANIZATION_INSERT,
-            &[&id, &new.name, &slug, &now],
-        )
-        .await?;
+        insert_organization(&tx, &id, &new.name, now).await?;
         let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&id], |r| {
             row::organization_from_row(r, 0)
         })

@@ -116,9 +116,10 @@ pub const USER_MEMBERSHIP_COUNT: &str =
     "SELECT count(*) FROM organization_memberships WHERE user_id = $1";
 pub const USER_DELETE: &str = "DELETE FROM users WHERE id = $1";
 
-pub const ORGANIZATION_SLUG_TAKEN: &str = "SELECT count(*) FROM organizations WHERE slug = $1";
+/// Writes nothing when the slug is taken (also by a concurrent, not yet committed insert, which
+/// Postgres waits for), so the caller retries with another slug instead of failing.
 pub const ORGANIZATION_INSERT: &str = "INSERT INTO organizations (id, name, slug, created_at, \
-     updated_at) VALUES ($1, $2, $3, $4, $4)";
+     updated_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (slug) DO NOTHING";
 pub const ORGANIZATION_BY_ID: &str = concat!(
     "SELECT ",
     organization_columns!(),

@@ -325,12 +325,13 @@ fn insert_membership(
     .ok_or(StoreError::Missing("membership"))
 }
 
-fn unique_slug(tx: &Transaction<'_>, name: &str) -> StoreResult<String> {
+/// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
+fn insert_organization(tx: &Transaction<'_>, id: &str, name: &str, now: Micros) -> StoreResult<()> {
     let base = sql::slugify(name);
     let mut slug = base.clone();
     for _ in 0..20 {
-        if count(tx, sql::ORGANIZATION_SLUG_TAKEN, [&slug]).map_err(map_anyhow)? == 0 {
-            return Ok(slug);
+        if exec(tx, sql::ORGANIZATION_INSERT, params![id, name, slug, now])? == 1 {
+            return Ok(());
         }
         slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
@@ -524,13 +525,8 @@ impl Store for SqliteStore {
             if user_in_tx(tx, new.owner_id)?.is_none() {
                 return Err(StoreError::Missing("user"));
             }
-            let slug = unique_slug(tx, &new.name)?;
             let id = Uuid::now_v7().to_string();
-            exec(
-                tx,
-                sql::ORGANIZATION_INSERT,
-                params![id, new.name, slug, now],
-            )?;
+            insert_organization(tx, &id, &new.name, now)?;
             let organization = first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
                 row::organization_from_row(r, 0)
             })
