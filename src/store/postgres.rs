@@ -754,8 +754,7 @@ impl Store for PgStore {
 
     async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>> {
         let c = self.client().await?;
-        let pattern = format!("{prefix}%");
-        all(&c, sql::API_KEY_LEGACY_BY_PREFIX, &[&pattern], |r| {
+        all(&c, sql::API_KEY_LEGACY_BY_PREFIX, &[&prefix], |r| {
             row::api_key_from_row(r)
         })
         .await

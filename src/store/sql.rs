@@ -165,13 +165,15 @@ pub const API_KEY_BY_SECURE_VALUE: &str = concat!(
     " FROM personal_api_keys k JOIN users u ON u.id = k.user_id \
       WHERE k.secure_value = $1 AND u.is_active = TRUE"
 );
-pub const API_KEY_HAS_LEGACY: &str =
-    "SELECT count(*) FROM personal_api_keys WHERE secure_value LIKE 'pbkdf2%'";
+// Prefixes are compared literally, not with LIKE: `_` is a LIKE wildcard, and SQLite's LIKE
+// ignores ASCII case where Postgres' does not.
+pub const API_KEY_HAS_LEGACY: &str = "SELECT count(*) FROM personal_api_keys \
+     WHERE substr(secure_value, 1, 14) = 'pbkdf2_sha256$'";
 pub const API_KEY_LEGACY_BY_PREFIX: &str = concat!(
     "SELECT ",
     api_key_columns!(),
     " FROM personal_api_keys k JOIN users u ON u.id = k.user_id \
-      WHERE k.secure_value LIKE $1 AND u.is_active = TRUE"
+      WHERE substr(k.secure_value, 1, length($1)) = $1 AND u.is_active = TRUE"
 );
 pub const API_KEY_SET_SECURE_VALUE: &str =
     "UPDATE personal_api_keys SET secure_value = $2 WHERE id = $1";

@@ -800,9 +800,8 @@ impl Store for SqliteStore {
     }
 
     async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>> {
-        let pattern = format!("{prefix}%");
         self.read(|c| {
-            collect(c, sql::API_KEY_LEGACY_BY_PREFIX, [pattern], |r| {
+            collect(c, sql::API_KEY_LEGACY_BY_PREFIX, [prefix], |r| {
                 row::api_key_from_row(r)
             })
         })
