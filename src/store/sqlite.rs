@@ -725,6 +725,9 @@ impl Store for SqliteStore {
     async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
         self.write(move |tx| {
             let now = crate::time::system_now();
+            if user_in_tx(tx, scene.user_id)?.is_none() {
+                return Err(StoreError::Missing("user"));
+            }
             let updated = match scene.team_id {
                 None => exec(
                     tx,
@@ -753,6 +756,9 @@ impl Store for SqliteStore {
 
     async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
         self.write(move |tx| {
+            if user_in_tx(tx, key.user_id)?.is_none() {
+                return Err(StoreError::Missing("user"));
+            }
             let existing =
                 count(tx, sql::API_KEY_COUNT_FOR_USER, [key.user_id]).map_err(map_anyhow)?;
             if existing >= limit as i64 {
