@@ -767,11 +767,16 @@ impl Store for PgStore {
     }
 
     async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()> {
-        let c = self.client().await?;
-        for (id, at) in used {
-            execute(&c, sql::API_KEY_TOUCH, &[id, at]).await?;
+        if used.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // One transaction for the batch: all or nothing, and one commit instead of one per key.
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        for (id, at) in used {
+            execute(&tx, sql::API_KEY_TOUCH, &[id, at]).await?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {
