@@ -235,7 +235,7 @@ async fn insert_team(
         &[&id, &sql::DEFAULT_DASHBOARD_NAME, &now],
     )
     .await?;
-    first(c, sql::TEAM_BY_ID, &[&id], |r| row::team_from_row(r))
+    first(c, sql::TEAM_BY_ID, &[&id], row::team_from_row)
         .await?
         .ok_or(StoreError::Missing("team"))
 }
@@ -269,12 +269,20 @@ async fn insert_membership(
     .ok_or(StoreError::Missing("membership"))
 }
 
-async fn unique_slug(c: &impl GenericClient, name: &str) -> StoreResult<String> {
+/// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
+/// `ON CONFLICT DO NOTHING` waits for a concurrent insert of the same slug instead of failing,
+/// so organizations created at once with one name all succeed.
+async fn insert_organization(
+    c: &impl GenericClient,
+    id: &str,
+    name: &str,
+    now: Micros,
+) -> StoreResult<()> {
     let base = sql::slugify(name);
     let mut slug = base.clone();
     for _ in 0..20 {
-        if count(c, sql::ORGANIZATION_SLUG_TAKEN, &[&slug]).await? == 0 {
-            return Ok(slug);
+        if execute(c, sql::ORGANIZATION_INSERT, &[&id, &name, &slug, &now]).await? == 1 {
+            return Ok(());
         }
         slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
@@ -466,7 +474,7 @@ impl Store for PgStore {
              EXISTS (SELECT 1 FROM totp_devices d WHERE d.user_id = u.id) \
              FROM users u WHERE u.id = ANY($1)",
             &[&ids],
-            |r| row::user_facts_from_row(r),
+            row::user_facts_from_row,
         )
         .await
     }
@@ -479,14 +487,8 @@ impl Store for PgStore {
         let tx = c.transaction().await.map_err(map_err)?;
         let now = system_now();
         lock_user(&tx, new.owner_id).await?;
-        let slug = unique_slug(&tx, &new.name).await?;
         let id = Uuid::now_v7().to_string();
-        execute(
-            &tx,
-            sql::ORGANIZATION_INSERT,
-            &[&id, &new.name, &slug, &now],
-        )
-        .await?;
+        insert_organization(&tx, &id, &new.name, now).await?;
         let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&id], |r| {
             row::organization_from_row(r, 0)
         })
@@ -567,7 +569,7 @@ impl Store for PgStore {
 
     async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>> {
         let c = self.client().await?;
-        first(&c, sql::TEAM_BY_ID, &[&id], |r| row::team_from_row(r)).await
+        first(&c, sql::TEAM_BY_ID, &[&id], row::team_from_row).await
     }
 
     async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>> {
@@ -585,7 +587,7 @@ impl Store for PgStore {
                  WHERE m.user_id = ANY($1) ORDER BY m.joined_at, m.id"
             ),
             &[&ids],
-            |r| row::membership_with_org_from_row(r),
+            row::membership_with_org_from_row,
         )
         .await
     }
@@ -601,7 +603,7 @@ impl Store for PgStore {
                 " FROM teams t WHERE t.organization_id = ANY($1) ORDER BY t.id"
             ),
             &[&ids],
-            |r| row::team_from_row(r),
+            row::team_from_row,
         )
         .await
     }
@@ -632,7 +634,7 @@ impl Store for PgStore {
             &c,
             sql::DASHBOARD_INSERT,
             &[&team_id, &name, &system_now()],
-            |r| row::dashboard_from_row(r),
+            row::dashboard_from_row,
         )
         .await?
         .ok_or(StoreError::Missing("dashboard"))
@@ -654,7 +656,7 @@ impl Store for PgStore {
             "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations \
              WHERE user_id = ANY($1) ORDER BY id",
             &[&ids],
-            |r| row::scene_from_row(r),
+            row::scene_from_row,
         )
         .await
     }
@@ -753,8 +755,7 @@ impl Store for PgStore {
 
     async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>> {
         let c = self.client().await?;
-        let pattern = format!("{prefix}%");
-        all(&c, sql::API_KEY_LEGACY_BY_PREFIX, &[&pattern], |r| {
+        all(&c, sql::API_KEY_LEGACY_BY_PREFIX, &[&prefix], |r| {
             row::api_key_from_row(r)
         })
         .await
@@ -767,11 +768,16 @@ impl Store for PgStore {
     }
 
     async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()> {
-        let c = self.client().await?;
-        for (id, at) in used {
-            execute(&c, sql::API_KEY_TOUCH, &[id, at]).await?;
+        if used.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        // One transaction for the batch: all or nothing, and one commit instead of one per key.
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        for (id, at) in used {
+            execute(&tx, sql::API_KEY_TOUCH, &[id, at]).await?;
+        }
+        tx.commit().await.map_err(map_err)
     }
 
     async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>> {

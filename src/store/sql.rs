@@ -123,9 +123,10 @@ pub const USER_MEMBERSHIP_COUNT: &str =
     "SELECT count(*) FROM organization_memberships WHERE user_id = $1";
 pub const USER_DELETE: &str = "DELETE FROM users WHERE id = $1";
 
-pub const ORGANIZATION_SLUG_TAKEN: &str = "SELECT count(*) FROM organizations WHERE slug = $1";
+/// Writes nothing when the slug is taken (also by a concurrent, not yet committed insert, which
+/// Postgres waits for), so the caller retries with another slug instead of failing.
 pub const ORGANIZATION_INSERT: &str = "INSERT INTO organizations (id, name, slug, created_at, \
-     updated_at) VALUES ($1, $2, $3, $4, $4)";
+     updated_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (slug) DO NOTHING";
 pub const ORGANIZATION_BY_ID: &str = concat!(
     "SELECT ",
     organization_columns!(),
@@ -171,13 +172,15 @@ pub const API_KEY_BY_SECURE_VALUE: &str = concat!(
     " FROM personal_api_keys k JOIN users u ON u.id = k.user_id \
       WHERE k.secure_value = $1 AND u.is_active = TRUE"
 );
-pub const API_KEY_HAS_LEGACY: &str =
-    "SELECT count(*) FROM personal_api_keys WHERE secure_value LIKE 'pbkdf2%'";
+// Prefixes are compared literally, not with LIKE: `_` is a LIKE wildcard, and SQLite's LIKE
+// ignores ASCII case where Postgres' does not.
+pub const API_KEY_HAS_LEGACY: &str = "SELECT count(*) FROM personal_api_keys \
+     WHERE substr(secure_value, 1, 14) = 'pbkdf2_sha256$'";
 pub const API_KEY_LEGACY_BY_PREFIX: &str = concat!(
     "SELECT ",
     api_key_columns!(),
     " FROM personal_api_keys k JOIN users u ON u.id = k.user_id \
-      WHERE k.secure_value LIKE $1 AND u.is_active = TRUE"
+      WHERE substr(k.secure_value, 1, length($1)) = $1 AND u.is_active = TRUE"
 );
 pub const API_KEY_SET_SECURE_VALUE: &str =
     "UPDATE personal_api_keys SET secure_value = $2 WHERE id = $1";

@@ -325,12 +325,13 @@ fn insert_membership(
     .ok_or(StoreError::Missing("membership"))
 }
 
-fn unique_slug(tx: &Transaction<'_>, name: &str) -> StoreResult<String> {
+/// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
+fn insert_organization(tx: &Transaction<'_>, id: &str, name: &str, now: Micros) -> StoreResult<()> {
     let base = sql::slugify(name);
     let mut slug = base.clone();
     for _ in 0..20 {
-        if count(tx, sql::ORGANIZATION_SLUG_TAKEN, [&slug]).map_err(map_anyhow)? == 0 {
-            return Ok(slug);
+        if exec(tx, sql::ORGANIZATION_INSERT, params![id, name, slug, now])? == 1 {
+            return Ok(());
         }
         slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
@@ -525,13 +526,8 @@ impl Store for SqliteStore {
             if user_in_tx(tx, new.owner_id)?.is_none() {
                 return Err(StoreError::Missing("user"));
             }
-            let slug = unique_slug(tx, &new.name)?;
             let id = Uuid::now_v7().to_string();
-            exec(
-                tx,
-                sql::ORGANIZATION_INSERT,
-                params![id, new.name, slug, now],
-            )?;
+            insert_organization(tx, &id, &new.name, now)?;
             let organization = first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
                 row::organization_from_row(r, 0)
             })
@@ -730,6 +726,9 @@ impl Store for SqliteStore {
     async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
         self.write(move |tx| {
             let now = crate::time::system_now();
+            if user_in_tx(tx, scene.user_id)?.is_none() {
+                return Err(StoreError::Missing("user"));
+            }
             let updated = match scene.team_id {
                 None => exec(
                     tx,
@@ -758,6 +757,9 @@ impl Store for SqliteStore {
 
     async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
         self.write(move |tx| {
+            if user_in_tx(tx, key.user_id)?.is_none() {
+                return Err(StoreError::Missing("user"));
+            }
             let existing =
                 count(tx, sql::API_KEY_COUNT_FOR_USER, [key.user_id]).map_err(map_anyhow)?;
             if existing >= limit as i64 {
@@ -805,9 +807,8 @@ impl Store for SqliteStore {
     }
 
     async fn legacy_api_keys(&self, prefix: &str) -> StoreResult<Vec<ApiKeyRecord>> {
-        let pattern = format!("{prefix}%");
         self.read(|c| {
-            collect(c, sql::API_KEY_LEGACY_BY_PREFIX, [pattern], |r| {
+            collect(c, sql::API_KEY_LEGACY_BY_PREFIX, [prefix], |r| {
                 row::api_key_from_row(r)
             })
         })

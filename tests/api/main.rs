@@ -6,4 +6,5 @@ mod helpers;
 
 mod cli;
 mod operations;
+mod store_contract;
 mod users;

@@ -1,0 +1,2473 @@
+//! The storage contract: every method of `hoglet::store::Store`, run against SQLite and Postgres
+//! through the public `hoglet::store::connect` (which also migrates). Raw SQL appears only to look
+//! at what a method must (or must not) leave behind, and to make a write fail half-way through.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
+use std::future::Future;
+use std::time::Duration;
+
+use hoglet::config::DatabaseUrl;
+use hoglet::store::{
+    self, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MembershipLevel, MembershipWithOrg,
+    NewApiKey, NewOrganization, NewScene, NewTeam, NewUser, OrganizationRecord, PasswordHash,
+    StoreError, StoreResult, TeamRecord, UserDeletion, UserFacts, UserQuery, UserRecord,
+};
+use hoglet::time::{Micros, system_now};
+use serde_json::json;
+use uuid::Uuid;
+
+use crate::db_tests;
+use crate::helpers::{Db, TestDatabase};
+
+db_tests!(
+    backend_ping_and_a_fresh_database,
+    users_insert_and_lookup,
+    email_is_unique_case_insensitively,
+    list_users_filters_orders_and_pages,
+    update_user_round_trips_every_mutable_column,
+    set_current_context_changes_only_the_context,
+    delete_user_outcomes_and_cascades,
+    user_facts_report_keys,
+    create_organization_creates_the_whole_tree,
+    create_organization_is_all_or_nothing,
+    organization_slugs_get_a_suffix_on_collision,
+    concurrent_organizations_with_one_name_get_distinct_slugs,
+    add_membership_contract,
+    teams_create_read_and_order,
+    memberships_follow_join_order_and_counts_see_active_members,
+    dashboards_create_and_read,
+    scene_personalisation_upserts,
+    api_keys_insert_and_lookup,
+    api_key_limit_is_per_user,
+    concurrent_api_key_inserts_never_exceed_the_limit,
+    legacy_api_key_helpers,
+    touch_api_keys_only_moves_forward,
+    settings_keep_the_first_value,
+    invalidation_feed_orders_filters_and_prunes,
+    writes_are_visible_through_a_second_store,
+);
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures
+// ---------------------------------------------------------------------------------------------
+
+/// A fixed timestamp for values the caller chooses (microseconds, 2023-11-14).
+const T0: Micros = 1_700_000_000_000_000;
+/// PostHog's per-user key limit.
+const LIMIT: usize = 10;
+const DEFAULT_DASHBOARD: &str = "My App Dashboard";
+
+/// A store on a database of its own. `store` is declared first so it closes before the database
+/// is dropped.
+struct Env {
+    store: DynStore,
+    db: TestDatabase,
+}
+
+impl Env {
+    async fn new(db: Db) -> Self {
+        let db = TestDatabase::create(db).await;
+        let store = store::connect(&db.url)
+            .await
+            .expect("store connects and migrates");
+        Self { store, db }
+    }
+
+    /// A second store on the same database, as another replica or an admin command opens it.
+    async fn reopen(&self) -> DynStore {
+        store::connect(&self.db.url)
+            .await
+            .expect("second store connects")
+    }
+
+    /// The single integer a raw query returns (counts, mostly).
+    async fn raw_i64(&self, sql: &str) -> i64 {
+        match &self.db.url {
+            DatabaseUrl::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sql.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
+                    conn.busy_timeout(Duration::from_secs(5))
+                        .expect("busy timeout");
+                    conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                })
+                .await
+                .expect("raw query task")
+            }
+            DatabaseUrl::Postgres(url) => raw_postgres(url)
+                .await
+                .query_one(sql, &[])
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"))
+                .get::<_, i64>(0),
+        }
+    }
+
+    /// Runs raw statements: `sqlite` on SQLite, `postgres` on Postgres.
+    async fn raw_exec(&self, sqlite: &str, postgres: &str) {
+        match &self.db.url {
+            DatabaseUrl::Sqlite(path) => {
+                let (path, sql) = (path.clone(), sqlite.to_string());
+                tokio::task::spawn_blocking(move || {
+                    let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
+                    conn.busy_timeout(Duration::from_secs(5))
+                        .expect("busy timeout");
+                    conn.execute_batch(&sql)
+                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+                })
+                .await
+                .expect("raw exec task");
+            }
+            DatabaseUrl::Postgres(url) => raw_postgres(url)
+                .await
+                .batch_execute(postgres)
+                .await
+                .unwrap_or_else(|e| panic!("{postgres}: {e}")),
+        }
+    }
+
+    /// Rows of `table` (no user input reaches this).
+    async fn rows(&self, table: &str) -> i64 {
+        self.raw_i64(&format!("SELECT count(*) FROM {table}")).await
+    }
+}
+
+async fn raw_postgres(url: &str) -> tokio_postgres::Client {
+    let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+        .await
+        .expect("raw Postgres connection");
+    tokio::spawn(connection);
+    client
+}
+
+fn new_user(email: &str) -> NewUser {
+    NewUser {
+        uuid: Uuid::new_v4(),
+        email: email.to_string(),
+        password: PasswordHash(format!("argon2id$v=19$m=19456,t=2,p=1$test${email}")),
+        first_name: "Ada".into(),
+        last_name: "Lovelace".into(),
+        distinct_id: format!("distinct-{}", Uuid::new_v4().simple()),
+        is_staff: false,
+        is_email_verified: None,
+        role_at_organization: None,
+        email_opt_in: None,
+        date_joined: T0,
+    }
+}
+
+async fn add_user(store: &DynStore, email: &str) -> UserRecord {
+    store
+        .insert_user(new_user(email))
+        .await
+        .expect("user inserted")
+}
+
+async fn reload(store: &DynStore, id: i64) -> UserRecord {
+    store
+        .user_by_id(id)
+        .await
+        .expect("user read")
+        .expect("user exists")
+}
+
+async fn set_active(store: &DynStore, id: i64, active: bool) -> UserRecord {
+    let mut user = reload(store, id).await;
+    user.is_active = active;
+    store.update_user(&user).await.expect("user updated");
+    user
+}
+
+async fn add_org(store: &DynStore, owner: i64, name: &str) -> (OrganizationRecord, TeamRecord) {
+    store
+        .create_organization(NewOrganization {
+            name: name.to_string(),
+            owner_id: owner,
+            team_name: "Default project".into(),
+        })
+        .await
+        .expect("organization created")
+}
+
+async fn add_team(store: &DynStore, organization: Uuid, name: &str) -> TeamRecord {
+    store
+        .create_team(NewTeam {
+            organization_id: organization,
+            name: name.to_string(),
+        })
+        .await
+        .expect("team created")
+}
+
+fn new_key(user_id: i64) -> NewApiKey {
+    let id = Uuid::new_v4().simple().to_string();
+    NewApiKey {
+        secure_value: format!("sha256${}", hoglet::crypto::sha256_hex(id.as_bytes())),
+        id,
+        user_id,
+        label: "test key".into(),
+        mask_value: "phx_...test".into(),
+        scopes: vec!["user:read".into()],
+        scoped_teams: None,
+        scoped_organizations: None,
+        expires_at: None,
+        created_at: T0,
+    }
+}
+
+fn key_with_hash(user_id: i64, secure_value: &str) -> NewApiKey {
+    NewApiKey {
+        secure_value: secure_value.to_string(),
+        ..new_key(user_id)
+    }
+}
+
+async fn key_count(env: &Env, user_id: i64) -> i64 {
+    env.raw_i64(&format!(
+        "SELECT count(*) FROM personal_api_keys WHERE user_id = {user_id}"
+    ))
+    .await
+}
+
+/// One entry of the invalidation feed without its sequence number and time.
+type Entry = (Option<i64>, Option<String>);
+
+fn user_entry(id: i64) -> Entry {
+    (Some(id), None)
+}
+
+const EVERYTHING: Entry = (None, None);
+
+async fn feed(store: &DynStore) -> Vec<InvalidationRecord> {
+    store.invalidations_since(0).await.expect("feed read")
+}
+
+/// The newest sequence number of the feed (0 when empty).
+async fn feed_mark(store: &DynStore) -> i64 {
+    feed(store).await.last().map_or(0, |r| r.seq)
+}
+
+/// What the feed recorded after `mark`, oldest first.
+async fn feed_after(store: &DynStore, mark: i64) -> Vec<Entry> {
+    feed(store)
+        .await
+        .into_iter()
+        .filter(|r| r.seq > mark)
+        .map(|r| (r.user_id, r.key_hash))
+        .collect()
+}
+
+fn describe(e: &StoreError) -> String {
+    match e {
+        StoreError::Conflict(target) => format!("Conflict({target})"),
+        StoreError::Missing(what) => format!("Missing({what})"),
+        StoreError::Limit(n) => format!("Limit({n})"),
+        StoreError::Unavailable(e) => format!("Unavailable({e:#})"),
+        StoreError::Other(e) => format!("Other({e:#})"),
+    }
+}
+
+#[track_caller]
+fn assert_err<T: Debug>(result: StoreResult<T>, expected: &str) {
+    match result {
+        Ok(value) => panic!("expected {expected}, got Ok({value:?})"),
+        Err(e) => assert_eq!(describe(&e), expected),
+    }
+}
+
+/// Asserts `value` lies in `[before, after]`: a timestamp the store took itself.
+#[track_caller]
+fn assert_between(value: Micros, before: Micros, after: Micros) {
+    assert!(
+        before <= value && value <= after,
+        "{value} is not within [{before}, {after}]"
+    );
+}
+
+macro_rules! assert_fields_eq {
+    ($left:expr, $right:expr, [$($field:ident),+ $(,)?]) => {{
+        let (left, right) = (&$left, &$right);
+        $( assert_eq!(left.$field, right.$field, "field `{}`", stringify!($field)); )+
+    }};
+}
+
+#[track_caller]
+fn assert_same_user(actual: &UserRecord, expected: &UserRecord) {
+    assert_fields_eq!(
+        actual,
+        expected,
+        [
+            id,
+            uuid,
+            email,
+            pending_email,
+            password,
+            first_name,
+            last_name,
+            distinct_id,
+            is_active,
+            is_staff,
+            date_joined,
+            last_login,
+            is_email_verified,
+            requested_password_reset_at,
+            current_organization_id,
+            current_team_id,
+            partial_notification_settings,
+            anonymize_data,
+            allow_impersonation,
+            toolbar_mode,
+            theme_mode,
+            hedgehog_config,
+            events_column_config,
+            has_seen_product_intro_for,
+            role_at_organization,
+            allow_sidebar_suggestions,
+            shortcut_position,
+            passkeys_enabled_for_2fa,
+            hide_mcp_hints,
+            ui_configuration,
+            email_opt_in,
+            credentials_reviewed_at,
+        ]
+    );
+}
+
+#[track_caller]
+fn assert_same_org(actual: &OrganizationRecord, expected: &OrganizationRecord) {
+    assert_fields_eq!(
+        actual,
+        expected,
+        [
+            id,
+            name,
+            slug,
+            logo_media_id,
+            created_at,
+            updated_at,
+            plugins_access_level,
+            available_product_features,
+            is_member_join_email_enabled,
+            enforce_2fa,
+            members_can_invite,
+            members_can_use_personal_api_keys,
+            allow_publicly_shared_resources,
+            is_ai_data_processing_approved,
+            default_experiment_stats_method,
+            default_anonymize_ips,
+            default_role_id,
+            customer_id,
+            is_active,
+            is_not_active_reason,
+        ]
+    );
+}
+
+#[track_caller]
+fn assert_same_team(actual: &TeamRecord, expected: &TeamRecord) {
+    assert_fields_eq!(
+        actual,
+        expected,
+        [
+            id,
+            uuid,
+            organization_id,
+            project_id,
+            api_token,
+            name,
+            completed_snippet_onboarding,
+            has_completed_onboarding_for,
+            ingested_event,
+            is_demo,
+            timezone,
+            access_control,
+            created_at,
+        ]
+    );
+}
+
+#[track_caller]
+fn assert_same_key(actual: &ApiKeyRecord, expected: &ApiKeyRecord) {
+    assert_fields_eq!(
+        actual,
+        expected,
+        [
+            id,
+            user_id,
+            label,
+            secure_value,
+            mask_value,
+            scopes,
+            scoped_teams,
+            scoped_organizations,
+            created_at,
+            last_used_at,
+            last_rolled_at,
+            expires_at,
+        ]
+    );
+}
+
+fn team_ids(teams: &[TeamRecord]) -> Vec<i64> {
+    teams.iter().map(|t| t.id).collect()
+}
+
+fn user_ids(page: &[UserRecord]) -> Vec<i64> {
+    page.iter().map(|u| u.id).collect()
+}
+
+/// `(organization, user, level)` of each membership, in the order returned.
+fn membership_rows(memberships: &[MembershipWithOrg]) -> Vec<(Uuid, i64, MembershipLevel)> {
+    memberships
+        .iter()
+        .map(|m| {
+            assert_eq!(m.membership.organization_id, m.organization.id);
+            (
+                m.membership.organization_id,
+                m.membership.user_id,
+                m.membership.level,
+            )
+        })
+        .collect()
+}
+
+/// Runs the futures as parallel tasks and returns their results in order.
+async fn in_parallel<T, F>(tasks: impl IntoIterator<Item = F>) -> Vec<T>
+where
+    T: Send + 'static,
+    F: Future<Output = T> + Send + 'static,
+{
+    let handles: Vec<_> = tasks.into_iter().map(tokio::spawn).collect();
+    let mut out = Vec::with_capacity(handles.len());
+    for handle in handles {
+        out.push(handle.await.expect("task finished"));
+    }
+    out
+}
+
+async fn key_by_value(store: &DynStore, secure_value: &str) -> Option<ApiKeyRecord> {
+    store
+        .api_key_by_secure_value(secure_value)
+        .await
+        .expect("key lookup")
+}
+
+// ---------------------------------------------------------------------------------------------
+// Basics
+// ---------------------------------------------------------------------------------------------
+
+async fn backend_ping_and_a_fresh_database(db: Db) {
+    let env = Env::new(db).await;
+    let expected = match db {
+        Db::Sqlite => Backend::Sqlite,
+        Db::Postgres => Backend::Postgres,
+    };
+    assert_eq!(env.store.backend(), expected);
+    env.store.ping().await.expect("ping");
+    assert_eq!(env.store.count_users().await.unwrap(), 0);
+    assert!(env.store.user_by_id(1).await.unwrap().is_none());
+    assert!(!env.store.has_legacy_api_keys().await.unwrap());
+    assert_eq!(feed(&env.store).await, vec![]);
+
+    // Connecting (and so migrating) a second time is a no-op that keeps what is there.
+    add_user(&env.store, "first@example.com").await;
+    let again = env.reopen().await;
+    again.ping().await.expect("ping through the second store");
+    assert_eq!(again.backend(), expected);
+    assert_eq!(again.count_users().await.unwrap(), 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Users
+// ---------------------------------------------------------------------------------------------
+
+async fn users_insert_and_lookup(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+
+    let new = NewUser {
+        is_staff: true,
+        is_email_verified: Some(false),
+        role_at_organization: Some("engineering".into()),
+        email_opt_in: Some(true),
+        date_joined: T0 + 42,
+        ..new_user("Alice.Smith@Example.com")
+    };
+    let alice = store.insert_user(new.clone()).await.expect("insert");
+    assert!(alice.id > 0);
+    // What the caller gave…
+    assert_eq!(alice.uuid, new.uuid);
+    assert_eq!(alice.email, "Alice.Smith@Example.com");
+    assert_eq!(alice.password, new.password);
+    assert_eq!(alice.first_name, "Ada");
+    assert_eq!(alice.last_name, "Lovelace");
+    assert_eq!(alice.distinct_id.as_deref(), Some(new.distinct_id.as_str()));
+    assert!(alice.is_staff);
+    assert_eq!(alice.is_email_verified, Some(false));
+    assert_eq!(alice.role_at_organization.as_deref(), Some("engineering"));
+    assert_eq!(alice.email_opt_in, Some(true));
+    assert_eq!(alice.date_joined, T0 + 42);
+    // …and the same column defaults on both backends (PostHog's model defaults).
+    assert_eq!(alice.pending_email, None);
+    assert!(alice.is_active);
+    assert_eq!(alice.last_login, None);
+    assert_eq!(alice.requested_password_reset_at, None);
+    assert_eq!(alice.current_organization_id, None);
+    assert_eq!(alice.current_team_id, None);
+    assert_eq!(alice.partial_notification_settings, None);
+    assert_eq!(alice.anonymize_data, Some(false));
+    assert_eq!(alice.allow_impersonation, None);
+    assert_eq!(alice.toolbar_mode.as_deref(), Some("toolbar"));
+    assert_eq!(alice.theme_mode, None);
+    assert_eq!(alice.hedgehog_config, None);
+    assert_eq!(alice.events_column_config, json!({"active": "DEFAULT"}));
+    assert_eq!(alice.has_seen_product_intro_for, None);
+    assert_eq!(alice.allow_sidebar_suggestions, None);
+    assert_eq!(alice.shortcut_position, None);
+    assert_eq!(alice.passkeys_enabled_for_2fa, Some(false));
+    assert!(!alice.hide_mcp_hints);
+    assert_eq!(alice.ui_configuration, None);
+    assert_eq!(alice.credentials_reviewed_at, None);
+
+    let bob = add_user(store, "bob@example.com").await;
+    assert!(bob.id > alice.id, "ids grow in insertion order");
+    assert_eq!(bob.is_email_verified, None);
+    assert!(!bob.is_staff);
+    assert_eq!(bob.email_opt_in, None);
+
+    assert_same_user(&reload(store, alice.id).await, &alice);
+    assert_same_user(
+        &store.user_by_uuid(alice.uuid).await.unwrap().unwrap(),
+        &alice,
+    );
+    for spelling in [
+        "Alice.Smith@Example.com",
+        "alice.smith@example.com",
+        "ALICE.SMITH@EXAMPLE.COM",
+        "  alice.smith@example.com ",
+    ] {
+        let found = store.user_by_email(spelling).await.unwrap();
+        assert_same_user(&found.expect(spelling), &alice);
+    }
+    assert_same_user(
+        &store
+            .user_by_email("BOB@example.com")
+            .await
+            .unwrap()
+            .unwrap(),
+        &bob,
+    );
+
+    assert!(store.user_by_id(bob.id + 1000).await.unwrap().is_none());
+    assert!(store.user_by_uuid(Uuid::new_v4()).await.unwrap().is_none());
+    assert!(
+        store
+            .user_by_email("nobody@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(store.user_by_email("alice").await.unwrap().is_none());
+
+    // Inactive users are still found by id, uuid and email, and still counted.
+    set_active(store, bob.id, false).await;
+    assert!(!reload(store, bob.id).await.is_active);
+    assert!(store.user_by_uuid(bob.uuid).await.unwrap().is_some());
+    assert!(
+        store
+            .user_by_email("bob@example.com")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(store.count_users().await.unwrap(), 2);
+}
+
+async fn email_is_unique_case_insensitively(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let alice = add_user(store, "alice@example.com").await;
+
+    for taken in [
+        "alice@example.com",
+        "ALICE@Example.COM",
+        " alice@example.com ",
+    ] {
+        assert_err(store.insert_user(new_user(taken)).await, "Conflict(email)");
+    }
+    assert_err(
+        store
+            .insert_user(NewUser {
+                distinct_id: alice.distinct_id.clone().unwrap(),
+                ..new_user("someone-else@example.com")
+            })
+            .await,
+        "Conflict(distinct_id)",
+    );
+    assert_eq!(store.count_users().await.unwrap(), 1);
+
+    // update_user refuses an address another user holds in any case, and changes nothing.
+    let bob = add_user(store, "bob@example.com").await;
+    let mark = feed_mark(store).await;
+    let mut renamed = bob.clone();
+    renamed.email = "Alice@EXAMPLE.com".into();
+    renamed.first_name = "Robert".into();
+    assert_err(store.update_user(&renamed).await, "Conflict(email)");
+    assert_same_user(&reload(store, bob.id).await, &bob);
+    assert_eq!(
+        store
+            .user_by_email("alice@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        alice.id
+    );
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![],
+        "a refused update records no invalidation"
+    );
+
+    // Changing the case of one's own address is not a conflict.
+    let mut shouting = alice.clone();
+    shouting.email = "ALICE@example.com".into();
+    store.update_user(&shouting).await.expect("own address");
+    let found = store
+        .user_by_email("alice@EXAMPLE.com")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (found.id, found.email.as_str()),
+        (alice.id, "ALICE@example.com")
+    );
+
+    // An address given up is free again.
+    let mut robert = bob.clone();
+    robert.email = "robert@example.com".into();
+    store.update_user(&robert).await.expect("rename");
+    assert!(
+        store
+            .user_by_email("bob@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let new_bob = add_user(store, "BOB@example.com").await;
+    assert_eq!(
+        store
+            .user_by_email("bob@example.com")
+            .await
+            .unwrap()
+            .unwrap()
+            .id,
+        new_bob.id
+    );
+
+    // Case folding is Unicode-aware, the same on both backends.
+    let elodie = add_user(store, "Élodie@Example.com").await;
+    assert_eq!(
+        store
+            .user_by_email("ÉLODIE@EXAMPLE.COM")
+            .await
+            .unwrap()
+            .map(|u| u.id),
+        Some(elodie.id)
+    );
+    assert_err(
+        store.insert_user(new_user("élodie@example.com")).await,
+        "Conflict(email)",
+    );
+
+    // Racing sign-ups with one address (through two stores): exactly one wins.
+    let second = env.reopen().await;
+    let results = in_parallel((0..6).map(|i| {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        let email = if i % 3 == 0 {
+            "race@example.com"
+        } else {
+            "RACE@example.com"
+        };
+        async move { s.insert_user(new_user(email)).await }
+    }))
+    .await;
+    let mut won = 0;
+    for r in results {
+        match r {
+            Ok(_) => won += 1,
+            Err(e) => assert_eq!(describe(&e), "Conflict(email)"),
+        }
+    }
+    assert_eq!(won, 1);
+}
+
+async fn list_users_filters_orders_and_pages(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let staff = |email: &str| NewUser {
+        is_staff: true,
+        ..new_user(email)
+    };
+    let a = store.insert_user(staff("a@example.com")).await.unwrap();
+    let b = add_user(store, "Bob@Example.com").await;
+    let c = add_user(store, "c@example.com").await;
+    let d = store.insert_user(staff("d@example.com")).await.unwrap();
+    let e = add_user(store, "e@example.com").await;
+    set_active(store, c.id, false).await;
+
+    let list = |q: UserQuery| async move {
+        let page = store.list_users(&q).await.expect("list");
+        (page.count, user_ids(&page.users))
+    };
+    let all = UserQuery {
+        limit: 100,
+        ..UserQuery::default()
+    };
+
+    // Inactive users never appear; ordered by id; `count` is the total before paging.
+    assert_eq!(list(all.clone()).await, (4, vec![a.id, b.id, d.id, e.id]));
+    let page = store.list_users(&all).await.unwrap();
+    assert_same_user(&page.users[1], &b);
+    assert_eq!(
+        list(UserQuery {
+            limit: 2,
+            offset: 1,
+            ..all.clone()
+        })
+        .await,
+        (4, vec![b.id, d.id])
+    );
+    assert_eq!(
+        list(UserQuery {
+            limit: 2,
+            offset: 3,
+            ..all.clone()
+        })
+        .await,
+        (4, vec![e.id])
+    );
+    assert_eq!(
+        list(UserQuery {
+            offset: 10,
+            ..all.clone()
+        })
+        .await,
+        (4, vec![])
+    );
+
+    // only_user narrows to one active user.
+    assert_eq!(
+        list(UserQuery {
+            only_user: Some(b.id),
+            ..all.clone()
+        })
+        .await,
+        (1, vec![b.id])
+    );
+    assert_eq!(
+        list(UserQuery {
+            only_user: Some(c.id),
+            ..all.clone()
+        })
+        .await,
+        (0, vec![])
+    );
+
+    // The email filter is exact and case-sensitive (unlike user_by_email).
+    assert_eq!(
+        list(UserQuery {
+            email: Some("Bob@Example.com".into()),
+            ..all.clone()
+        })
+        .await,
+        (1, vec![b.id])
+    );
+    assert_eq!(
+        list(UserQuery {
+            email: Some("bob@example.com".into()),
+            ..all.clone()
+        })
+        .await,
+        (0, vec![])
+    );
+    assert_eq!(
+        list(UserQuery {
+            email: Some("c@example.com".into()),
+            ..all.clone()
+        })
+        .await,
+        (0, vec![])
+    );
+
+    assert_eq!(
+        list(UserQuery {
+            is_staff: Some(true),
+            ..all.clone()
+        })
+        .await,
+        (2, vec![a.id, d.id])
+    );
+    assert_eq!(
+        list(UserQuery {
+            is_staff: Some(false),
+            ..all.clone()
+        })
+        .await,
+        (2, vec![b.id, e.id])
+    );
+    assert_eq!(
+        list(UserQuery {
+            is_staff: Some(false),
+            limit: 1,
+            offset: 1,
+            ..all.clone()
+        })
+        .await,
+        (2, vec![e.id])
+    );
+
+    // Filters combine with AND.
+    assert_eq!(
+        list(UserQuery {
+            only_user: Some(a.id),
+            is_staff: Some(false),
+            ..all.clone()
+        })
+        .await,
+        (0, vec![])
+    );
+    assert_eq!(
+        list(UserQuery {
+            only_user: Some(d.id),
+            email: Some("d@example.com".into()),
+            is_staff: Some(true),
+            ..all.clone()
+        })
+        .await,
+        (1, vec![d.id])
+    );
+
+    // Reactivating brings the user back in id order.
+    set_active(store, c.id, true).await;
+    assert_eq!(list(all).await, (5, vec![a.id, b.id, c.id, d.id, e.id]));
+}
+
+async fn update_user_round_trips_every_mutable_column(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let original = add_user(store, "grace@example.com").await;
+    let (org, _) = add_org(store, original.id, "Navy").await;
+    let second_team = add_team(store, org.id, "Compilers").await;
+    let before = reload(store, original.id).await;
+
+    let mut changed = before.clone();
+    changed.email = "Grace.Hopper@Example.org".into();
+    changed.pending_email = Some("grace@new.example.org".into());
+    changed.password = PasswordHash("pbkdf2_sha256$600000$salt$hash=".into());
+    changed.first_name = "Grace".into();
+    changed.last_name = "Hopper".into();
+    changed.is_active = false;
+    changed.is_staff = true;
+    changed.last_login = Some(T0 + 1_234_567);
+    changed.is_email_verified = Some(true);
+    changed.requested_password_reset_at = Some(T0 + 7);
+    changed.current_organization_id = Some(org.id);
+    changed.current_team_id = Some(second_team.id);
+    changed.partial_notification_settings = Some(json!({
+        "plugin_disabled": false,
+        "project_weekly_digest_disabled": {"1": true},
+    }));
+    changed.anonymize_data = Some(true);
+    changed.allow_impersonation = Some(false);
+    changed.toolbar_mode = Some("disabled".into());
+    changed.theme_mode = Some("dark".into());
+    changed.hedgehog_config = Some(json!({
+        "enabled": true,
+        "color": "green",
+        "accessories": ["beret", "🦔 ñ \"quoted\" $1"],
+        "speed": 1.5,
+        "big": 9_007_199_254_740_993_u64,
+        "nested": {"z": null, "a": []},
+    }));
+    changed.events_column_config = json!({"active": ["person", "url", "timestamp"]});
+    changed.has_seen_product_intro_for = Some(json!({"feature_flags": true}));
+    changed.role_at_organization = Some("product".into());
+    changed.allow_sidebar_suggestions = Some(true);
+    changed.shortcut_position = Some("above".into());
+    changed.passkeys_enabled_for_2fa = Some(true);
+    changed.hide_mcp_hints = true;
+    changed.ui_configuration = Some(json!({"hide_sidebar": true}));
+    changed.credentials_reviewed_at = Some(T0 + 99);
+
+    let mark = feed_mark(store).await;
+    store.update_user(&changed).await.expect("update");
+    assert_same_user(&reload(store, original.id).await, &changed);
+    assert_eq!(feed_after(store, mark).await, vec![user_entry(original.id)]);
+
+    // Back to nulls: nullable booleans keep None apart from false, JSON null apart from NULL.
+    let mut cleared = changed.clone();
+    cleared.pending_email = None;
+    cleared.last_login = None;
+    cleared.is_email_verified = None;
+    cleared.requested_password_reset_at = None;
+    cleared.current_organization_id = None;
+    cleared.current_team_id = None;
+    cleared.partial_notification_settings = Some(serde_json::Value::Null);
+    cleared.anonymize_data = None;
+    cleared.allow_impersonation = None;
+    cleared.toolbar_mode = None;
+    cleared.theme_mode = None;
+    cleared.hedgehog_config = None;
+    cleared.events_column_config = json!({});
+    cleared.has_seen_product_intro_for = None;
+    cleared.role_at_organization = None;
+    cleared.allow_sidebar_suggestions = Some(false);
+    cleared.shortcut_position = None;
+    cleared.passkeys_enabled_for_2fa = None;
+    cleared.hide_mcp_hints = false;
+    cleared.ui_configuration = None;
+    cleared.credentials_reviewed_at = None;
+    cleared.is_active = true;
+    cleared.is_email_verified = Some(false);
+    store.update_user(&cleared).await.expect("update to nulls");
+    assert_same_user(&reload(store, original.id).await, &cleared);
+
+    // Identity columns are not the caller's to change through update_user.
+    let mut forged = cleared.clone();
+    forged.uuid = Uuid::new_v4();
+    forged.distinct_id = Some("forged".into());
+    forged.date_joined = 1;
+    forged.first_name = "Amazing Grace".into();
+    store.update_user(&forged).await.expect("update");
+    let stored = reload(store, original.id).await;
+    assert_eq!(stored.first_name, "Amazing Grace");
+    assert_eq!(stored.uuid, original.uuid);
+    assert_eq!(stored.distinct_id, original.distinct_id);
+    assert_eq!(stored.date_joined, original.date_joined);
+
+    // Unknown id: Missing, and nothing recorded.
+    let mark = feed_mark(store).await;
+    let mut ghost = stored.clone();
+    ghost.id = original.id + 1000;
+    ghost.email = "ghost@example.com".into();
+    assert_err(store.update_user(&ghost).await, "Missing(user)");
+    assert!(
+        store
+            .user_by_email("ghost@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+}
+
+async fn set_current_context_changes_only_the_context(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "ctx@example.com").await;
+    let (org, first_team) = add_org(store, user.id, "Context").await;
+    let second_team = add_team(store, org.id, "Second").await;
+    let (other_org, other_team) = add_org(store, user.id, "Elsewhere").await;
+    let before = reload(store, user.id).await;
+    assert_eq!(
+        (before.current_organization_id, before.current_team_id),
+        (Some(other_org.id), Some(other_team.id))
+    );
+
+    let mark = feed_mark(store).await;
+    store
+        .set_current_context(user.id, Some(org.id), Some(second_team.id))
+        .await
+        .expect("set context");
+    let mut expected = before.clone();
+    expected.current_organization_id = Some(org.id);
+    expected.current_team_id = Some(second_team.id);
+    assert_same_user(&reload(store, user.id).await, &expected);
+    assert_eq!(feed_after(store, mark).await, vec![user_entry(user.id)]);
+
+    store
+        .set_current_context(user.id, Some(org.id), None)
+        .await
+        .unwrap();
+    expected.current_team_id = None;
+    assert_same_user(&reload(store, user.id).await, &expected);
+
+    store
+        .set_current_context(user.id, None, None)
+        .await
+        .unwrap();
+    expected.current_organization_id = None;
+    assert_same_user(&reload(store, user.id).await, &expected);
+
+    store
+        .set_current_context(user.id, Some(org.id), Some(first_team.id))
+        .await
+        .unwrap();
+    let after = reload(store, user.id).await;
+    assert_eq!(
+        (after.current_organization_id, after.current_team_id),
+        (Some(org.id), Some(first_team.id))
+    );
+}
+
+async fn delete_user_outcomes_and_cascades(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "owner@example.com").await;
+    let (org, team) = add_org(store, owner.id, "Keepers").await;
+    let dashboard = store.create_dashboard(team.id, "Mine").await.unwrap();
+    let leaver = add_user(store, "leaver@example.com").await;
+    let keys = [new_key(leaver.id), new_key(leaver.id)];
+    for key in &keys {
+        store.insert_api_key(key.clone(), LIMIT).await.unwrap();
+    }
+    for scene in ["insights", "dashboards"] {
+        store
+            .upsert_scene_personalisation(NewScene {
+                user_id: leaver.id,
+                team_id: Some(team.id),
+                scene: scene.into(),
+                dashboard_id: dashboard.id,
+            })
+            .await
+            .unwrap();
+    }
+    store
+        .upsert_scene_personalisation(NewScene {
+            user_id: leaver.id,
+            team_id: None,
+            scene: "home".into(),
+            dashboard_id: dashboard.id,
+        })
+        .await
+        .unwrap();
+
+    assert_eq!(
+        store.delete_user(leaver.id + 1000).await.unwrap(),
+        UserDeletion::Missing
+    );
+
+    // A member of an organization is refused and keeps everything.
+    let owner_before = reload(store, owner.id).await;
+    let mark = feed_mark(store).await;
+    assert_eq!(
+        store.delete_user(owner.id).await.unwrap(),
+        UserDeletion::HasMemberships
+    );
+    assert_same_user(&reload(store, owner.id).await, &owner_before);
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[owner.id]).await.unwrap()),
+        vec![(org.id, owner.id, MembershipLevel::Owner)]
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    let mark = feed_mark(store).await;
+    assert_eq!(
+        store.delete_user(leaver.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert!(store.user_by_id(leaver.id).await.unwrap().is_none());
+    assert!(store.user_by_uuid(leaver.uuid).await.unwrap().is_none());
+    assert!(
+        store
+            .user_by_email("leaver@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+    for key in &keys {
+        assert!(key_by_value(store, &key.secure_value).await.is_none());
+    }
+    assert_eq!(key_count(&env, leaver.id).await, 0);
+    assert!(
+        store
+            .scene_personalisations_of(&[leaver.id])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        env.raw_i64(&format!(
+            "SELECT count(*) FROM scene_personalisations WHERE user_id = {}",
+            leaver.id
+        ))
+        .await,
+        0
+    );
+    assert_eq!(store.user_facts(&[leaver.id]).await.unwrap(), vec![]);
+    assert!(
+        feed_after(store, mark)
+            .await
+            .contains(&user_entry(leaver.id))
+    );
+    assert_eq!(store.count_users().await.unwrap(), 1);
+    // The team's dashboard is not the user's: it stays.
+    assert!(store.dashboard(dashboard.id).await.unwrap().is_some());
+
+    assert_eq!(
+        store.delete_user(leaver.id).await.unwrap(),
+        UserDeletion::Missing
+    );
+    // Ids are never reused: caches and the feed name users by id.
+    let next = add_user(store, "leaver@example.com").await;
+    assert!(next.id > leaver.id, "{} reused {}", next.id, leaver.id);
+}
+
+async fn user_facts_report_keys(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let with_key = add_user(store, "keyed@example.com").await;
+    let without = add_user(store, "plain@example.com").await;
+    store
+        .insert_api_key(new_key(with_key.id), LIMIT)
+        .await
+        .unwrap();
+
+    let mut facts = store
+        .user_facts(&[without.id, with_key.id, without.id + 1000])
+        .await
+        .unwrap();
+    facts.sort_by_key(|f| f.user_id);
+    assert_eq!(
+        facts,
+        vec![
+            UserFacts {
+                user_id: with_key.id,
+                has_api_keys: true,
+                has_totp: false,
+            },
+            UserFacts {
+                user_id: without.id,
+                has_api_keys: false,
+                has_totp: false,
+            },
+        ]
+    );
+    assert_eq!(
+        store.user_facts(&[without.id, without.id]).await.unwrap(),
+        vec![UserFacts {
+            user_id: without.id,
+            has_api_keys: false,
+            has_totp: false,
+        }]
+    );
+    assert_eq!(store.user_facts(&[]).await.unwrap(), vec![]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Organizations, teams, memberships
+// ---------------------------------------------------------------------------------------------
+
+async fn create_organization_creates_the_whole_tree(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "founder@example.com").await;
+    let mark = feed_mark(store).await;
+
+    let before = system_now();
+    let (org, team) = store
+        .create_organization(NewOrganization {
+            name: "Hedgehogs United, LLC".into(),
+            owner_id: owner.id,
+            team_name: "Default project".into(),
+        })
+        .await
+        .expect("create");
+    let after = system_now();
+
+    assert_eq!(org.name, "Hedgehogs United, LLC");
+    assert_eq!(org.slug, "hedgehogs-united-llc");
+    assert_between(org.created_at, before, after);
+    assert_eq!(org.updated_at, org.created_at);
+    assert_eq!(org.logo_media_id, None);
+    assert_eq!(org.plugins_access_level, 9);
+    assert_eq!(org.available_product_features, json!([]));
+    assert!(org.is_member_join_email_enabled);
+    assert_eq!(org.enforce_2fa, None);
+    assert_eq!(org.members_can_invite, Some(true));
+    assert!(org.members_can_use_personal_api_keys);
+    assert!(org.allow_publicly_shared_resources);
+    assert_eq!(org.is_ai_data_processing_approved, None);
+    assert_eq!(
+        org.default_experiment_stats_method.as_deref(),
+        Some("bayesian")
+    );
+    assert!(!org.default_anonymize_ips);
+    assert_eq!(org.default_role_id, None);
+    assert_eq!(org.customer_id, None);
+    assert_eq!(org.is_active, Some(true));
+    assert_eq!(org.is_not_active_reason, None);
+    assert_same_org(&store.organization(org.id).await.unwrap().unwrap(), &org);
+    assert!(store.organization(Uuid::new_v4()).await.unwrap().is_none());
+
+    assert_eq!(team.name, "Default project");
+    assert_eq!(team.organization_id, org.id);
+    assert_eq!(team.project_id, team.id);
+    assert!(
+        team.api_token.starts_with("phc_") && team.api_token.len() > 40,
+        "{}",
+        team.api_token
+    );
+    assert!(!team.completed_snippet_onboarding);
+    assert_eq!(team.has_completed_onboarding_for, None);
+    assert!(!team.ingested_event);
+    assert!(!team.is_demo);
+    assert_eq!(team.timezone, "UTC");
+    assert!(!team.access_control);
+    assert_between(team.created_at, before, after);
+    assert_same_team(&store.team(team.id).await.unwrap().unwrap(), &team);
+    assert_eq!(
+        team_ids(&store.teams_of(&[org.id]).await.unwrap()),
+        vec![team.id]
+    );
+
+    // The first team's default dashboard.
+    assert_eq!(
+        env.raw_i64(&format!(
+            "SELECT count(*) FROM dashboards WHERE team_id = {} AND name = '{DEFAULT_DASHBOARD}' \
+             AND deleted = FALSE",
+            team.id
+        ))
+        .await,
+        1
+    );
+    assert_eq!(env.rows("dashboards").await, 1);
+
+    // The owner's membership: level Owner, not invited.
+    let memberships = store.memberships_of(&[owner.id]).await.unwrap();
+    assert_eq!(memberships.len(), 1);
+    let m = &memberships[0].membership;
+    assert_eq!(m.organization_id, org.id);
+    assert_eq!(m.user_id, owner.id);
+    assert_eq!(m.level, MembershipLevel::Owner);
+    assert!(!m.invited);
+    assert_between(m.joined_at, before, after);
+    assert_eq!(m.updated_at, m.joined_at);
+    assert_same_org(&memberships[0].organization, &org);
+    assert_eq!(
+        store.member_counts(&[org.id]).await.unwrap(),
+        vec![(org.id, 1)]
+    );
+
+    // The owner now works in the new organization and team, and nothing else changed.
+    let mut expected = owner.clone();
+    expected.current_organization_id = Some(org.id);
+    expected.current_team_id = Some(team.id);
+    assert_same_user(&reload(store, owner.id).await, &expected);
+    assert!(
+        feed_after(store, mark)
+            .await
+            .contains(&user_entry(owner.id))
+    );
+
+    // A second organization gets its own team, token and dashboard, and becomes current.
+    let (second, second_team) = add_org(store, owner.id, "Second Org").await;
+    assert_ne!(second.id, org.id);
+    assert_eq!(second.slug, "second-org");
+    assert!(second_team.id > team.id);
+    assert_ne!(second_team.api_token, team.api_token);
+    assert_ne!(second_team.uuid, team.uuid);
+    let owner_now = reload(store, owner.id).await;
+    assert_eq!(
+        (owner_now.current_organization_id, owner_now.current_team_id),
+        (Some(second.id), Some(second_team.id))
+    );
+    assert_eq!(env.rows("dashboards").await, 2);
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[owner.id]).await.unwrap()),
+        vec![
+            (org.id, owner.id, MembershipLevel::Owner),
+            (second.id, owner.id, MembershipLevel::Owner),
+        ]
+    );
+}
+
+async fn create_organization_is_all_or_nothing(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "unlucky@example.com").await;
+    let tables = [
+        "organizations",
+        "teams",
+        "dashboards",
+        "organization_memberships",
+    ];
+
+    // A missing owner leaves no organization behind.
+    let mark = feed_mark(store).await;
+    assert_err(
+        store
+            .create_organization(NewOrganization {
+                name: "Orphan".into(),
+                owner_id: user.id + 1000,
+                team_name: "Default project".into(),
+            })
+            .await,
+        "Missing(user)",
+    );
+    for table in tables {
+        assert_eq!(env.rows(table).await, 0, "{table}");
+    }
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    // A failure after the organization, team and dashboard rows were written (the membership
+    // insert is refused by a trigger) rolls all of them back.
+    env.raw_exec(
+        "CREATE TRIGGER refuse_memberships BEFORE INSERT ON organization_memberships \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        "CREATE FUNCTION refuse_memberships() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+         CREATE TRIGGER refuse_memberships BEFORE INSERT ON organization_memberships \
+         FOR EACH ROW EXECUTE FUNCTION refuse_memberships();",
+    )
+    .await;
+    let refused = store
+        .create_organization(NewOrganization {
+            name: "Half Done".into(),
+            owner_id: user.id,
+            team_name: "Default project".into(),
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    for table in tables {
+        assert_eq!(env.rows(table).await, 0, "{table}");
+    }
+    assert_same_user(&reload(store, user.id).await, &user);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    env.raw_exec(
+        "DROP TRIGGER refuse_memberships;",
+        "DROP TRIGGER refuse_memberships ON organization_memberships; \
+         DROP FUNCTION refuse_memberships();",
+    )
+    .await;
+    let (org, team) = add_org(store, user.id, "Half Done").await;
+    assert_eq!(
+        org.slug, "half-done",
+        "the failed attempt left no slug behind"
+    );
+    for table in tables {
+        assert_eq!(env.rows(table).await, 1, "{table}");
+    }
+    let user = reload(store, user.id).await;
+    assert_eq!(
+        (user.current_organization_id, user.current_team_id),
+        (Some(org.id), Some(team.id))
+    );
+}
+
+fn assert_suffixed(slug: &str, base: &str) {
+    let suffix = slug
+        .strip_prefix(base)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .unwrap_or_else(|| panic!("{slug:?} does not extend {base:?}"));
+    assert!(
+        suffix.len() == 4
+            && suffix
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit()),
+        "{slug:?}"
+    );
+}
+
+async fn organization_slugs_get_a_suffix_on_collision(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "slugs@example.com").await;
+
+    let (first, _) = add_org(store, owner.id, "Acme").await;
+    let (second, _) = add_org(store, owner.id, "ACME").await;
+    let (third, _) = add_org(store, owner.id, "  acme ").await;
+    assert_eq!(first.slug, "acme");
+    assert_suffixed(&second.slug, "acme");
+    assert_suffixed(&third.slug, "acme");
+    assert_ne!(second.slug, third.slug);
+    assert_eq!(
+        (second.name.as_str(), third.name.as_str()),
+        ("ACME", "  acme ")
+    );
+
+    let (punctuated, _) = add_org(store, owner.id, "Jane's  Organization!").await;
+    assert_eq!(punctuated.slug, "janes-organization");
+    let (symbols, _) = add_org(store, owner.id, "!!!").await;
+    assert_eq!(symbols.slug, "organization");
+    let (again, _) = add_org(store, owner.id, "???").await;
+    assert_suffixed(&again.slug, "organization");
+
+    let mut stored = BTreeSet::new();
+    for org in [&first, &second, &third, &punctuated, &symbols, &again] {
+        stored.insert(store.organization(org.id).await.unwrap().unwrap().slug);
+    }
+    assert_eq!(stored.len(), 6, "{stored:?}");
+}
+
+async fn concurrent_organizations_with_one_name_get_distinct_slugs(db: Db) {
+    let env = Env::new(db).await;
+    let other = env.reopen().await;
+    const N: usize = 8;
+    let mut owners = Vec::new();
+    for i in 0..N {
+        owners.push(add_user(&env.store, &format!("rival{i}@example.com")).await);
+    }
+    let results = in_parallel(owners.iter().enumerate().map(|(i, owner)| {
+        let store = if i % 2 == 0 {
+            env.store.clone()
+        } else {
+            other.clone()
+        };
+        let owner_id = owner.id;
+        async move {
+            store
+                .create_organization(NewOrganization {
+                    name: "Rivals".into(),
+                    owner_id,
+                    team_name: "Default project".into(),
+                })
+                .await
+        }
+    }))
+    .await;
+    let mut slugs = BTreeSet::new();
+    for result in results {
+        let (org, _) = result.expect("every concurrent create succeeds");
+        slugs.insert(org.slug);
+    }
+    assert_eq!(slugs.len(), N, "{slugs:?}");
+    assert!(slugs.contains("rivals"), "{slugs:?}");
+    for slug in slugs.iter().filter(|s| *s != "rivals") {
+        assert_suffixed(slug, "rivals");
+    }
+    assert_eq!(env.rows("organizations").await, N as i64);
+    assert_eq!(env.rows("organization_memberships").await, N as i64);
+}
+
+async fn add_membership_contract(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "boss@example.com").await;
+    let (org, first_team) = add_org(store, owner.id, "Joinable").await;
+    let later_team = add_team(store, org.id, "Later").await;
+    let member = add_user(store, "member@example.com").await;
+
+    let mark = feed_mark(store).await;
+    let before = system_now();
+    let membership = store
+        .add_membership(org.id, member.id, MembershipLevel::Admin)
+        .await
+        .expect("join");
+    let after = system_now();
+    assert_eq!(membership.organization_id, org.id);
+    assert_eq!(membership.user_id, member.id);
+    assert_eq!(membership.level, MembershipLevel::Admin);
+    assert!(membership.invited);
+    assert_between(membership.joined_at, before, after);
+    assert_eq!(membership.updated_at, membership.joined_at);
+    assert!(
+        feed_after(store, mark).await.contains(&EVERYTHING),
+        "joining changes every member's view of the organization"
+    );
+
+    // Joining makes the organization and its first team (lowest id) current.
+    let mut expected = member.clone();
+    expected.current_organization_id = Some(org.id);
+    expected.current_team_id = Some(first_team.id);
+    assert_same_user(&reload(store, member.id).await, &expected);
+    assert!(later_team.id > first_team.id);
+
+    let stored = store.memberships_of(&[member.id]).await.unwrap();
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].membership.id, membership.id);
+    assert_eq!(stored[0].membership.joined_at, membership.joined_at);
+    assert!(stored[0].membership.invited);
+    assert_same_org(&stored[0].organization, &org);
+    assert_eq!(
+        store.member_counts(&[org.id]).await.unwrap(),
+        vec![(org.id, 2)]
+    );
+
+    // Refusals change nothing and record nothing.
+    let mark = feed_mark(store).await;
+    assert_err(
+        store
+            .add_membership(org.id, member.id, MembershipLevel::Member)
+            .await,
+        "Conflict(membership)",
+    );
+    assert_err(
+        store
+            .add_membership(org.id, owner.id, MembershipLevel::Member)
+            .await,
+        "Conflict(membership)",
+    );
+    assert_err(
+        store
+            .add_membership(Uuid::new_v4(), member.id, MembershipLevel::Member)
+            .await,
+        "Missing(organization)",
+    );
+    assert_err(
+        store
+            .add_membership(org.id, member.id + 1000, MembershipLevel::Member)
+            .await,
+        "Missing(user)",
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[member.id, owner.id]).await.unwrap()),
+        vec![
+            (org.id, owner.id, MembershipLevel::Owner),
+            (org.id, member.id, MembershipLevel::Admin),
+        ]
+    );
+    assert_same_user(&reload(store, member.id).await, &expected);
+    assert_eq!(env.rows("organization_memberships").await, 2);
+
+    // Racing joins of one user to one organization (through two stores): exactly one wins.
+    let racer = add_user(store, "racer@example.com").await;
+    let second_store = env.reopen().await;
+    let results = in_parallel((0..6).map(|i| {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second_store.clone()
+        };
+        let (org_id, user_id) = (org.id, racer.id);
+        async move {
+            s.add_membership(org_id, user_id, MembershipLevel::Member)
+                .await
+        }
+    }))
+    .await;
+    let mut joined = 0;
+    for r in results {
+        match r {
+            Ok(_) => joined += 1,
+            Err(e) => assert_eq!(describe(&e), "Conflict(membership)"),
+        }
+    }
+    assert_eq!(joined, 1);
+    assert_eq!(store.memberships_of(&[racer.id]).await.unwrap().len(), 1);
+
+    // A member may join several organizations; the latest becomes current.
+    let other_owner = add_user(store, "other-boss@example.com").await;
+    let (other, other_team) = add_org(store, other_owner.id, "Other").await;
+    let second = store
+        .add_membership(other.id, member.id, MembershipLevel::Member)
+        .await
+        .unwrap();
+    assert_eq!(second.level, MembershipLevel::Member);
+    let now = reload(store, member.id).await;
+    assert_eq!(
+        (now.current_organization_id, now.current_team_id),
+        (Some(other.id), Some(other_team.id))
+    );
+    // The other owner's context is untouched by someone else joining.
+    let other_owner = reload(store, other_owner.id).await;
+    assert_eq!(other_owner.current_organization_id, Some(other.id));
+}
+
+async fn teams_create_read_and_order(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "teams@example.com").await;
+    let (org_a, team_a1) = add_org(store, owner.id, "A").await;
+    let (org_b, team_b1) = add_org(store, owner.id, "B").await;
+
+    assert_err(
+        store
+            .create_team(NewTeam {
+                organization_id: Uuid::new_v4(),
+                name: "Nowhere".into(),
+            })
+            .await,
+        "Missing(organization)",
+    );
+    assert_eq!(env.rows("teams").await, 2);
+
+    let mark = feed_mark(store).await;
+    let before = system_now();
+    let team_a2 = add_team(store, org_a.id, "Analytics").await;
+    let after = system_now();
+    assert_eq!(team_a2.name, "Analytics");
+    assert_eq!(team_a2.organization_id, org_a.id);
+    assert_eq!(team_a2.project_id, team_a2.id);
+    assert!(team_a2.api_token.starts_with("phc_"));
+    assert_eq!(team_a2.timezone, "UTC");
+    assert!(!team_a2.is_demo);
+    assert_between(team_a2.created_at, before, after);
+    assert!(team_a2.id > team_b1.id);
+    assert!(feed_after(store, mark).await.contains(&EVERYTHING));
+    assert_same_team(&store.team(team_a2.id).await.unwrap().unwrap(), &team_a2);
+    assert!(store.team(team_a2.id + 1000).await.unwrap().is_none());
+
+    let tokens: BTreeSet<_> = [&team_a1, &team_b1, &team_a2]
+        .iter()
+        .map(|t| t.api_token.clone())
+        .collect();
+    assert_eq!(tokens.len(), 3);
+
+    // Ordered by id, whatever the order organizations are asked in.
+    assert_eq!(
+        team_ids(&store.teams_of(&[org_b.id, org_a.id]).await.unwrap()),
+        vec![team_a1.id, team_b1.id, team_a2.id]
+    );
+    assert_eq!(
+        team_ids(&store.teams_of(&[org_a.id]).await.unwrap()),
+        vec![team_a1.id, team_a2.id]
+    );
+    let of_b = store.teams_of(&[org_b.id]).await.unwrap();
+    assert_eq!(of_b.len(), 1);
+    assert_same_team(&of_b[0], &team_b1);
+    assert!(store.teams_of(&[]).await.unwrap().is_empty());
+    assert!(store.teams_of(&[Uuid::new_v4()]).await.unwrap().is_empty());
+
+    // Creating a team does not move anyone's current team.
+    let owner = reload(store, owner.id).await;
+    assert_eq!(owner.current_team_id, Some(team_b1.id));
+}
+
+async fn memberships_follow_join_order_and_counts_see_active_members(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let founder = add_user(store, "founder@example.com").await;
+    let (a, _) = add_org(store, founder.id, "Org A").await;
+    let (b, _) = add_org(store, founder.id, "Org B").await;
+    let (c, _) = add_org(store, founder.id, "Org C").await;
+    let joiner = add_user(store, "joiner@example.com").await;
+    let other = add_user(store, "other@example.com").await;
+    // Joined in an order that is neither creation nor id order.
+    for org in [&c, &a, &b] {
+        store
+            .add_membership(org.id, joiner.id, MembershipLevel::Member)
+            .await
+            .unwrap();
+    }
+    store
+        .add_membership(b.id, other.id, MembershipLevel::Admin)
+        .await
+        .unwrap();
+
+    use MembershipLevel::{Admin, Member, Owner};
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[joiner.id]).await.unwrap()),
+        vec![
+            (c.id, joiner.id, Member),
+            (a.id, joiner.id, Member),
+            (b.id, joiner.id, Member),
+        ]
+    );
+    assert_eq!(
+        membership_rows(
+            &store
+                .memberships_of(&[other.id, joiner.id, founder.id])
+                .await
+                .unwrap()
+        ),
+        vec![
+            (a.id, founder.id, Owner),
+            (b.id, founder.id, Owner),
+            (c.id, founder.id, Owner),
+            (c.id, joiner.id, Member),
+            (a.id, joiner.id, Member),
+            (b.id, joiner.id, Member),
+            (b.id, other.id, Admin),
+        ]
+    );
+    let joined: Vec<Micros> = store
+        .memberships_of(&[joiner.id])
+        .await
+        .unwrap()
+        .iter()
+        .map(|m| m.membership.joined_at)
+        .collect();
+    assert!(joined.windows(2).all(|w| w[0] <= w[1]), "{joined:?}");
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[other.id, other.id]).await.unwrap()),
+        vec![(b.id, other.id, Admin)],
+        "an id asked twice is answered once"
+    );
+    assert_eq!(
+        team_ids(&store.teams_of(&[a.id, a.id]).await.unwrap()).len(),
+        1
+    );
+    assert!(store.memberships_of(&[]).await.unwrap().is_empty());
+    assert!(
+        store
+            .memberships_of(&[other.id + 1000])
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // member_counts counts active members only; an organization with none counts 0 (absent or 0).
+    let counts = |orgs: Vec<Uuid>| async move {
+        let rows = store.member_counts(&orgs).await.expect("member counts");
+        let map: HashMap<Uuid, i64> = rows.iter().copied().collect();
+        assert_eq!(map.len(), rows.len(), "one row per organization");
+        assert!(map.keys().all(|o| orgs.contains(o)), "only what was asked");
+        orgs.iter()
+            .map(|o| map.get(o).copied().unwrap_or(0))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(counts(vec![a.id, b.id, c.id]).await, vec![2, 3, 2]);
+    assert_eq!(counts(vec![b.id]).await, vec![3]);
+    set_active(store, joiner.id, false).await;
+    assert_eq!(counts(vec![a.id, b.id, c.id]).await, vec![1, 2, 1]);
+    set_active(store, founder.id, false).await;
+    assert_eq!(counts(vec![a.id, b.id, c.id]).await, vec![0, 1, 0]);
+    assert_eq!(counts(vec![]).await, Vec::<i64>::new());
+    assert_eq!(counts(vec![Uuid::new_v4()]).await, vec![0]);
+    // Memberships of inactive users still exist.
+    assert_eq!(store.memberships_of(&[joiner.id]).await.unwrap().len(), 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Dashboards and scene personalisation
+// ---------------------------------------------------------------------------------------------
+
+async fn dashboards_create_and_read(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "dash@example.com").await;
+    let (_, team) = add_org(store, owner.id, "Dashboards").await;
+
+    assert_err(
+        store.create_dashboard(team.id + 1000, "Nowhere").await,
+        "Missing(team)",
+    );
+    let mark = feed_mark(store).await;
+    let ops = store.create_dashboard(team.id, "Ops ✓").await.unwrap();
+    assert_eq!(ops.team_id, team.id);
+    assert_eq!(ops.name, "Ops ✓");
+    assert!(!ops.deleted);
+    let sales = store.create_dashboard(team.id, "Sales").await.unwrap();
+    assert!(sales.id > ops.id);
+
+    let read = store.dashboard(ops.id).await.unwrap().unwrap();
+    assert_eq!(
+        (read.id, read.team_id, read.name.as_str(), read.deleted),
+        (ops.id, team.id, "Ops ✓", false)
+    );
+    assert!(store.dashboard(sales.id + 1000).await.unwrap().is_none());
+    assert_eq!(env.rows("dashboards").await, 3, "default + two");
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![],
+        "nothing cached shows dashboards"
+    );
+}
+
+async fn scene_personalisation_upserts(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "scenes@example.com").await;
+    let other = add_user(store, "other-scenes@example.com").await;
+    let (org, team) = add_org(store, user.id, "Scenes").await;
+    let team2 = add_team(store, org.id, "Two").await;
+    let d1 = store.create_dashboard(team.id, "One").await.unwrap().id;
+    let d2 = store.create_dashboard(team.id, "Two").await.unwrap().id;
+    let d3 = store.create_dashboard(team.id, "Three").await.unwrap().id;
+
+    let upsert = |user_id: i64, team_id: Option<i64>, scene: &str, dashboard_id: i64| {
+        let scene = NewScene {
+            user_id,
+            team_id,
+            scene: scene.to_string(),
+            dashboard_id,
+        };
+        async move {
+            let mark = feed_mark(store).await;
+            store
+                .upsert_scene_personalisation(scene)
+                .await
+                .expect("upsert");
+            assert!(
+                feed_after(store, mark).await.contains(&user_entry(user_id)),
+                "every upsert invalidates the user"
+            );
+        }
+    };
+    let rows = |ids: Vec<i64>| async move {
+        store
+            .scene_personalisations_of(&ids)
+            .await
+            .expect("scenes")
+            .into_iter()
+            .map(|s| (s.user_id, s.team_id, s.scene, s.dashboard_id))
+            .collect::<Vec<_>>()
+    };
+    let row = |u: i64, t: Option<i64>, s: &str, d: i64| (u, t, s.to_string(), Some(d));
+
+    upsert(user.id, Some(team.id), "insights", d1).await;
+    assert_eq!(
+        rows(vec![user.id]).await,
+        vec![row(user.id, Some(team.id), "insights", d1)]
+    );
+    // Same (user, team, scene): replaced in place.
+    upsert(user.id, Some(team.id), "insights", d2).await;
+    assert_eq!(
+        rows(vec![user.id]).await,
+        vec![row(user.id, Some(team.id), "insights", d2)]
+    );
+    // A new scene, the same scene in another team, and the no-team case add rows.
+    upsert(user.id, Some(team.id), "dashboards", d3).await;
+    upsert(user.id, Some(team2.id), "insights", d1).await;
+    upsert(user.id, None, "insights", d1).await;
+    let expected = vec![
+        row(user.id, Some(team.id), "insights", d2),
+        row(user.id, Some(team.id), "dashboards", d3),
+        row(user.id, Some(team2.id), "insights", d1),
+        row(user.id, None, "insights", d1),
+    ];
+    assert_eq!(rows(vec![user.id]).await, expected);
+    // team_id IS NULL upserts too.
+    upsert(user.id, None, "insights", d3).await;
+    let mut expected = expected;
+    expected[3] = row(user.id, None, "insights", d3);
+    assert_eq!(rows(vec![user.id]).await, expected);
+
+    // Another user's rows are theirs alone; several users come back in insertion order.
+    upsert(other.id, Some(team.id), "insights", d1).await;
+    assert_eq!(rows(vec![user.id]).await, expected);
+    let mut both = expected.clone();
+    both.push(row(other.id, Some(team.id), "insights", d1));
+    assert_eq!(rows(vec![other.id, user.id]).await, both);
+    assert!(rows(vec![]).await.is_empty());
+
+    // Concurrent no-team upserts of one scene (through two stores) still leave one row.
+    let second = env.reopen().await;
+    let results = in_parallel((0..8).map(|i| {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        let dashboard_id = [d1, d2, d3][i % 3];
+        let user_id = other.id;
+        async move {
+            s.upsert_scene_personalisation(NewScene {
+                user_id,
+                team_id: None,
+                scene: "home".into(),
+                dashboard_id,
+            })
+            .await
+        }
+    }))
+    .await;
+    for r in results {
+        r.expect("concurrent upsert");
+    }
+    let home: Vec<_> = rows(vec![other.id])
+        .await
+        .into_iter()
+        .filter(|r| r.2 == "home")
+        .collect();
+    assert_eq!(home.len(), 1, "{home:?}");
+
+    // An unknown user is refused on both backends alike, and nothing is recorded.
+    let mark = feed_mark(store).await;
+    assert_err(
+        store
+            .upsert_scene_personalisation(NewScene {
+                user_id: other.id + 1000,
+                team_id: Some(team.id),
+                scene: "insights".into(),
+                dashboard_id: d1,
+            })
+            .await,
+        "Missing(user)",
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Personal API keys
+// ---------------------------------------------------------------------------------------------
+
+async fn api_keys_insert_and_lookup(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "keys@example.com").await;
+    let (org, team) = add_org(store, user.id, "Keys").await;
+
+    let new = NewApiKey {
+        label: "CI — deploys".into(),
+        scopes: vec!["user:read".into(), "user:write".into()],
+        scoped_teams: Some(vec![team.id, team.id + 7]),
+        scoped_organizations: Some(vec![org.id.to_string()]),
+        expires_at: Some(T0 + 86_400_000_000),
+        created_at: T0 + 5,
+        mask_value: "phx_...wxyz".into(),
+        ..new_key(user.id)
+    };
+    let mark = feed_mark(store).await;
+    let key = store.insert_api_key(new.clone(), LIMIT).await.unwrap();
+    assert_eq!(key.id, new.id);
+    assert_eq!(key.user_id, user.id);
+    assert_eq!(key.label, "CI — deploys");
+    assert_eq!(key.secure_value, new.secure_value);
+    assert_eq!(key.mask_value, "phx_...wxyz");
+    assert_eq!(key.scopes, vec!["user:read", "user:write"]);
+    assert_eq!(key.scoped_teams, Some(vec![team.id, team.id + 7]));
+    assert_eq!(key.scoped_organizations, Some(vec![org.id.to_string()]));
+    assert_eq!(key.created_at, T0 + 5);
+    assert_eq!(key.expires_at, Some(T0 + 86_400_000_000));
+    assert_eq!(key.last_used_at, None);
+    assert_eq!(key.last_rolled_at, None);
+    assert!(feed_after(store, mark).await.contains(&user_entry(user.id)));
+    assert_same_key(&key_by_value(store, &new.secure_value).await.unwrap(), &key);
+
+    // Empty and absent lists stay apart.
+    let plain = NewApiKey {
+        scopes: vec![],
+        scoped_teams: Some(vec![]),
+        scoped_organizations: None,
+        ..new_key(user.id)
+    };
+    let stored = store.insert_api_key(plain.clone(), LIMIT).await.unwrap();
+    assert_eq!(stored.scopes, Vec::<String>::new());
+    assert_eq!(stored.scoped_teams, Some(vec![]));
+    assert_eq!(stored.scoped_organizations, None);
+    assert_eq!(stored.expires_at, None);
+    assert_same_key(
+        &key_by_value(store, &plain.secure_value).await.unwrap(),
+        &stored,
+    );
+
+    assert!(key_by_value(store, "sha256$unknown").await.is_none());
+
+    // The hash is unique; an unknown user is refused.
+    let mark = feed_mark(store).await;
+    assert_err(
+        store
+            .insert_api_key(key_with_hash(user.id, &new.secure_value), LIMIT)
+            .await,
+        "Conflict(api_key)",
+    );
+    assert_err(
+        store.insert_api_key(new_key(user.id + 1000), LIMIT).await,
+        "Missing(user)",
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert_eq!(env.rows("personal_api_keys").await, 2);
+
+    // An inactive user's keys are not found; reactivated, they are again.
+    set_active(store, user.id, false).await;
+    assert!(key_by_value(store, &new.secure_value).await.is_none());
+    set_active(store, user.id, true).await;
+    assert_same_key(&key_by_value(store, &new.secure_value).await.unwrap(), &key);
+}
+
+async fn api_key_limit_is_per_user(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "limit@example.com").await;
+    let other = add_user(store, "other-limit@example.com").await;
+    for _ in 0..LIMIT {
+        store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    }
+    let mark = feed_mark(store).await;
+    let eleventh = new_key(user.id);
+    assert_err(
+        store.insert_api_key(eleventh.clone(), LIMIT).await,
+        "Limit(10)",
+    );
+    assert!(key_by_value(store, &eleventh.secure_value).await.is_none());
+    assert_eq!(key_count(&env, user.id).await, LIMIT as i64);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    // Another user has a limit of their own; the limit is the caller's.
+    store
+        .insert_api_key(new_key(other.id), LIMIT)
+        .await
+        .unwrap();
+    store.insert_api_key(new_key(other.id), 2).await.unwrap();
+    assert_err(store.insert_api_key(new_key(other.id), 2).await, "Limit(2)");
+    assert_eq!(key_count(&env, other.id).await, 2);
+
+    // Deleting the user frees nothing for others, and their keys go with them.
+    assert_eq!(
+        store.delete_user(user.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert_eq!(key_count(&env, user.id).await, 0);
+    assert_eq!(env.rows("personal_api_keys").await, 2);
+}
+
+async fn concurrent_api_key_inserts_never_exceed_the_limit(db: Db) {
+    let env = Env::new(db).await;
+    let second = env.reopen().await;
+    let user = add_user(&env.store, "race@example.com").await;
+
+    // From zero: 16 racing inserts through two stores (two replicas), exactly 10 succeed.
+    let race = |n: usize| {
+        let (a, b, user_id) = (env.store.clone(), second.clone(), user.id);
+        in_parallel((0..n).map(move |i| {
+            let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+            async move { store.insert_api_key(new_key(user_id), LIMIT).await }
+        }))
+    };
+    let outcomes = |results: Vec<StoreResult<ApiKeyRecord>>| {
+        let mut ok = 0;
+        for r in results {
+            match r {
+                Ok(_) => ok += 1,
+                Err(e) => assert_eq!(describe(&e), "Limit(10)"),
+            }
+        }
+        ok
+    };
+    assert_eq!(outcomes(race(16).await), LIMIT);
+    assert_eq!(key_count(&env, user.id).await, LIMIT as i64);
+
+    // At the boundary: with 8 stored, 6 racing inserts leave exactly 10.
+    let user2 = add_user(&env.store, "race2@example.com").await;
+    for _ in 0..8 {
+        env.store
+            .insert_api_key(new_key(user2.id), LIMIT)
+            .await
+            .unwrap();
+    }
+    let (a, b, user_id) = (env.store.clone(), second.clone(), user2.id);
+    let results = in_parallel((0..6).map(move |i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { store.insert_api_key(new_key(user_id), LIMIT).await }
+    }))
+    .await;
+    assert_eq!(outcomes(results), 2);
+    assert_eq!(key_count(&env, user2.id).await, LIMIT as i64);
+}
+
+async fn legacy_api_key_helpers(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "legacy@example.com").await;
+    let inactive = add_user(store, "gone@example.com").await;
+    let p260 = hoglet::domain::api_key::legacy_prefix(260_000);
+    let p390 = hoglet::domain::api_key::legacy_prefix(390_000);
+    assert_eq!(p260, "pbkdf2_sha256$260000$posthog_personal_api_key$");
+
+    store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    assert!(!store.has_legacy_api_keys().await.unwrap());
+    assert!(store.legacy_api_keys(&p260).await.unwrap().is_empty());
+
+    let l260 = store
+        .insert_api_key(key_with_hash(user.id, &format!("{p260}AAAA=")), LIMIT)
+        .await
+        .unwrap();
+    let l390 = store
+        .insert_api_key(key_with_hash(user.id, &format!("{p390}BBBB=")), LIMIT)
+        .await
+        .unwrap();
+    let l260_inactive = store
+        .insert_api_key(key_with_hash(inactive.id, &format!("{p260}CCCC=")), LIMIT)
+        .await
+        .unwrap();
+    // Look-alikes: the prefix is literal (no LIKE wildcards, no case folding).
+    for lookalike in [
+        "pbkdf2-sha256$260000$posthog-personal-api-key$DDDD=",
+        "PBKDF2_SHA256$260000$POSTHOG_PERSONAL_API_KEY$EEEE=",
+    ] {
+        store
+            .insert_api_key(key_with_hash(user.id, lookalike), LIMIT)
+            .await
+            .unwrap();
+    }
+    set_active(store, inactive.id, false).await;
+    assert!(store.has_legacy_api_keys().await.unwrap());
+
+    let ids = |keys: Vec<ApiKeyRecord>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    let found = store.legacy_api_keys(&p260).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_same_key(&found[0], &l260);
+    assert_eq!(
+        ids(store.legacy_api_keys(&p390).await.unwrap()),
+        vec![l390.id.clone()]
+    );
+    assert!(
+        store
+            .legacy_api_keys(&hoglet::domain::api_key::legacy_prefix(600_000))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Upgrading replaces the hash: found by the new value, no longer by the legacy prefix.
+    let mark = feed_mark(store).await;
+    store
+        .upgrade_api_key_hash(&l260.id, "sha256$upgraded-260")
+        .await
+        .unwrap();
+    let upgraded = key_by_value(store, "sha256$upgraded-260").await.unwrap();
+    assert_eq!(upgraded.id, l260.id);
+    assert_eq!(upgraded.user_id, user.id);
+    assert_eq!(upgraded.scopes, l260.scopes);
+    assert!(key_by_value(store, &l260.secure_value).await.is_none());
+    assert!(store.legacy_api_keys(&p260).await.unwrap().is_empty());
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    // Upgrading to a hash another key holds is a conflict and changes nothing.
+    assert_err(
+        store
+            .upgrade_api_key_hash(&l390.id, "sha256$upgraded-260")
+            .await,
+        "Conflict(api_key)",
+    );
+    assert_eq!(
+        ids(store.legacy_api_keys(&p390).await.unwrap()),
+        vec![l390.id.clone()]
+    );
+
+    // Only when no legacy hash is left (inactive users' keys included) is the answer false.
+    store
+        .upgrade_api_key_hash(&l390.id, "sha256$upgraded-390")
+        .await
+        .unwrap();
+    assert!(store.has_legacy_api_keys().await.unwrap());
+    store
+        .upgrade_api_key_hash(&l260_inactive.id, "sha256$upgraded-inactive")
+        .await
+        .unwrap();
+    assert!(!store.has_legacy_api_keys().await.unwrap());
+}
+
+async fn touch_api_keys_only_moves_forward(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "touch@example.com").await;
+    let k1 = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let k2 = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let used = |k: &ApiKeyRecord| {
+        let value = k.secure_value.clone();
+        async move { key_by_value(store, &value).await.unwrap().last_used_at }
+    };
+    let mark = feed_mark(store).await;
+
+    store.touch_api_keys(&[]).await.unwrap();
+    store
+        .touch_api_keys(&[(k1.id.clone(), T0 + 1000), (k2.id.clone(), T0 + 2000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (used(&k1).await, used(&k2).await),
+        (Some(T0 + 1000), Some(T0 + 2000))
+    );
+
+    // Older and equal times never move it back; newer ones move it; unknown ids are ignored.
+    store
+        .touch_api_keys(&[
+            (k1.id.clone(), T0 + 500),
+            ("no-such-key".into(), T0 + 9000),
+            (k2.id.clone(), T0 + 3000),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (used(&k1).await, used(&k2).await),
+        (Some(T0 + 1000), Some(T0 + 3000))
+    );
+    store
+        .touch_api_keys(&[(k1.id.clone(), T0 + 1000)])
+        .await
+        .unwrap();
+    assert_eq!(used(&k1).await, Some(T0 + 1000));
+    // Within one batch the latest time wins whatever the order.
+    store
+        .touch_api_keys(&[(k1.id.clone(), T0 + 5000), (k1.id.clone(), T0 + 4000)])
+        .await
+        .unwrap();
+    assert_eq!(used(&k1).await, Some(T0 + 5000));
+
+    // Touching changes nothing else and invalidates nothing.
+    let after = key_by_value(store, &k2.secure_value).await.unwrap();
+    let mut expected = k2.clone();
+    expected.last_used_at = Some(T0 + 3000);
+    assert_same_key(&after, &expected);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    // A batch is one transaction: when one update fails, none of the batch is kept.
+    env.raw_exec(
+        &format!(
+            "CREATE TRIGGER refuse_touch BEFORE UPDATE OF last_used_at ON personal_api_keys \
+             WHEN NEW.id = '{}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+            k2.id
+        ),
+        &format!(
+            "CREATE FUNCTION refuse_touch() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN IF NEW.id = '{}' THEN RAISE EXCEPTION 'refused by the test'; END IF; \
+             RETURN NEW; END $$; \
+             CREATE TRIGGER refuse_touch BEFORE UPDATE OF last_used_at ON personal_api_keys \
+             FOR EACH ROW EXECUTE FUNCTION refuse_touch();",
+            k2.id
+        ),
+    )
+    .await;
+    let refused = store
+        .touch_api_keys(&[(k1.id.clone(), T0 + 8000), (k2.id.clone(), T0 + 8000)])
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_eq!(
+        (used(&k1).await, used(&k2).await),
+        (Some(T0 + 5000), Some(T0 + 3000))
+    );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Settings
+// ---------------------------------------------------------------------------------------------
+
+async fn settings_keep_the_first_value(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    assert_eq!(
+        store
+            .setting_or_insert("secret_key", "first")
+            .await
+            .unwrap(),
+        "first"
+    );
+    assert_eq!(
+        store
+            .setting_or_insert("secret_key", "second")
+            .await
+            .unwrap(),
+        "first"
+    );
+    assert_eq!(
+        store.setting_or_insert("other", "").await.unwrap(),
+        "",
+        "keys are independent; empty values are values"
+    );
+    assert_eq!(store.setting_or_insert("other", "x").await.unwrap(), "");
+
+    // Another store, opened later, sees the same first value forever.
+    let second = env.reopen().await;
+    assert_eq!(
+        second
+            .setting_or_insert("secret_key", "third")
+            .await
+            .unwrap(),
+        "first"
+    );
+
+    // Racing first inserts all agree on one of the candidates.
+    let results = in_parallel((0..8).map(|i| {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        async move {
+            s.setting_or_insert("raced", &format!("candidate-{i}"))
+                .await
+                .expect("setting")
+        }
+    }))
+    .await;
+    let distinct: BTreeSet<_> = results.iter().cloned().collect();
+    assert_eq!(distinct.len(), 1, "{results:?}");
+    assert!(results[0].starts_with("candidate-"));
+    assert_eq!(
+        store.setting_or_insert("raced", "late").await.unwrap(),
+        results[0]
+    );
+    assert_eq!(env.rows("settings").await, 3);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Invalidation feed
+// ---------------------------------------------------------------------------------------------
+
+async fn invalidation_feed_orders_filters_and_prunes(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let before = system_now();
+    let a = add_user(store, "feed-a@example.com").await;
+    let b = add_user(store, "feed-b@example.com").await;
+    assert_eq!(
+        feed(store).await,
+        vec![],
+        "inserting a user records nothing"
+    );
+
+    let (org, _) = add_org(store, a.id, "Feed").await; // a
+    store.update_user(&reload(store, b.id).await).await.unwrap(); // b
+    store.set_current_context(a.id, None, None).await.unwrap(); // a
+    add_team(store, org.id, "Everything").await; // everything
+    store.insert_api_key(new_key(b.id), LIMIT).await.unwrap(); // b
+    store.delete_user(b.id).await.unwrap(); // b
+    let after = system_now();
+
+    let all = feed(store).await;
+    let entries: Vec<Entry> = all
+        .iter()
+        .map(|r| (r.user_id, r.key_hash.clone()))
+        .collect();
+    assert_eq!(
+        entries,
+        vec![
+            user_entry(a.id),
+            user_entry(b.id),
+            user_entry(a.id),
+            EVERYTHING,
+            user_entry(b.id),
+            user_entry(b.id),
+        ]
+    );
+    assert!(all.windows(2).all(|w| w[0].seq < w[1].seq), "{all:?}");
+    assert!(
+        all.windows(2).all(|w| w[0].created_at <= w[1].created_at),
+        "{all:?}"
+    );
+    for r in &all {
+        assert_between(r.created_at, before, after);
+    }
+
+    // `since` is exclusive and the answer is oldest first.
+    for r in &all {
+        let expected: Vec<_> = all
+            .iter()
+            .filter(|x| x.created_at > r.created_at)
+            .cloned()
+            .collect();
+        assert_eq!(
+            store.invalidations_since(r.created_at).await.unwrap(),
+            expected
+        );
+    }
+    assert_eq!(store.invalidations_since(before - 1).await.unwrap(), all);
+    assert!(store.invalidations_since(after).await.unwrap().is_empty());
+
+    // Pruning drops what is strictly older than the cut and keeps the rest.
+    let cut = all[3].created_at;
+    store.prune_invalidations(cut).await.unwrap();
+    let kept: Vec<_> = all
+        .iter()
+        .filter(|r| r.created_at >= cut)
+        .cloned()
+        .collect();
+    assert!(!kept.is_empty());
+    assert_eq!(feed(store).await, kept);
+
+    // Sequence numbers keep growing after a prune, even one that empties the feed: readers
+    // remember which seq they applied.
+    let last_seq = all.last().unwrap().seq;
+    store.prune_invalidations(system_now() + 1).await.unwrap();
+    assert_eq!(feed(store).await, vec![]);
+    store
+        .set_current_context(a.id, Some(org.id), None)
+        .await
+        .unwrap();
+    let fresh = feed(store).await;
+    assert_eq!(fresh.len(), 1);
+    assert!(fresh[0].seq > last_seq, "{} after {last_seq}", fresh[0].seq);
+    assert_eq!(fresh[0].user_id, Some(a.id));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Durability basics
+// ---------------------------------------------------------------------------------------------
+
+async fn writes_are_visible_through_a_second_store(db: Db) {
+    let env = Env::new(db).await;
+    let first = env.store.clone();
+    let user = add_user(&first, "durable@example.com").await;
+    let (org, team) = add_org(&first, user.id, "Durable").await;
+    let key = first.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    first.setting_or_insert("secret_key", "kept").await.unwrap();
+    let mut edited = reload(&first, user.id).await;
+    edited.hedgehog_config = Some(json!({"color": "blue"}));
+    first.update_user(&edited).await.unwrap();
+
+    // A second store (another process: an admin command beside the server) sees it all.
+    let second = env.reopen().await;
+    assert_same_user(
+        &second
+            .user_by_email("DURABLE@example.com")
+            .await
+            .unwrap()
+            .unwrap(),
+        &edited,
+    );
+    assert_same_org(&second.organization(org.id).await.unwrap().unwrap(), &org);
+    assert_same_team(&second.team(team.id).await.unwrap().unwrap(), &team);
+    assert_same_key(
+        &key_by_value(&second, &key.secure_value).await.unwrap(),
+        &key,
+    );
+    assert_eq!(
+        second
+            .setting_or_insert("secret_key", "other")
+            .await
+            .unwrap(),
+        "kept"
+    );
+    assert_eq!(feed(&second).await, feed(&first).await);
+
+    // …and what the second store writes is visible to the first at once.
+    let newcomer = add_user(&second, "newcomer@example.com").await;
+    second
+        .add_membership(org.id, newcomer.id, MembershipLevel::Member)
+        .await
+        .unwrap();
+    let second_key = second
+        .insert_api_key(new_key(newcomer.id), LIMIT)
+        .await
+        .unwrap();
+    assert_same_user(
+        &reload(&first, newcomer.id).await,
+        &reload(&second, newcomer.id).await,
+    );
+    assert_eq!(
+        first.member_counts(&[org.id]).await.unwrap(),
+        vec![(org.id, 2)]
+    );
+    assert!(
+        key_by_value(&first, &second_key.secure_value)
+            .await
+            .is_some()
+    );
+    assert!(
+        feed(&first)
+            .await
+            .iter()
+            .any(|r| (r.user_id, r.key_hash.clone()) == user_entry(newcomer.id)),
+        "the feed is shared"
+    );
+
+    // Closed and opened again, nothing acknowledged is gone.
+    drop(second);
+    drop(first);
+    let third = env.reopen().await;
+    assert_eq!(third.count_users().await.unwrap(), 2);
+    assert_same_user(&reload(&third, user.id).await, &edited);
+    assert!(key_by_value(&third, &key.secure_value).await.is_some());
+    assert!(
+        key_by_value(&third, &second_key.secure_value)
+            .await
+            .is_some()
+    );
+    assert_eq!(
+        membership_rows(&third.memberships_of(&[newcomer.id]).await.unwrap()),
+        vec![(org.id, newcomer.id, MembershipLevel::Member)]
+    );
+    if let DatabaseUrl::Sqlite(path) = &env.db.url {
+        let path = path.clone();
+        let mode: String = tokio::task::spawn_blocking(move || {
+            rusqlite::Connection::open(path)
+                .unwrap()
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(mode.to_lowercase(), "wal");
+    }
+}
