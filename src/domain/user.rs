@@ -176,30 +176,3 @@ mod tests {
     }
 }
 
-/// The reduced hedgehog config "user basic" objects embed: null unless the stored config is a
-/// non-empty object; otherwise its profile keys (from `actor_options` for version 2 configs).
-pub fn hedgehog_basic(config: Option<&Value>) -> Value {
-    let Some(Value::Object(map)) = config else {
-        return Value::Null;
-    };
-    if map.is_empty() {
-        return Value::Null;
-    }
-    let actor = match (map.get("version"), map.get("actor_options")) {
-        (Some(v), Some(Value::Object(actor))) if v == &json!(2) => actor,
-        _ => map,
-    };
-    let pick = |key: &str| {
-        map.get(key)
-            .filter(|_| key == "use_as_profile")
-            .or_else(|| actor.get(key))
-            .cloned()
-            .unwrap_or(Value::Null)
-    };
-    json!({
-        "use_as_profile": pick("use_as_profile"),
-        "color": pick("color"),
-        "accessories": pick("accessories"),
-        "skin": pick("skin"),
-    })
-}

@@ -211,7 +211,7 @@ async fn signup(
             "last_name": user.last_name,
             "email": user.email,
             "is_email_verified": user.is_email_verified,
-            "hedgehog_config": crate::domain::user::hedgehog_basic(user.hedgehog_config.as_ref()),
+            "hedgehog_config": accounts::hedgehog_basic(user.hedgehog_config.as_ref()),
             "role_at_organization": user.role_at_organization,
             "redirect_url": redirect_url,
         }),

@@ -916,14 +916,8 @@ impl Store for PgStore {
         )
         .await?
         .ok_or(StoreError::Missing("user"))?;
-        let slug = unique_slug(&tx, &signup.organization_name).await?;
         let org_id = Uuid::now_v7().to_string();
-        execute(
-            &tx,
-            sql::ORGANIZATION_INSERT,
-            &[&org_id, &signup.organization_name, &slug, &now],
-        )
-        .await?;
+        insert_organization(&tx, &org_id, &signup.organization_name, now).await?;
         let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&org_id], |r| {
             row::organization_from_row(r, 0)
         })

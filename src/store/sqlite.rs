@@ -952,13 +952,8 @@ impl Store for SqliteStore {
                     )
                 })
                 .map_err(map_err)?;
-            let slug = unique_slug(tx, &signup.organization_name)?;
             let org_id = Uuid::now_v7().to_string();
-            exec(
-                tx,
-                sql::ORGANIZATION_INSERT,
-                params![org_id, signup.organization_name, slug, now],
-            )?;
+            insert_organization(tx, &org_id, &signup.organization_name, now)?;
             let organization = first(tx, sql::ORGANIZATION_BY_ID, [&org_id], |r| {
                 row::organization_from_row(r, 0)
             })
