@@ -291,24 +291,24 @@ async fn login(
         }
     }
     let previous = session::current_record(&headers, &state).await?;
-    if let Some(device) = state.store.totp_device(user.id).await? {
-        if !accounts::remembered(&state, &headers, &device) {
-            let (_, cookies) = session::start(
-                &state,
-                NewSession::PendingTwoFactor { user_id: user.id },
-                previous.as_ref(),
-            )
-            .await?;
-            let mut response = ApiError::Envelope {
-                status: StatusCode::UNAUTHORIZED,
-                kind: "server_error",
-                code: "2fa_required",
-                detail: "2FA is required.".into(),
-            }
-            .into_response();
-            cookies.apply(response.headers_mut());
-            return Ok(response);
+    if let Some(device) = state.store.totp_device(user.id).await?
+        && !accounts::remembered(&state, &headers, &device)
+    {
+        let (_, cookies) = session::start(
+            &state,
+            NewSession::PendingTwoFactor { user_id: user.id },
+            previous.as_ref(),
+        )
+        .await?;
+        let mut response = ApiError::Envelope {
+            status: StatusCode::UNAUTHORIZED,
+            kind: "server_error",
+            code: "2fa_required",
+            detail: "2FA is required.".into(),
         }
+        .into_response();
+        cookies.apply(response.headers_mut());
+        return Ok(response);
     }
     let cookies = complete_login(&state, &mut user, previous.as_ref()).await?;
     Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
@@ -664,15 +664,14 @@ async fn request_email_verification(
         .get("uuid")
         .and_then(accounts::text_of)
         .ok_or_else(|| ApiError::field("uuid", "required", "This field is required."))?;
-    if let Ok(uuid) = Uuid::parse_str(&uuid) {
-        if let Some(user) = state
+    if let Ok(uuid) = Uuid::parse_str(&uuid)
+        && let Some(user) = state
             .store
             .user_by_uuid(uuid)
             .await?
             .filter(|u| u.is_active)
-        {
-            emails::send_verification(&state, &user).await;
-        }
+    {
+        emails::send_verification(&state, &user).await;
     }
     Ok(axum::Json(json!({"success": true})))
 }
@@ -724,14 +723,14 @@ async fn verify_email(
     let old_email = user.email.clone();
     let changed = user.pending_email.take();
     if let Some(new_email) = &changed {
-        if let Some(other) = state.store.user_by_email(new_email).await? {
-            if other.id != user.id {
-                return Err(ApiError::field(
-                    "email",
-                    "email_taken",
-                    "Another account now uses this email address. Start the change again with a different address.",
-                ));
-            }
+        if let Some(other) = state.store.user_by_email(new_email).await?
+            && other.id != user.id
+        {
+            return Err(ApiError::field(
+                "email",
+                "email_taken",
+                "Another account now uses this email address. Start the change again with a different address.",
+            ));
         }
         user.email = new_email.clone();
     }

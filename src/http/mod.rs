@@ -38,11 +38,14 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
+/// The router behind path normalisation.
+type NormalizedRouter = tower::util::MapRequest<Router, fn(Request) -> Request>;
+
 /// The complete service: routes, fallbacks, middleware and path normalisation.
 pub fn service(
     state: AppState,
 ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
-    tower::util::MapRequest<Router, fn(Request) -> Request>,
+    NormalizedRouter,
     std::net::SocketAddr,
 > {
     let (router, document) = api_router().split_for_parts();

@@ -134,10 +134,10 @@ pub async fn check_second_factor(
         }
         let secret = open_totp_secret(state, &device.secret)?;
         let step = totp::matching_step(&secret, token, state.clock.now_secs());
-        if let Some(step) = step.filter(|s| *s > device.last_step) {
-            if state.store.advance_totp_step(user.id, step).await? {
-                return Ok(SecondFactor::Accepted);
-            }
+        if let Some(step) = step.filter(|s| *s > device.last_step)
+            && state.store.advance_totp_step(user.id, step).await?
+        {
+            return Ok(SecondFactor::Accepted);
         }
         let failures = device.failures + 2;
         let delay = 1i64 << (failures - 1).clamp(0, 12);

@@ -97,9 +97,9 @@ impl PasswordHasher {
 
 fn lower_priority() {
     use thread_priority::{ThreadPriority, ThreadPriorityValue, set_current_thread_priority};
-    if let Ok(value) = ThreadPriorityValue::try_from(LOW_PRIORITY) {
-        if let Err(e) = set_current_thread_priority(ThreadPriority::Crossplatform(value)) {
-            tracing::debug!(error = ?e, "could not lower the hashing thread's priority");
-        }
+    if let Ok(value) = ThreadPriorityValue::try_from(LOW_PRIORITY)
+        && let Err(e) = set_current_thread_priority(ThreadPriority::Crossplatform(value))
+    {
+        tracing::debug!(error = ?e, "could not lower the hashing thread's priority");
     }
 }

@@ -790,7 +790,7 @@ impl Store for PgStore {
 
     async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let c = self.client().await?;
-        first(&c, sql::API_KEY_BY_ID, &[&id], |r| row::api_key_from_row(r)).await
+        first(&c, sql::API_KEY_BY_ID, &[&id], row::api_key_from_row).await
     }
 
     async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
@@ -973,7 +973,7 @@ impl Store for PgStore {
 
     async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
         let c = self.client().await?;
-        first(&c, sql::SESSION_BY_ID, &[&id], |r| row::session_from_row(r)).await
+        first(&c, sql::SESSION_BY_ID, &[&id], row::session_from_row).await
     }
 
     async fn update_session(&self, s: &SessionRecord) -> StoreResult<()> {
