@@ -3,7 +3,8 @@
 use std::path::PathBuf;
 
 use anyhow::Context;
-use lettre::message::{Mailbox, header::ContentType};
+use lettre::message::header::{ContentTransferEncoding, ContentType};
+use lettre::message::{Mailbox, SinglePart};
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
@@ -76,12 +77,17 @@ impl Mailer {
             tracing::info!(to = %email.to, subject = %email.subject, "mail (not delivered: HOGLET_EMAIL=log)");
             return Ok(());
         }
+        // 8bit (not quoted-printable) keeps links intact for people and tests reading the `.eml`
+        // files. Our templates keep every line far below the 998-character limit of RFC 5322.
+        let body = lettre::message::Body::dangerous_pre_encoded(
+            email.body.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes(),
+            ContentTransferEncoding::EightBit,
+        );
         let message = Message::builder()
             .from(self.from.clone())
             .to(email.to.parse().context("recipient address")?)
             .subject(email.subject.clone())
-            .header(ContentType::TEXT_PLAIN)
-            .body(email.body.clone())
+            .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(body))
             .context("building the message")?;
         match &self.transport {
             Transport::Log => Ok(()),

@@ -148,10 +148,23 @@ impl<P: Authenticators> Authenticated<P> {
         self.authorize_with(need, Freshness::Required)
     }
 
+    /// For views without scope checks (PostHog's personal-key views): only the recent-login rule.
+    pub fn authorize_unscoped(self) -> ApiResult<Caller> {
+        self.check(None, Freshness::Required)
+    }
+
     pub fn authorize_with(self, need: ScopeNeed, freshness: Freshness<'_>) -> ApiResult<Caller> {
+        self.check(Some(need), freshness)
+    }
+
+    fn check(self, need: Option<ScopeNeed>, freshness: Freshness<'_>) -> ApiResult<Caller> {
         match &self.caller.credential {
-            Credential::ApiKey(key) => check_key_scopes(&key.scopes, need)
-                .map_err(|denied| ApiError::forbidden(denied.detail()))?,
+            Credential::ApiKey(key) => {
+                if let Some(need) = need {
+                    check_key_scopes(&key.scopes, need)
+                        .map_err(|denied| ApiError::forbidden(denied.detail()))?;
+                }
+            }
             Credential::Session(session) => {
                 let unsafe_method = !matches!(
                     self.method,

@@ -5,6 +5,7 @@
 //! matched route) wraps body parsing, which wraps the handlers.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod body;
 pub mod health;
 pub mod metrics;
@@ -30,6 +31,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(users::router())
         .merge(accounts::router())
         .merge(two_factor::router())
+        .merge(api_keys::router())
         .merge(health::router())
 }
 

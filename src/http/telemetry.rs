@@ -7,8 +7,11 @@ use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 
+use axum::response::IntoResponse;
+use futures_util::FutureExt;
+
 use crate::app::AppState;
-use crate::error::ErrorCause;
+use crate::error::{ApiError, ErrorCause};
 
 pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
@@ -18,7 +21,21 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
         .get::<MatchedPath>()
         .map(|p| p.as_str().to_string());
     let path = request.uri().path().to_string();
-    let response = next.run(request).await;
+    // A panicking handler answers 500 like any other bug instead of dropping the connection.
+    let response = match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "panic".into());
+            ApiError::internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
+        }
+    };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
     let route = route.as_deref().unwrap_or("unmatched");

@@ -2,8 +2,10 @@
 //! (a temporary SQLite file, and a fresh Postgres database when `HOGLET_TEST_POSTGRES_URL` is set).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+mod browser;
 mod helpers;
 
+mod accounts;
 mod cli;
 mod operations;
 mod store_contract;

@@ -1,0 +1,443 @@
+//! `/api/personal_api_keys/`: create, list, retrieve (`@current` for the calling key), update,
+//! delete and roll personal API keys. Managed from a browser session; a key may only read itself.
+
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+use uuid::Uuid;
+
+use crate::app::AppState;
+use crate::auth::{Authenticated, Caller, KeyThenSession};
+use crate::domain::api_key::{self, MAX_KEYS_PER_USER, MAX_LABEL_CHARS};
+use crate::domain::fields::{self, Chars};
+use crate::domain::python::py_type_name;
+use crate::domain::scope::is_valid_scope;
+use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::body::Body;
+use crate::ratelimit::Rate;
+use crate::store::{ApiKeyChanges, ApiKeyRecord, NewApiKey, StoreError};
+use crate::time::{iso_z, parse_rfc3339};
+
+const NO_KEY_ACCESS: &str = "This action does not support Personal API Key access";
+/// PostHog's default throttles for personal-key requests.
+pub const BURST: Rate = Rate::per_minute("burst", 480);
+pub const SUSTAINED: Rate = Rate::per_hour("sustained", 4800);
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(retrieve, update, partial_update, destroy))
+        .routes(routes!(roll))
+}
+
+/// The representation of a key (`value` only right after create and roll).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PersonalApiKeyView {
+    pub id: String,
+    pub label: String,
+    pub value: Option<String>,
+    pub mask_value: String,
+    pub created_at: String,
+    pub last_used_at: Option<String>,
+    pub user_id: i64,
+    pub scopes: Vec<String>,
+    pub scoped_teams: Vec<i64>,
+    pub scoped_organizations: Vec<String>,
+    pub last_rolled_at: Option<String>,
+    /// hoglet addition: after this the key is refused (null: never).
+    pub expires_at: Option<String>,
+}
+
+fn view(record: &ApiKeyRecord, value: Option<String>) -> PersonalApiKeyView {
+    PersonalApiKeyView {
+        id: record.id.clone(),
+        label: record.label.clone(),
+        value,
+        mask_value: record.mask_value.clone(),
+        created_at: iso_z(record.created_at),
+        last_used_at: record.last_used_at.map(iso_z),
+        user_id: record.user_id,
+        scopes: if record.scopes.is_empty() {
+            vec!["*".into()]
+        } else {
+            record.scopes.clone()
+        },
+        scoped_teams: record.scoped_teams.clone().unwrap_or_default(),
+        scoped_organizations: record.scoped_organizations.clone().unwrap_or_default(),
+        last_rolled_at: record.last_rolled_at.map(iso_z),
+        expires_at: record.expires_at.map(iso_z),
+    }
+}
+
+/// PostHog's burst and sustained limits, for requests made with a personal key.
+pub async fn throttle_key(state: &AppState, caller: &Caller) -> ApiResult<()> {
+    if !state.config.rate_limit_keys {
+        return Ok(());
+    }
+    let Some(key) = caller.api_key() else {
+        return Ok(());
+    };
+    for rate in [BURST, SUSTAINED] {
+        state
+            .limiter
+            .check(rate, &key.id)
+            .await
+            .map_err(ApiError::Throttled)?;
+    }
+    Ok(())
+}
+
+/// Session callers only (`PersonalApiKeySelfAccess` refuses keys everything but reading themselves).
+fn session_only(caller: &Caller) -> ApiResult<()> {
+    if caller.api_key().is_some() {
+        return Err(ApiError::forbidden(NO_KEY_ACCESS));
+    }
+    Ok(())
+}
+
+/// The caller's own key by id (another user's key is not found).
+async fn own_key(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ApiKeyRecord> {
+    state
+        .store
+        .api_key(id)
+        .await?
+        .filter(|k| k.user_id == caller.user_id)
+        .ok_or_else(ApiError::not_found)
+}
+
+/// List personal API keys
+///
+/// The caller's keys, newest first (not paginated).
+#[utoipa::path(
+    get,
+    path = "/api/personal_api_keys/",
+    operation_id = "personal_api_keys_list",
+    tag = "personal_api_keys",
+    responses((status = 200, body = Vec<PersonalApiKeyView>), (status = 403, body = ErrorBody)),
+)]
+async fn list(State(state): State<AppState>, auth: Authenticated<KeyThenSession>) -> ApiResult<axum::Json<Vec<PersonalApiKeyView>>> {
+    let caller = auth.authorize_unscoped()?;
+    throttle_key(&state, &caller).await?;
+    session_only(&caller)?;
+    let keys = state.store.api_keys_of(caller.user_id).await?;
+    Ok(axum::Json(keys.iter().map(|k| view(k, None)).collect()))
+}
+
+/// Validated writable fields; `None` means "not sent".
+#[derive(Default)]
+struct KeyInput {
+    label: Option<String>,
+    scopes: Option<Vec<String>>,
+    scoped_teams: Option<Option<Vec<i64>>>,
+    scoped_organizations: Option<Option<Vec<String>>>,
+    expires_at: Option<Option<i64>>,
+}
+
+async fn read_input(state: &AppState, caller: &Caller, body: Map<String, Value>, partial: bool) -> ApiResult<KeyInput> {
+    let mut input = KeyInput::default();
+    match body.get("label") {
+        Some(v) => {
+            input.label = fields::char_field(v, Chars::new().max(MAX_LABEL_CHARS))
+                .map_err(|e| ApiError::field("label", e.code, e.detail))?;
+        }
+        None if !partial => return Err(ApiError::field("label", "required", "This field is required.")),
+        None => {}
+    }
+    match body.get("scopes") {
+        Some(Value::Array(items)) => {
+            let mut scopes = Vec::with_capacity(items.len());
+            for item in items {
+                let scope = item.as_str().map(str::to_string).unwrap_or_else(|| item.to_string());
+                if !is_valid_scope(&scope) {
+                    return Err(ApiError::field("scopes", "invalid_input", format!("Invalid scope: {scope}")));
+                }
+                scopes.push(scope);
+            }
+            input.scopes = Some(scopes);
+        }
+        Some(Value::Null) => return Err(ApiError::field("scopes", "null", "This field may not be null.")),
+        Some(other) => {
+            return Err(ApiError::field(
+                "scopes",
+                "not_a_list",
+                format!("Expected a list of items but got type \"{}\".", py_type_name(other)),
+            ));
+        }
+        None if !partial => return Err(ApiError::field("scopes", "required", "This field is required.")),
+        None => {}
+    }
+    if let Some(value) = body.get("scoped_teams") {
+        input.scoped_teams = Some(scoped_teams(state, caller, value).await?);
+    }
+    if let Some(value) = body.get("scoped_organizations") {
+        input.scoped_organizations = Some(scoped_organizations(state, caller, value).await?);
+    }
+    if let Some(value) = body.get("expires_at") {
+        input.expires_at = Some(match value {
+            Value::Null => None,
+            Value::String(text) => {
+                let at = parse_rfc3339(text).ok_or_else(|| {
+                    ApiError::field(
+                        "expires_at",
+                        "invalid_input",
+                        "Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].",
+                    )
+                })?;
+                if at <= state.clock.now() {
+                    return Err(ApiError::field("expires_at", "invalid_input", "The expiry must be in the future."));
+                }
+                Some(at)
+            }
+            _ => {
+                return Err(ApiError::field(
+                    "expires_at",
+                    "invalid_input",
+                    "Datetime has wrong format. Use one of these formats instead: YYYY-MM-DDThh:mm[:ss[.uuuuuu]][+HH:MM|-HH:MM|Z].",
+                ));
+            }
+        });
+    }
+    Ok(input)
+}
+
+async fn scoped_teams(state: &AppState, caller: &Caller, value: &Value) -> ApiResult<Option<Vec<i64>>> {
+    let items = match value {
+        Value::Null => return Ok(None),
+        Value::Array(items) => items,
+        other => {
+            return Err(ApiError::field(
+                "scoped_teams",
+                "not_a_list",
+                format!("Expected a list of items but got type \"{}\".", py_type_name(other)),
+            ));
+        }
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        ids.push(fields::integer_field(item, None, None).map_err(|e| ApiError::field("scoped_teams", e.code, e.detail))?);
+    }
+    let organizations: Vec<Uuid> = state
+        .store
+        .memberships_of(&[caller.user_id])
+        .await?
+        .iter()
+        .map(|m| m.organization.id)
+        .collect();
+    let reachable: Vec<i64> = if organizations.is_empty() {
+        Vec::new()
+    } else {
+        state.store.teams_of(&organizations).await?.iter().map(|t| t.id).collect()
+    };
+    if ids.iter().any(|id| !reachable.contains(id)) {
+        return Err(ApiError::field(
+            "scoped_teams",
+            "invalid_input",
+            "You must be a member of all teams that you are scoping the key to.",
+        ));
+    }
+    Ok(Some(ids))
+}
+
+async fn scoped_organizations(state: &AppState, caller: &Caller, value: &Value) -> ApiResult<Option<Vec<String>>> {
+    let items = match value {
+        Value::Null => return Ok(None),
+        Value::Array(items) => items,
+        other => {
+            return Err(ApiError::field(
+                "scoped_organizations",
+                "not_a_list",
+                format!("Expected a list of items but got type \"{}\".", py_type_name(other)),
+            ));
+        }
+    };
+    let mut ids = Vec::with_capacity(items.len());
+    for item in items {
+        let uuid = item
+            .as_str()
+            .and_then(|s| Uuid::parse_str(s).ok())
+            .ok_or_else(|| ApiError::field("scoped_organizations", "invalid_input", "Invalid organization UUID"))?;
+        ids.push(uuid);
+    }
+    let memberships = state.store.memberships_of(&[caller.user_id]).await?;
+    if ids.iter().any(|id| !memberships.iter().any(|m| m.organization.id == *id)) {
+        return Err(ApiError::field(
+            "scoped_organizations",
+            "invalid_input",
+            "You must be a member of all organizations that you are scoping the key to.",
+        ));
+    }
+    Ok(Some(ids.iter().map(Uuid::to_string).collect()))
+}
+
+/// Create a personal API key
+///
+/// The response is the only time the key's value is shown.
+#[utoipa::path(
+    post,
+    path = "/api/personal_api_keys/",
+    operation_id = "personal_api_keys_create",
+    tag = "personal_api_keys",
+    request_body(content = Object, description = "`label`, `scopes`, optional `scoped_teams`, `scoped_organizations`, `expires_at`."),
+    responses((status = 201, body = PersonalApiKeyView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+)]
+async fn create(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, body: Body) -> ApiResult<Response> {
+    let caller = auth.authorize_unscoped()?;
+    throttle_key(&state, &caller).await?;
+    session_only(&caller)?;
+    let input = read_input(&state, &caller, body.object()?, false).await?;
+    let value = api_key::generate_value();
+    let record = state
+        .store
+        .insert_api_key(
+            NewApiKey {
+                id: api_key::generate_id(),
+                user_id: caller.user_id,
+                label: input.label.unwrap_or_default(),
+                secure_value: api_key::secure_value(&value),
+                mask_value: api_key::mask(&value),
+                scopes: input.scopes.unwrap_or_default(),
+                scoped_teams: input.scoped_teams.flatten(),
+                scoped_organizations: input.scoped_organizations.flatten(),
+                expires_at: input.expires_at.flatten(),
+                created_at: state.clock.now(),
+            },
+            MAX_KEYS_PER_USER,
+        )
+        .await
+        .map_err(|e| match e {
+            StoreError::Limit(n) => ApiError::non_field(
+                "invalid_input",
+                format!("You can only have {n} personal API keys. Remove an existing key before creating a new one."),
+            ),
+            other => other.into(),
+        })?;
+    state.caches.invalidate_user(caller.user_id);
+    Ok((StatusCode::CREATED, axum::Json(view(&record, Some(value)))).into_response())
+}
+
+/// Retrieve a personal API key
+///
+/// `@current` is the key making the request.
+#[utoipa::path(
+    get,
+    path = "/api/personal_api_keys/{id}/",
+    operation_id = "personal_api_keys_retrieve",
+    tag = "personal_api_keys",
+    params(("id" = String, Path, description = "A key id, or `@current`.")),
+    responses((status = 200, body = PersonalApiKeyView), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)),
+)]
+async fn retrieve(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+    let caller = auth.authorize_unscoped()?;
+    throttle_key(&state, &caller).await?;
+    let id = match caller.api_key() {
+        Some(key) if id == "@current" || id == key.id => key.id.clone(),
+        Some(_) => return Err(ApiError::forbidden(NO_KEY_ACCESS)),
+        None if id == "@current" => return Err(ApiError::not_found()),
+        None => id,
+    };
+    Ok(axum::Json(view(&own_key(&state, &caller, &id).await?, None)))
+}
+
+async fn write(state: AppState, auth: Authenticated<KeyThenSession>, id: String, body: Body, partial: bool) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+    let caller = auth.authorize_unscoped()?;
+    throttle_key(&state, &caller).await?;
+    session_only(&caller)?;
+    let body = body.object()?;
+    let current = own_key(&state, &caller, &id).await?;
+    let input = read_input(&state, &caller, body, partial).await?;
+    let changes = ApiKeyChanges {
+        label: input.label.unwrap_or(current.label.clone()),
+        scopes: input.scopes.unwrap_or(current.scopes.clone()),
+        scoped_teams: input.scoped_teams.unwrap_or(current.scoped_teams.clone()),
+        scoped_organizations: input.scoped_organizations.unwrap_or(current.scoped_organizations.clone()),
+        expires_at: input.expires_at.unwrap_or(current.expires_at),
+    };
+    let updated = state.store.update_api_key(&current.id, changes).await?;
+    state.caches.invalidate_key(&current.secure_value);
+    Ok(axum::Json(view(&updated, None)))
+}
+
+/// Update a personal API key (all fields)
+#[utoipa::path(
+    put,
+    path = "/api/personal_api_keys/{id}/",
+    operation_id = "personal_api_keys_update",
+    tag = "personal_api_keys",
+    params(("id" = String, Path)),
+    request_body(content = Object),
+    responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
+)]
+async fn update(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>, body: Body) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+    write(state, auth, id, body, false).await
+}
+
+/// Update a personal API key
+#[utoipa::path(
+    patch,
+    path = "/api/personal_api_keys/{id}/",
+    operation_id = "personal_api_keys_partial_update",
+    tag = "personal_api_keys",
+    params(("id" = String, Path)),
+    request_body(content = Object),
+    responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
+)]
+async fn partial_update(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>, body: Body) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+    write(state, auth, id, body, true).await
+}
+
+/// Delete a personal API key
+///
+/// The key stops working at once.
+#[utoipa::path(
+    delete,
+    path = "/api/personal_api_keys/{id}/",
+    operation_id = "personal_api_keys_destroy",
+    tag = "personal_api_keys",
+    params(("id" = String, Path)),
+    responses((status = 204), (status = 404, body = ErrorBody)),
+)]
+async fn destroy(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    let caller = auth.authorize_unscoped()?;
+    throttle_key(&state, &caller).await?;
+    session_only(&caller)?;
+    let key = own_key(&state, &caller, &id).await?;
+    state.store.delete_api_key(&key.id).await?;
+    state.caches.invalidate_key(&key.secure_value);
+    state.caches.invalidate_user(caller.user_id);
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Roll a personal API key
+///
+/// A new value replaces the old one, which stops working at once.
+#[utoipa::path(
+    post,
+    path = "/api/personal_api_keys/{id}/roll/",
+    operation_id = "personal_api_keys_roll_create",
+    tag = "personal_api_keys",
+    params(("id" = String, Path)),
+    responses((status = 200, body = PersonalApiKeyView), (status = 404, body = ErrorBody)),
+)]
+async fn roll(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+    let caller = auth.authorize_unscoped()?;
+    throttle_key(&state, &caller).await?;
+    session_only(&caller)?;
+    let key = own_key(&state, &caller, &id).await?;
+    let value = api_key::generate_value();
+    let (before, after) = state
+        .store
+        .roll_api_key(&key.id, &api_key::secure_value(&value), &api_key::mask(&value), state.clock.now())
+        .await?
+        .ok_or_else(ApiError::not_found)?;
+    state.caches.invalidate_key(&before.secure_value);
+    Ok(axum::Json(view(&after, Some(value))))
+}

@@ -1,0 +1,151 @@
+//! A browser for session tests (its own cookie jar; sends the CSRF token like the web app does)
+//! and a reader for the `.eml` files of `HOGLET_EMAIL=file:DIR`.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use reqwest::Method;
+use reqwest::cookie::{CookieStore, Jar};
+use serde_json::{Value, json};
+
+use crate::helpers::{Reply, TestApp};
+
+pub struct Browser {
+    pub client: reqwest::Client,
+    jar: Arc<Jar>,
+    base: reqwest::Url,
+}
+
+impl Browser {
+    pub fn new(app: &TestApp) -> Self {
+        let jar = Arc::new(Jar::default());
+        let client = reqwest::Client::builder()
+            .cookie_provider(jar.clone())
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("client");
+        Self {
+            client,
+            jar,
+            base: app.base.parse().expect("base url"),
+        }
+    }
+
+    /// The value of a cookie the server set.
+    pub fn cookie(&self, name: &str) -> Option<String> {
+        let header = self.jar.cookies(&self.base)?;
+        header
+            .to_str()
+            .ok()?
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('='))
+            .find(|(k, _)| *k == name)
+            .map(|(_, v)| v.to_string())
+    }
+
+    pub fn cookie_names(&self) -> Vec<String> {
+        self.jar
+            .cookies(&self.base)
+            .and_then(|h| h.to_str().ok().map(str::to_string))
+            .unwrap_or_default()
+            .split(';')
+            .filter_map(|pair| pair.trim().split_once('=').map(|(k, _)| k.to_string()))
+            .collect()
+    }
+
+    /// Sends a request with the session cookie and the CSRF header.
+    pub async fn call(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.send(method, path, body, true).await
+    }
+
+    /// Sends a request without the CSRF header.
+    pub async fn call_without_csrf(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+        self.send(method, path, body, false).await
+    }
+
+    async fn send(&self, method: Method, path: &str, body: Option<Value>, csrf: bool) -> Reply {
+        let mut request = self.client.request(method, self.base.join(path).expect("url"));
+        if csrf {
+            if let Some(token) = self.cookie("posthog_csrftoken") {
+                request = request.header("X-CSRFToken", token);
+            }
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        Reply::read(request.send().await.expect("request sent")).await
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        self.call(Method::GET, path, None).await
+    }
+
+    pub async fn post(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::POST, path, Some(body)).await
+    }
+
+    pub async fn patch(&self, path: &str, body: Value) -> Reply {
+        self.call(Method::PATCH, path, Some(body)).await
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Reply {
+        self.post("/api/login/", json!({"email": email, "password": password}))
+            .await
+    }
+}
+
+/// One message written by `HOGLET_EMAIL=file:DIR`.
+#[derive(Debug, Clone)]
+pub struct Mail {
+    pub to: String,
+    pub subject: String,
+    pub body: String,
+}
+
+impl Mail {
+    /// The first URL in the body that starts with `prefix`.
+    pub fn link(&self, prefix: &str) -> Option<String> {
+        self.body
+            .split_whitespace()
+            .find(|w| w.contains(prefix))
+            .map(str::to_string)
+    }
+}
+
+/// Every message in the directory, oldest first.
+pub fn read_mails(dir: &Path) -> Vec<Mail> {
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|x| x == "eml"))
+                .collect()
+        })
+        .unwrap_or_default();
+    paths.sort();
+    paths
+        .iter()
+        .map(|p| parse_mail(&std::fs::read_to_string(p).expect("readable mail")))
+        .collect()
+}
+
+fn parse_mail(raw: &str) -> Mail {
+    let (head, body) = raw
+        .split_once("\r\n\r\n")
+        .or_else(|| raw.split_once("\n\n"))
+        .expect("headers and body");
+    let header = |name: &str| {
+        head.lines()
+            .find_map(|l| {
+                l.split_once(':')
+                    .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_default()
+    };
+    Mail {
+        to: header("To"),
+        subject: header("Subject"),
+        body: body.replace("\r\n", "\n"),
+    }
+}
