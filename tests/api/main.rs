@@ -9,4 +9,5 @@ mod accounts;
 mod cli;
 mod operations;
 mod store_contract;
+mod two_factor;
 mod users;
