@@ -318,13 +318,19 @@ pub async fn render_users(
             }
         }
         let organization = match current_org {
-            Some(org) => Some(organization_view(
-                state,
-                org,
-                org_teams,
-                requester_levels.get(&org.id).copied(),
-                member_counts.get(&org.id).copied().unwrap_or(0),
-            )),
+            Some(org) => {
+                let level = requester_levels.get(&org.id).copied();
+                // `teams`/`projects` list what the requester may see: nothing of an
+                // organization they do not belong to (staff reading a stranger).
+                let visible = if level.is_some() { org_teams } else { &[] };
+                Some(organization_view(
+                    state,
+                    org,
+                    visible,
+                    level,
+                    member_counts.get(&org.id).copied().unwrap_or(0),
+                ))
+            }
             None => None,
         };
         let organizations = own
