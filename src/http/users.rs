@@ -124,7 +124,8 @@ async fn list(
     });
     let query = UserQuery {
         only_user: (!requester.is_staff).then_some(requester.id),
-        email: last("email").map(str::to_string),
+        // django-filter skips a filter whose value is empty.
+        email: last("email").filter(|e| !e.is_empty()).map(str::to_string),
         is_staff,
         limit,
         offset,
@@ -277,7 +278,7 @@ async fn update(
     state: State<AppState>,
     auth: Authenticated<UserViews>,
     segment: UserSegment,
-    body: Body,
+    body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     write_user(state, auth, segment, body, false).await
 }
@@ -303,23 +304,28 @@ async fn partial_update(
     state: State<AppState>,
     auth: Authenticated<UserViews>,
     segment: UserSegment,
-    body: Body,
+    body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     write_user(state, auth, segment, body, true).await
 }
 
 type Json = axum::Json<UserView>;
 
+// Handlers that read a body take it as `ApiResult<Body>` and open it only after the scope check
+// and the target lookup, so a malformed body never hides a 403/404 (PostHog parses the body
+// lazily, when the action first reads `request.data`).
+
 async fn write_user(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-    Body(body): Body,
+    body: ApiResult<Body>,
     partial: bool,
 ) -> ApiResult<Json> {
     let caller = auth.authorize(USER_WRITE)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
+    let Body(body) = body?;
     let (mut user, changes) =
         users_service::apply_update(&state, &caller, &requester, &target, body, partial).await?;
     if let Some(email) = changes.new_email {
@@ -378,9 +384,11 @@ async fn hedgehog_config(
     let caller = auth.authorize(USER_READ)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
+    // PostHog answers `hedgehog_config or {}`: any empty stored value reads as `{}`.
     Ok(axum::Json(
         target
             .hedgehog_config
+            .filter(crate::domain::python::py_truthy)
             .unwrap_or_else(|| Value::Object(Map::new())),
     ))
 }
@@ -402,11 +410,12 @@ async fn hedgehog_config_update(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-    Body(body): Body,
+    body: ApiResult<Body>,
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize(USER_WRITE)?;
     let requester = load_caller(&state, &caller).await?;
     let mut target = resolve_target(&state, &requester, &segment).await?;
+    let Body(body) = body?;
     target.hedgehog_config = Some(body.clone());
     users_service::save(&state, &target).await?;
     Ok(axum::Json(body))
@@ -428,12 +437,12 @@ async fn scene_personalisation(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-    body: Body,
+    body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    let body = body.object()?;
+    let body = body?.object()?;
     let scene = match body.get("scene") {
         Some(v) => fields::char_field(v, Chars::new().max(200))
             .map_err(|e| ApiError::field("scene", e.code, e.detail))?,
