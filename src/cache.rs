@@ -226,10 +226,10 @@ pub async fn run_invalidation_poller(
                 feed_was_down = true;
             }
         }
-        if ticks % 4 == 0 {
+        if ticks.is_multiple_of(4) {
             caches.flush_last_used(&store).await;
         }
-        if ticks % 240 == 0 {
+        if ticks.is_multiple_of(240) {
             let _ = store.prune_invalidations(system_now() - 600 * SECOND).await;
         }
     }

@@ -48,14 +48,14 @@ fn find_key(parts: &Parts) -> Option<(String, KeySource)> {
     if let Some(token) = bearer_token(parts) {
         return (!token.starts_with("pha_")).then(|| (token.to_string(), KeySource::Header));
     }
-    if let Some(ParsedBody::Fields(fields)) = parts.extensions.get::<ParsedBody>() {
-        if let Some(value) = fields.get("personal_api_key") {
-            let key = value
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or_else(|| value.to_string());
-            return Some((key, KeySource::Body));
-        }
+    if let Some(ParsedBody::Fields(fields)) = parts.extensions.get::<ParsedBody>()
+        && let Some(value) = fields.get("personal_api_key")
+    {
+        let key = value
+            .as_str()
+            .map(str::to_string)
+            .unwrap_or_else(|| value.to_string());
+        return Some((key, KeySource::Body));
     }
     let query = parts.uri.query()?;
     form_urlencoded_get(query, "personal_api_key").map(|k| (k, KeySource::Query))

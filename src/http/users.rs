@@ -239,10 +239,8 @@ async fn retrieve(
     let caller = auth.authorize(USER_READ)?;
     // The hot path: a key reading its own user is served from the rendered cache.
     let cacheable = segment == "@me" && caller.api_key().is_some();
-    if cacheable {
-        if let Some(body) = state.caches.me(caller.user_id) {
-            return Ok(json_bytes(body));
-        }
+    if cacheable && let Some(body) = state.caches.me(caller.user_id) {
+        return Ok(json_bytes(body));
     }
     let generation = state.caches.generation();
     let requester = load_caller(&state, &caller).await?;

@@ -312,10 +312,10 @@ pub async fn render_users(
             .current_team_id
             .and_then(|id| org_teams.iter().find(|t| t.id == id))
             .map(|t| TeamBasic::from(*t));
-        if team.is_none() {
-            if let Some(id) = user.current_team_id {
-                team = state.store.team(id).await?.as_ref().map(TeamBasic::from);
-            }
+        if team.is_none()
+            && let Some(id) = user.current_team_id
+        {
+            team = state.store.team(id).await?.as_ref().map(TeamBasic::from);
         }
         let organization = match current_org {
             Some(org) => {

@@ -135,10 +135,10 @@ pub async fn apply_update(
         Some(value) => {
             let email = fields::email_field(value).map_err(field_err("email"))?;
             if email.to_lowercase() != target.email.to_lowercase() {
-                if let Some(other) = state.store.user_by_email(&email).await? {
-                    if other.id != target.id {
-                        return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
-                    }
+                if let Some(other) = state.store.user_by_email(&email).await?
+                    && other.id != target.id
+                {
+                    return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
                 }
                 changes.new_email = Some(email);
             } else {

@@ -235,7 +235,7 @@ async fn insert_team(
         &[&id, &sql::DEFAULT_DASHBOARD_NAME, &now],
     )
     .await?;
-    first(c, sql::TEAM_BY_ID, &[&id], |r| row::team_from_row(r))
+    first(c, sql::TEAM_BY_ID, &[&id], row::team_from_row)
         .await?
         .ok_or(StoreError::Missing("team"))
 }
@@ -465,7 +465,7 @@ impl Store for PgStore {
             "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
              FALSE FROM users u WHERE u.id = ANY($1)",
             &[&ids],
-            |r| row::user_facts_from_row(r),
+            row::user_facts_from_row,
         )
         .await
     }
@@ -566,7 +566,7 @@ impl Store for PgStore {
 
     async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>> {
         let c = self.client().await?;
-        first(&c, sql::TEAM_BY_ID, &[&id], |r| row::team_from_row(r)).await
+        first(&c, sql::TEAM_BY_ID, &[&id], row::team_from_row).await
     }
 
     async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>> {
@@ -584,7 +584,7 @@ impl Store for PgStore {
                  WHERE m.user_id = ANY($1) ORDER BY m.joined_at, m.id"
             ),
             &[&ids],
-            |r| row::membership_with_org_from_row(r),
+            row::membership_with_org_from_row,
         )
         .await
     }
@@ -600,7 +600,7 @@ impl Store for PgStore {
                 " FROM teams t WHERE t.organization_id = ANY($1) ORDER BY t.id"
             ),
             &[&ids],
-            |r| row::team_from_row(r),
+            row::team_from_row,
         )
         .await
     }
@@ -631,7 +631,7 @@ impl Store for PgStore {
             &c,
             sql::DASHBOARD_INSERT,
             &[&team_id, &name, &system_now()],
-            |r| row::dashboard_from_row(r),
+            row::dashboard_from_row,
         )
         .await?
         .ok_or(StoreError::Missing("dashboard"))
@@ -653,7 +653,7 @@ impl Store for PgStore {
             "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations \
              WHERE user_id = ANY($1) ORDER BY id",
             &[&ids],
-            |r| row::scene_from_row(r),
+            row::scene_from_row,
         )
         .await
     }
