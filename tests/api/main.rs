@@ -4,6 +4,10 @@
 
 mod helpers;
 
+mod api_keys_auth;
 mod cli;
 mod operations;
 mod users;
+mod users_actions;
+mod users_list;
+mod users_update;
