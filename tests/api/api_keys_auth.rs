@@ -18,6 +18,7 @@ db_tests!(
     keys_of_deleted_or_deactivated_users_stop_working,
     legacy_pbkdf2_keys_authenticate_and_are_upgraded,
     read_scopes_on_every_route,
+    last_used_at_is_written_at_most_hourly,
 );
 
 #[track_caller]
@@ -160,6 +161,37 @@ async fn key_in_the_body_or_the_query_string(db: Db) {
         .await,
         "body",
     );
+    // A body on a GET is read too (DRF parses `request.data` whatever the method).
+    let reply = app
+        .call(
+            Method::GET,
+            "/api/users/@me/",
+            None,
+            Some(json!({"personal_api_key": key})),
+        )
+        .await;
+    assert_eq!(reply.assert_ok()["id"], json!(user.id));
+    invalid_key(
+        &app.call(
+            Method::GET,
+            "/api/users/",
+            None,
+            Some(json!({"personal_api_key": "phx_wrong"})),
+        )
+        .await,
+        "body",
+    );
+    // A malformed body on a GET that carries its key in the header is never looked at.
+    let reply = app
+        .raw(
+            Method::GET,
+            "/api/users/@me/",
+            Some(&key),
+            "application/json",
+            "{oops",
+        )
+        .await;
+    reply.assert_ok();
     // Form body.
     let reply = app
         .send(
@@ -479,6 +511,63 @@ async fn read_scopes_on_every_route(db: Db) {
             "API key missing required scope 'user:read'",
             None,
         );
+    }
+    app.stop().await;
+}
+
+/// integrations-auth.md §C.2: `last_used_at` is written when it is null or more than an hour old,
+/// not on every request.
+async fn last_used_at_is_written_at_most_hourly(db: Db) {
+    let app = spawn_app(db).await;
+    app.user_with_key("used@example.com", false, &["user:read"])
+        .await;
+    let hour = 3600 * hoglet::time::SECOND;
+    let now = hoglet::time::system_now();
+    let mut keys = Vec::new();
+    for previous in [
+        None,
+        Some(now - 10 * 60 * hoglet::time::SECOND),
+        Some(now - 2 * hour),
+    ] {
+        let value = app.create_key("used@example.com", &["user:read"]).await;
+        let record = app
+            .store
+            .api_key_by_secure_value(&hoglet::domain::api_key::secure_value(&value))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.last_used_at, None);
+        if let Some(at) = previous {
+            app.store
+                .touch_api_keys(&[(record.id.clone(), at)])
+                .await
+                .unwrap();
+        }
+        keys.push((value, previous));
+    }
+    let started = hoglet::time::system_now();
+    for (value, _) in &keys {
+        for _ in 0..3 {
+            app.get("/api/users/@me/", value).await.assert_ok();
+        }
+    }
+    // Write whatever is queued now instead of waiting for the background flush.
+    app.state.caches.flush_last_used(&app.store).await;
+    for (value, previous) in &keys {
+        let stored = app
+            .store
+            .api_key_by_secure_value(&hoglet::domain::api_key::secure_value(value))
+            .await
+            .unwrap()
+            .unwrap()
+            .last_used_at;
+        match previous {
+            Some(at) if now - at < hour => assert_eq!(stored, Some(*at), "recent: kept"),
+            _ => {
+                let stored = stored.expect("written");
+                assert!(stored >= started && stored <= hoglet::time::system_now());
+            }
+        }
     }
     app.stop().await;
 }

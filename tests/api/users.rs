@@ -272,16 +272,22 @@ async fn me_without_credentials_is_401(db: Db) {
         );
         assert_eq!(reply.header("www-authenticate"), Some("Session"));
     }
-    let reply = app
-        .call(Method::PATCH, "/api/users/@me/", None, Some(json!({})))
-        .await;
-    reply.assert_error(
-        401,
-        "authentication_error",
-        "not_authenticated",
-        "Authentication credentials were not provided.",
-        None,
-    );
+    for (method, path) in [
+        (Method::PATCH, "/api/users/@me/"),
+        (Method::PUT, "/api/users/@me/"),
+        (Method::PATCH, "/api/users/@me/hedgehog_config/"),
+        (Method::POST, "/api/users/@me/scene_personalisation/"),
+    ] {
+        let reply = app.call(method, path, None, Some(json!({}))).await;
+        reply.assert_error(
+            401,
+            "authentication_error",
+            "not_authenticated",
+            "Authentication credentials were not provided.",
+            None,
+        );
+        assert_eq!(reply.header("www-authenticate"), Some("Session"));
+    }
     let reply = app.get("/api/users/@me/", "phx_not_a_real_key").await;
     reply.assert_error(
         401,

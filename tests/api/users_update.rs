@@ -1235,13 +1235,13 @@ async fn form_and_multipart_bodies(db: Db) {
             "/api/users/@me/",
             Some(&key),
             "application/x-www-form-urlencoded",
-            "first_name=Form+Filled&anonymize_data=true&theme_mode=dark&set_current_team=&unknown=1",
+            "first_name=Form+Filled&anonymize_data=true&theme_mode=dark&set_current_team=abc&unknown=1",
         )
         .await;
     invalid(
         &reply,
-        "blank",
-        "This field may not be blank.",
+        "does_not_exist",
+        "Object with id=abc does not exist.",
         Some("set_current_team"),
     );
     let reply = app
