@@ -33,21 +33,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(scene_personalisation))
 }
 
-/// The `{uuid}` path segment; a segment that cannot be decoded names no user.
+/// The `{uuid}` path segment. One that is not valid UTF-8 once decoded names no user: it is
+/// kept as U+FFFD, which `@me`-only callers are refused and staff find no user for.
+///
+/// PostHog's router matches this segment with `[^/.]+`, so a value with a dot matches no route
+/// at all: `404 Endpoint not found.`, decided (like any routing miss) before authentication —
+/// which is why handlers take this extractor before `Authenticated`.
 pub struct UserSegment(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for UserSegment {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found())?;
-        params
-            .into_iter()
-            .find(|(name, _)| name == "uuid")
-            .map(|(_, value)| UserSegment(value))
-            .ok_or_else(ApiError::not_found)
+        let segment = match Path::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+            Ok(Path(params)) => params
+                .into_iter()
+                .find(|(name, _)| name == "uuid")
+                .map(|(_, value)| value)
+                .ok_or_else(ApiError::not_found)?,
+            Err(_) => char::REPLACEMENT_CHARACTER.to_string(),
+        };
+        if segment.contains('.') {
+            return Err(ApiError::NotFound("Endpoint not found.".into()));
+        }
+        Ok(UserSegment(segment))
     }
 }
 
@@ -233,8 +242,8 @@ fn quote_plus(text: &str) -> String {
 )]
 async fn retrieve(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
 ) -> ApiResult<Response> {
     let caller = auth.authorize(USER_READ)?;
     // The hot path: a key reading its own user is served from the rendered cache.
@@ -274,8 +283,8 @@ async fn retrieve(
 )]
 async fn update(
     state: State<AppState>,
-    auth: Authenticated<UserViews>,
     segment: UserSegment,
+    auth: Authenticated<UserViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     write_user(state, auth, segment, body, false).await
@@ -300,8 +309,8 @@ async fn update(
 )]
 async fn partial_update(
     state: State<AppState>,
-    auth: Authenticated<UserViews>,
     segment: UserSegment,
+    auth: Authenticated<UserViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     write_user(state, auth, segment, body, true).await
@@ -352,8 +361,8 @@ async fn write_user(
 )]
 async fn destroy(
     State(state): State<AppState>,
-    auth: Authenticated<SessionOnly>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<SessionOnly>,
 ) -> ApiResult<StatusCode> {
     let caller = auth.authorize(ScopeNeed::Write("user"))?;
     let requester = load_caller(&state, &caller).await?;
@@ -376,8 +385,8 @@ async fn destroy(
 )]
 async fn hedgehog_config(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize(USER_READ)?;
     let requester = load_caller(&state, &caller).await?;
@@ -406,8 +415,8 @@ async fn hedgehog_config(
 )]
 async fn hedgehog_config_update(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize(USER_WRITE)?;
@@ -433,8 +442,8 @@ async fn hedgehog_config_update(
 )]
 async fn scene_personalisation(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
