@@ -22,6 +22,7 @@ db_tests!(
     stored_null_shortcut_position_renders_above,
     me_cache_follows_writes_through_the_api,
     me_cache_follows_writes_made_outside_the_api,
+    paths_that_match_no_user_route_are_404,
 );
 
 /// PostHog's notification defaults (users.md §3.3), in its order.
@@ -823,5 +824,72 @@ async fn me_cache_follows_writes_made_outside_the_api(db: Db) {
     assert_eq!(me["organization"]["membership_level"], 8);
     assert_eq!(me["team"]["id"], json!(team));
     assert_eq!(me["organization"]["member_count"], 2);
+    app.stop().await;
+}
+
+/// users.md §0.1: the `{uuid}` segment matches `[^/.]+`, so a value with a dot (however encoded)
+/// matches no route, and neither does an unknown action: `Endpoint not found.`, whoever asks.
+async fn paths_that_match_no_user_route_are_404(db: Db) {
+    let app = spawn_app(db).await;
+    let (_, key) = app.user_with_key("routes@example.com", true, &["*"]).await;
+    for path in [
+        "/api/users/a.b/",
+        "/api/users/@me.json",
+        "/api/users/@me.json/",
+        "/api/users/%40me%2Ejson/",
+        "/api/users/@me./hedgehog_config/",
+        "/api/users/@me/nope/",
+        "/api/users/@me/hedgehog_config/extra/",
+        "/api/users/@me/scene_personalisation/x",
+    ] {
+        // (Methods a route does not serve at all still answer 405 before the segment is read.)
+        for (method, key) in [
+            (Method::GET, None),
+            (Method::GET, Some(key.as_str())),
+            (Method::PATCH, Some(key.as_str())),
+        ] {
+            app.call(method.clone(), path, key, Some(json!({})))
+                .await
+                .assert_error(
+                    404,
+                    "invalid_request",
+                    "not_found",
+                    "Endpoint not found.",
+                    None,
+                );
+        }
+    }
+    for (method, path) in [
+        (Method::POST, "/api/users/@me./scene_personalisation/"),
+        (Method::POST, "/api/users/x.y/scene_personalisation"),
+        (Method::DELETE, "/api/users/a.b/"),
+        (Method::PUT, "/api/users/@me.json"),
+    ] {
+        app.call(method, path, Some(&key), Some(json!({})))
+            .await
+            .assert_error(
+                404,
+                "invalid_request",
+                "not_found",
+                "Endpoint not found.",
+                None,
+            );
+    }
+    // A segment that is not UTF-8 once decoded is just a value that names nobody.
+    let (_, plain) = app.user_with_key("plain@example.com", false, &["*"]).await;
+    app.get("/api/users/%FF/", &plain).await.assert_error(
+        403,
+        "authentication_error",
+        "permission_denied",
+        ME_ONLY,
+        None,
+    );
+    app.get("/api/users/%FF/", &key).await.assert_error(
+        404,
+        "invalid_request",
+        "not_found",
+        "Not found.",
+        None,
+    );
     app.stop().await;
 }

@@ -905,6 +905,11 @@ async fn switching_current_organization_and_team(db: Db) {
     let stored = app.user_record(user.id).await;
     assert_eq!(stored.current_organization_id.unwrap().to_string(), org_a);
     assert_eq!(stored.current_team_id, Some(team_a1));
+    // Naming the current organization again resets the team to its first one.
+    let me = patch_ok(&app, &key, json!({"set_current_team": team_a2})).await;
+    assert_eq!(me["team"]["id"], json!(team_a2));
+    let me = patch_ok(&app, &key, json!({"set_current_organization": org_a})).await;
+    assert_eq!(me["team"]["id"], json!(team_a1));
     app.stop().await;
 }
 
