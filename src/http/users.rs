@@ -449,7 +449,8 @@ async fn scene_personalisation(
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    let body = body?.object()?;
+    let Body(body) = body?;
+    let body = users_service::serializer_data(body)?;
     let scene = match body.get("scene") {
         Some(v) => fields::char_field(v, Chars::new().max(200))
             .map_err(|e| ApiError::field("scene", e.code, e.detail))?,
