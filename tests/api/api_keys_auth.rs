@@ -489,6 +489,32 @@ async fn read_scopes_on_every_route(db: Db) {
         // Test case 11: no session, so no session deadline.
         assert_eq!(me.json["sensitive_session_expires_at"], Value::Null);
     }
+    // Team and organization scoping is not applied to user endpoints (§C.4 step 5).
+    let value = hoglet::domain::api_key::generate_value();
+    app.store
+        .insert_api_key(
+            hoglet::store::NewApiKey {
+                id: hoglet::domain::api_key::generate_id(),
+                user_id: user.id,
+                label: "scoped".into(),
+                secure_value: hoglet::domain::api_key::secure_value(&value),
+                mask_value: hoglet::domain::api_key::mask(&value),
+                scopes: vec!["user:write".into()],
+                scoped_teams: Some(vec![987_654]),
+                scoped_organizations: Some(vec![uuid::Uuid::new_v4().to_string()]),
+                expires_at: None,
+                created_at: hoglet::time::system_now(),
+            },
+            10,
+        )
+        .await
+        .unwrap();
+    for path in reads {
+        app.get(path, &value).await.assert_ok();
+    }
+    app.patch("/api/users/@me/", &value, json!({"first_name": "Scoped"}))
+        .await
+        .assert_ok();
     for scopes in [
         vec!["insight:read"],
         vec!["insight:write", "feature_flag:read"],

@@ -552,13 +552,10 @@ async fn non_staff_may_only_use_at_me(db: Db) {
 /// requester, not the target.
 async fn staff_reads_any_active_user_by_uuid(db: Db) {
     let app = spawn_app(db).await;
-    let (_, staff_key) = app
-        .user_with_key("staff@example.com", true, &["user:read"])
-        .await;
-    let staff_org = app.get("/api/users/@me/", &staff_key).await.assert_ok()["organization"]["id"]
-        .as_str()
-        .unwrap()
-        .to_string();
+    // (Set up through admin operations before any request, so no `@me` is cached yet.)
+    app.create_user("staff@example.com", true).await;
+    let (staff_org, _) = app.create_org("Staff org", "staff@example.com").await;
+    let staff_key = app.create_key("staff@example.com", &["user:read"]).await;
     let (stranger, _) = app
         .user_with_key("stranger@example.com", false, &["user:read"])
         .await;

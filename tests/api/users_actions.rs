@@ -475,6 +475,32 @@ async fn scene_personalisation_validation(db: Db) {
             Some("scene"),
         ),
     ];
+    for (body, detail) in [
+        ("[]", "Invalid data. Expected a dictionary, but got list."),
+        (
+            "\"Person\"",
+            "Invalid data. Expected a dictionary, but got str.",
+        ),
+    ] {
+        app.raw(
+            Method::POST,
+            "/api/users/@me/scene_personalisation/",
+            Some(&key),
+            "application/json",
+            body,
+        )
+        .await
+        .assert_error(400, "validation_error", "invalid_input", detail, None);
+    }
+    app.raw(
+        Method::POST,
+        "/api/users/@me/scene_personalisation/",
+        Some(&key),
+        "application/json",
+        "null",
+    )
+    .await
+    .assert_error(400, "validation_error", "null", "No data provided", None);
     for (body, code, detail, attr) in cases {
         let reply = app
             .call(

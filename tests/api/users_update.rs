@@ -1165,6 +1165,19 @@ async fn bodies_that_are_not_objects(db: Db) {
             );
         }
     }
+    // DRF's serializer answers a JSON null with its own message.
+    for method in [Method::PATCH, Method::PUT] {
+        let reply = app
+            .raw(
+                method,
+                "/api/users/@me/",
+                Some(&key),
+                "application/json",
+                "null",
+            )
+            .await;
+        invalid(&reply, "null", "No data provided", None);
+    }
     for body in ["{", "{\"first_name\": }", "{'first_name': 'x'}", "nul"] {
         let reply = app
             .raw(
