@@ -126,8 +126,8 @@ pub fn bool_field(value: &Value, allow_null: bool) -> FieldResult<Option<bool>> 
         Value::Null if allow_null => Ok(None),
         Value::Null => Err(FieldError::null()),
         Value::Number(n) => match n.as_f64() {
-            Some(f) if f == 1.0 => Ok(Some(true)),
-            Some(f) if f == 0.0 => Ok(Some(false)),
+            Some(1.0) => Ok(Some(true)),
+            Some(0.0) => Ok(Some(false)),
             _ => Err(invalid()),
         },
         Value::String(s) => match s.to_ascii_lowercase().as_str() {

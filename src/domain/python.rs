@@ -33,6 +33,18 @@ pub fn py_repr(value: &Value) -> String {
     }
 }
 
+/// Python's truthiness of the decoded JSON value (`value or default` picks `default` when false).
+pub fn py_truthy(value: &Value) -> bool {
+    match value {
+        Value::Null => false,
+        Value::Bool(b) => *b,
+        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
+        Value::String(s) => !s.is_empty(),
+        Value::Array(items) => !items.is_empty(),
+        Value::Object(map) => !map.is_empty(),
+    }
+}
+
 /// The name in `<class '…'>` of the Python type the value decodes to.
 pub fn py_type_name(value: &Value) -> &'static str {
     match value {
@@ -107,5 +119,30 @@ mod tests {
         assert_eq!(py_type_name(&json!("x")), "str");
         assert_eq!(py_type_name(&json!(1.5)), "float");
         assert_eq!(py_type_name(&json!(null)), "NoneType");
+    }
+
+    #[test]
+    fn truthiness() {
+        for falsy in [
+            json!(null),
+            json!(false),
+            json!(0),
+            json!(0.0),
+            json!(""),
+            json!([]),
+            json!({}),
+        ] {
+            assert!(!py_truthy(&falsy), "{falsy}");
+        }
+        for truthy in [
+            json!(true),
+            json!(-1),
+            json!(0.5),
+            json!(" "),
+            json!([0]),
+            json!({"a": null}),
+        ] {
+            assert!(py_truthy(&truthy), "{truthy}");
+        }
     }
 }

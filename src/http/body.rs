@@ -29,10 +29,13 @@ pub async fn parse_body(
     request: Request,
     next: Next,
 ) -> Response {
+    // Safe methods rarely carry a body, but when one does it is parsed like any other (a
+    // `personal_api_key` may be in it); the common bodiless GET skips the work.
     if matches!(
         *request.method(),
         Method::GET | Method::HEAD | Method::OPTIONS
-    ) {
+    ) && !declares_body(request.headers())
+    {
         return next.run(request).await;
     }
     let (mut parts, body) = request.into_parts();
@@ -49,6 +52,16 @@ pub async fn parse_body(
     parts.extensions.insert(parsed);
     next.run(Request::from_parts(parts, AxumBody::empty()))
         .await
+}
+
+/// Whether the headers announce a non-empty body (`Content-Length` > 0, or chunked).
+fn declares_body(headers: &axum::http::HeaderMap) -> bool {
+    headers.contains_key(header::TRANSFER_ENCODING)
+        || headers
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .is_some_and(|n| n > 0)
 }
 
 async fn parse(content_type: &str, bytes: &[u8]) -> ParsedBody {

@@ -40,16 +40,14 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
     api_router().split_for_parts().1
 }
 
-/// The router behind path normalisation.
-type NormalizedRouter = tower::util::MapRequest<Router, fn(Request) -> Request>;
+/// What [`service`] returns: the normalised router, made per connection with its peer address.
+pub type Service = axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
+    tower::util::MapRequest<Router, fn(Request) -> Request>,
+    std::net::SocketAddr,
+>;
 
 /// The complete service: routes, fallbacks, middleware and path normalisation.
-pub fn service(
-    state: AppState,
-) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
-    NormalizedRouter,
-    std::net::SocketAddr,
-> {
+pub fn service(state: AppState) -> Service {
     let (router, document) = api_router().split_for_parts();
     let router = router
         .route(

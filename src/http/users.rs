@@ -33,21 +33,30 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(scene_personalisation))
 }
 
-/// The `{uuid}` path segment; a segment that cannot be decoded names no user.
+/// The `{uuid}` path segment. One that is not valid UTF-8 once decoded names no user: it is
+/// kept as U+FFFD, which `@me`-only callers are refused and staff find no user for.
+///
+/// PostHog's router matches this segment with `[^/.]+`, so a value with a dot matches no route
+/// at all: `404 Endpoint not found.`, decided (like any routing miss) before authentication —
+/// which is why handlers take this extractor before `Authenticated`.
 pub struct UserSegment(pub String);
 
 impl<S: Send + Sync> FromRequestParts<S> for UserSegment {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(params) = Path::<Vec<(String, String)>>::from_request_parts(parts, state)
-            .await
-            .map_err(|_| ApiError::not_found())?;
-        params
-            .into_iter()
-            .find(|(name, _)| name == "uuid")
-            .map(|(_, value)| UserSegment(value))
-            .ok_or_else(ApiError::not_found)
+        let segment = match Path::<Vec<(String, String)>>::from_request_parts(parts, state).await {
+            Ok(Path(params)) => params
+                .into_iter()
+                .find(|(name, _)| name == "uuid")
+                .map(|(_, value)| value)
+                .ok_or_else(ApiError::not_found)?,
+            Err(_) => char::REPLACEMENT_CHARACTER.to_string(),
+        };
+        if segment.contains('.') {
+            return Err(ApiError::NotFound("Endpoint not found.".into()));
+        }
+        Ok(UserSegment(segment))
     }
 }
 
@@ -124,7 +133,8 @@ async fn list(
     });
     let query = UserQuery {
         only_user: (!requester.is_staff).then_some(requester.id),
-        email: last("email").map(str::to_string),
+        // django-filter skips a filter whose value is empty.
+        email: last("email").filter(|e| !e.is_empty()).map(str::to_string),
         is_staff,
         limit,
         offset,
@@ -232,16 +242,14 @@ fn quote_plus(text: &str) -> String {
 )]
 async fn retrieve(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
 ) -> ApiResult<Response> {
     let caller = auth.authorize(USER_READ)?;
     // The hot path: a key reading its own user is served from the rendered cache.
     let cacheable = segment == "@me" && caller.api_key().is_some();
-    if cacheable {
-        if let Some(body) = state.caches.me(caller.user_id) {
-            return Ok(json_bytes(body));
-        }
+    if cacheable && let Some(body) = state.caches.me(caller.user_id) {
+        return Ok(json_bytes(body));
     }
     let generation = state.caches.generation();
     let requester = load_caller(&state, &caller).await?;
@@ -275,9 +283,9 @@ async fn retrieve(
 )]
 async fn update(
     state: State<AppState>,
-    auth: Authenticated<UserViews>,
     segment: UserSegment,
-    body: Body,
+    auth: Authenticated<UserViews>,
+    body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     write_user(state, auth, segment, body, false).await
 }
@@ -301,25 +309,30 @@ async fn update(
 )]
 async fn partial_update(
     state: State<AppState>,
-    auth: Authenticated<UserViews>,
     segment: UserSegment,
-    body: Body,
+    auth: Authenticated<UserViews>,
+    body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     write_user(state, auth, segment, body, true).await
 }
 
 type Json = axum::Json<UserView>;
 
+// Handlers that read a body take it as `ApiResult<Body>` and open it only after the scope check
+// and the target lookup, so a malformed body never hides a 403/404 (PostHog parses the body
+// lazily, when the action first reads `request.data`).
+
 async fn write_user(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-    Body(body): Body,
+    body: ApiResult<Body>,
     partial: bool,
 ) -> ApiResult<Json> {
     let caller = auth.authorize(USER_WRITE)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
+    let Body(body) = body?;
     let (mut user, changes) =
         users_service::apply_update(&state, &caller, &requester, &target, body, partial).await?;
     if let Some(email) = changes.new_email {
@@ -348,8 +361,8 @@ async fn write_user(
 )]
 async fn destroy(
     State(state): State<AppState>,
-    auth: Authenticated<SessionOnly>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<SessionOnly>,
 ) -> ApiResult<StatusCode> {
     let caller = auth.authorize(ScopeNeed::Write("user"))?;
     let requester = load_caller(&state, &caller).await?;
@@ -372,15 +385,17 @@ async fn destroy(
 )]
 async fn hedgehog_config(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize(USER_READ)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
+    // PostHog answers `hedgehog_config or {}`: any empty stored value reads as `{}`.
     Ok(axum::Json(
         target
             .hedgehog_config
+            .filter(crate::domain::python::py_truthy)
             .unwrap_or_else(|| Value::Object(Map::new())),
     ))
 }
@@ -400,13 +415,14 @@ async fn hedgehog_config(
 )]
 async fn hedgehog_config_update(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-    Body(body): Body,
+    auth: Authenticated<UserViews>,
+    body: ApiResult<Body>,
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize(USER_WRITE)?;
     let requester = load_caller(&state, &caller).await?;
     let mut target = resolve_target(&state, &requester, &segment).await?;
+    let Body(body) = body?;
     target.hedgehog_config = Some(body.clone());
     users_service::save(&state, &target).await?;
     Ok(axum::Json(body))
@@ -426,14 +442,15 @@ async fn hedgehog_config_update(
 )]
 async fn scene_personalisation(
     State(state): State<AppState>,
-    auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-    body: Body,
+    auth: Authenticated<UserViews>,
+    body: ApiResult<Body>,
 ) -> ApiResult<Json> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    let body = body.object()?;
+    let Body(body) = body?;
+    let body = users_service::serializer_data(body)?;
     let scene = match body.get("scene") {
         Some(v) => fields::char_field(v, Chars::new().max(200))
             .map_err(|e| ApiError::field("scene", e.code, e.detail))?,

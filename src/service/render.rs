@@ -312,19 +312,25 @@ pub async fn render_users(
             .current_team_id
             .and_then(|id| org_teams.iter().find(|t| t.id == id))
             .map(|t| TeamBasic::from(*t));
-        if team.is_none() {
-            if let Some(id) = user.current_team_id {
-                team = state.store.team(id).await?.as_ref().map(TeamBasic::from);
-            }
+        if team.is_none()
+            && let Some(id) = user.current_team_id
+        {
+            team = state.store.team(id).await?.as_ref().map(TeamBasic::from);
         }
         let organization = match current_org {
-            Some(org) => Some(organization_view(
-                state,
-                org,
-                org_teams,
-                requester_levels.get(&org.id).copied(),
-                member_counts.get(&org.id).copied().unwrap_or(0),
-            )),
+            Some(org) => {
+                let level = requester_levels.get(&org.id).copied();
+                // `teams`/`projects` list what the requester may see: nothing of an
+                // organization they do not belong to (staff reading a stranger).
+                let visible = if level.is_some() { org_teams } else { &[] };
+                Some(organization_view(
+                    state,
+                    org,
+                    visible,
+                    level,
+                    member_counts.get(&org.id).copied().unwrap_or(0),
+                ))
+            }
             None => None,
         };
         let organizations = own

@@ -95,6 +95,22 @@ fn optional<T>(
         .map_err(field_err(attr))
 }
 
+/// The body as a DRF serializer takes it: an object, else the serializer's own refusal (a JSON
+/// `null` is "No data provided", anything else names its type).
+pub fn serializer_data(body: Value) -> ApiResult<Map<String, Value>> {
+    match body {
+        Value::Object(map) => Ok(map),
+        Value::Null => Err(ApiError::non_field("null", "No data provided")),
+        other => Err(ApiError::non_field(
+            "invalid_input",
+            format!(
+                "Invalid data. Expected a dictionary, but got {}.",
+                crate::domain::python::py_type_name(&other)
+            ),
+        )),
+    }
+}
+
 /// Validates a PATCH (`partial`) or PUT body against `target` and returns the updated record.
 /// The caller's own record (`requester`) decides staff-only fields and membership checks.
 pub async fn apply_update(
@@ -105,18 +121,7 @@ pub async fn apply_update(
     body: Value,
     partial: bool,
 ) -> ApiResult<(UserRecord, UserChanges)> {
-    let body = match body {
-        Value::Object(map) => map,
-        other => {
-            return Err(ApiError::non_field(
-                "invalid_input",
-                format!(
-                    "Invalid data. Expected a dictionary, but got {}.",
-                    crate::domain::python::py_type_name(&other)
-                ),
-            ));
-        }
-    };
+    let body = serializer_data(body)?;
     guard_identity_change(caller, target, &body)?;
     if body.contains_key("is_staff") && !requester.is_staff {
         return Err(ApiError::forbidden(NOT_STAFF));
@@ -135,10 +140,10 @@ pub async fn apply_update(
         Some(value) => {
             let email = fields::email_field(value).map_err(field_err("email"))?;
             if email.to_lowercase() != target.email.to_lowercase() {
-                if let Some(other) = state.store.user_by_email(&email).await? {
-                    if other.id != target.id {
-                        return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
-                    }
+                if let Some(other) = state.store.user_by_email(&email).await?
+                    && other.id != target.id
+                {
+                    return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
                 }
                 changes.new_email = Some(email);
             } else {

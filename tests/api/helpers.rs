@@ -97,6 +97,7 @@ impl TestDatabase {
     }
 
     /// The URL as the CLI takes it.
+    #[allow(dead_code)] // for CLI tests that run commands against a test's database
     pub fn cli_url(&self) -> String {
         match &self.url {
             DatabaseUrl::Sqlite(path) => format!("sqlite://{}", path.display()),
@@ -150,6 +151,7 @@ pub fn with_database(server: &str, name: &str) -> String {
 }
 
 pub struct TestApp {
+    #[allow(dead_code)] // the bound address, for tests that speak raw TCP
     pub addr: SocketAddr,
     pub base: String,
     pub client: reqwest::Client,
@@ -351,6 +353,68 @@ impl TestApp {
 
     pub async fn patch(&self, path: &str, key: &str, body: Value) -> Reply {
         self.call(Method::PATCH, path, Some(key), Some(body)).await
+    }
+
+    pub async fn put(&self, path: &str, key: &str, body: Value) -> Reply {
+        self.call(Method::PUT, path, Some(key), Some(body)).await
+    }
+
+    /// Sends a request built by hand (custom headers, raw bodies).
+    pub async fn send(&self, request: reqwest::RequestBuilder) -> Reply {
+        Reply::read(request.send().await.expect("request sent")).await
+    }
+
+    /// Sends `body` as is with the given `Content-Type`, authenticated by a bearer key.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        key: Option<&str>,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut request = self
+            .request(method, path)
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(key) = key {
+            request = request.bearer_auth(key);
+        }
+        self.send(request).await
+    }
+
+    /// The user's row as stored (to check what a request wrote, or did not write).
+    pub async fn user_record(&self, id: i64) -> hoglet::store::UserRecord {
+        self.store
+            .user_by_id(id)
+            .await
+            .expect("store answers")
+            .expect("user exists")
+    }
+
+    /// Writes a user row directly, bypassing the API (to set up states the API cannot reach).
+    pub async fn store_user(&self, user: &hoglet::store::UserRecord) {
+        self.store.update_user(user).await.expect("user updated");
+    }
+}
+
+/// Polls `check` until it returns `Some`, for at most `limit` (for effects that reach the server
+/// asynchronously, such as cache invalidations recorded by another writer).
+pub async fn eventually<T, F, Fut>(what: &str, limit: std::time::Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
     }
 }
 

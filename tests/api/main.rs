@@ -6,8 +6,12 @@ mod browser;
 mod helpers;
 
 mod accounts;
+mod api_keys_auth;
 mod cli;
 mod operations;
 mod store_contract;
 mod two_factor;
 mod users;
+mod users_actions;
+mod users_list;
+mod users_update;
