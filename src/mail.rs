@@ -80,14 +80,22 @@ impl Mailer {
         // 8bit (not quoted-printable) keeps links intact for people and tests reading the `.eml`
         // files. Our templates keep every line far below the 998-character limit of RFC 5322.
         let body = lettre::message::Body::dangerous_pre_encoded(
-            email.body.replace("\r\n", "\n").replace('\n', "\r\n").into_bytes(),
+            email
+                .body
+                .replace("\r\n", "\n")
+                .replace('\n', "\r\n")
+                .into_bytes(),
             ContentTransferEncoding::EightBit,
         );
         let message = Message::builder()
             .from(self.from.clone())
             .to(email.to.parse().context("recipient address")?)
             .subject(email.subject.clone())
-            .singlepart(SinglePart::builder().header(ContentType::TEXT_PLAIN).body(body))
+            .singlepart(
+                SinglePart::builder()
+                    .header(ContentType::TEXT_PLAIN)
+                    .body(body),
+            )
             .context("building the message")?;
         match &self.transport {
             Transport::Log => Ok(()),

@@ -120,7 +120,10 @@ async fn own_key(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ApiKe
     tag = "personal_api_keys",
     responses((status = 200, body = Vec<PersonalApiKeyView>), (status = 403, body = ErrorBody)),
 )]
-async fn list(State(state): State<AppState>, auth: Authenticated<KeyThenSession>) -> ApiResult<axum::Json<Vec<PersonalApiKeyView>>> {
+async fn list(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+) -> ApiResult<axum::Json<Vec<PersonalApiKeyView>>> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
@@ -138,37 +141,70 @@ struct KeyInput {
     expires_at: Option<Option<i64>>,
 }
 
-async fn read_input(state: &AppState, caller: &Caller, body: Map<String, Value>, partial: bool) -> ApiResult<KeyInput> {
+async fn read_input(
+    state: &AppState,
+    caller: &Caller,
+    body: Map<String, Value>,
+    partial: bool,
+) -> ApiResult<KeyInput> {
     let mut input = KeyInput::default();
     match body.get("label") {
         Some(v) => {
             input.label = fields::char_field(v, Chars::new().max(MAX_LABEL_CHARS))
                 .map_err(|e| ApiError::field("label", e.code, e.detail))?;
         }
-        None if !partial => return Err(ApiError::field("label", "required", "This field is required.")),
+        None if !partial => {
+            return Err(ApiError::field(
+                "label",
+                "required",
+                "This field is required.",
+            ));
+        }
         None => {}
     }
     match body.get("scopes") {
         Some(Value::Array(items)) => {
             let mut scopes = Vec::with_capacity(items.len());
             for item in items {
-                let scope = item.as_str().map(str::to_string).unwrap_or_else(|| item.to_string());
+                let scope = item
+                    .as_str()
+                    .map(str::to_string)
+                    .unwrap_or_else(|| item.to_string());
                 if !is_valid_scope(&scope) {
-                    return Err(ApiError::field("scopes", "invalid_input", format!("Invalid scope: {scope}")));
+                    return Err(ApiError::field(
+                        "scopes",
+                        "invalid_input",
+                        format!("Invalid scope: {scope}"),
+                    ));
                 }
                 scopes.push(scope);
             }
             input.scopes = Some(scopes);
         }
-        Some(Value::Null) => return Err(ApiError::field("scopes", "null", "This field may not be null.")),
+        Some(Value::Null) => {
+            return Err(ApiError::field(
+                "scopes",
+                "null",
+                "This field may not be null.",
+            ));
+        }
         Some(other) => {
             return Err(ApiError::field(
                 "scopes",
                 "not_a_list",
-                format!("Expected a list of items but got type \"{}\".", py_type_name(other)),
+                format!(
+                    "Expected a list of items but got type \"{}\".",
+                    py_type_name(other)
+                ),
             ));
         }
-        None if !partial => return Err(ApiError::field("scopes", "required", "This field is required.")),
+        None if !partial => {
+            return Err(ApiError::field(
+                "scopes",
+                "required",
+                "This field is required.",
+            ));
+        }
         None => {}
     }
     if let Some(value) = body.get("scoped_teams") {
@@ -189,7 +225,11 @@ async fn read_input(state: &AppState, caller: &Caller, body: Map<String, Value>,
                     )
                 })?;
                 if at <= state.clock.now() {
-                    return Err(ApiError::field("expires_at", "invalid_input", "The expiry must be in the future."));
+                    return Err(ApiError::field(
+                        "expires_at",
+                        "invalid_input",
+                        "The expiry must be in the future.",
+                    ));
                 }
                 Some(at)
             }
@@ -205,7 +245,11 @@ async fn read_input(state: &AppState, caller: &Caller, body: Map<String, Value>,
     Ok(input)
 }
 
-async fn scoped_teams(state: &AppState, caller: &Caller, value: &Value) -> ApiResult<Option<Vec<i64>>> {
+async fn scoped_teams(
+    state: &AppState,
+    caller: &Caller,
+    value: &Value,
+) -> ApiResult<Option<Vec<i64>>> {
     let items = match value {
         Value::Null => return Ok(None),
         Value::Array(items) => items,
@@ -213,13 +257,19 @@ async fn scoped_teams(state: &AppState, caller: &Caller, value: &Value) -> ApiRe
             return Err(ApiError::field(
                 "scoped_teams",
                 "not_a_list",
-                format!("Expected a list of items but got type \"{}\".", py_type_name(other)),
+                format!(
+                    "Expected a list of items but got type \"{}\".",
+                    py_type_name(other)
+                ),
             ));
         }
     };
     let mut ids = Vec::with_capacity(items.len());
     for item in items {
-        ids.push(fields::integer_field(item, None, None).map_err(|e| ApiError::field("scoped_teams", e.code, e.detail))?);
+        ids.push(
+            fields::integer_field(item, None, None)
+                .map_err(|e| ApiError::field("scoped_teams", e.code, e.detail))?,
+        );
     }
     let organizations: Vec<Uuid> = state
         .store
@@ -231,7 +281,13 @@ async fn scoped_teams(state: &AppState, caller: &Caller, value: &Value) -> ApiRe
     let reachable: Vec<i64> = if organizations.is_empty() {
         Vec::new()
     } else {
-        state.store.teams_of(&organizations).await?.iter().map(|t| t.id).collect()
+        state
+            .store
+            .teams_of(&organizations)
+            .await?
+            .iter()
+            .map(|t| t.id)
+            .collect()
     };
     if ids.iter().any(|id| !reachable.contains(id)) {
         return Err(ApiError::field(
@@ -243,7 +299,11 @@ async fn scoped_teams(state: &AppState, caller: &Caller, value: &Value) -> ApiRe
     Ok(Some(ids))
 }
 
-async fn scoped_organizations(state: &AppState, caller: &Caller, value: &Value) -> ApiResult<Option<Vec<String>>> {
+async fn scoped_organizations(
+    state: &AppState,
+    caller: &Caller,
+    value: &Value,
+) -> ApiResult<Option<Vec<String>>> {
     let items = match value {
         Value::Null => return Ok(None),
         Value::Array(items) => items,
@@ -251,7 +311,10 @@ async fn scoped_organizations(state: &AppState, caller: &Caller, value: &Value) 
             return Err(ApiError::field(
                 "scoped_organizations",
                 "not_a_list",
-                format!("Expected a list of items but got type \"{}\".", py_type_name(other)),
+                format!(
+                    "Expected a list of items but got type \"{}\".",
+                    py_type_name(other)
+                ),
             ));
         }
     };
@@ -260,11 +323,20 @@ async fn scoped_organizations(state: &AppState, caller: &Caller, value: &Value) 
         let uuid = item
             .as_str()
             .and_then(|s| Uuid::parse_str(s).ok())
-            .ok_or_else(|| ApiError::field("scoped_organizations", "invalid_input", "Invalid organization UUID"))?;
+            .ok_or_else(|| {
+                ApiError::field(
+                    "scoped_organizations",
+                    "invalid_input",
+                    "Invalid organization UUID",
+                )
+            })?;
         ids.push(uuid);
     }
     let memberships = state.store.memberships_of(&[caller.user_id]).await?;
-    if ids.iter().any(|id| !memberships.iter().any(|m| m.organization.id == *id)) {
+    if ids
+        .iter()
+        .any(|id| !memberships.iter().any(|m| m.organization.id == *id))
+    {
         return Err(ApiError::field(
             "scoped_organizations",
             "invalid_input",
@@ -285,7 +357,11 @@ async fn scoped_organizations(state: &AppState, caller: &Caller, value: &Value) 
     request_body(content = Object, description = "`label`, `scopes`, optional `scoped_teams`, `scoped_organizations`, `expires_at`."),
     responses((status = 201, body = PersonalApiKeyView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
-async fn create(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, body: Body) -> ApiResult<Response> {
+async fn create(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+    body: Body,
+) -> ApiResult<Response> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
@@ -344,10 +420,19 @@ async fn retrieve(
         None if id == "@current" => return Err(ApiError::not_found()),
         None => id,
     };
-    Ok(axum::Json(view(&own_key(&state, &caller, &id).await?, None)))
+    Ok(axum::Json(view(
+        &own_key(&state, &caller, &id).await?,
+        None,
+    )))
 }
 
-async fn write(state: AppState, auth: Authenticated<KeyThenSession>, id: String, body: Body, partial: bool) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+async fn write(
+    state: AppState,
+    auth: Authenticated<KeyThenSession>,
+    id: String,
+    body: Body,
+    partial: bool,
+) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
@@ -358,7 +443,9 @@ async fn write(state: AppState, auth: Authenticated<KeyThenSession>, id: String,
         label: input.label.unwrap_or(current.label.clone()),
         scopes: input.scopes.unwrap_or(current.scopes.clone()),
         scoped_teams: input.scoped_teams.unwrap_or(current.scoped_teams.clone()),
-        scoped_organizations: input.scoped_organizations.unwrap_or(current.scoped_organizations.clone()),
+        scoped_organizations: input
+            .scoped_organizations
+            .unwrap_or(current.scoped_organizations.clone()),
         expires_at: input.expires_at.unwrap_or(current.expires_at),
     };
     let updated = state.store.update_api_key(&current.id, changes).await?;
@@ -376,7 +463,12 @@ async fn write(state: AppState, auth: Authenticated<KeyThenSession>, id: String,
     request_body(content = Object),
     responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
 )]
-async fn update(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>, body: Body) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+async fn update(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     write(state, auth, id, body, false).await
 }
 
@@ -390,7 +482,12 @@ async fn update(State(state): State<AppState>, auth: Authenticated<KeyThenSessio
     request_body(content = Object),
     responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
 )]
-async fn partial_update(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>, body: Body) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+async fn partial_update(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+    Path(id): Path<String>,
+    body: Body,
+) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     write(state, auth, id, body, true).await
 }
 
@@ -405,7 +502,11 @@ async fn partial_update(State(state): State<AppState>, auth: Authenticated<KeyTh
     params(("id" = String, Path)),
     responses((status = 204), (status = 404, body = ErrorBody)),
 )]
-async fn destroy(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+async fn destroy(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+    Path(id): Path<String>,
+) -> ApiResult<StatusCode> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
@@ -427,7 +528,11 @@ async fn destroy(State(state): State<AppState>, auth: Authenticated<KeyThenSessi
     params(("id" = String, Path)),
     responses((status = 200, body = PersonalApiKeyView), (status = 404, body = ErrorBody)),
 )]
-async fn roll(State(state): State<AppState>, auth: Authenticated<KeyThenSession>, Path(id): Path<String>) -> ApiResult<axum::Json<PersonalApiKeyView>> {
+async fn roll(
+    State(state): State<AppState>,
+    auth: Authenticated<KeyThenSession>,
+    Path(id): Path<String>,
+) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
@@ -435,7 +540,12 @@ async fn roll(State(state): State<AppState>, auth: Authenticated<KeyThenSession>
     let value = api_key::generate_value();
     let (before, after) = state
         .store
-        .roll_api_key(&key.id, &api_key::secure_value(&value), &api_key::mask(&value), state.clock.now())
+        .roll_api_key(
+            &key.id,
+            &api_key::secure_value(&value),
+            &api_key::mask(&value),
+            state.clock.now(),
+        )
         .await?
         .ok_or_else(ApiError::not_found)?;
     state.caches.invalidate_key(&before.secure_value);

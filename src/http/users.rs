@@ -11,18 +11,34 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::app::AppState;
-use crate::auth::{Authenticated, Caller, SessionOnly, UserViews};
+use crate::auth::{Authenticated, Caller, Freshness, SessionOnly, UserViews};
 use crate::domain::fields::{self, Chars};
 use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::paths::OriginalPath;
+use crate::ratelimit::Rate;
+use crate::service::accounts;
 use crate::service::render::{self, PaginatedUserList, Requester, UserView};
 use crate::service::users::{self as users_service, load_caller, resolve_target};
 use crate::store::{NewScene, UserQuery, UserRecord};
 
 const USER_READ: ScopeNeed = ScopeNeed::Read("user");
 const USER_WRITE: ScopeNeed = ScopeNeed::Write("user");
+/// A stale session may still change only these (PostHog's `time_sensitive_allow_if_only_fields`).
+const RECENT_LOGIN_EXEMPT_FIELDS: &[&str] = &[
+    "theme_mode",
+    "set_current_organization",
+    "set_current_team",
+    "allow_sidebar_suggestions",
+    "shortcut_position",
+    "has_seen_product_intro_for",
+    "events_column_config",
+    "role_at_organization",
+    "ui_configuration",
+];
+/// PostHog's `UserAuthenticationThrottle`: writes carrying `current_password`, per user.
+const PASSWORD_ATTEMPTS: Rate = Rate::per_minute("user_authentication", 5);
 const DEFAULT_PAGE_SIZE: i64 = 100;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -329,16 +345,30 @@ async fn write_user(
     body: ApiResult<Body>,
     partial: bool,
 ) -> ApiResult<Json> {
-    let caller = auth.authorize(USER_WRITE)?;
+    let fields = match &body {
+        Ok(Body(Value::Object(map))) => Some(map),
+        _ => None,
+    };
+    let freshness = match fields {
+        Some(map) => Freshness::UnlessOnly(map, RECENT_LOGIN_EXEMPT_FIELDS),
+        None => Freshness::Required,
+    };
+    let caller = auth.authorize_with(USER_WRITE, freshness)?;
+    if fields.is_some_and(|m| m.contains_key("current_password")) {
+        state
+            .limiter
+            .check(PASSWORD_ATTEMPTS, &caller.user_id.to_string())
+            .await
+            .map_err(ApiError::Throttled)?;
+    }
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;
     let (mut user, changes) =
         users_service::apply_update(&state, &caller, &requester, &target, body, partial).await?;
-    if let Some(email) = changes.new_email {
-        user.email = email;
-    }
+    let identity = accounts::apply_identity_changes(&state, &target, &mut user, changes).await?;
     users_service::save(&state, &user).await?;
+    accounts::after_identity_changes(&state, &caller, &user, &identity).await?;
     let view = render::render_user(&state, &requester_of(&caller), user).await?;
     Ok(axum::Json(view))
 }
@@ -419,7 +449,7 @@ async fn hedgehog_config_update(
     auth: Authenticated<UserViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<axum::Json<Value>> {
-    let caller = auth.authorize(USER_WRITE)?;
+    let caller = auth.authorize_with(USER_WRITE, Freshness::Exempt)?;
     let requester = load_caller(&state, &caller).await?;
     let mut target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;
@@ -446,7 +476,7 @@ async fn scene_personalisation(
     auth: Authenticated<UserViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<Json> {
-    let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
+    let caller = auth.authorize_with(ScopeNeed::NoKeyAccess, Freshness::Exempt)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;

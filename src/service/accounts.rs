@@ -251,3 +251,89 @@ pub fn hedgehog_basic(config: Option<&Value>) -> Value {
         "skin": pick("skin"),
     })
 }
+
+/// What a user update did to the login identity, for the effects after it is saved.
+#[derive(Debug, Default)]
+pub struct IdentityChanges {
+    pub password_changed: bool,
+    pub email_staged: bool,
+    pub email_replaced_from: Option<String>,
+}
+
+/// Applies an email change and a password change validated by `apply_update` (session callers
+/// only: keys were refused by the identity guard). With email configured, a new address is staged
+/// as `pending_email` until verified; otherwise it replaces the login email at once.
+pub async fn apply_identity_changes(
+    state: &AppState,
+    target: &UserRecord,
+    user: &mut UserRecord,
+    changes: crate::service::users::UserChanges,
+) -> ApiResult<IdentityChanges> {
+    let mut done = IdentityChanges::default();
+    if let Some(password) = changes.new_password.filter(|p| !p.is_empty()) {
+        if target.password.is_usable() {
+            let current = changes.current_password.ok_or_else(|| {
+                ApiError::field(
+                    "current_password",
+                    "required",
+                    "This field is required when updating your password.",
+                )
+            })?;
+            let verified = state
+                .hasher
+                .verify(&current, Some(&target.password.0))
+                .await
+                .map_err(ApiError::internal)?;
+            if verified == password::Verified::No {
+                return Err(ApiError::field(
+                    "current_password",
+                    "incorrect_password",
+                    "Your current password is incorrect.",
+                ));
+            }
+        }
+        check_new_password(&password, Some(target), false)?;
+        set_password(state, user, &password).await?;
+        done.password_changed = true;
+    }
+    if let Some(email) = changes.new_email {
+        if state.mailer.is_configured() {
+            user.pending_email = Some(email);
+            done.email_staged = true;
+        } else {
+            done.email_replaced_from = Some(user.email.clone());
+            user.email = email;
+        }
+    }
+    Ok(done)
+}
+
+/// The effects of a saved identity change: other sessions end after a password change, notices
+/// and verification links go out.
+pub async fn after_identity_changes(
+    state: &AppState,
+    caller: &crate::auth::Caller,
+    user: &UserRecord,
+    done: &IdentityChanges,
+) -> ApiResult<()> {
+    if done.password_changed {
+        let keep = caller
+            .session()
+            .filter(|_| caller.user_id == user.id)
+            .map(|s| s.session_id.as_str());
+        state.store.delete_sessions_of(user.id, keep).await?;
+        state.caches.invalidate_user(user.id);
+        crate::service::emails::send_notice(
+            state,
+            &user.email,
+            user,
+            "Your password has been changed",
+            "The password of your account was just changed.",
+        )
+        .await;
+    }
+    if done.email_staged {
+        crate::service::emails::send_verification(state, user).await;
+    }
+    Ok(())
+}

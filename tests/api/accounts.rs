@@ -45,15 +45,30 @@ fn signup_body(email: &str) -> Value {
 async fn first_signup_creates_staff_owner_and_logs_in(db: Db) {
     let app = spawn_app(db).await;
     let browser = Browser::new(&app);
-    let reply = browser.post("/api/signup", signup_body("John@Example.com")).await;
+    let reply = browser
+        .post("/api/signup", signup_body("John@Example.com"))
+        .await;
     assert_eq!(reply.status.as_u16(), 201, "{}", reply.text);
     let body = &reply.json;
-    let keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     assert_eq!(
         keys,
         [
-            "id", "uuid", "distinct_id", "first_name", "last_name", "email",
-            "is_email_verified", "hedgehog_config", "role_at_organization", "redirect_url"
+            "id",
+            "uuid",
+            "distinct_id",
+            "first_name",
+            "last_name",
+            "email",
+            "is_email_verified",
+            "hedgehog_config",
+            "role_at_organization",
+            "redirect_url"
         ]
     );
     assert_eq!(body["email"], "john@example.com");
@@ -70,10 +85,17 @@ async fn first_signup_creates_staff_owner_and_logs_in(db: Db) {
     assert_eq!(me["team"]["name"], "Default project");
     assert_eq!(me["organization"]["name"], "Hedgehogs United, LLC");
     assert_eq!(me["organization"]["membership_level"], 15);
-    assert!(me["sensitive_session_expires_at"].as_str().unwrap().ends_with("+00:00"));
+    assert!(
+        me["sensitive_session_expires_at"]
+            .as_str()
+            .unwrap()
+            .ends_with("+00:00")
+    );
 
     // The default policy lets only the first user sign up.
-    let again = Browser::new(&app).post("/api/signup/", signup_body("jane@example.com")).await;
+    let again = Browser::new(&app)
+        .post("/api/signup/", signup_body("jane@example.com"))
+        .await;
     again.assert_error(
         403,
         "authentication_error",
@@ -89,16 +111,66 @@ async fn signup_validation_errors_change_nothing(db: Db) {
     let app = spawn_app_with(db, |c| c.signup = SignupPolicy::Open).await;
     let browser = Browser::new(&app);
     let cases: Vec<(Value, &str, &str, &str)> = vec![
-        (json!({"email": "a@b.co", "password": PASSWORD}), "first_name", "required", "This field is required."),
-        (json!({"first_name": "   ", "email": "a@b.co", "password": PASSWORD}), "first_name", "blank", "This field may not be blank."),
-        (json!({"first_name": null, "email": "a@b.co", "password": PASSWORD}), "first_name", "null", "This field may not be null."),
-        (json!({"first_name": "J", "password": PASSWORD}), "email", "required", "This field is required."),
-        (json!({"first_name": "J", "email": null, "password": PASSWORD}), "email", "null", "This field may not be null."),
-        (json!({"first_name": "J", "email": "nope", "password": PASSWORD}), "email", "invalid_input", "Enter a valid email address."),
-        (json!({"first_name": "J", "email": "a@b.co"}), "password", "required", "This field is required."),
-        (json!({"first_name": "J", "email": "a@b.co", "password": "123"}), "password", "password_too_short", "This password is too short. It must contain at least 8 characters."),
-        (json!({"first_name": "J", "email": "a@b.co", "password": "password"}), "password", "password_too_weak", "Add another word or two. Uncommon words are better."),
-        (json!({"first_name": "J", "email": "a@b.co", "password": "a".repeat(73)}), "password", "max_length", "Ensure this field has no more than 72 characters."),
+        (
+            json!({"email": "a@b.co", "password": PASSWORD}),
+            "first_name",
+            "required",
+            "This field is required.",
+        ),
+        (
+            json!({"first_name": "   ", "email": "a@b.co", "password": PASSWORD}),
+            "first_name",
+            "blank",
+            "This field may not be blank.",
+        ),
+        (
+            json!({"first_name": null, "email": "a@b.co", "password": PASSWORD}),
+            "first_name",
+            "null",
+            "This field may not be null.",
+        ),
+        (
+            json!({"first_name": "J", "password": PASSWORD}),
+            "email",
+            "required",
+            "This field is required.",
+        ),
+        (
+            json!({"first_name": "J", "email": null, "password": PASSWORD}),
+            "email",
+            "null",
+            "This field may not be null.",
+        ),
+        (
+            json!({"first_name": "J", "email": "nope", "password": PASSWORD}),
+            "email",
+            "invalid_input",
+            "Enter a valid email address.",
+        ),
+        (
+            json!({"first_name": "J", "email": "a@b.co"}),
+            "password",
+            "required",
+            "This field is required.",
+        ),
+        (
+            json!({"first_name": "J", "email": "a@b.co", "password": "123"}),
+            "password",
+            "password_too_short",
+            "This password is too short. It must contain at least 8 characters.",
+        ),
+        (
+            json!({"first_name": "J", "email": "a@b.co", "password": "password"}),
+            "password",
+            "password_too_weak",
+            "Add another word or two. Uncommon words are better.",
+        ),
+        (
+            json!({"first_name": "J", "email": "a@b.co", "password": "a".repeat(73)}),
+            "password",
+            "max_length",
+            "Ensure this field has no more than 72 characters.",
+        ),
     ];
     for (body, attr, code, detail) in cases {
         browser
@@ -108,14 +180,28 @@ async fn signup_validation_errors_change_nothing(db: Db) {
     }
     assert_eq!(app.store.count_users().await.unwrap(), 0);
 
-    let ok = browser.post("/api/signup/", json!({"first_name": "Jane", "email": "jane@example.com", "password": PASSWORD})).await;
+    let ok = browser
+        .post(
+            "/api/signup/",
+            json!({"first_name": "Jane", "email": "jane@example.com", "password": PASSWORD}),
+        )
+        .await;
     assert_eq!(ok.status.as_u16(), 201, "{}", ok.text);
     let me = browser.get("/api/users/@me/").await;
     assert_eq!(me.json["organization"]["name"], "Jane's Organization");
     Browser::new(&app)
-        .post("/api/signup/", json!({"first_name": "X", "email": "JANE@example.com", "password": PASSWORD}))
+        .post(
+            "/api/signup/",
+            json!({"first_name": "X", "email": "JANE@example.com", "password": PASSWORD}),
+        )
         .await
-        .assert_error(400, "validation_error", "unique", "There is already an account with this email address.", Some("email"));
+        .assert_error(
+            400,
+            "validation_error",
+            "unique",
+            "There is already an account with this email address.",
+            Some("email"),
+        );
     assert_eq!(app.store.count_users().await.unwrap(), 1);
     app.stop().await;
 }
@@ -140,7 +226,9 @@ async fn signup_with_email_configured_needs_verification(db: Db) {
     let dir = tempfile::tempdir().unwrap();
     let app = mail_app(db, dir.path()).await;
     let browser = Browser::new(&app);
-    let reply = browser.post("/api/signup/", signup_body("jane@example.com")).await;
+    let reply = browser
+        .post("/api/signup/", signup_body("jane@example.com"))
+        .await;
     assert_eq!(reply.status.as_u16(), 201, "{}", reply.text);
     let uuid = reply.json["uuid"].as_str().unwrap().to_string();
     assert_eq!(reply.json["redirect_url"], format!("/verify_email/{uuid}"));
@@ -166,21 +254,50 @@ async fn signup_with_email_configured_needs_verification(db: Db) {
     browser
         .post("/api/users/verify_email/", json!({"uuid": uuid}))
         .await
-        .assert_error(400, "validation_error", "required", "This field is required.", Some("token"));
+        .assert_error(
+            400,
+            "validation_error",
+            "required",
+            "This field is required.",
+            Some("token"),
+        );
     browser
-        .post("/api/users/verify_email/", json!({"uuid": uuid, "token": "garbage"}))
+        .post(
+            "/api/users/verify_email/",
+            json!({"uuid": uuid, "token": "garbage"}),
+        )
         .await
-        .assert_error(400, "validation_error", "invalid_token", "This verification token is invalid or has expired.", Some("token"));
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This verification token is invalid or has expired.",
+            Some("token"),
+        );
     // The failed login sent a second link; the first one is still valid (nothing it covers changed).
-    let ok = browser.post("/api/users/verify_email/", json!({"uuid": uuid, "token": token})).await;
+    let ok = browser
+        .post(
+            "/api/users/verify_email/",
+            json!({"uuid": uuid, "token": token}),
+        )
+        .await;
     assert_eq!(ok.json, json!({"success": true, "token": token}));
     let me = browser.get("/api/users/@me/").await;
     assert_eq!(me.assert_ok()["is_email_verified"], true);
     // Single use.
     Browser::new(&app)
-        .post("/api/users/verify_email/", json!({"uuid": uuid, "token": token}))
+        .post(
+            "/api/users/verify_email/",
+            json!({"uuid": uuid, "token": token}),
+        )
         .await
-        .assert_error(400, "validation_error", "invalid_token", "This verification token is invalid or has expired.", Some("token"));
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This verification token is invalid or has expired.",
+            Some("token"),
+        );
     app.stop().await;
 }
 
@@ -192,7 +309,13 @@ async fn login_sets_session_and_csrf_and_logout_ends_it(db: Db) {
     browser
         .post("/api/login", json!({"email": "ann@example.com"}))
         .await
-        .assert_error(400, "validation_error", "required", "This field is required.", Some("password"));
+        .assert_error(
+            400,
+            "validation_error",
+            "required",
+            "This field is required.",
+            Some("password"),
+        );
     let reply = browser.login("ANN@example.com", PASSWORD).await;
     assert_eq!(reply.json, json!({"success": true}), "{}", reply.text);
     assert!(browser.cookie("sessionid").is_some());
@@ -200,9 +323,19 @@ async fn login_sets_session_and_csrf_and_logout_ends_it(db: Db) {
     assert_eq!(me.assert_ok()["email"], "ann@example.com");
 
     browser
-        .call_without_csrf(Method::PATCH, "/api/users/@me/", Some(json!({"first_name": "A"})))
+        .call_without_csrf(
+            Method::PATCH,
+            "/api/users/@me/",
+            Some(json!({"first_name": "A"})),
+        )
         .await
-        .assert_error(403, "authentication_error", "permission_denied", "CSRF Failed: CSRF token missing.", None);
+        .assert_error(
+            403,
+            "authentication_error",
+            "permission_denied",
+            "CSRF Failed: CSRF token missing.",
+            None,
+        );
     let wrong = browser
         .client
         .patch(app.url("/api/users/@me/"))
@@ -213,7 +346,9 @@ async fn login_sets_session_and_csrf_and_logout_ends_it(db: Db) {
         .unwrap();
     assert_eq!(wrong.status().as_u16(), 403);
     assert!(wrong.text().await.unwrap().contains("CSRF Failed"));
-    let patched = browser.patch("/api/users/@me/", json!({"first_name": "Annie"})).await;
+    let patched = browser
+        .patch("/api/users/@me/", json!({"first_name": "Annie"}))
+        .await;
     assert_eq!(patched.assert_ok()["first_name"], "Annie");
 
     let out = browser
@@ -225,13 +360,18 @@ async fn login_sets_session_and_csrf_and_logout_ends_it(db: Db) {
         .await
         .unwrap();
     assert_eq!(out.status().as_u16(), 302);
-    assert_eq!(out.headers()["location"], "/login?next=/settings/user-notifications");
+    assert_eq!(
+        out.headers()["location"],
+        "/login?next=/settings/user-notifications"
+    );
     assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 401);
 
     // Unsafe `next` values are dropped.
     let other = Browser::new(&app);
     other.login("ann@example.com", PASSWORD).await.assert_ok();
-    let out = other.post("/logout/", json!({"next": "//evil.com/path"})).await;
+    let out = other
+        .post("/logout/", json!({"next": "//evil.com/path"}))
+        .await;
     assert_eq!(out.status.as_u16(), 302);
     assert_eq!(out.header("location"), Some("/login"));
     app.stop().await;
@@ -249,11 +389,28 @@ async fn wrong_credentials_answer_the_same_and_lock_out_per_ip(db: Db) {
             .json(&json!({"email": email, "password": password}))
             .send()
     };
-    for (email, password) in [("bob@example.com", "1234"), ("nobody@example.com", PASSWORD), ("bob@example.com", "🦔🦔🦔")] {
-        let reply = crate::helpers::Reply::read(login_from("1.1.1.1", email, password).await.unwrap()).await;
-        reply.assert_error(400, "validation_error", "invalid_credentials", "Invalid email or password.", None);
+    for (email, password) in [
+        ("bob@example.com", "1234"),
+        ("nobody@example.com", PASSWORD),
+        ("bob@example.com", "🦔🦔🦔"),
+    ] {
+        let reply =
+            crate::helpers::Reply::read(login_from("1.1.1.1", email, password).await.unwrap())
+                .await;
+        reply.assert_error(
+            400,
+            "validation_error",
+            "invalid_credentials",
+            "Invalid email or password.",
+            None,
+        );
     }
-    let locked = crate::helpers::Reply::read(login_from("1.1.1.1", "bob@example.com", PASSWORD).await.unwrap()).await;
+    let locked = crate::helpers::Reply::read(
+        login_from("1.1.1.1", "bob@example.com", PASSWORD)
+            .await
+            .unwrap(),
+    )
+    .await;
     locked.assert_error(
         403,
         "authentication_error",
@@ -261,7 +418,12 @@ async fn wrong_credentials_answer_the_same_and_lock_out_per_ip(db: Db) {
         "Too many failed login attempts. Please try again in 10 minutes.",
         None,
     );
-    let elsewhere = crate::helpers::Reply::read(login_from("2.2.2.2", "bob@example.com", PASSWORD).await.unwrap()).await;
+    let elsewhere = crate::helpers::Reply::read(
+        login_from("2.2.2.2", "bob@example.com", PASSWORD)
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(elsewhere.json, json!({"success": true}));
     app.stop().await;
 }
@@ -273,11 +435,20 @@ async fn session_delete_of_user_follows_membership_rule(db: Db) {
     app.create_user("loner@example.com", false).await;
 
     let member = Browser::new(&app);
-    member.login("member@example.com", PASSWORD).await.assert_ok();
+    member
+        .login("member@example.com", PASSWORD)
+        .await
+        .assert_ok();
     member
         .call(Method::DELETE, "/api/users/@me/", None)
         .await
-        .assert_error(409, "server_error", "conflict", "Cannot delete user with organization memberships.", None);
+        .assert_error(
+            409,
+            "server_error",
+            "conflict",
+            "Cannot delete user with organization memberships.",
+            None,
+        );
 
     let loner = Browser::new(&app);
     loner.login("loner@example.com", PASSWORD).await.assert_ok();
@@ -285,7 +456,13 @@ async fn session_delete_of_user_follows_membership_rule(db: Db) {
     assert_eq!(deleted.status.as_u16(), 204);
     assert!(deleted.text.is_empty());
     assert_eq!(loner.get("/api/users/@me/").await.status.as_u16(), 401);
-    assert!(app.store.user_by_email("loner@example.com").await.unwrap().is_none());
+    assert!(
+        app.store
+            .user_by_email("loner@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
     app.stop().await;
 }
 
@@ -294,7 +471,9 @@ async fn stale_session_needs_recent_login_for_sensitive_changes(db: Db) {
     let app = start(
         TestDatabase::create(db).await,
         |_| {},
-        BuildOptions { clock: Some(clock.clone()) },
+        BuildOptions {
+            clock: Some(clock.clone()),
+        },
     )
     .await;
     app.create_user("old@example.com", false).await;
@@ -311,13 +490,33 @@ async fn stale_session_needs_recent_login_for_sensitive_changes(db: Db) {
             None,
         )
     };
-    reauth(browser.patch("/api/users/@me/", json!({"first_name": "x"})).await);
+    reauth(
+        browser
+            .patch("/api/users/@me/", json!({"first_name": "x"}))
+            .await,
+    );
     reauth(browser.patch("/api/users/@me/", json!({})).await);
-    reauth(browser.patch("/api/users/@me/", json!({"theme_mode": "system", "first_name": "x"})).await);
+    reauth(
+        browser
+            .patch(
+                "/api/users/@me/",
+                json!({"theme_mode": "system", "first_name": "x"}),
+            )
+            .await,
+    );
     assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 200);
-    assert_eq!(browser.patch("/api/users/@me/", json!({"theme_mode": "light"})).await.assert_ok()["theme_mode"], "light");
     assert_eq!(
-        browser.patch("/api/users/@me/hedgehog_config/", json!({"color": "red"})).await.assert_ok(),
+        browser
+            .patch("/api/users/@me/", json!({"theme_mode": "light"}))
+            .await
+            .assert_ok()["theme_mode"],
+        "light"
+    );
+    assert_eq!(
+        browser
+            .patch("/api/users/@me/hedgehog_config/", json!({"color": "red"}))
+            .await
+            .assert_ok(),
         &json!({"color": "red"})
     );
     app.stop().await;
@@ -328,14 +527,29 @@ async fn password_reset_by_emailed_link(db: Db) {
     let app = mail_app(db, dir.path()).await;
     let user = app.create_user("reset@example.com", false).await;
     let browser = Browser::new(&app);
-    let requested = browser.post("/api/reset/", json!({"email": "RESET@example.com"})).await;
+    let requested = browser
+        .post("/api/reset/", json!({"email": "RESET@example.com"}))
+        .await;
     assert_eq!(requested.status.as_u16(), 204);
     assert!(requested.text.is_empty());
-    assert_eq!(browser.post("/api/reset", json!({"email": "nobody@example.com"})).await.status.as_u16(), 204);
+    assert_eq!(
+        browser
+            .post("/api/reset", json!({"email": "nobody@example.com"}))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
     browser
         .post("/api/reset/", json!({"email": "not-an-email"}))
         .await
-        .assert_error(400, "validation_error", "invalid_input", "Enter a valid email address.", Some("email"));
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_input",
+            "Enter a valid email address.",
+            Some("email"),
+        );
 
     let mails = read_mails(dir.path());
     assert_eq!(mails.len(), 1, "only the known address gets mail");
@@ -349,30 +563,75 @@ async fn password_reset_by_emailed_link(db: Db) {
     let valid = browser.get(&format!("{path}?token={token}")).await;
     assert_eq!(valid.status.as_u16(), 200);
     assert!(valid.text.is_empty());
-    browser.get(&path).await.assert_error(400, "validation_error", "required", "This field is required.", Some("token"));
+    browser.get(&path).await.assert_error(
+        400,
+        "validation_error",
+        "required",
+        "This field is required.",
+        Some("token"),
+    );
     browser
         .get(&format!("{path}?token=garbage"))
         .await
-        .assert_error(400, "validation_error", "invalid_token", "This reset token is invalid or has expired.", Some("token"));
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This reset token is invalid or has expired.",
+            Some("token"),
+        );
     browser
         .post(&path, json!({"token": token, "password": "123"}))
         .await
-        .assert_error(400, "validation_error", "invalid_input", "This password is too short. It must contain at least 8 characters.", Some("password"));
-    let done = browser.post(&path, json!({"token": token, "password": "brand new Passw0rd 42"})).await;
-    assert_eq!(done.json, json!({"success": true, "email": "reset@example.com"}));
-    assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 401, "not logged in");
-    browser
-        .post(&path, json!({"token": token, "password": "another Passw0rd 43"}))
-        .await
-        .assert_error(400, "validation_error", "invalid_token", "This reset token is invalid or has expired.", Some("token"));
-    browser.login("reset@example.com", PASSWORD).await.assert_error(
-        400,
-        "validation_error",
-        "invalid_credentials",
-        "Invalid email or password.",
-        None,
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_input",
+            "This password is too short. It must contain at least 8 characters.",
+            Some("password"),
+        );
+    let done = browser
+        .post(
+            &path,
+            json!({"token": token, "password": "brand new Passw0rd 42"}),
+        )
+        .await;
+    assert_eq!(
+        done.json,
+        json!({"success": true, "email": "reset@example.com"})
     );
-    browser.login("reset@example.com", "brand new Passw0rd 42").await.assert_ok();
+    assert_eq!(
+        browser.get("/api/users/@me/").await.status.as_u16(),
+        401,
+        "not logged in"
+    );
+    browser
+        .post(
+            &path,
+            json!({"token": token, "password": "another Passw0rd 43"}),
+        )
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This reset token is invalid or has expired.",
+            Some("token"),
+        );
+    browser
+        .login("reset@example.com", PASSWORD)
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_credentials",
+            "Invalid email or password.",
+            None,
+        );
+    browser
+        .login("reset@example.com", "brand new Passw0rd 42")
+        .await
+        .assert_ok();
     app.stop().await;
 }
 
@@ -384,12 +643,28 @@ async fn email_verification_requests_are_throttled(db: Db) {
     browser
         .post("/api/users/request_email_verification/", json!({}))
         .await
-        .assert_error(400, "validation_error", "required", "This field is required.", Some("uuid"));
+        .assert_error(
+            400,
+            "validation_error",
+            "required",
+            "This field is required.",
+            Some("uuid"),
+        );
     for _ in 0..6 {
-        let ok = browser.post("/api/users/request_email_verification/", json!({"uuid": user.uuid})).await;
+        let ok = browser
+            .post(
+                "/api/users/request_email_verification/",
+                json!({"uuid": user.uuid}),
+            )
+            .await;
         assert_eq!(ok.json, json!({"success": true}));
     }
-    let throttled = browser.post("/api/users/request_email_verification/", json!({"uuid": user.uuid})).await;
+    let throttled = browser
+        .post(
+            "/api/users/request_email_verification/",
+            json!({"uuid": user.uuid}),
+        )
+        .await;
     assert_eq!(throttled.status.as_u16(), 429, "{}", throttled.text);
     assert_eq!(throttled.json["type"], "throttled_error");
     assert_eq!(throttled.json["code"], "throttled");

@@ -59,16 +59,21 @@ impl Browser {
     }
 
     /// Sends a request without the CSRF header.
-    pub async fn call_without_csrf(&self, method: Method, path: &str, body: Option<Value>) -> Reply {
+    pub async fn call_without_csrf(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Reply {
         self.send(method, path, body, false).await
     }
 
     async fn send(&self, method: Method, path: &str, body: Option<Value>, csrf: bool) -> Reply {
-        let mut request = self.client.request(method, self.base.join(path).expect("url"));
-        if csrf {
-            if let Some(token) = self.cookie("posthog_csrftoken") {
-                request = request.header("X-CSRFToken", token);
-            }
+        let mut request = self
+            .client
+            .request(method, self.base.join(path).expect("url"));
+        if csrf && let Some(token) = self.cookie("posthog_csrftoken") {
+            request = request.header("X-CSRFToken", token);
         }
         if let Some(body) = body {
             request = request.json(&body);

@@ -179,7 +179,10 @@ pub async fn start(
 ) -> TestApp {
     // Quiet unless TEST_LOG=1.
     if std::env::var("TEST_LOG").is_ok_and(|v| v == "1") {
-        let _ = tracing_subscriber::fmt().with_env_filter("debug").with_test_writer().try_init();
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter("debug")
+            .with_test_writer()
+            .try_init();
     }
     let mut config = Config::new(database.url.clone());
     config.bind = "127.0.0.1:0".into();
