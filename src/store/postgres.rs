@@ -25,7 +25,7 @@ mod embedded {
 /// Connections per process; replicas scale out by running more processes.
 const POOL_SIZE: usize = 16;
 /// How long a request waits for a connection before answering 503.
-const POOL_TIMEOUT: Duration = Duration::from_secs(2);
+const POOL_TIMEOUT: Duration = Duration::from_secs(1);
 /// Serialises migrations of replicas that start together.
 const MIGRATION_LOCK: i64 = 0x686f_676c_6574;
 

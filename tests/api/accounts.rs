@@ -24,6 +24,9 @@ db_tests!(
     stale_session_needs_recent_login_for_sensitive_changes,
     password_reset_by_emailed_link,
     email_verification_requests_are_throttled,
+    password_change_needs_current_password_and_ends_other_sessions,
+    email_change_is_staged_until_verified,
+    django_password_hashes_are_accepted_and_upgraded,
 );
 
 async fn mail_app(db: Db, dir: &std::path::Path) -> TestApp {
@@ -689,5 +692,261 @@ async fn email_verification_requests_are_throttled(db: Db) {
             None,
         );
     app_without_mail.stop().await;
+    app.stop().await;
+}
+
+async fn password_change_needs_current_password_and_ends_other_sessions(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_user("pw@example.com", false).await;
+    app.create_org("PW", "pw@example.com").await;
+    let browser = Browser::new(&app);
+    browser.login("pw@example.com", PASSWORD).await.assert_ok();
+    let elsewhere = Browser::new(&app);
+    elsewhere
+        .login("pw@example.com", PASSWORD)
+        .await
+        .assert_ok();
+
+    browser
+        .patch("/api/users/@me/", json!({"password": "12345678"}))
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "required",
+            "This field is required when updating your password.",
+            Some("current_password"),
+        );
+    browser
+        .patch(
+            "/api/users/@me/",
+            json!({"current_password": "wrong", "password": "12345678"}),
+        )
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "incorrect_password",
+            "Your current password is incorrect.",
+            Some("current_password"),
+        );
+    browser
+        .patch(
+            "/api/users/@me/",
+            json!({"current_password": PASSWORD, "password": "123"}),
+        )
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_input",
+            "This password is too short. It must contain at least 8 characters.",
+            Some("password"),
+        );
+    let changed = browser
+        .patch(
+            "/api/users/@me/",
+            json!({"current_password": PASSWORD, "password": "n3w and Stronger pass"}),
+        )
+        .await;
+    let body = changed.assert_ok();
+    assert!(body.get("password").is_none() && body.get("current_password").is_none());
+    assert_eq!(
+        browser.get("/api/users/@me/").await.status.as_u16(),
+        200,
+        "this session stays"
+    );
+    assert_eq!(
+        elsewhere.get("/api/users/@me/").await.status.as_u16(),
+        401,
+        "other sessions end"
+    );
+    Browser::new(&app)
+        .login("pw@example.com", PASSWORD)
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_credentials",
+            "Invalid email or password.",
+            None,
+        );
+    Browser::new(&app)
+        .login("pw@example.com", "n3w and Stronger pass")
+        .await
+        .assert_ok();
+
+    // Five attempts with `current_password` a minute (three above); the sixth is throttled.
+    for _ in 0..2 {
+        assert_eq!(
+            browser
+                .patch(
+                    "/api/users/@me/",
+                    json!({"current_password": "wrong", "password": "12345678"})
+                )
+                .await
+                .status
+                .as_u16(),
+            400
+        );
+        assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 200);
+    }
+    let throttled = browser
+        .patch(
+            "/api/users/@me/",
+            json!({"current_password": "wrong", "password": "12345678"}),
+        )
+        .await;
+    assert_eq!(throttled.status.as_u16(), 429, "{}", throttled.text);
+    assert_eq!(throttled.json["code"], "throttled");
+    assert!(throttled.header("retry-after").is_some());
+    assert_eq!(
+        browser
+            .patch("/api/users/@me/", json!({"first_name": "Still"}))
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    app.stop().await;
+}
+
+async fn email_change_is_staged_until_verified(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = mail_app(db, dir.path()).await;
+    let user = app.create_user("alpha@example.com", false).await;
+    app.create_org("Mail", "alpha@example.com").await;
+    app.create_user("taken@example.com", false).await;
+    let browser = Browser::new(&app);
+    browser
+        .login("alpha@example.com", PASSWORD)
+        .await
+        .assert_ok();
+
+    browser
+        .patch("/api/users/@me/", json!({"email": "TAKEN@example.com"}))
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "unique",
+            "There is already an account with this email address.",
+            Some("email"),
+        );
+    let case_only = browser
+        .patch("/api/users/@me/", json!({"email": "ALPHA@example.com"}))
+        .await;
+    assert_eq!(case_only.assert_ok()["email"], "ALPHA@example.com");
+    assert_eq!(case_only.json["pending_email"], Value::Null);
+    let before = read_mails(dir.path()).len();
+
+    let staged = browser
+        .patch("/api/users/@me/", json!({"email": "beta@example.com"}))
+        .await;
+    assert_eq!(staged.assert_ok()["email"], "ALPHA@example.com");
+    assert_eq!(staged.json["pending_email"], "beta@example.com");
+    let mails = read_mails(dir.path());
+    assert_eq!(mails.len(), before + 1);
+    let mail = mails.last().unwrap();
+    assert_eq!(mail.to, "beta@example.com");
+    assert_eq!(mail.subject, "Verify your email address");
+    let link = mail.link("/verify_email/").unwrap();
+    let token = link.rsplit('/').next().unwrap().to_string();
+
+    let verified = Browser::new(&app)
+        .post(
+            "/api/users/verify_email/",
+            json!({"uuid": user.uuid, "token": token}),
+        )
+        .await;
+    assert_eq!(verified.json["success"], true, "{}", verified.text);
+    let me = browser.get("/api/users/@me/").await;
+    assert_eq!(me.json["email"], "beta@example.com");
+    assert_eq!(me.json["pending_email"], Value::Null);
+    let notices: Vec<String> = read_mails(dir.path())
+        .iter()
+        .filter(|m| m.subject == "Your email address has been changed")
+        .map(|m| m.to.clone())
+        .collect();
+    assert_eq!(notices, ["ALPHA@example.com", "beta@example.com"]);
+
+    // A staged change can be cancelled; with nothing staged that is an error.
+    browser
+        .patch("/api/users/@me/", json!({"email": "gamma@example.com"}))
+        .await
+        .assert_ok();
+    let cancelled = browser
+        .patch("/api/users/cancel_email_change_request/", json!({}))
+        .await;
+    assert_eq!(cancelled.assert_ok()["pending_email"], Value::Null);
+    browser
+        .patch("/api/users/cancel_email_change_request", json!({}))
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "email_change_request_not_found",
+            "No active email change requests found.",
+            None,
+        );
+
+    // Without email configured, the change is immediate.
+    let plain = spawn_app(Db::Sqlite).await;
+    plain.create_user("one@example.com", false).await;
+    let b = Browser::new(&plain);
+    b.login("one@example.com", PASSWORD).await.assert_ok();
+    let replaced = b
+        .patch("/api/users/@me/", json!({"email": "two@example.com"}))
+        .await;
+    assert_eq!(replaced.assert_ok()["email"], "two@example.com");
+    assert_eq!(replaced.json["pending_email"], Value::Null);
+    plain.stop().await;
+    app.stop().await;
+}
+
+async fn django_password_hashes_are_accepted_and_upgraded(db: Db) {
+    let app = spawn_app(db).await;
+    let user = app.create_user("legacy@example.com", false).await;
+    let mut record = app.store.user_by_id(user.id).await.unwrap().unwrap();
+    record.password = hoglet::store::PasswordHash(hoglet::domain::password::django_pbkdf2(
+        "old django password",
+        "somesalt",
+        1000,
+    ));
+    app.store.update_user(&record).await.unwrap();
+    let browser = Browser::new(&app);
+    browser
+        .login("legacy@example.com", "not it")
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_credentials",
+            "Invalid email or password.",
+            None,
+        );
+    assert_eq!(
+        browser
+            .login("legacy@example.com", "old django password")
+            .await
+            .json,
+        json!({"success": true})
+    );
+    let stored = app
+        .store
+        .user_by_id(user.id)
+        .await
+        .unwrap()
+        .unwrap()
+        .password
+        .0;
+    assert!(stored.starts_with("$argon2id$"), "upgraded on login");
+    assert_eq!(
+        Browser::new(&app)
+            .login("legacy@example.com", "old django password")
+            .await
+            .json,
+        json!({"success": true})
+    );
     app.stop().await;
 }

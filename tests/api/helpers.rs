@@ -96,6 +96,15 @@ impl TestDatabase {
         }
     }
 
+    /// Another handle on the same database that does not drop it (for a second replica).
+    pub fn shared(&self) -> Self {
+        Self {
+            url: self.url.clone(),
+            _dir: None,
+            postgres: None,
+        }
+    }
+
     /// The URL as the CLI takes it.
     #[allow(dead_code)] // for CLI tests that run commands against a test's database
     pub fn cli_url(&self) -> String {

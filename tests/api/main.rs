@@ -6,9 +6,11 @@ mod browser;
 mod helpers;
 
 mod accounts;
+mod api_keys;
 mod api_keys_auth;
 mod cli;
 mod operations;
+mod replicas;
 mod store_contract;
 mod two_factor;
 mod users;

@@ -67,3 +67,75 @@ async fn unknown_paths_and_methods(db: Db) {
     );
     app.stop().await;
 }
+
+/// A Postgres outage answers 503 quickly and the server recovers by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn database_outage_answers_503_and_recovers() {
+    let Some(server) = crate::helpers::postgres_url() else {
+        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the outage test needs Postgres");
+        return;
+    };
+    let app = spawn_app(Db::Postgres).await;
+    let (_, key) = app.user_with_key("outage@example.com", false, &["*"]).await;
+    assert_eq!(
+        app.call(Method::GET, "/_health", None, None)
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    let name = match &app.db.url {
+        hoglet::config::DatabaseUrl::Postgres(url) => url.rsplit('/').next().unwrap().to_string(),
+        _ => unreachable!(),
+    };
+    let (admin, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    let toggle = |allow: bool| format!("ALTER DATABASE {name} ALLOW_CONNECTIONS {allow}");
+    admin.batch_execute(&toggle(false)).await.unwrap();
+    admin
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = $1",
+            &[&name],
+        )
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let health = app.call(Method::GET, "/_health", None, None).await;
+    assert_eq!(health.status.as_u16(), 503, "{}", health.text);
+    assert!(
+        started.elapsed() < std::time::Duration::from_millis(1500),
+        "{:?}",
+        started.elapsed()
+    );
+    let list = app.get("/api/users/", &key).await;
+    list.assert_error(
+        503,
+        "server_error",
+        "service_unavailable",
+        "Service temporarily unavailable, try again later.",
+        None,
+    );
+
+    admin.batch_execute(&toggle(true)).await.unwrap();
+    let mut recovered = false;
+    for _ in 0..50 {
+        if app
+            .call(Method::GET, "/_health", None, None)
+            .await
+            .status
+            .as_u16()
+            == 200
+        {
+            recovered = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(recovered, "health recovers once the database is back");
+    assert_eq!(app.get("/api/users/", &key).await.status.as_u16(), 200);
+    task.abort();
+    app.stop().await;
+}
