@@ -184,6 +184,31 @@ async fn invalidate(
     Ok(())
 }
 
+/// Inserts a user row; returns its id.
+async fn insert_user_row(c: &impl GenericClient, user: &NewUser) -> StoreResult<i64> {
+    first(
+        c,
+        sql::USER_INSERT,
+        &[
+            &user.uuid.to_string(),
+            &user.email,
+            &sql::email_key(&user.email),
+            &user.password.0,
+            &user.first_name,
+            &user.last_name,
+            &user.distinct_id,
+            &user.is_staff,
+            &user.is_email_verified,
+            &user.role_at_organization,
+            &user.email_opt_in,
+            &user.date_joined,
+        ],
+        |r| r.i64(0),
+    )
+    .await?
+    .ok_or(StoreError::Missing("user"))
+}
+
 /// Locks the user's row for the rest of the transaction; `Missing` when there is no such user.
 async fn lock_user(c: &impl GenericClient, id: i64) -> StoreResult<()> {
     first(
@@ -314,27 +339,7 @@ impl Store for PgStore {
 
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
         let c = self.client().await?;
-        let id = first(
-            &c,
-            sql::USER_INSERT,
-            &[
-                &user.uuid.to_string(),
-                &user.email,
-                &sql::email_key(&user.email),
-                &user.password.0,
-                &user.first_name,
-                &user.last_name,
-                &user.distinct_id,
-                &user.is_staff,
-                &user.is_email_verified,
-                &user.role_at_organization,
-                &user.email_opt_in,
-                &user.date_joined,
-            ],
-            |r| r.i64(0),
-        )
-        .await?
-        .ok_or(StoreError::Missing("user"))?;
+        let id = insert_user_row(&c, &user).await?;
         first(&c, sql::USER_BY_ID, &[&id], |r| row::user_from_row(r, 0))
             .await?
             .ok_or(StoreError::Missing("user"))
@@ -894,28 +899,11 @@ impl Store for PgStore {
         if signup.only_first_user && !first_user {
             return Err(StoreError::Conflict("first_user"));
         }
-        let user = signup.user;
-        let user_id = first(
-            &tx,
-            sql::USER_INSERT,
-            &[
-                &user.uuid.to_string(),
-                &user.email,
-                &sql::email_key(&user.email),
-                &user.password.0,
-                &user.first_name,
-                &user.last_name,
-                &user.distinct_id,
-                &first_user,
-                &user.is_email_verified,
-                &user.role_at_organization,
-                &user.email_opt_in,
-                &user.date_joined,
-            ],
-            |r| r.i64(0),
-        )
-        .await?
-        .ok_or(StoreError::Missing("user"))?;
+        let user = NewUser {
+            is_staff: first_user,
+            ..signup.user
+        };
+        let user_id = insert_user_row(&tx, &user).await?;
         let org_id = Uuid::now_v7().to_string();
         insert_organization(&tx, &org_id, &signup.organization_name, now).await?;
         let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&org_id], |r| {

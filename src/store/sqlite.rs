@@ -265,6 +265,27 @@ fn invalidate(tx: &Transaction<'_>, user: Option<i64>, key_hash: Option<&str>) -
     Ok(())
 }
 
+/// Inserts a user row; returns its id.
+fn insert_user_row(tx: &Transaction<'_>, user: &NewUser) -> StoreResult<i64> {
+    Ok(prepare(tx, sql::USER_INSERT)?.query_row(
+        params![
+            user.uuid.to_string(),
+            user.email,
+            sql::email_key(&user.email),
+            user.password.0,
+            user.first_name,
+            user.last_name,
+            user.distinct_id,
+            user.is_staff,
+            user.is_email_verified,
+            user.role_at_organization,
+            user.email_opt_in,
+            user.date_joined
+        ],
+        |r| r.get(0),
+    )?)
+}
+
 fn user_in_tx(tx: &Transaction<'_>, id: i64) -> StoreResult<Option<UserRecord>> {
     first(tx, sql::USER_BY_ID, [id], |r| row::user_from_row(r, 0)).map_err(map_anyhow)
 }
@@ -361,25 +382,7 @@ impl Store for SqliteStore {
 
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
         self.write(move |tx| {
-            let id: i64 = prepare(tx, sql::USER_INSERT).and_then(|mut s| {
-                s.query_row(
-                    params![
-                        user.uuid.to_string(),
-                        user.email,
-                        sql::email_key(&user.email),
-                        user.password.0,
-                        user.first_name,
-                        user.last_name,
-                        user.distinct_id,
-                        user.is_staff,
-                        user.is_email_verified,
-                        user.role_at_organization,
-                        user.email_opt_in,
-                        user.date_joined
-                    ],
-                    |r| r.get(0),
-                )
-            })?;
+            let id = insert_user_row(tx, &user)?;
             user_in_tx(tx, id)?.ok_or(StoreError::Missing("user"))
         })
         .await
@@ -930,28 +933,11 @@ impl Store for SqliteStore {
             if signup.only_first_user && !first_user {
                 return Err(StoreError::Conflict("first_user"));
             }
-            let user = signup.user;
-            let user_id: i64 = prepare(tx, sql::USER_INSERT)
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            user.uuid.to_string(),
-                            user.email,
-                            sql::email_key(&user.email),
-                            user.password.0,
-                            user.first_name,
-                            user.last_name,
-                            user.distinct_id,
-                            first_user,
-                            user.is_email_verified,
-                            user.role_at_organization,
-                            user.email_opt_in,
-                            user.date_joined
-                        ],
-                        |r| r.get(0),
-                    )
-                })
-                .map_err(map_err)?;
+            let user = NewUser {
+                is_staff: first_user,
+                ..signup.user
+            };
+            let user_id = insert_user_row(tx, &user)?;
             let org_id = Uuid::now_v7().to_string();
             insert_organization(tx, &org_id, &signup.organization_name, now)?;
             let organization = first(tx, sql::ORGANIZATION_BY_ID, [&org_id], |r| {
