@@ -14,10 +14,8 @@ use crate::error::ApiResult;
 use crate::store::{
     MembershipLevel, MembershipWithOrg, OrganizationRecord, TeamRecord, UserRecord,
 };
-use crate::time::{Micros, SECOND, iso_offset, iso_z};
+use crate::time::{Micros, iso_offset, iso_z};
 
-/// How long after login a session may perform sensitive actions (`SESSION_SENSITIVE_ACTIONS_AGE`).
-pub const SENSITIVE_SESSION_AGE: Micros = 7200 * SECOND;
 
 /// `TeamBasic`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
@@ -376,7 +374,7 @@ pub async fn render_users(
             is_impersonated_reason: None,
             sensitive_session_expires_at: requester
                 .session_created_at
-                .map(|at| iso_offset(at + SENSITIVE_SESSION_AGE)),
+                .map(|at| iso_offset(at + crate::auth::SENSITIVE_SESSION_AGE)),
             fresh_reauth_expires_at: None,
             team,
             organization,
