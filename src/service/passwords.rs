@@ -38,6 +38,7 @@ impl PasswordHasher {
                 .name(format!("hoglet-hash-{i}"))
                 .spawn(move || {
                     lower_priority();
+                    let mut workspace = password::Workspace::new();
                     loop {
                         let job = match rx.lock() {
                             Ok(guard) => guard.recv(),
@@ -45,7 +46,7 @@ impl PasswordHasher {
                         };
                         match job {
                             Ok(Job::Hash(password, reply)) => {
-                                let _ = reply.send(password::hash(password.expose_secret()));
+                                let _ = reply.send(workspace.hash(password.expose_secret()));
                             }
                             Ok(Job::Verify(password, stored, reply)) => {
                                 let _ =

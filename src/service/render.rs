@@ -16,7 +16,6 @@ use crate::store::{
 };
 use crate::time::{Micros, iso_offset, iso_z};
 
-
 /// `TeamBasic`.
 #[derive(Clone, Debug, Serialize, ToSchema)]
 pub struct TeamBasic {
