@@ -14,6 +14,7 @@ crate::db_tests!(
     scopes_and_authentication,
     staff_resolve_by_integer_id,
     sessions_and_methods,
+    key_throttles_cover_signal_and_integration_views,
 );
 
 async fn lifecycle_with_partial_upserts(db: Db) {
@@ -306,4 +307,49 @@ async fn sessions_and_methods(db: Db) {
             None,
         );
     }
+}
+
+/// PostHog's burst limit (480 a minute per key) covers signal autonomy and the integration
+/// views, but not `github/start`, `github_login` or sessions.
+async fn key_throttles_cover_signal_and_integration_views(db: Db) {
+    let app = spawn_app(db).await;
+    let (_, key) = app
+        .user_with_key("burst@example.com", false, &["user:write"])
+        .await;
+    for _ in 0..480 {
+        assert_eq!(app.get(PATH, &key).await.status, 404);
+    }
+    for reply in [
+        app.get(PATH, &key).await,
+        app.get("/api/users/@me/integrations/", &key).await,
+        app.call(
+            Method::DELETE,
+            "/api/users/@me/integrations/github/1/",
+            Some(&key),
+            None,
+        )
+        .await,
+    ] {
+        assert_eq!(reply.status, 429, "{}", reply.text);
+        assert_eq!(reply.json["type"], "throttled_error");
+        assert_eq!(reply.json["code"], "throttled");
+        assert!(reply.header("retry-after").is_some());
+    }
+    let start = app
+        .call(
+            Method::POST,
+            "/api/users/@me/integrations/github/start/",
+            Some(&key),
+            Some(json!({})),
+        )
+        .await;
+    assert_eq!(start.status, 400, "not throttled: {}", start.text);
+    let login = app.get("/api/users/@me/github_login/", &key).await;
+    assert_eq!(login.assert_ok(), &json!({"github_login": null}));
+    let browser = Browser::new(&app);
+    browser
+        .login("burst@example.com", "a-Good-passw0rd!")
+        .await
+        .assert_ok();
+    assert_eq!(browser.get(PATH).await.status, 404);
 }
