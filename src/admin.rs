@@ -6,8 +6,8 @@ use uuid::Uuid;
 
 use crate::domain::{api_key, fields, password, scope};
 use crate::store::{
-    DynStore, MembershipLevel, NewApiKey, NewOrganization, NewTeam, NewUser, PasswordHash,
-    StoreError, UserRecord,
+    DynStore, MembershipLevel, NewApiKey, NewOrganization, NewTeam, NewTeamIntegration, NewUser,
+    PasswordHash, StoreError, UserRecord,
 };
 use crate::time::{iso_z, system_now};
 
@@ -197,6 +197,65 @@ pub async fn create_dashboard(store: &DynStore, team: i64, name: &str) -> AdminR
             other => other.into(),
         })?;
     Ok(json!({"id": dashboard.id, "team_id": dashboard.team_id, "name": dashboard.name}))
+}
+
+pub struct LinkGithubArgs {
+    pub team: i64,
+    pub installation_id: String,
+    /// Email of the user who connected it (what `github_login` falls back to).
+    pub created_by: Option<String>,
+    /// That user's GitHub login (`config.connecting_user_github_login`).
+    pub github_login: Option<String>,
+}
+
+/// Registers a GitHub App installation as a project-level integration of a team (or updates it).
+pub async fn link_team_github(store: &DynStore, args: LinkGithubArgs) -> AdminResult<Value> {
+    let installation = args.installation_id.trim().to_string();
+    if installation.is_empty()
+        || installation.len() > 20
+        || !installation.bytes().all(|b| b.is_ascii_digit())
+    {
+        return Err(invalid(format!(
+            "{installation:?} is not a GitHub installation id (1 to 20 digits)"
+        )));
+    }
+    let created_by = match &args.created_by {
+        Some(email) => Some(user_by_email(store, email).await?),
+        None => None,
+    };
+    let mut config = serde_json::Map::new();
+    config.insert("installation_id".into(), json!(installation));
+    if let Some(login) = args
+        .github_login
+        .as_deref()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+    {
+        config.insert("connecting_user_github_login".into(), json!(login));
+    }
+    let link = store
+        .upsert_team_integration(NewTeamIntegration {
+            team_id: args.team,
+            kind: "github".into(),
+            integration_id: installation,
+            config: Value::Object(config),
+            created_by_id: created_by.as_ref().map(|u| u.id),
+            now: system_now(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Missing("team") => invalid(format!("no team {}", args.team)),
+            other => other.into(),
+        })?;
+    Ok(json!({
+        "id": link.id,
+        "team_id": link.team_id,
+        "kind": link.kind,
+        "installation_id": link.integration_id,
+        "config": link.config,
+        "created_by": link.created_by_id,
+        "created_at": iso_z(link.created_at),
+    }))
 }
 
 pub struct NewKeyArgs {

@@ -10,8 +10,10 @@ use tokio::net::TcpListener;
 
 use crate::cache::{self, Caches};
 use crate::config::Config;
+use crate::github::GithubClient;
 use crate::http;
 use crate::http::metrics::Metrics;
+use crate::kv::Kv;
 use crate::mail::Mailer;
 use crate::ratelimit::Limiter;
 use crate::service::passwords::PasswordHasher;
@@ -34,6 +36,9 @@ pub struct Inner {
     pub mailer: Mailer,
     pub limiter: Arc<Limiter>,
     pub hasher: PasswordHasher,
+    /// Short-lived shared values (Redis when configured).
+    pub kv: Arc<Kv>,
+    pub github: Arc<GithubClient>,
 }
 
 impl Deref for AppState {
@@ -97,17 +102,28 @@ impl App {
         let mailer = Mailer::new(&config.email, &config.email_from)?;
         let limiter =
             Arc::new(Limiter::new(config.redis_url.as_ref().map(|u| u.expose_secret())).await);
+        let clock = options.clock.unwrap_or_else(Clock::system);
+        let kv = Arc::new(Kv::new(limiter.redis_connection(), clock.clone()));
+        let github =
+            Arc::new(GithubClient::new(&config.github).context("building the GitHub client")?);
+        if github.key_is_unusable() {
+            tracing::warn!(
+                "HOGLET_GITHUB_APP_PRIVATE_KEY is set but is not a usable RSA key: GitHub App calls will fail"
+            );
+        }
         let state = AppState(Arc::new(Inner {
             config,
             store,
             caches: Arc::new(Caches::new()),
-            clock: options.clock.unwrap_or_else(Clock::system),
+            clock,
             metrics: Metrics::new(),
             site_url,
             secret_key,
             mailer,
             limiter,
             hasher: PasswordHasher::start(),
+            kv,
+            github,
         }));
         Ok(Self { state, listener })
     }

@@ -151,6 +151,21 @@ pub enum TeamCommand {
         #[arg(long)]
         name: String,
     },
+    /// Register a GitHub App installation as the team's project-level GitHub integration.
+    LinkGithub {
+        /// Team (project) id.
+        #[arg(long)]
+        team: i64,
+        /// The GitHub App installation id.
+        #[arg(long)]
+        installation_id: String,
+        /// Email of the user who connected the installation.
+        #[arg(long)]
+        created_by: Option<String>,
+        /// That user's GitHub login.
+        #[arg(long)]
+        github_login: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,6 +252,21 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Team(TeamCommand::Create { org, name }) => {
             let store = crate::store::connect(&database_url).await?;
             print_json(&admin::create_team(&store, &org, &name).await?)
+        }
+        Command::Team(TeamCommand::LinkGithub {
+            team,
+            installation_id,
+            created_by,
+            github_login,
+        }) => {
+            let store = crate::store::connect(&database_url).await?;
+            let args = admin::LinkGithubArgs {
+                team,
+                installation_id,
+                created_by,
+                github_login,
+            };
+            print_json(&admin::link_team_github(&store, args).await?)
         }
         Command::Dashboard(DashboardCommand::Create { team, name }) => {
             let store = crate::store::connect(&database_url).await?;

@@ -121,6 +121,11 @@ impl Limiter {
         self.redis.is_some()
     }
 
+    /// The shared Redis connection, for other short-lived shared state ([`crate::kv`]).
+    pub fn redis_connection(&self) -> Option<ConnectionManager> {
+        self.redis.clone()
+    }
+
     fn outage(&self, error: &dyn std::fmt::Display) {
         let now = system_now();
         let last = self.last_outage_log.load(Ordering::Relaxed);

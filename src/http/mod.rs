@@ -8,9 +8,11 @@ pub mod accounts;
 pub mod api_keys;
 pub mod body;
 pub mod health;
+pub mod integrations;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;
+pub mod signal_autonomy;
 pub mod telemetry;
 pub mod two_factor;
 pub mod users;
@@ -32,6 +34,8 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(accounts::router())
         .merge(two_factor::router())
         .merge(api_keys::router())
+        .merge(signal_autonomy::router())
+        .merge(integrations::router())
         .merge(health::router())
 }
 

@@ -47,6 +47,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(retrieve, update, partial_update, destroy))
         .routes(routes!(hedgehog_config, hedgehog_config_update))
         .routes(routes!(scene_personalisation))
+        .routes(routes!(github_login))
 }
 
 /// The `{uuid}` path segment. One that is not valid UTF-8 once decoded names no user: it is
@@ -515,6 +516,43 @@ async fn scene_personalisation(
     let target = resolve_target(&state, &requester, &segment).await?;
     let view = render::render_user(&state, &requester_of(&caller), target).await?;
     Ok(axum::Json(view))
+}
+
+/// The answer of `github_login`.
+#[derive(Debug, serde::Serialize, utoipa::ToSchema)]
+pub struct UserGithubLogin {
+    /// The user's resolved GitHub login, or null when no GitHub identity is linked.
+    pub github_login: Option<String>,
+}
+
+/// Retrieve a user's GitHub login
+///
+/// The login of the user's personal GitHub integration (the newest one with tokens first), else
+/// of a project GitHub integration they connected, else null.
+#[utoipa::path(
+    get,
+    path = "/api/users/{uuid}/github_login/",
+    operation_id = "users_github_login_retrieve",
+    tag = "users",
+    params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
+    responses(
+        (status = 200, body = UserGithubLogin),
+        (status = 401, body = ErrorBody),
+        (status = 403, body = ErrorBody),
+        (status = 404, body = ErrorBody),
+    ),
+    security(("PersonalAPIKeyAuth" = ["user:read"]))
+)]
+async fn github_login(
+    State(state): State<AppState>,
+    UserSegment(segment): UserSegment,
+    auth: Authenticated<UserViews>,
+) -> ApiResult<axum::Json<UserGithubLogin>> {
+    let caller = auth.authorize(USER_READ)?;
+    let requester = load_caller(&state, &caller).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
+    let github_login = crate::service::github::github_login(&state, target.id).await?;
+    Ok(axum::Json(UserGithubLogin { github_login }))
 }
 
 /// DRF's `PrimaryKeyRelatedField` for a dashboard of the target's current team.

@@ -2,6 +2,7 @@
 
 pub mod accounts;
 pub mod emails;
+pub mod github;
 pub mod passwords;
 pub mod render;
 pub mod users;

@@ -181,6 +181,74 @@ pub trait Store: Send + Sync + 'static {
     async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool>;
     async fn backup_code_count(&self, user_id: i64) -> StoreResult<i64>;
 
+    // --- signal autonomy ---
+    async fn signal_autonomy(&self, user_id: i64) -> StoreResult<Option<SignalAutonomyRecord>>;
+    /// Creates the user's row or updates it in one statement (`INSERT … ON CONFLICT`): the
+    /// priority is written only when `Some` (partial update); `updated_at` moves either way.
+    async fn upsert_signal_autonomy(
+        &self,
+        user_id: i64,
+        autostart_priority: Option<Option<String>>,
+        now: Micros,
+    ) -> StoreResult<SignalAutonomyRecord>;
+    /// Deletes the user's row; false when there was none.
+    async fn delete_signal_autonomy(&self, user_id: i64) -> StoreResult<bool>;
+
+    // --- personal integrations ---
+    /// The user's integrations of `kind`, oldest first.
+    async fn user_integrations(
+        &self,
+        user_id: i64,
+        kind: &str,
+    ) -> StoreResult<Vec<UserIntegrationRecord>>;
+    async fn user_integration(
+        &self,
+        user_id: i64,
+        kind: &str,
+        integration_id: &str,
+    ) -> StoreResult<Option<UserIntegrationRecord>>;
+    /// Creates the row, or replaces config and secrets of the existing one (cache kept).
+    async fn upsert_user_integration(
+        &self,
+        new: NewUserIntegration,
+    ) -> StoreResult<UserIntegrationRecord>;
+    /// Replaces config and secrets of the row (after a token refresh); false when it is gone.
+    async fn update_user_integration_secrets(
+        &self,
+        id: Uuid,
+        config: &serde_json::Value,
+        sensitive_config: &str,
+        now: Micros,
+    ) -> StoreResult<bool>;
+    /// Stores a repository snapshot and when it was taken.
+    async fn set_repository_cache(
+        &self,
+        id: Uuid,
+        repositories: &serde_json::Value,
+        synced_at: Micros,
+    ) -> StoreResult<()>;
+    /// Deletes the row (and with it its tokens); false when there was none.
+    async fn delete_user_integration(&self, id: Uuid) -> StoreResult<bool>;
+
+    // --- project-level integrations ---
+    /// Creates the integration or replaces its config (`Missing("team")` for an unknown team).
+    async fn upsert_team_integration(
+        &self,
+        new: NewTeamIntegration,
+    ) -> StoreResult<TeamIntegrationRecord>;
+    /// Integrations of `kind` of any of the given teams, ordered by id.
+    async fn team_integrations_of(
+        &self,
+        team_ids: &[i64],
+        kind: &str,
+    ) -> StoreResult<Vec<TeamIntegrationRecord>>;
+    /// Integrations of `kind` created by the user, ordered by id.
+    async fn team_integrations_created_by(
+        &self,
+        user_id: i64,
+        kind: &str,
+    ) -> StoreResult<Vec<TeamIntegrationRecord>>;
+
     // --- cross-process cache invalidation feed ---
     /// Invalidations recorded after `since` (microseconds), oldest first.
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>>;

@@ -1090,6 +1090,232 @@ impl Store for PgStore {
         count(&c, sql::BACKUP_CODE_COUNT, &[&user_id]).await
     }
 
+    async fn signal_autonomy(&self, user_id: i64) -> StoreResult<Option<SignalAutonomyRecord>> {
+        let c = self.client().await?;
+        first(
+            &c,
+            sql::SIGNAL_AUTONOMY_BY_USER,
+            &[&user_id],
+            row::signal_autonomy_from_row,
+        )
+        .await
+    }
+
+    async fn upsert_signal_autonomy(
+        &self,
+        user_id: i64,
+        autostart_priority: Option<Option<String>>,
+        now: Micros,
+    ) -> StoreResult<SignalAutonomyRecord> {
+        let c = self.client().await?;
+        let sent = autostart_priority.is_some();
+        let priority = autostart_priority.flatten();
+        first(
+            &c,
+            sql::SIGNAL_AUTONOMY_UPSERT,
+            &[
+                &Uuid::now_v7().to_string(),
+                &user_id,
+                &priority,
+                &now,
+                &sent,
+            ],
+            row::signal_autonomy_from_row,
+        )
+        .await?
+        .ok_or(StoreError::Missing("signal_autonomy"))
+    }
+
+    async fn delete_signal_autonomy(&self, user_id: i64) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, sql::SIGNAL_AUTONOMY_DELETE, &[&user_id]).await? > 0)
+    }
+
+    async fn user_integrations(
+        &self,
+        user_id: i64,
+        kind: &str,
+    ) -> StoreResult<Vec<UserIntegrationRecord>> {
+        let c = self.client().await?;
+        all(
+            &c,
+            sql::USER_INTEGRATIONS_OF_USER,
+            &[&user_id, &kind],
+            row::user_integration_from_row,
+        )
+        .await
+    }
+
+    async fn user_integration(
+        &self,
+        user_id: i64,
+        kind: &str,
+        integration_id: &str,
+    ) -> StoreResult<Option<UserIntegrationRecord>> {
+        let c = self.client().await?;
+        first(
+            &c,
+            sql::USER_INTEGRATION_BY_KEY,
+            &[&user_id, &kind, &integration_id],
+            row::user_integration_from_row,
+        )
+        .await
+    }
+
+    async fn upsert_user_integration(
+        &self,
+        new: NewUserIntegration,
+    ) -> StoreResult<UserIntegrationRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        execute(
+            &tx,
+            sql::USER_INTEGRATION_UPSERT,
+            &[
+                &Uuid::now_v7().to_string(),
+                &new.user_id,
+                &new.kind,
+                &new.integration_id,
+                &new.config.to_string(),
+                &new.sensitive_config,
+                &new.now,
+            ],
+        )
+        .await?;
+        let record = first(
+            &tx,
+            sql::USER_INTEGRATION_BY_KEY,
+            &[&new.user_id, &new.kind, &new.integration_id],
+            row::user_integration_from_row,
+        )
+        .await?
+        .ok_or(StoreError::Missing("user_integration"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn update_user_integration_secrets(
+        &self,
+        id: Uuid,
+        config: &serde_json::Value,
+        sensitive_config: &str,
+        now: Micros,
+    ) -> StoreResult<bool> {
+        let c = self.client().await?;
+        let changed = execute(
+            &c,
+            sql::USER_INTEGRATION_SET_SECRETS,
+            &[
+                &id.to_string(),
+                &config.to_string(),
+                &sensitive_config,
+                &now,
+            ],
+        )
+        .await?;
+        Ok(changed > 0)
+    }
+
+    async fn set_repository_cache(
+        &self,
+        id: Uuid,
+        repositories: &serde_json::Value,
+        synced_at: Micros,
+    ) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(
+            &c,
+            sql::USER_INTEGRATION_SET_REPOSITORIES,
+            &[&id.to_string(), &repositories.to_string(), &synced_at],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_user_integration(&self, id: Uuid) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, sql::USER_INTEGRATION_DELETE, &[&id.to_string()]).await? > 0)
+    }
+
+    async fn upsert_team_integration(
+        &self,
+        new: NewTeamIntegration,
+    ) -> StoreResult<TeamIntegrationRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let team = first(
+            &tx,
+            "SELECT id FROM teams WHERE id = $1 FOR SHARE",
+            &[&new.team_id],
+            |r| r.i64(0),
+        )
+        .await?;
+        if team.is_none() {
+            return Err(StoreError::Missing("team"));
+        }
+        let id = first(
+            &tx,
+            sql::TEAM_INTEGRATION_UPSERT,
+            &[
+                &new.team_id,
+                &new.kind,
+                &new.integration_id,
+                &new.config.to_string(),
+                &new.created_by_id,
+                &new.now,
+            ],
+            |r| r.i64(0),
+        )
+        .await?
+        .ok_or(StoreError::Missing("team_integration"))?;
+        let record = first(
+            &tx,
+            sql::TEAM_INTEGRATION_BY_ID,
+            &[&id],
+            row::team_integration_from_row,
+        )
+        .await?
+        .ok_or(StoreError::Missing("team_integration"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(record)
+    }
+
+    async fn team_integrations_of(
+        &self,
+        team_ids: &[i64],
+        kind: &str,
+    ) -> StoreResult<Vec<TeamIntegrationRecord>> {
+        let c = self.client().await?;
+        let ids = team_ids.to_vec();
+        all(
+            &c,
+            concat!(
+                "SELECT ",
+                sql::team_integration_columns!(),
+                " FROM team_integrations ti WHERE ti.team_id = ANY($1) AND ti.kind = $2 \
+                  ORDER BY ti.id"
+            ),
+            &[&ids, &kind],
+            row::team_integration_from_row,
+        )
+        .await
+    }
+
+    async fn team_integrations_created_by(
+        &self,
+        user_id: i64,
+        kind: &str,
+    ) -> StoreResult<Vec<TeamIntegrationRecord>> {
+        let c = self.client().await?;
+        all(
+            &c,
+            sql::TEAM_INTEGRATIONS_CREATED_BY,
+            &[&user_id, &kind],
+            row::team_integration_from_row,
+        )
+        .await
+    }
+
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {
         let c = self.client().await?;
         all(&c, sql::INVALIDATIONS_SINCE, &[&since], |r| {

@@ -359,3 +359,89 @@ pub struct ApiKeyChanges {
     pub scoped_organizations: Option<Vec<String>>,
     pub expires_at: Option<Micros>,
 }
+
+/// A user's signal autonomy opt-in (`autostart_priority` null: the team default).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SignalAutonomyRecord {
+    pub id: Uuid,
+    pub user_id: i64,
+    pub autostart_priority: Option<String>,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+}
+
+/// A personal integration (PostHog's `UserIntegration`). `sensitive_config` is sealed text
+/// (empty when there are no secrets), opened only by the GitHub service.
+#[derive(Clone)]
+pub struct UserIntegrationRecord {
+    pub id: Uuid,
+    pub user_id: i64,
+    pub kind: String,
+    pub integration_id: String,
+    pub config: Value,
+    pub sensitive_config: String,
+    pub repository_cache: Value,
+    pub repository_cache_updated_at: Option<Micros>,
+    pub created_at: Micros,
+    pub updated_at: Micros,
+}
+
+impl std::fmt::Debug for UserIntegrationRecord {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserIntegrationRecord")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .field("kind", &self.kind)
+            .field("integration_id", &self.integration_id)
+            .field(
+                "repository_cache_updated_at",
+                &self.repository_cache_updated_at,
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+/// Creates a personal integration or replaces the config and secrets of the existing one for
+/// `(user_id, kind, integration_id)`; its repository cache is kept.
+#[derive(Clone)]
+pub struct NewUserIntegration {
+    pub user_id: i64,
+    pub kind: String,
+    pub integration_id: String,
+    pub config: Value,
+    pub sensitive_config: String,
+    pub now: Micros,
+}
+
+impl std::fmt::Debug for NewUserIntegration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewUserIntegration")
+            .field("user_id", &self.user_id)
+            .field("kind", &self.kind)
+            .field("integration_id", &self.integration_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A project-level integration (PostHog's `Integration`).
+#[derive(Clone, Debug)]
+pub struct TeamIntegrationRecord {
+    pub id: i64,
+    pub team_id: i64,
+    pub kind: String,
+    pub integration_id: String,
+    pub config: Value,
+    pub created_by_id: Option<i64>,
+    pub created_at: Micros,
+}
+
+/// Creates a project-level integration, or replaces the config of the existing one.
+#[derive(Clone, Debug)]
+pub struct NewTeamIntegration {
+    pub team_id: i64,
+    pub kind: String,
+    pub integration_id: String,
+    pub config: Value,
+    pub created_by_id: Option<i64>,
+    pub now: Micros,
+}

@@ -275,3 +275,40 @@ pub(crate) fn totp_from_row(r: &impl Row) -> anyhow::Result<TotpDeviceRecord> {
         created_at: r.i64(5)?,
     })
 }
+
+pub(crate) fn signal_autonomy_from_row(r: &impl Row) -> anyhow::Result<SignalAutonomyRecord> {
+    Ok(SignalAutonomyRecord {
+        id: r.uuid(0)?,
+        user_id: r.i64(1)?,
+        autostart_priority: r.opt_text(2)?,
+        created_at: r.i64(3)?,
+        updated_at: r.i64(4)?,
+    })
+}
+
+pub(crate) fn user_integration_from_row(r: &impl Row) -> anyhow::Result<UserIntegrationRecord> {
+    Ok(UserIntegrationRecord {
+        id: r.uuid(0)?,
+        user_id: r.i64(1)?,
+        kind: r.text(2)?,
+        integration_id: r.text(3)?,
+        config: r.json(4)?,
+        sensitive_config: r.text(5)?,
+        repository_cache: r.json(6)?,
+        repository_cache_updated_at: r.opt_i64(7)?,
+        created_at: r.i64(8)?,
+        updated_at: r.i64(9)?,
+    })
+}
+
+pub(crate) fn team_integration_from_row(r: &impl Row) -> anyhow::Result<TeamIntegrationRecord> {
+    Ok(TeamIntegrationRecord {
+        id: r.i64(0)?,
+        team_id: r.i64(1)?,
+        kind: r.text(2)?,
+        integration_id: r.text(3)?,
+        config: r.json(4)?,
+        created_by_id: r.opt_i64(5)?,
+        created_at: r.i64(6)?,
+    })
+}

@@ -54,7 +54,22 @@ macro_rules! session_columns {
     };
 }
 
-pub(crate) use {membership_columns, organization_columns, team_columns, user_columns};
+macro_rules! user_integration_columns {
+    () => {
+        "i.id, i.user_id, i.kind, i.integration_id, i.config, i.sensitive_config, \
+         i.repository_cache, i.repository_cache_updated_at, i.created_at, i.updated_at"
+    };
+}
+
+macro_rules! team_integration_columns {
+    () => {
+        "ti.id, ti.team_id, ti.kind, ti.integration_id, ti.config, ti.created_by_id, ti.created_at"
+    };
+}
+
+pub(crate) use {
+    membership_columns, organization_columns, team_columns, team_integration_columns, user_columns,
+};
 
 pub const PING: &str = "SELECT 1";
 
@@ -237,6 +252,56 @@ pub const INVALIDATIONS_SINCE: &str = "SELECT seq, created_at, user_id, key_hash
      FROM cache_invalidations WHERE created_at > $1 ORDER BY seq LIMIT 10000";
 pub const INVALIDATIONS_PRUNE: &str = "DELETE FROM cache_invalidations WHERE created_at < $1";
 
+pub const SIGNAL_AUTONOMY_BY_USER: &str = "SELECT id, user_id, autostart_priority, created_at, \
+     updated_at FROM signal_autonomy_configs WHERE user_id = $1";
+/// The upsert of `POST …/signal_autonomy/`: `$5` says whether the priority was sent (partial
+/// update); `updated_at` moves either way.
+pub const SIGNAL_AUTONOMY_UPSERT: &str = "INSERT INTO signal_autonomy_configs (id, user_id, \
+     autostart_priority, created_at, updated_at) VALUES ($1, $2, $3, $4, $4) \
+     ON CONFLICT (user_id) DO UPDATE SET autostart_priority = CASE WHEN $5 \
+     THEN excluded.autostart_priority ELSE signal_autonomy_configs.autostart_priority END, \
+     updated_at = excluded.updated_at \
+     RETURNING id, user_id, autostart_priority, created_at, updated_at";
+pub const SIGNAL_AUTONOMY_DELETE: &str = "DELETE FROM signal_autonomy_configs WHERE user_id = $1";
+
+pub const USER_INTEGRATIONS_OF_USER: &str = concat!(
+    "SELECT ",
+    user_integration_columns!(),
+    " FROM user_integrations i WHERE i.user_id = $1 AND i.kind = $2 ORDER BY i.created_at, i.id"
+);
+pub const USER_INTEGRATION_BY_KEY: &str = concat!(
+    "SELECT ",
+    user_integration_columns!(),
+    " FROM user_integrations i WHERE i.user_id = $1 AND i.kind = $2 AND i.integration_id = $3"
+);
+/// Reconnecting replaces config and secrets wholesale and keeps the repository cache.
+pub const USER_INTEGRATION_UPSERT: &str = "INSERT INTO user_integrations (id, user_id, kind, \
+     integration_id, config, sensitive_config, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $7) \
+     ON CONFLICT (user_id, kind, integration_id) DO UPDATE SET config = excluded.config, \
+     sensitive_config = excluded.sensitive_config, updated_at = excluded.updated_at";
+pub const USER_INTEGRATION_SET_SECRETS: &str = "UPDATE user_integrations SET config = $2, \
+     sensitive_config = $3, updated_at = $4 WHERE id = $1";
+pub const USER_INTEGRATION_SET_REPOSITORIES: &str = "UPDATE user_integrations \
+     SET repository_cache = $2, repository_cache_updated_at = $3 WHERE id = $1";
+pub const USER_INTEGRATION_DELETE: &str = "DELETE FROM user_integrations WHERE id = $1";
+
+pub const TEAM_INTEGRATION_UPSERT: &str = "INSERT INTO team_integrations (team_id, kind, \
+     integration_id, config, created_by_id, created_at) VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (team_id, kind, integration_id) DO UPDATE SET config = excluded.config, \
+     created_by_id = COALESCE(excluded.created_by_id, team_integrations.created_by_id) \
+     RETURNING id";
+pub const TEAM_INTEGRATION_BY_ID: &str = concat!(
+    "SELECT ",
+    team_integration_columns!(),
+    " FROM team_integrations ti WHERE ti.id = $1"
+);
+pub const TEAM_INTEGRATIONS_CREATED_BY: &str = concat!(
+    "SELECT ",
+    team_integration_columns!(),
+    " FROM team_integrations ti WHERE ti.created_by_id = $1 AND ti.kind = $2 ORDER BY ti.id"
+);
+
 /// The case-insensitive form an email is unique under.
 pub fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
@@ -244,7 +309,7 @@ pub fn email_key(email: &str) -> String {
 
 /// Names the constraint a uniqueness error came from, as the [`super::StoreError::Conflict`] target.
 pub fn conflict_target(message: &str) -> &'static str {
-    const TARGETS: [(&str, &str); 8] = [
+    const TARGETS: [(&str, &str); 10] = [
         ("email_lower", "email"),
         ("distinct_id", "distinct_id"),
         ("organization_memberships", "membership"),
@@ -253,6 +318,8 @@ pub fn conflict_target(message: &str) -> &'static str {
         ("secure_value", "api_key"),
         ("scene_personalisations", "scene_personalisation"),
         ("settings", "setting"),
+        ("user_integrations", "user_integration"),
+        ("team_integrations", "team_integration"),
     ];
     TARGETS
         .iter()

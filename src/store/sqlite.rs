@@ -1120,6 +1120,213 @@ impl Store for SqliteStore {
         self.read(|c| count(c, sql::BACKUP_CODE_COUNT, [user_id]))
     }
 
+    async fn signal_autonomy(&self, user_id: i64) -> StoreResult<Option<SignalAutonomyRecord>> {
+        self.read(|c| {
+            first(c, sql::SIGNAL_AUTONOMY_BY_USER, [user_id], |r| {
+                row::signal_autonomy_from_row(r)
+            })
+        })
+    }
+
+    async fn upsert_signal_autonomy(
+        &self,
+        user_id: i64,
+        autostart_priority: Option<Option<String>>,
+        now: Micros,
+    ) -> StoreResult<SignalAutonomyRecord> {
+        self.write(move |tx| {
+            let sent = autostart_priority.is_some();
+            let priority = autostart_priority.flatten();
+            first(
+                tx,
+                sql::SIGNAL_AUTONOMY_UPSERT,
+                params![Uuid::now_v7().to_string(), user_id, priority, now, sent],
+                |r| row::signal_autonomy_from_row(r),
+            )
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("signal_autonomy"))
+        })
+        .await
+    }
+
+    async fn delete_signal_autonomy(&self, user_id: i64) -> StoreResult<bool> {
+        self.write(move |tx| Ok(exec(tx, sql::SIGNAL_AUTONOMY_DELETE, [user_id])? > 0))
+            .await
+    }
+
+    async fn user_integrations(
+        &self,
+        user_id: i64,
+        kind: &str,
+    ) -> StoreResult<Vec<UserIntegrationRecord>> {
+        self.read(|c| {
+            collect(
+                c,
+                sql::USER_INTEGRATIONS_OF_USER,
+                params![user_id, kind],
+                |r| row::user_integration_from_row(r),
+            )
+        })
+    }
+
+    async fn user_integration(
+        &self,
+        user_id: i64,
+        kind: &str,
+        integration_id: &str,
+    ) -> StoreResult<Option<UserIntegrationRecord>> {
+        self.read(|c| {
+            first(
+                c,
+                sql::USER_INTEGRATION_BY_KEY,
+                params![user_id, kind, integration_id],
+                |r| row::user_integration_from_row(r),
+            )
+        })
+    }
+
+    async fn upsert_user_integration(
+        &self,
+        new: NewUserIntegration,
+    ) -> StoreResult<UserIntegrationRecord> {
+        self.write(move |tx| {
+            exec(
+                tx,
+                sql::USER_INTEGRATION_UPSERT,
+                params![
+                    Uuid::now_v7().to_string(),
+                    new.user_id,
+                    new.kind,
+                    new.integration_id,
+                    new.config.to_string(),
+                    new.sensitive_config,
+                    new.now
+                ],
+            )?;
+            first(
+                tx,
+                sql::USER_INTEGRATION_BY_KEY,
+                params![new.user_id, new.kind, new.integration_id],
+                |r| row::user_integration_from_row(r),
+            )
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("user_integration"))
+        })
+        .await
+    }
+
+    async fn update_user_integration_secrets(
+        &self,
+        id: Uuid,
+        config: &serde_json::Value,
+        sensitive_config: &str,
+        now: Micros,
+    ) -> StoreResult<bool> {
+        let (config, sensitive) = (config.to_string(), sensitive_config.to_string());
+        self.write(move |tx| {
+            let changed = exec(
+                tx,
+                sql::USER_INTEGRATION_SET_SECRETS,
+                params![id.to_string(), config, sensitive, now],
+            )?;
+            Ok(changed > 0)
+        })
+        .await
+    }
+
+    async fn set_repository_cache(
+        &self,
+        id: Uuid,
+        repositories: &serde_json::Value,
+        synced_at: Micros,
+    ) -> StoreResult<()> {
+        let repositories = repositories.to_string();
+        self.write(move |tx| {
+            exec(
+                tx,
+                sql::USER_INTEGRATION_SET_REPOSITORIES,
+                params![id.to_string(), repositories, synced_at],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn delete_user_integration(&self, id: Uuid) -> StoreResult<bool> {
+        self.write(move |tx| Ok(exec(tx, sql::USER_INTEGRATION_DELETE, [id.to_string()])? > 0))
+            .await
+    }
+
+    async fn upsert_team_integration(
+        &self,
+        new: NewTeamIntegration,
+    ) -> StoreResult<TeamIntegrationRecord> {
+        self.write(move |tx| {
+            let team =
+                first(tx, sql::TEAM_BY_ID, [new.team_id], |r| r.i64(0)).map_err(map_anyhow)?;
+            if team.is_none() {
+                return Err(StoreError::Missing("team"));
+            }
+            let id: i64 = prepare(tx, sql::TEAM_INTEGRATION_UPSERT)
+                .and_then(|mut s| {
+                    s.query_row(
+                        params![
+                            new.team_id,
+                            new.kind,
+                            new.integration_id,
+                            new.config.to_string(),
+                            new.created_by_id,
+                            new.now
+                        ],
+                        |r| r.get(0),
+                    )
+                })
+                .map_err(map_err)?;
+            first(tx, sql::TEAM_INTEGRATION_BY_ID, [id], |r| {
+                row::team_integration_from_row(r)
+            })
+            .map_err(map_anyhow)?
+            .ok_or(StoreError::Missing("team_integration"))
+        })
+        .await
+    }
+
+    async fn team_integrations_of(
+        &self,
+        team_ids: &[i64],
+        kind: &str,
+    ) -> StoreResult<Vec<TeamIntegrationRecord>> {
+        let ids = id_list(team_ids);
+        self.read(|c| {
+            collect(
+                c,
+                concat!(
+                    "SELECT ",
+                    sql::team_integration_columns!(),
+                    " FROM team_integrations ti WHERE ti.team_id IN (SELECT value FROM json_each($1)) \
+                      AND ti.kind = $2 ORDER BY ti.id"
+                ),
+                params![ids, kind],
+                |r| row::team_integration_from_row(r),
+            )
+        })
+    }
+
+    async fn team_integrations_created_by(
+        &self,
+        user_id: i64,
+        kind: &str,
+    ) -> StoreResult<Vec<TeamIntegrationRecord>> {
+        self.read(|c| {
+            collect(
+                c,
+                sql::TEAM_INTEGRATIONS_CREATED_BY,
+                params![user_id, kind],
+                |r| row::team_integration_from_row(r),
+            )
+        })
+    }
+
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {
         self.read(|c| {
             collect(c, sql::INVALIDATIONS_SINCE, [since], |r| {

@@ -3,14 +3,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod browser;
+mod fake_github;
 mod helpers;
 
 mod accounts;
 mod api_keys;
 mod api_keys_auth;
 mod cli;
+mod github;
 mod operations;
 mod replicas;
+mod signal_autonomy;
 mod store_contract;
 mod two_factor;
 mod users;

@@ -46,6 +46,9 @@ db_tests!(
     settings_keep_the_first_value,
     invalidation_feed_orders_filters_and_prunes,
     writes_are_visible_through_a_second_store,
+    signal_autonomy_upserts_partially_and_deletes,
+    user_integrations_upsert_replace_secrets_and_keep_the_cache,
+    team_integrations_upsert_and_filter,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2470,4 +2473,250 @@ async fn writes_are_visible_through_a_second_store(db: Db) {
         .unwrap();
         assert_eq!(mode.to_lowercase(), "wal");
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Signal autonomy and integrations
+// ---------------------------------------------------------------------------------------------
+
+async fn signal_autonomy_upserts_partially_and_deletes(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "signal@example.com").await;
+    assert!(store.signal_autonomy(user.id).await.unwrap().is_none());
+    assert!(!store.delete_signal_autonomy(user.id).await.unwrap());
+
+    let created = store
+        .upsert_signal_autonomy(user.id, None, T0)
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            created.user_id,
+            created.autostart_priority.clone(),
+            created.created_at,
+            created.updated_at
+        ),
+        (user.id, None, T0, T0)
+    );
+    let set = store
+        .upsert_signal_autonomy(user.id, Some(Some("P2".into())), T0 + 1)
+        .await
+        .unwrap();
+    assert_eq!(set.id, created.id);
+    assert_eq!(set.autostart_priority.as_deref(), Some("P2"));
+    assert_eq!((set.created_at, set.updated_at), (T0, T0 + 1));
+    // Not sent: kept; only `updated_at` moves.
+    let kept = store
+        .upsert_signal_autonomy(user.id, None, T0 + 2)
+        .await
+        .unwrap();
+    assert_eq!(kept.autostart_priority.as_deref(), Some("P2"));
+    assert_eq!(kept.updated_at, T0 + 2);
+    let cleared = store
+        .upsert_signal_autonomy(user.id, Some(None), T0 + 3)
+        .await
+        .unwrap();
+    assert_eq!(cleared.autostart_priority, None);
+    assert_eq!(store.signal_autonomy(user.id).await.unwrap(), Some(cleared));
+
+    // Concurrent first upserts make one row.
+    let other = add_user(store, "race@example.com").await;
+    let results = in_parallel((0..8).map(|i| {
+        let store = store.clone();
+        async move {
+            store
+                .upsert_signal_autonomy(other.id, Some(Some(format!("P{}", i % 5))), T0 + i)
+                .await
+                .unwrap()
+        }
+    }))
+    .await;
+    assert!(results.iter().all(|r| r.id == results[0].id));
+    assert_eq!(env.rows("signal_autonomy_configs").await, 2);
+
+    assert!(store.delete_signal_autonomy(user.id).await.unwrap());
+    assert!(store.signal_autonomy(user.id).await.unwrap().is_none());
+    // Deleting the user removes the row.
+    assert_eq!(
+        store.delete_user(other.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert_eq!(env.rows("signal_autonomy_configs").await, 0);
+}
+
+async fn user_integrations_upsert_replace_secrets_and_keep_the_cache(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "gh@example.com").await;
+    let new = |installation: &str, config: serde_json::Value, secrets: &str, now: Micros| {
+        store::NewUserIntegration {
+            user_id: user.id,
+            kind: "github".into(),
+            integration_id: installation.into(),
+            config,
+            sensitive_config: secrets.into(),
+            now,
+        }
+    };
+    let first = store
+        .upsert_user_integration(new("1", json!({"a": 1}), "v1:one", T0))
+        .await
+        .unwrap();
+    assert_eq!(first.config, json!({"a": 1}));
+    assert_eq!(first.sensitive_config, "v1:one");
+    assert_eq!(first.repository_cache, json!([]));
+    assert_eq!(first.repository_cache_updated_at, None);
+    assert_eq!((first.created_at, first.updated_at), (T0, T0));
+    store
+        .set_repository_cache(first.id, &json!([{"id": 1}]), T0 + 5)
+        .await
+        .unwrap();
+    // Reconnecting replaces config and secrets wholesale and keeps id, cache and creation time.
+    let again = store
+        .upsert_user_integration(new("1", json!({"b": 2}), "v1:two", T0 + 10))
+        .await
+        .unwrap();
+    assert_eq!(again.id, first.id);
+    assert_eq!(again.config, json!({"b": 2}));
+    assert_eq!(again.sensitive_config, "v1:two");
+    assert_eq!(again.repository_cache, json!([{"id": 1}]));
+    assert_eq!(again.repository_cache_updated_at, Some(T0 + 5));
+    assert_eq!((again.created_at, again.updated_at), (T0, T0 + 10));
+
+    let second = store
+        .upsert_user_integration(new("2", json!({}), "", T0 + 20))
+        .await
+        .unwrap();
+    let listed: Vec<String> = store
+        .user_integrations(user.id, "github")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.integration_id)
+        .collect();
+    assert_eq!(listed, ["1", "2"]);
+    assert!(
+        store
+            .user_integrations(user.id, "slack")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .user_integration(user.id, "github", "3")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    assert!(
+        store
+            .update_user_integration_secrets(second.id, &json!({"c": 3}), "v1:three", T0 + 30)
+            .await
+            .unwrap()
+    );
+    let updated = store
+        .user_integration(user.id, "github", "2")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (updated.config.clone(), updated.sensitive_config.as_str()),
+        (json!({"c": 3}), "v1:three")
+    );
+    assert_eq!(updated.updated_at, T0 + 30);
+
+    assert!(store.delete_user_integration(second.id).await.unwrap());
+    assert!(!store.delete_user_integration(second.id).await.unwrap());
+    assert!(
+        !store
+            .update_user_integration_secrets(second.id, &json!({}), "", T0)
+            .await
+            .unwrap()
+    );
+    assert_eq!(env.rows("user_integrations").await, 1);
+}
+
+async fn team_integrations_upsert_and_filter(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "owner@example.com").await;
+    let (org, team) = add_org(store, user.id, "Integrations").await;
+    let other_team = add_team(store, org.id, "Other").await;
+    let link = |team_id: i64, installation: &str, created_by: Option<i64>, login: Option<&str>| {
+        store::NewTeamIntegration {
+            team_id,
+            kind: "github".into(),
+            integration_id: installation.into(),
+            config: match login {
+                Some(login) => json!({"connecting_user_github_login": login}),
+                None => json!({}),
+            },
+            created_by_id: created_by,
+            now: T0,
+        }
+    };
+    let a = store
+        .upsert_team_integration(link(team.id, "10", Some(user.id), Some("first")))
+        .await
+        .unwrap();
+    let b = store
+        .upsert_team_integration(link(other_team.id, "20", None, None))
+        .await
+        .unwrap();
+    // Upserting again replaces the config and keeps the creator when none is given.
+    let a2 = store
+        .upsert_team_integration(link(team.id, "10", None, Some("renamed")))
+        .await
+        .unwrap();
+    assert_eq!(a2.id, a.id);
+    assert_eq!(a2.created_by_id, Some(user.id));
+    assert_eq!(a2.config["connecting_user_github_login"], "renamed");
+    assert!(matches!(
+        store
+            .upsert_team_integration(link(999_999, "1", None, None))
+            .await,
+        Err(StoreError::Missing("team"))
+    ));
+
+    let ids = |list: Vec<store::TeamIntegrationRecord>| {
+        list.into_iter().map(|i| i.id).collect::<Vec<_>>()
+    };
+    assert_eq!(
+        ids(store
+            .team_integrations_of(&[team.id], "github")
+            .await
+            .unwrap()),
+        [a.id]
+    );
+    assert_eq!(
+        ids(store
+            .team_integrations_of(&[other_team.id, team.id], "github")
+            .await
+            .unwrap()),
+        [a.id, b.id]
+    );
+    assert!(
+        store
+            .team_integrations_of(&[], "github")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .team_integrations_of(&[team.id], "slack")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        ids(store
+            .team_integrations_created_by(user.id, "github")
+            .await
+            .unwrap()),
+        [a.id]
+    );
 }
