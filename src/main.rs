@@ -2,7 +2,7 @@ use clap::Parser;
 
 fn main() {
     let cli = hoglet::cli::Cli::parse();
-    hoglet::telemetry::init(matches!(cli.command, hoglet::cli::Command::Serve(_)));
+    let log_guard = hoglet::telemetry::init(matches!(cli.command, hoglet::cli::Command::Serve(_)));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -14,5 +14,8 @@ fn main() {
         }
     };
     let code = runtime.block_on(hoglet::cli::run(cli));
+    drop(runtime);
+    // Flush queued log lines before exiting.
+    drop(log_guard);
     std::process::exit(code);
 }

@@ -1,7 +1,13 @@
 //! Prometheus metrics: request counts and latency by method, route and status.
+//!
+//! The handles of each (route, method, status) are created once and cached, so recording a
+//! request costs two atomic updates and a read-locked lookup, without allocating.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
+use axum::http::Method;
+use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -15,11 +21,15 @@ struct RequestLabels {
     status: u16,
 }
 
+type Handles = (Counter, Histogram);
+
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
+    /// route → (method, status) → handles.
+    handles: Arc<RwLock<HashMap<String, HashMap<(Method, u16), Handles>>>>,
 }
 
 impl Default for Metrics {
@@ -50,17 +60,33 @@ impl Metrics {
             registry: Arc::new(registry),
             requests,
             durations,
+            handles: Arc::default(),
         }
     }
 
-    pub fn record(&self, method: &str, route: &str, status: u16, seconds: f64) {
+    pub fn record(&self, method: &Method, route: &str, status: u16, seconds: f64) {
+        let key = (method.clone(), status);
+        if let Some((count, duration)) = self.handles.read().get(route).and_then(|m| m.get(&key)) {
+            count.inc();
+            duration.observe(seconds);
+            return;
+        }
         let labels = RequestLabels {
-            method: method.to_string(),
+            method: method.as_str().to_string(),
             route: route.to_string(),
             status,
         };
-        self.requests.get_or_create(&labels).inc();
-        self.durations.get_or_create(&labels).observe(seconds);
+        let handles = (
+            self.requests.get_or_create(&labels).clone(),
+            self.durations.get_or_create(&labels).clone(),
+        );
+        handles.0.inc();
+        handles.1.observe(seconds);
+        self.handles
+            .write()
+            .entry(route.to_string())
+            .or_default()
+            .insert(key, handles);
     }
 
     /// The Prometheus text exposition.

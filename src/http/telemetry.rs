@@ -5,9 +5,7 @@ use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
-
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use futures_util::FutureExt;
 
 use crate::app::AppState;
@@ -16,11 +14,8 @@ use crate::error::{ApiError, ErrorCause};
 pub async fn observe(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_string());
-    let path = request.uri().path().to_string();
+    let route = request.extensions().get::<MatchedPath>().cloned();
+    let uri = request.uri().clone();
     // A panicking handler answers 500 like any other bug instead of dropping the connection.
     let response = match std::panic::AssertUnwindSafe(next.run(request))
         .catch_unwind()
@@ -38,17 +33,18 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();
-    let route = route.as_deref().unwrap_or("unmatched");
+    let route = route.as_ref().map_or("unmatched", MatchedPath::as_str);
     state
         .metrics
-        .record(method.as_str(), route, status, elapsed.as_secs_f64());
+        .record(&method, route, status, elapsed.as_secs_f64());
     let micros = elapsed.as_micros() as u64;
+    let path = uri.path();
     if let Some(cause) = response.extensions().get::<ErrorCause>() {
-        tracing::error!(%method, %path, route, status, micros, cause = %cause.0, "request failed");
+        tracing::error!(%method, path, route, status, micros, cause = %cause.0, "request failed");
     } else if route == "/_health/" || route == "/metrics/" {
-        tracing::debug!(%method, %path, route, status, micros, "request");
+        tracing::debug!(%method, path, route, status, micros, "request");
     } else {
-        tracing::info!(%method, %path, route, status, micros, "request");
+        tracing::info!(%method, path, route, status, micros, "request");
     }
     response
 }

@@ -370,12 +370,17 @@ impl Store for PgStore {
         let c = self.client().await?;
         let (filter, params) = sql::user_list_filter(query);
         let mut all_params: Vec<Param<'_>> = params.iter().map(|p| p as Param<'_>).collect();
-        let count = count(
-            &c,
-            &format!("SELECT count(*) FROM users u {filter}"),
-            &all_params,
-        )
-        .await?;
+        let count = match sql::user_list_count(query) {
+            Some(counter) => count(&c, counter, &[]).await?,
+            None => {
+                count(
+                    &c,
+                    &format!("SELECT count(*) FROM users u {filter}"),
+                    &all_params,
+                )
+                .await?
+            }
+        };
         let n = all_params.len();
         all_params.push(&query.limit);
         all_params.push(&query.offset);

@@ -123,6 +123,22 @@ pub fn user_list_filter(q: &super::UserQuery) -> (String, Vec<FilterParam<'_>>) 
     (clause, params)
 }
 
+/// The count of a user-list page when a trigger-maintained counter answers it (no email or
+/// single-user filter): counting a million rows per page would dominate the request.
+pub fn user_list_count(q: &super::UserQuery) -> Option<&'static str> {
+    if q.only_user.is_some() || q.email.is_some() {
+        return None;
+    }
+    Some(match q.is_staff {
+        None => "SELECT n FROM user_counts WHERE key = 'active'",
+        Some(true) => "SELECT n FROM user_counts WHERE key = 'active_staff'",
+        Some(false) => {
+            "SELECT (SELECT n FROM user_counts WHERE key = 'active') \
+             - (SELECT n FROM user_counts WHERE key = 'active_staff')"
+        }
+    })
+}
+
 pub const USER_UPDATE: &str = "UPDATE users SET email = $2, email_lower = $3, pending_email = $4, \
      password = $5, first_name = $6, last_name = $7, is_active = $8, is_staff = $9, last_login = $10, \
      is_email_verified = $11, requested_password_reset_at = $12, current_organization_id = $13, \

@@ -21,6 +21,7 @@ use crate::db_tests;
 use crate::helpers::{Db, TestDatabase};
 
 db_tests!(
+    list_counts_follow_every_change,
     backend_ping_and_a_fresh_database,
     users_insert_and_lookup,
     email_is_unique_case_insensitively,
@@ -2718,5 +2719,63 @@ async fn team_integrations_upsert_and_filter(db: Db) {
             .await
             .unwrap()),
         [a.id]
+    );
+}
+
+/// The page count of unfiltered and staff-filtered lists comes from trigger-kept counters: they
+/// must follow inserts, staff and active changes, and deletes.
+async fn list_counts_follow_every_change(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let counts = || async {
+        let q = |is_staff| UserQuery {
+            limit: 1,
+            is_staff,
+            ..UserQuery::default()
+        };
+        (
+            store.list_users(&q(None)).await.unwrap().count,
+            store.list_users(&q(Some(true))).await.unwrap().count,
+            store.list_users(&q(Some(false))).await.unwrap().count,
+        )
+    };
+    assert_eq!(counts().await, (0, 0, 0));
+    let a = add_user(store, "a@example.com").await;
+    let b = store
+        .insert_user(NewUser {
+            is_staff: true,
+            ..new_user("b@example.com")
+        })
+        .await
+        .unwrap();
+    assert_eq!(counts().await, (2, 1, 1));
+    let mut a2 = reload(store, a.id).await;
+    a2.is_staff = true;
+    store.update_user(&a2).await.unwrap();
+    assert_eq!(counts().await, (2, 2, 0));
+    store.update_user(&a2).await.unwrap();
+    assert_eq!(
+        counts().await,
+        (2, 2, 0),
+        "an update that changes nothing keeps the counts"
+    );
+    set_active(store, b.id, false).await;
+    assert_eq!(counts().await, (1, 1, 0));
+    set_active(store, b.id, true).await;
+    assert_eq!(counts().await, (2, 2, 0));
+    assert_eq!(
+        store.delete_user(b.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert_eq!(counts().await, (1, 1, 0));
+    set_active(store, a.id, false).await;
+    assert_eq!(
+        store.delete_user(a.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert_eq!(
+        counts().await,
+        (0, 0, 0),
+        "deleting an inactive user changes nothing"
     );
 }
