@@ -22,14 +22,15 @@ struct RequestLabels {
 }
 
 type Handles = (Counter, Histogram);
+/// route → (method, status) → handles.
+type HandleCache = HashMap<String, HashMap<(Method, u16), Handles>>;
 
 #[derive(Clone)]
 pub struct Metrics {
     registry: Arc<Registry>,
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
-    /// route → (method, status) → handles.
-    handles: Arc<RwLock<HashMap<String, HashMap<(Method, u16), Handles>>>>,
+    handles: Arc<RwLock<HandleCache>>,
 }
 
 impl Default for Metrics {
