@@ -2,35 +2,46 @@
 //!
 //! * `keys`: verified personal API keys by the SHA-256 of the presented value (no negative entries:
 //!   an unknown key always reaches the database, so keys created elsewhere work at once).
+//! * `sessions`: logged-in browser sessions by id.
 //! * `me`: the rendered `GET /api/users/@me/` body for key-authenticated callers, by user id.
 //!
 //! Every store write that changes what these show records an invalidation in the database; this
 //! process applies its own at once and a poller applies everyone's (other replicas, admin commands)
-//! within [`POLL_INTERVAL`]. Entries also expire after [`TTL`] as a backstop. A generation counter
-//! stops a render that raced with an invalidation from being cached.
+//! within [`POLL_INTERVAL`]. Invalidating bumps a *stamp* (for a user, a key, a session, or
+//! everything) instead of scanning the caches: each entry remembers the sequence number current
+//! when its data was loaded and is served only while no stamp that covers it moved past that. This
+//! also makes a load that raced with an invalidation harmless. Entries expire after a TTL as a
+//! backstop.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hash};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use moka::sync::Cache;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 
 use crate::store::{ApiKeyRecord, DynStore, InvalidationRecord};
 use crate::time::{Micros, SECOND, system_now};
 
-/// Backstop lifetime of any cached entry: the bound on staleness if every invalidation were lost.
+/// Backstop lifetime of a cached credential: the bound on a revocation's reach if every
+/// invalidation were lost.
 pub const TTL: Duration = Duration::from_secs(5);
+/// Backstop lifetime of a rendered response (it is only served after its key was checked).
+pub const RENDER_TTL: Duration = Duration::from_secs(30);
 /// How often the invalidation feed is read.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Re-read window of the feed, covering transactions that commit out of order.
 const FEED_OVERLAP: Micros = 5 * SECOND;
+/// Rows read per poll; a full batch means invalidations may have been skipped, so all is dropped.
+const FEED_BATCH: usize = 10_000;
 /// `last_used_at` is written at most this often per key, as PostHog does.
 const LAST_USED_GRANULARITY: Micros = 3600 * SECOND;
-const MAX_KEYS: u64 = 100_000;
-const MAX_RENDER_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_KEYS: usize = 100_000;
+const MAX_RENDER_BYTES: usize = 64 * 1024 * 1024;
+const SHARDS: usize = 16;
+const STRIPES: usize = 4096;
 
 /// A verified key as the authenticator needs it.
 #[derive(Debug)]
@@ -64,18 +75,142 @@ pub struct SessionEntry {
     pub csrf_token: String,
 }
 
-pub struct Caches {
-    keys: Cache<[u8; 32], Arc<KeyEntry>>,
-    sessions: Cache<String, Arc<SessionEntry>>,
-    me: Cache<i64, Bytes>,
-    generation: AtomicU64,
-    pending_last_used: Mutex<Vec<(String, Micros)>>,
-}
-
-/// Taken before loading what will be cached; [`Caches::put_me`] refuses it if anything was
-/// invalidated in between.
+/// The feed position when a load started; taken before reading what will be cached.
 #[derive(Clone, Copy, Debug)]
 pub struct Generation(u64);
+
+/// Invalidation stamps: a global sequence, the last "everything" bump, and striped bumps for
+/// users, keys and sessions (a bump of a stripe shared by accident only costs a reload).
+struct Stamps {
+    seq: AtomicU64,
+    all: AtomicU64,
+    stripes: Box<[AtomicU64]>,
+}
+
+impl Stamps {
+    fn new() -> Self {
+        Self {
+            seq: AtomicU64::new(0),
+            all: AtomicU64::new(0),
+            stripes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn now(&self) -> Generation {
+        Generation(self.seq.load(Ordering::SeqCst))
+    }
+
+    fn bump(&self, stripe: usize) {
+        let next = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.stripes[stripe].fetch_max(next, Ordering::SeqCst);
+    }
+
+    fn bump_all(&self) {
+        let next = self.seq.fetch_add(1, Ordering::SeqCst) + 1;
+        self.all.fetch_max(next, Ordering::SeqCst);
+    }
+
+    fn fresh(&self, loaded: Generation, stripes: &[usize]) -> bool {
+        self.all.load(Ordering::SeqCst) <= loaded.0
+            && stripes
+                .iter()
+                .all(|s| self.stripes[*s].load(Ordering::SeqCst) <= loaded.0)
+    }
+}
+
+fn user_stripe(user_id: i64) -> usize {
+    (user_id as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) as usize % STRIPES
+}
+
+fn bytes_stripe(bytes: &[u8]) -> usize {
+    let mut head = [0u8; 8];
+    let n = bytes.len().min(8);
+    head[..n].copy_from_slice(&bytes[..n]);
+    // Offset so a key's stripe and a user's stripe of the same number differ.
+    (u64::from_le_bytes(head) as usize).wrapping_add(STRIPES / 2) % STRIPES
+}
+
+struct Slot<V> {
+    value: V,
+    loaded: Generation,
+    stripes: [usize; 2],
+    expires: Instant,
+    weight: usize,
+}
+
+/// A sharded map with a TTL and a weight budget; reads take a shard's read lock only.
+struct StampedMap<K, V> {
+    shards: Box<[RwLock<HashMap<K, Slot<V>>>]>,
+    weights: Box<[AtomicUsize]>,
+    hasher: std::collections::hash_map::RandomState,
+    ttl: Duration,
+    max_weight_per_shard: usize,
+}
+
+impl<K: Hash + Eq, V: Clone> StampedMap<K, V> {
+    fn new(ttl: Duration, max_weight: usize) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            weights: (0..SHARDS).map(|_| AtomicUsize::new(0)).collect(),
+            hasher: std::collections::hash_map::RandomState::new(),
+            ttl,
+            max_weight_per_shard: (max_weight / SHARDS).max(1),
+        }
+    }
+
+    fn shard(&self, key: &K) -> usize {
+        self.hasher.hash_one(key) as usize % SHARDS
+    }
+
+    fn get(&self, key: &K, stamps: &Stamps) -> Option<V> {
+        let shard = self.shards[self.shard(key)].read();
+        let slot = shard.get(key)?;
+        (slot.expires > Instant::now() && stamps.fresh(slot.loaded, &slot.stripes))
+            .then(|| slot.value.clone())
+    }
+
+    fn insert(&self, key: K, value: V, loaded: Generation, stripes: [usize; 2], weight: usize) {
+        let index = self.shard(&key);
+        let mut shard = self.shards[index].write();
+        let now = Instant::now();
+        if self.weights[index].load(Ordering::Relaxed) + weight > self.max_weight_per_shard {
+            // Over budget: drop expired entries, then everything else in the shard if needed.
+            shard.retain(|_, s| s.expires > now);
+            if shard.values().map(|s| s.weight).sum::<usize>() + weight > self.max_weight_per_shard
+            {
+                shard.clear();
+            }
+            let total = shard.values().map(|s| s.weight).sum();
+            self.weights[index].store(total, Ordering::Relaxed);
+        }
+        let slot = Slot {
+            value,
+            loaded,
+            stripes,
+            expires: now + self.ttl,
+            weight,
+        };
+        if let Some(old) = shard.insert(key, slot) {
+            self.weights[index].fetch_sub(old.weight, Ordering::Relaxed);
+        }
+        self.weights[index].fetch_add(weight, Ordering::Relaxed);
+    }
+
+    fn remove(&self, key: &K) {
+        let index = self.shard(key);
+        if let Some(old) = self.shards[index].write().remove(key) {
+            self.weights[index].fetch_sub(old.weight, Ordering::Relaxed);
+        }
+    }
+}
+
+pub struct Caches {
+    stamps: Stamps,
+    keys: StampedMap<[u8; 32], Arc<KeyEntry>>,
+    sessions: StampedMap<String, Arc<SessionEntry>>,
+    me: StampedMap<i64, Bytes>,
+    pending_last_used: Mutex<Vec<(String, Micros)>>,
+}
 
 impl Default for Caches {
     fn default() -> Self {
@@ -86,76 +221,61 @@ impl Default for Caches {
 impl Caches {
     pub fn new() -> Self {
         Self {
-            keys: Cache::builder()
-                .max_capacity(MAX_KEYS)
-                .time_to_live(TTL)
-                .support_invalidation_closures()
-                .build(),
-            sessions: Cache::builder()
-                .max_capacity(MAX_KEYS)
-                .time_to_live(TTL)
-                .support_invalidation_closures()
-                .build(),
-            me: Cache::builder()
-                .max_capacity(MAX_RENDER_BYTES)
-                .weigher(|_, body: &Bytes| u32::try_from(body.len()).unwrap_or(u32::MAX))
-                .time_to_live(TTL)
-                .build(),
-            generation: AtomicU64::new(0),
+            stamps: Stamps::new(),
+            keys: StampedMap::new(TTL, MAX_KEYS),
+            sessions: StampedMap::new(TTL, MAX_KEYS),
+            me: StampedMap::new(RENDER_TTL, MAX_RENDER_BYTES),
             pending_last_used: Mutex::new(Vec::new()),
         }
     }
 
+    /// Take this before loading what will be cached.
     pub fn generation(&self) -> Generation {
-        Generation(self.generation.load(Ordering::Acquire))
+        self.stamps.now()
     }
 
     pub fn key(&self, digest: &[u8; 32]) -> Option<Arc<KeyEntry>> {
-        self.keys.get(digest)
+        self.keys.get(digest, &self.stamps)
     }
 
     pub fn put_key(&self, digest: [u8; 32], entry: Arc<KeyEntry>, since: Generation) {
-        if self.generation.load(Ordering::Acquire) == since.0 {
-            self.keys.insert(digest, entry);
-        }
+        let stripes = [bytes_stripe(&digest), user_stripe(entry.user_id)];
+        self.keys.insert(digest, entry, since, stripes, 1);
     }
 
     pub fn session(&self, id: &str) -> Option<Arc<SessionEntry>> {
-        self.sessions.get(id)
+        self.sessions.get(&id.to_string(), &self.stamps)
     }
 
     pub fn put_session(&self, entry: Arc<SessionEntry>, since: Generation) {
-        if self.generation.load(Ordering::Acquire) == since.0 {
-            self.sessions.insert(entry.id.clone(), entry);
-        }
+        let stripes = [
+            bytes_stripe(entry.id.as_bytes()),
+            user_stripe(entry.user_id),
+        ];
+        self.sessions
+            .insert(entry.id.clone(), entry, since, stripes, 1);
     }
 
     pub fn invalidate_session(&self, id: &str) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.sessions.invalidate(id);
+        self.stamps.bump(bytes_stripe(id.as_bytes()));
+        self.sessions.remove(&id.to_string());
     }
 
     pub fn me(&self, user_id: i64) -> Option<Bytes> {
-        self.me.get(&user_id)
+        self.me.get(&user_id, &self.stamps)
     }
 
     pub fn put_me(&self, user_id: i64, body: Bytes, since: Generation) {
-        if self.generation.load(Ordering::Acquire) == since.0 {
-            self.me.insert(user_id, body);
-        }
+        let weight = body.len();
+        let stripe = user_stripe(user_id);
+        self.me
+            .insert(user_id, body, since, [stripe, stripe], weight);
     }
 
-    /// Drops what a user's change makes stale: their rendered responses and their keys.
+    /// Drops what a user's change makes stale: their rendered responses, keys and sessions.
     pub fn invalidate_user(&self, user_id: i64) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.me.invalidate(&user_id);
-        // Predicates are checked on read, so no stale key is served after this returns.
-        let _ = self
-            .keys
-            .invalidate_entries_if(move |_, entry| entry.user_id == user_id);
-        let _ = self
-            .sessions
-            .invalidate_entries_if(move |_, entry| entry.user_id == user_id);
+        self.stamps.bump(user_stripe(user_id));
+        self.me.remove(&user_id);
     }
 
     /// Drops one credential, named by its stored `sha256$<hex>` value or `session$<id>`.
@@ -164,22 +284,21 @@ impl Caches {
             self.invalidate_session(session);
             return;
         }
-        self.generation.fetch_add(1, Ordering::AcqRel);
         let digest = secure_value
             .strip_prefix("sha256$")
             .and_then(|h| hex::decode(h).ok())
             .and_then(|d| <[u8; 32]>::try_from(d).ok());
         match digest {
-            Some(digest) => self.keys.invalidate(&digest),
-            None => self.keys.invalidate_all(),
+            Some(digest) => {
+                self.stamps.bump(bytes_stripe(&digest));
+                self.keys.remove(&digest);
+            }
+            None => self.invalidate_all(),
         }
     }
 
     pub fn invalidate_all(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-        self.me.invalidate_all();
-        self.keys.invalidate_all();
-        self.sessions.invalidate_all();
+        self.stamps.bump_all();
     }
 
     pub fn apply(&self, record: &InvalidationRecord) {
@@ -245,6 +364,10 @@ pub async fn run_invalidation_poller(
         ticks += 1;
         match store.invalidations_since(watermark - FEED_OVERLAP).await {
             Ok(records) => {
+                if records.len() >= FEED_BATCH {
+                    // More changes than one read holds: some may be missing from this batch.
+                    caches.invalidate_all();
+                }
                 if feed_was_down {
                     // Invalidations may have been missed while the feed was unreadable.
                     caches.invalidate_all();

@@ -250,7 +250,7 @@ pub trait Store: Send + Sync + 'static {
     ) -> StoreResult<Vec<TeamIntegrationRecord>>;
 
     // --- cross-process cache invalidation feed ---
-    /// Invalidations recorded after `since` (microseconds), oldest first.
+    /// Invalidations recorded after `since` (microseconds), newest first, at most 10,000.
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>>;
     async fn prune_invalidations(&self, before: Micros) -> StoreResult<()>;
 }

@@ -265,7 +265,7 @@ pub const BACKUP_CODE_COUNT: &str = "SELECT count(*) FROM backup_codes WHERE use
 pub const INVALIDATION_INSERT: &str =
     "INSERT INTO cache_invalidations (created_at, user_id, key_hash) VALUES ($1, $2, $3)";
 pub const INVALIDATIONS_SINCE: &str = "SELECT seq, created_at, user_id, key_hash \
-     FROM cache_invalidations WHERE created_at > $1 ORDER BY seq LIMIT 10000";
+     FROM cache_invalidations WHERE created_at > $1 ORDER BY seq DESC LIMIT 10000";
 pub const INVALIDATIONS_PRUNE: &str = "DELETE FROM cache_invalidations WHERE created_at < $1";
 
 pub const SIGNAL_AUTONOMY_BY_USER: &str = "SELECT id, user_id, autostart_priority, created_at, \

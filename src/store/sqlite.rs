@@ -1,20 +1,25 @@
 //! Embedded SQLite backend (rusqlite, bundled SQLite).
 //!
 //! Short reads run directly on the calling async worker with one of a few read connections: a
-//! thread hop costs more than the query (see `design/hot-path.md`). Writes go through one writer
-//! connection on the blocking pool, each in a `BEGIN IMMEDIATE` transaction, so concurrent writers
-//! (including admin commands in other processes) wait on the busy timeout instead of failing.
+//! thread hop costs more than the query (see `design/hot-path.md`). Reads that may scan use their
+//! own connections on the blocking pool. Writes go to one writer thread that owns the writer
+//! connection: it takes every write queued at that moment into one `BEGIN IMMEDIATE` transaction,
+//! each in its own savepoint (a failing write rolls back alone), and commits them with one sync
+//! — group commit, so concurrent writers share an fsync instead of queueing for one each. Admin
+//! commands in other processes wait on the busy timeout instead of failing.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
 use std::time::Duration;
 
 use anyhow::Context;
 use async_trait::async_trait;
 use parking_lot::Mutex;
+use rusqlite::config::DbConfig;
 use rusqlite::types::ToSqlOutput;
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior, params};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::row::{self, Row, json_text};
@@ -27,9 +32,23 @@ mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
 }
 
-const READERS: usize = 4;
+/// Connections for short reads on the async workers (one per worker is enough).
+const MIN_READERS: usize = 2;
+/// Connections for reads that may scan, used from the blocking pool.
+const SCAN_READERS: usize = 2;
+/// Writes committed together at most.
+const MAX_GROUP: usize = 64;
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 const STATEMENT_CACHE: usize = 128;
+
+/// A write's result, type-erased while it crosses the writer thread.
+type Value = Box<dyn std::any::Any + Send>;
+
+/// A write: its statements, and where its result goes once the group holding it committed.
+struct Job {
+    run: Box<dyn FnOnce(&Connection) -> StoreResult<Value> + Send>,
+    reply: Box<dyn FnOnce(StoreResult<Value>) + Send>,
+}
 
 pub struct SqliteStore {
     inner: Arc<Inner>,
@@ -37,9 +56,37 @@ pub struct SqliteStore {
 
 struct Inner {
     path: PathBuf,
-    readers: Vec<Mutex<Connection>>,
-    next_reader: AtomicUsize,
-    writer: Mutex<Connection>,
+    readers: Pool,
+    scanners: Pool,
+    writes: mpsc::Sender<Job>,
+}
+
+/// A few connections taken without blocking when one is free.
+struct Pool {
+    connections: Vec<Mutex<Connection>>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn open(path: &Path, size: usize) -> anyhow::Result<Self> {
+        Ok(Self {
+            connections: (0..size)
+                .map(|_| open_connection(path, true).map(Mutex::new))
+                .collect::<anyhow::Result<Vec<_>>>()?,
+            next: AtomicUsize::new(0),
+        })
+    }
+
+    fn read<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> StoreResult<T> {
+        // Start at a rotating index and take the first free connection; short reads never await
+        // while holding one, so all are busy only when every worker thread is mid-query.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let n = self.connections.len();
+        let guard = (0..n)
+            .find_map(|i| self.connections[(start + i) % n].try_lock())
+            .unwrap_or_else(|| self.connections[start % n].lock());
+        f(&guard).map_err(map_anyhow)
+    }
 }
 
 impl SqliteStore {
@@ -66,15 +113,20 @@ impl SqliteStore {
         embedded::migrations::runner()
             .run(&mut writer)
             .context("applying SQLite migrations")?;
-        let readers = (0..READERS)
-            .map(|_| open_connection(&path, true).map(Mutex::new))
-            .collect::<anyhow::Result<Vec<_>>>()?;
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let readers = Pool::open(&path, workers.max(MIN_READERS))?;
+        let scanners = Pool::open(&path, SCAN_READERS)?;
+        let (tx, rx) = mpsc::channel::<Job>();
+        std::thread::Builder::new()
+            .name("hoglet-sqlite-writer".into())
+            .spawn(move || run_writer(writer, rx))
+            .context("starting the SQLite writer thread")?;
         Ok(Self {
             inner: Arc::new(Inner {
                 path,
                 readers,
-                next_reader: AtomicUsize::new(0),
-                writer: Mutex::new(writer),
+                scanners,
+                writes: tx,
             }),
         })
     }
@@ -85,7 +137,7 @@ impl SqliteStore {
 
     /// Runs a short read on the current thread.
     fn read<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> StoreResult<T> {
-        self.inner.read(f)
+        self.inner.readers.read(f)
     }
 
     /// Runs a read that may scan many rows on the blocking pool, off the async workers.
@@ -94,38 +146,89 @@ impl SqliteStore {
         f: impl FnOnce(&Connection) -> anyhow::Result<T> + Send + 'static,
     ) -> StoreResult<T> {
         let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || inner.read(f))
+        tokio::task::spawn_blocking(move || inner.scanners.read(f))
             .await
             .map_err(|e| StoreError::Other(e.into()))?
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction on the writer connection.
+    /// Runs `f` on the writer thread, inside the next group transaction.
     async fn write<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, StoreError> + Send + 'static,
+        f: impl FnOnce(&Connection) -> Result<T, StoreError> + Send + 'static,
     ) -> StoreResult<T> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut conn = inner.writer.lock();
-            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-            let out = f(&tx)?;
-            tx.commit().map_err(map_err)?;
-            Ok(out)
-        })
-        .await
-        .map_err(|e| StoreError::Other(e.into()))?
+        let (reply, answer) = tokio::sync::oneshot::channel::<StoreResult<T>>();
+        let job = Job {
+            run: Box::new(move |conn| f(conn).map(|value| Box::new(value) as Value)),
+            reply: Box::new(move |result| {
+                let typed = result.and_then(|value| {
+                    value.downcast::<T>().map(|value| *value).map_err(|_| {
+                        StoreError::Other(anyhow::anyhow!("write result of another type"))
+                    })
+                });
+                let _ = reply.send(typed);
+            }),
+        };
+        let stopped = || StoreError::Unavailable(anyhow::anyhow!("the SQLite writer stopped"));
+        self.inner.writes.send(job).map_err(|_| stopped())?;
+        answer.await.map_err(|_| stopped())?
     }
 }
 
-impl Inner {
-    fn read<T>(&self, f: impl FnOnce(&Connection) -> anyhow::Result<T>) -> StoreResult<T> {
-        // Start at a rotating index and take the first free connection; reads never await while
-        // holding one, so all are busy only when every worker thread is mid-query.
-        let start = self.next_reader.fetch_add(1, Ordering::Relaxed);
-        let guard = (0..self.readers.len())
-            .find_map(|i| self.readers[(start + i) % self.readers.len()].try_lock())
-            .unwrap_or_else(|| self.readers[start % self.readers.len()].lock());
-        f(&guard).map_err(map_anyhow)
+/// The writer thread: group commit of everything queued, one savepoint per write.
+fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+    while let Ok(first) = jobs.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_GROUP {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => {
+                let message = map_err(e).to_string();
+                for job in batch {
+                    (job.reply)(Err(StoreError::Unavailable(anyhow::anyhow!("{message}"))));
+                }
+                continue;
+            }
+        };
+        let mut done: Vec<(Box<dyn FnOnce(StoreResult<Value>) + Send>, Value)> = Vec::new();
+        for job in batch {
+            let mut savepoint = match tx.savepoint() {
+                Ok(savepoint) => savepoint,
+                Err(e) => {
+                    (job.reply)(Err(map_err(e)));
+                    continue;
+                }
+            };
+            match (job.run)(&savepoint) {
+                Ok(value) => match savepoint.commit() {
+                    Ok(()) => done.push((job.reply, value)),
+                    Err(e) => (job.reply)(Err(map_err(e))),
+                },
+                Err(e) => {
+                    let _ = savepoint.rollback();
+                    (job.reply)(Err(e));
+                }
+            }
+        }
+        match tx.commit() {
+            Ok(()) => {
+                for (reply, value) in done {
+                    reply(Ok(value));
+                }
+            }
+            Err(e) => {
+                let message = map_err(e).to_string();
+                for (reply, _) in done {
+                    reply(Err(StoreError::Unavailable(anyhow::anyhow!(
+                        "commit failed: {message}"
+                    ))));
+                }
+            }
+        }
     }
 }
 
@@ -137,12 +240,15 @@ fn open_connection(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
         .with_context(|| format!("opening SQLite database {}", path.display()))?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
+    // Query planner stability: with STAT4, re-binding `LIMIT ?` would re-prepare the statement
+    // on every execution; keep the first plan instead.
+    conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // FULL: a commit is on disk before it is acknowledged, even across power loss.
     conn.execute_batch(
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = FULL;
-         PRAGMA mmap_size = 268435456;
-         PRAGMA cache_size = -16000;",
+         PRAGMA mmap_size = 134217728;
+         PRAGMA cache_size = -8000;",
     )?;
     if read_only {
         conn.execute_batch("PRAGMA query_only = ON;")?;
@@ -258,7 +364,7 @@ fn id_list<T: serde::Serialize>(ids: &[T]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
 }
 
-fn invalidate(tx: &Transaction<'_>, user: Option<i64>, key_hash: Option<&str>) -> StoreResult<()> {
+fn invalidate(tx: &Connection, user: Option<i64>, key_hash: Option<&str>) -> StoreResult<()> {
     prepare(tx, sql::INVALIDATION_INSERT)
         .and_then(|mut s| s.execute(params![crate::time::system_now(), user, key_hash]))
         .map_err(map_err)?;
@@ -266,7 +372,7 @@ fn invalidate(tx: &Transaction<'_>, user: Option<i64>, key_hash: Option<&str>) -
 }
 
 /// Inserts a user row; returns its id.
-fn insert_user_row(tx: &Transaction<'_>, user: &NewUser) -> StoreResult<i64> {
+fn insert_user_row(tx: &Connection, user: &NewUser) -> StoreResult<i64> {
     Ok(prepare(tx, sql::USER_INSERT)?.query_row(
         params![
             user.uuid.to_string(),
@@ -286,12 +392,12 @@ fn insert_user_row(tx: &Transaction<'_>, user: &NewUser) -> StoreResult<i64> {
     )?)
 }
 
-fn user_in_tx(tx: &Transaction<'_>, id: i64) -> StoreResult<Option<UserRecord>> {
+fn user_in_tx(tx: &Connection, id: i64) -> StoreResult<Option<UserRecord>> {
     first(tx, sql::USER_BY_ID, [id], |r| row::user_from_row(r, 0)).map_err(map_anyhow)
 }
 
 fn insert_team(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     organization: Uuid,
     name: &str,
     now: Micros,
@@ -319,7 +425,7 @@ fn insert_team(
 }
 
 fn insert_membership(
-    tx: &Transaction<'_>,
+    tx: &Connection,
     organization: Uuid,
     user_id: i64,
     level: MembershipLevel,
@@ -347,7 +453,7 @@ fn insert_membership(
 }
 
 /// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
-fn insert_organization(tx: &Transaction<'_>, id: &str, name: &str, now: Micros) -> StoreResult<()> {
+fn insert_organization(tx: &Connection, id: &str, name: &str, now: Micros) -> StoreResult<()> {
     let base = sql::slugify(name);
     let mut slug = base.clone();
     for _ in 0..20 {

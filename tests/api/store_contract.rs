@@ -244,8 +244,11 @@ fn user_entry(id: i64) -> Entry {
 
 const EVERYTHING: Entry = (None, None);
 
+/// The whole feed, oldest first (the store answers newest first).
 async fn feed(store: &DynStore) -> Vec<InvalidationRecord> {
-    store.invalidations_since(0).await.expect("feed read")
+    let mut records = store.invalidations_since(0).await.expect("feed read");
+    records.reverse();
+    records
 }
 
 /// The newest sequence number of the feed (0 when empty).
@@ -2334,10 +2337,11 @@ async fn invalidation_feed_orders_filters_and_prunes(db: Db) {
         assert_between(r.created_at, before, after);
     }
 
-    // `since` is exclusive and the answer is oldest first.
+    // `since` is exclusive and the answer is newest first.
     for r in &all {
         let expected: Vec<_> = all
             .iter()
+            .rev()
             .filter(|x| x.created_at > r.created_at)
             .cloned()
             .collect();
@@ -2346,7 +2350,11 @@ async fn invalidation_feed_orders_filters_and_prunes(db: Db) {
             expected
         );
     }
-    assert_eq!(store.invalidations_since(before - 1).await.unwrap(), all);
+    let newest_first: Vec<_> = all.iter().rev().cloned().collect();
+    assert_eq!(
+        store.invalidations_since(before - 1).await.unwrap(),
+        newest_first
+    );
     assert!(store.invalidations_since(after).await.unwrap().is_empty());
 
     // Pruning drops what is strictly older than the cut and keeps the rest.
