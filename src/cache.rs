@@ -138,9 +138,11 @@ struct Slot<V> {
     weight: usize,
 }
 
+type Shard<K, V> = RwLock<HashMap<K, Slot<V>>>;
+
 /// A sharded map with a TTL and a weight budget; reads take a shard's read lock only.
 struct StampedMap<K, V> {
-    shards: Box<[RwLock<HashMap<K, Slot<V>>>]>,
+    shards: Box<[Shard<K, V>]>,
     weights: Box<[AtomicUsize]>,
     hasher: std::collections::hash_map::RandomState,
     ttl: Duration,

@@ -44,10 +44,14 @@ const STATEMENT_CACHE: usize = 128;
 /// A write's result, type-erased while it crosses the writer thread.
 type Value = Box<dyn std::any::Any + Send>;
 
-/// A write: its statements, and where its result goes once the group holding it committed.
+/// A write's statements.
+type Run = Box<dyn FnOnce(&Connection) -> StoreResult<Value> + Send>;
+/// Where a write's result goes once the group holding it committed.
+type Reply = Box<dyn FnOnce(StoreResult<Value>) + Send>;
+
 struct Job {
-    run: Box<dyn FnOnce(&Connection) -> StoreResult<Value> + Send>,
-    reply: Box<dyn FnOnce(StoreResult<Value>) + Send>,
+    run: Run,
+    reply: Reply,
 }
 
 pub struct SqliteStore {
@@ -194,7 +198,7 @@ fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 continue;
             }
         };
-        let mut done: Vec<(Box<dyn FnOnce(StoreResult<Value>) + Send>, Value)> = Vec::new();
+        let mut done: Vec<(Reply, Value)> = Vec::new();
         for job in batch {
             let mut savepoint = match tx.savepoint() {
                 Ok(savepoint) => savepoint,
