@@ -1,5 +1,6 @@
 //! Personal API key authentication (PostHog's `PersonalAPIKeyAuthentication`).
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::header;
@@ -44,21 +45,21 @@ pub fn bearer_token(parts: &Parts) -> Option<&str> {
 
 /// The first candidate key: the bearer token, else `personal_api_key` in the body, else in the
 /// query string. A `pha_` bearer token belongs to the OAuth authenticator.
-fn find_key(parts: &Parts) -> Option<(String, KeySource)> {
+fn find_key(parts: &Parts) -> Option<(Cow<'_, str>, KeySource)> {
     if let Some(token) = bearer_token(parts) {
-        return (!token.starts_with("pha_")).then(|| (token.to_string(), KeySource::Header));
+        return (!token.starts_with("pha_")).then_some((Cow::Borrowed(token), KeySource::Header));
     }
     if let Some(ParsedBody::Fields(fields)) = parts.extensions.get::<ParsedBody>()
         && let Some(value) = fields.get("personal_api_key")
     {
-        let key = value
-            .as_str()
-            .map(str::to_string)
-            .unwrap_or_else(|| value.to_string());
+        let key = match value.as_str() {
+            Some(text) => Cow::Borrowed(text),
+            None => Cow::Owned(value.to_string()),
+        };
         return Some((key, KeySource::Body));
     }
     let query = parts.uri.query()?;
-    form_urlencoded_get(query, "personal_api_key").map(|k| (k, KeySource::Query))
+    form_urlencoded_get(query, "personal_api_key").map(|k| (Cow::Owned(k), KeySource::Query))
 }
 
 fn form_urlencoded_get(query: &str, name: &str) -> Option<String> {

@@ -18,7 +18,7 @@ use serde_json::{Map, Value};
 
 use crate::app::AppState;
 use crate::cache::KeyEntry;
-use crate::domain::scope::{ScopeNeed, check_key_scopes};
+use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, Challenge};
 
 pub use session::SessionAuth;
@@ -161,7 +161,7 @@ impl<P: Authenticators> Authenticated<P> {
         match &self.caller.credential {
             Credential::ApiKey(key) => {
                 if let Some(need) = need {
-                    check_key_scopes(&key.scopes, need)
+                    key.allows(need)
                         .map_err(|denied| ApiError::forbidden(denied.detail()))?;
                 }
             }

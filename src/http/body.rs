@@ -5,7 +5,6 @@ use axum::body::Body as AxumBody;
 use axum::extract::{FromRequestParts, Request};
 use axum::http::request::Parts;
 use axum::http::{Method, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
@@ -23,12 +22,9 @@ pub enum ParsedBody {
     Invalid(std::sync::Arc<ApiError>),
 }
 
-/// Buffers and parses the body of unsafe requests before routing.
-pub async fn parse_body(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    request: Request,
-    next: Next,
-) -> Response {
+/// Buffers and parses the body of requests that carry one, for the extractors to read; a body
+/// over the limit is refused here.
+pub async fn parse_body(state: &AppState, request: Request) -> Result<Request, Response> {
     // Safe methods rarely carry a body, but when one does it is parsed like any other (a
     // `personal_api_key` may be in it); the common bodiless GET skips the work.
     if matches!(
@@ -36,7 +32,7 @@ pub async fn parse_body(
         Method::GET | Method::HEAD | Method::OPTIONS
     ) && !declares_body(request.headers())
     {
-        return next.run(request).await;
+        return Ok(request);
     }
     let (mut parts, body) = request.into_parts();
     let content_type = parts
@@ -47,11 +43,10 @@ pub async fn parse_body(
         .to_string();
     let parsed = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
         Ok(bytes) => parse(&content_type, &bytes).await,
-        Err(_) => return ApiError::PayloadTooLarge.into_response(),
+        Err(_) => return Err(ApiError::PayloadTooLarge.into_response()),
     };
     parts.extensions.insert(parsed);
-    next.run(Request::from_parts(parts, AxumBody::empty()))
-        .await
+    Ok(Request::from_parts(parts, AxumBody::empty()))
 }
 
 /// Whether the headers announce a non-empty body (`Content-Length` > 0, or chunked).

@@ -1,8 +1,8 @@
 //! HTTP: the router, its middleware and the handlers of each resource.
 //!
 //! Layer order, outermost first: path normalisation (so `/api/users/@me` and `/api/users/@me/`
-//! route alike), then routing; inside the router, telemetry (logs and metrics, labelled by the
-//! matched route) wraps body parsing, which wraps the handlers.
+//! route alike), then routing; inside the router, one middleware parses bodies and records logs
+//! and metrics (labelled by the matched route) around the handlers.
 
 pub mod accounts;
 pub mod api_keys;
@@ -62,10 +62,6 @@ pub fn service(state: AppState) -> Service {
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(method.to_string()).into_response()
         })
-        .layer(axum::middleware::from_fn_with_state(
-            state.clone(),
-            body::parse_body,
-        ))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             telemetry::observe,

@@ -1,7 +1,7 @@
 //! `/api/users/…`: list, retrieve (`@me` on the hot path), update, delete, hedgehog config and
 //! scene personalisation.
 
-use axum::extract::{FromRequestParts, Path, State};
+use axum::extract::{FromRequestParts, RawPathParams, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -62,11 +62,11 @@ impl<S: Send + Sync> FromRequestParts<S> for UserSegment {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let segment = match Path::<Vec<(String, String)>>::from_request_parts(parts, state).await {
-            Ok(Path(params)) => params
-                .into_iter()
-                .find(|(name, _)| name == "uuid")
-                .map(|(_, value)| value)
+        let segment = match RawPathParams::from_request_parts(parts, state).await {
+            Ok(params) => params
+                .iter()
+                .find(|(name, _)| *name == "uuid")
+                .map(|(_, value)| value.to_string())
                 .ok_or_else(ApiError::not_found)?,
             Err(_) => char::REPLACEMENT_CHARACTER.to_string(),
         };
