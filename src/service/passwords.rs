@@ -50,7 +50,7 @@ impl PasswordHasher {
                             }
                             Ok(Job::Verify(password, stored, reply)) => {
                                 let _ =
-                                    reply.send(password::verify(password.expose_secret(), &stored));
+                                    reply.send(workspace.verify(password.expose_secret(), &stored));
                             }
                             Err(_) => return,
                         }
