@@ -236,11 +236,15 @@ impl<K: Hash + Eq, V: Clone> StampedMap<K, V> {
             let total = shard.values().map(|s| s.weight).sum();
             self.weights[index].store(total, Ordering::Relaxed);
         }
+        // Each entry lives a random 75–100 % of the TTL: entries loaded together (a burst of new
+        // connections, a restart) would otherwise all expire together and reload in a herd, which
+        // showed as a 25 ms p99 on cached `@me` over PostgreSQL.
+        let lifetime = self.ttl.mul_f64(rand::random_range(0.75..=1.0));
         let slot = Slot {
             value,
             loaded,
             stripes,
-            expires: now + self.ttl,
+            expires: now + lifetime,
             weight,
         };
         if let Some(old) = shard.insert(key, slot) {

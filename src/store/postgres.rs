@@ -370,17 +370,6 @@ impl Store for PgStore {
         let c = self.client().await?;
         let (filter, params) = sql::user_list_filter(query);
         let mut all_params: Vec<Param<'_>> = params.iter().map(|p| p as Param<'_>).collect();
-        let count = match sql::user_list_count(query) {
-            Some(counter) => count(&c, counter, &[]).await?,
-            None => {
-                count(
-                    &c,
-                    &format!("SELECT count(*) FROM users u {filter}"),
-                    &all_params,
-                )
-                .await?
-            }
-        };
         let n = all_params.len();
         all_params.push(&query.limit);
         all_params.push(&query.offset);
@@ -391,6 +380,17 @@ impl Store for PgStore {
             n + 2
         );
         let users = all(&c, &page_sql, &all_params, |r| row::user_from_row(r, 0)).await?;
+        let count = match (
+            sql::user_list_count_from_page(query, users.len()),
+            sql::user_list_count(query),
+        ) {
+            (Some(known), _) => known,
+            (None, Some(counter)) => count(&c, counter, &[]).await?,
+            (None, None) => {
+                let sql = format!("SELECT count(*) FROM users u {filter}");
+                count(&c, &sql, &all_params[..n]).await?
+            }
+        };
         Ok(UserPage { count, users })
     }
 

@@ -139,6 +139,13 @@ pub fn user_list_count(q: &super::UserQuery) -> Option<&'static str> {
     })
 }
 
+/// The count of a user-list page when the page itself tells it: a short page that is not past
+/// the end holds the last row (an email lookup is always one), so no count query is needed.
+pub fn user_list_count_from_page(q: &super::UserQuery, rows: usize) -> Option<i64> {
+    let rows = rows as i64;
+    (rows < q.limit && (rows > 0 || q.offset == 0)).then_some(q.offset + rows)
+}
+
 pub const USER_UPDATE: &str = "UPDATE users SET email = $2, email_lower = $3, pending_email = $4, \
      password = $5, first_name = $6, last_name = $7, is_active = $8, is_staff = $9, last_login = $10, \
      is_email_verified = $11, requested_password_reset_at = $12, current_organization_id = $13, \

@@ -247,11 +247,13 @@ fn open_connection(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
     // Query planner stability: with STAT4, re-binding `LIMIT ?` would re-prepare the statement
     // on every execution; keep the first plan instead.
     conn.set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    // FULL: a commit is on disk before it is acknowledged, even across power loss.
+    // FULL: a commit is on disk before it is acknowledged, even across power loss. No mmap: each
+    // connection's mapping counted the database's pages again in RSS (322 MiB peak at 1M users
+    // against 60 MiB with reads through the OS page cache, for ~25 % more CPU per email lookup).
     conn.execute_batch(
         "PRAGMA foreign_keys = ON;
          PRAGMA synchronous = FULL;
-         PRAGMA mmap_size = 134217728;
+         PRAGMA mmap_size = 0;
          PRAGMA cache_size = -8000;",
     )?;
     if read_only {
@@ -518,14 +520,6 @@ impl Store for SqliteStore {
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage> {
         fn page(c: &Connection, query: &UserQuery) -> anyhow::Result<UserPage> {
             let (filter, params) = sql::user_list_filter(query);
-            let count = match sql::user_list_count(query) {
-                Some(counter) => count(c, counter, [])?,
-                None => count(
-                    c,
-                    &format!("SELECT count(*) FROM users u {filter}"),
-                    rusqlite::params_from_iter(params.iter()),
-                )?,
-            };
             let n = params.len();
             let page_sql = format!(
                 "SELECT {} FROM users u {filter} ORDER BY u.id LIMIT ${} OFFSET ${}",
@@ -538,6 +532,18 @@ impl Store for SqliteStore {
             all.push(&query.limit);
             all.push(&query.offset);
             let users = collect(c, &page_sql, all.as_slice(), |r| row::user_from_row(r, 0))?;
+            let count = match (
+                sql::user_list_count_from_page(query, users.len()),
+                sql::user_list_count(query),
+            ) {
+                (Some(known), _) => known,
+                (None, Some(counter)) => count(c, counter, [])?,
+                (None, None) => count(
+                    c,
+                    &format!("SELECT count(*) FROM users u {filter}"),
+                    rusqlite::params_from_iter(params.iter()),
+                )?,
+            };
             Ok(UserPage { count, users })
         }
         // A page near the start is a short indexed read; a deep offset scans, so it leaves the
