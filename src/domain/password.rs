@@ -29,10 +29,9 @@ impl Default for Workspace {
 }
 
 impl Workspace {
+    /// Empty until the first hash, so an idle server does not hold 19 MiB per hashing thread.
     pub fn new() -> Self {
-        Self {
-            blocks: vec![Block::default(); params().block_count()],
-        }
+        Self { blocks: Vec::new() }
     }
 
     /// Computes the Argon2id output for `password` and `salt` with `params` into `out`.
@@ -45,7 +44,7 @@ impl Workspace {
     ) -> anyhow::Result<()> {
         let needed = params.block_count();
         if self.blocks.len() < needed {
-            // A stored hash with larger parameters than ours: grow once, keep it.
+            // The first hash, or a stored hash with larger parameters than ours: grow once, keep it.
             self.blocks.resize(needed, Block::default());
         }
         Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
