@@ -237,8 +237,8 @@ impl<K: Hash + Eq, V: Clone> StampedMap<K, V> {
             self.weights[index].store(total, Ordering::Relaxed);
         }
         // Each entry lives a random 75–100 % of the TTL: entries loaded together (a burst of new
-        // connections, a restart) would otherwise all expire together and reload in a herd, which
-        // showed as a 25 ms p99 on cached `@me` over PostgreSQL.
+        // connections, a restart) would otherwise all expire together and reload in a herd, one
+        // cause of a 22–29 ms p99 on cached `@me` over PostgreSQL.
         let lifetime = self.ttl.mul_f64(rand::random_range(0.75..=1.0));
         let slot = Slot {
             value,

@@ -13,7 +13,7 @@ use tokio_postgres::{NoTls, Row as PgRow};
 use uuid::Uuid;
 
 use super::row::{self, Row, json_text};
-use super::sql::{self, FilterParam, user_columns};
+use super::sql::{self, FilterParam, ListCount, user_columns};
 use super::*;
 use crate::crypto;
 use crate::time::{Micros, system_now};
@@ -380,13 +380,10 @@ impl Store for PgStore {
             n + 2
         );
         let users = all(&c, &page_sql, &all_params, |r| row::user_from_row(r, 0)).await?;
-        let count = match (
-            sql::user_list_count_from_page(query, users.len()),
-            sql::user_list_count(query),
-        ) {
-            (Some(known), _) => known,
-            (None, Some(counter)) => count(&c, counter, &[]).await?,
-            (None, None) => {
+        let count = match sql::user_list_count(query, users.len()) {
+            ListCount::Known(known) => known,
+            ListCount::Counter(counter) => count(&c, counter, &[]).await?,
+            ListCount::Filtered => {
                 let sql = format!("SELECT count(*) FROM users u {filter}");
                 count(&c, &sql, &all_params[..n]).await?
             }

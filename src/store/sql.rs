@@ -123,13 +123,27 @@ pub fn user_list_filter(q: &super::UserQuery) -> (String, Vec<FilterParam<'_>>) 
     (clause, params)
 }
 
-/// The count of a user-list page when a trigger-maintained counter answers it (no email or
-/// single-user filter): counting a million rows per page would dominate the request.
-pub fn user_list_count(q: &super::UserQuery) -> Option<&'static str> {
-    if q.only_user.is_some() || q.email.is_some() {
-        return None;
+/// Where the `count` of a user-list page comes from, decided after reading the page.
+pub enum ListCount {
+    /// The page tells it: a short page that is not past the end holds the last row (an email
+    /// lookup is always one).
+    Known(i64),
+    /// A trigger-maintained counter answers it (no email or single-user filter): counting a
+    /// million rows per page would dominate the request.
+    Counter(&'static str),
+    /// Only counting the filtered rows tells it.
+    Filtered,
+}
+
+pub fn user_list_count(q: &super::UserQuery, rows: usize) -> ListCount {
+    let rows = rows as i64;
+    if rows < q.limit && (rows > 0 || q.offset == 0) {
+        return ListCount::Known(q.offset + rows);
     }
-    Some(match q.is_staff {
+    if q.only_user.is_some() || q.email.is_some() {
+        return ListCount::Filtered;
+    }
+    ListCount::Counter(match q.is_staff {
         None => "SELECT n FROM user_counts WHERE key = 'active'",
         Some(true) => "SELECT n FROM user_counts WHERE key = 'active_staff'",
         Some(false) => {
@@ -137,13 +151,6 @@ pub fn user_list_count(q: &super::UserQuery) -> Option<&'static str> {
              - (SELECT n FROM user_counts WHERE key = 'active_staff')"
         }
     })
-}
-
-/// The count of a user-list page when the page itself tells it: a short page that is not past
-/// the end holds the last row (an email lookup is always one), so no count query is needed.
-pub fn user_list_count_from_page(q: &super::UserQuery, rows: usize) -> Option<i64> {
-    let rows = rows as i64;
-    (rows < q.limit && (rows > 0 || q.offset == 0)).then_some(q.offset + rows)
 }
 
 pub const USER_UPDATE: &str = "UPDATE users SET email = $2, email_lower = $3, pending_email = $4, \

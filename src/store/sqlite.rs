@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::row::{self, Row, json_text};
-use super::sql::{self, FilterParam, user_columns};
+use super::sql::{self, FilterParam, ListCount, user_columns};
 use super::*;
 use crate::crypto;
 use crate::time::Micros;
@@ -532,13 +532,10 @@ impl Store for SqliteStore {
             all.push(&query.limit);
             all.push(&query.offset);
             let users = collect(c, &page_sql, all.as_slice(), |r| row::user_from_row(r, 0))?;
-            let count = match (
-                sql::user_list_count_from_page(query, users.len()),
-                sql::user_list_count(query),
-            ) {
-                (Some(known), _) => known,
-                (None, Some(counter)) => count(c, counter, [])?,
-                (None, None) => count(
+            let count = match sql::user_list_count(query, users.len()) {
+                ListCount::Known(known) => known,
+                ListCount::Counter(counter) => count(c, counter, [])?,
+                ListCount::Filtered => count(
                     c,
                     &format!("SELECT count(*) FROM users u {filter}"),
                     rusqlite::params_from_iter(params.iter()),
