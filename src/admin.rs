@@ -276,6 +276,9 @@ pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value
             api_key::MAX_LABEL_CHARS
         )));
     }
+    if args.scopes.is_empty() {
+        return Err(invalid("at least one scope is required"));
+    }
     if let Some(bad) = args.scopes.iter().find(|s| !scope::is_valid_scope(s)) {
         return Err(invalid(format!("Invalid scope: {bad}")));
     }

@@ -283,9 +283,6 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                 .map(|s| s.trim().to_string())
                 .filter(|s| !s.is_empty())
                 .collect();
-            if scopes.is_empty() {
-                return Err(AdminError::Invalid("at least one scope is required".into()).into());
-            }
             let expires_at = expires_at
                 .map(|t| {
                     crate::time::parse_rfc3339(&t).ok_or_else(|| {

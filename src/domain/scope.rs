@@ -153,12 +153,9 @@ impl ScopeDenied {
     }
 }
 
-/// Checks a personal key's scopes. An empty list is a legacy key that may do everything; `*`
-/// allows everything an action supports; `<obj>:write` satisfies a read requirement.
+/// Checks a personal key's scopes: `*` allows everything an action supports; `<obj>:write`
+/// satisfies a read requirement. (A legacy key stored without scopes is read as `*` by the store.)
 pub fn check_key_scopes(scopes: &[String], need: ScopeNeed) -> Result<(), ScopeDenied> {
-    if scopes.is_empty() {
-        return Ok(());
-    }
     let (object, write) = match need {
         ScopeNeed::NoKeyAccess => return Err(ScopeDenied::NoKeyAccess),
         ScopeNeed::Read(object) => (object, false),
@@ -193,7 +190,11 @@ mod tests {
     fn write_implies_read_and_star_allows_all() {
         assert!(check_key_scopes(&scopes(&["user:write"]), ScopeNeed::Read("user")).is_ok());
         assert!(check_key_scopes(&scopes(&["*"]), ScopeNeed::Write("user")).is_ok());
-        assert!(check_key_scopes(&scopes(&[]), ScopeNeed::NoKeyAccess).is_ok());
+        assert_eq!(
+            check_key_scopes(&scopes(&[]), ScopeNeed::NoKeyAccess),
+            Err(ScopeDenied::NoKeyAccess)
+        );
+        assert!(check_key_scopes(&scopes(&[]), ScopeNeed::Read("user")).is_err());
         assert_eq!(
             check_key_scopes(&scopes(&["user:read"]), ScopeNeed::Write("user")),
             Err(ScopeDenied::Missing("user:write".into()))

@@ -62,11 +62,7 @@ fn view(record: &ApiKeyRecord, value: Option<String>) -> PersonalApiKeyView {
         created_at: iso_z(record.created_at),
         last_used_at: record.last_used_at.map(iso_z),
         user_id: record.user_id,
-        scopes: if record.scopes.is_empty() {
-            vec!["*".into()]
-        } else {
-            record.scopes.clone()
-        },
+        scopes: record.scopes.clone(),
         scoped_teams: record.scoped_teams.clone().unwrap_or_default(),
         scoped_organizations: record.scoped_organizations.clone().unwrap_or_default(),
         last_rolled_at: record.last_rolled_at.map(iso_z),
@@ -178,6 +174,14 @@ async fn read_input(
                     ));
                 }
                 scopes.push(scope);
+            }
+            // PostHog accepts `[]` and then lets the key do everything; hoglet refuses it.
+            if scopes.is_empty() {
+                return Err(ApiError::field(
+                    "scopes",
+                    "empty",
+                    "This list may not be empty.",
+                ));
             }
             input.scopes = Some(scopes);
         }

@@ -217,13 +217,24 @@ pub(crate) fn api_key_from_row(r: &impl Row) -> anyhow::Result<ApiKeyRecord> {
         created_at: r.i64(5)?,
         last_used_at: r.opt_i64(6)?,
         last_rolled_at: r.opt_i64(7)?,
-        scopes: list(8)?
-            .map(serde_json::from_value)
-            .transpose()?
-            .unwrap_or_default(),
+        scopes: key_scopes(list(8)?)?,
         scoped_teams: list(9)?.map(serde_json::from_value).transpose()?,
         scoped_organizations: list(10)?.map(serde_json::from_value).transpose()?,
         expires_at: r.opt_i64(11)?,
+    })
+}
+
+/// A key's scopes. PostHog treats a key stored with no scopes as a legacy key allowed everything,
+/// even what `*` keys are refused; hoglet reads such a key as `*`, with every restriction `*` has.
+fn key_scopes(stored: Option<Value>) -> anyhow::Result<Vec<String>> {
+    let scopes: Vec<String> = stored
+        .map(serde_json::from_value)
+        .transpose()?
+        .unwrap_or_default();
+    Ok(if scopes.is_empty() {
+        vec!["*".into()]
+    } else {
+        scopes
     })
 }
 
