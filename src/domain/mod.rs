@@ -5,6 +5,7 @@ pub mod api_key;
 pub mod fields;
 pub mod password;
 pub mod python;
+pub mod redirect;
 pub mod scope;
 pub mod tokens;
 pub mod totp;

@@ -18,6 +18,7 @@ use crate::config::SignupPolicy;
 use crate::crypto;
 use crate::domain::fields::{self, Chars, FieldError};
 use crate::domain::password::Verified;
+use crate::domain::redirect;
 use crate::domain::scope::ScopeNeed;
 use crate::domain::user::ROLES_AT_ORGANIZATION;
 use crate::error::{ApiError, ApiResult, ErrorBody};
@@ -407,15 +408,6 @@ async fn login_precheck(body: Body) -> ApiResult<axum::Json<Value>> {
     ))
 }
 
-/// A same-site relative path, as Django's `url_has_allowed_host_and_scheme` accepts for `next`.
-fn safe_next(next: &str) -> Option<&str> {
-    let ok = next.starts_with('/')
-        && !next.starts_with("//")
-        && !next.starts_with("/\\")
-        && !next.chars().any(|c| c.is_control() || c == '\\');
-    ok.then_some(next)
-}
-
 async fn end_session(
     state: &AppState,
     caller: Option<crate::auth::Caller>,
@@ -424,8 +416,8 @@ async fn end_session(
     if let Some(session) = caller.as_ref().and_then(|c| c.session()) {
         session::end(state, &session.session_id).await?;
     }
-    let location = match next.and_then(safe_next) {
-        Some(next) => format!("/login?next={next}"),
+    let location = match next.and_then(redirect::safe_next) {
+        Some(next) => format!("/login?next={}", redirect::query_value(next)),
         None => "/login".to_string(),
     };
     let mut response = StatusCode::FOUND.into_response();

@@ -9,7 +9,10 @@ use crate::helpers::{Db, TestApp, spawn_app};
 
 const PASSWORD: &str = "a-Good-passw0rd!";
 
-db_tests!(empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star,);
+db_tests!(
+    empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star,
+    logout_keeps_only_a_same_site_next_and_escapes_it,
+);
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
     app.create_user(email, false).await;
@@ -143,5 +146,49 @@ async fn empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star(db: Db)
             "{path}"
         );
     }
+    app.stop().await;
+}
+
+async fn logout_keeps_only_a_same_site_next_and_escapes_it(db: Db) {
+    let app = spawn_app(db).await;
+    let browser = logged_in(&app, "next@example.com").await;
+    let cases = [
+        (
+            "next=/settings/user-notifications",
+            "/login?next=/settings/user-notifications",
+        ),
+        // Decoded once this is `/%2F%2Fevil.com`, which the login page would decode to `//evil.com`.
+        ("next=/%252F%252Fevil.com", "/login"),
+        ("next=/%255Cevil.com", "/login"),
+        ("next=%2F%2Fevil.com", "/login"),
+        ("next=https://evil.com", "/login"),
+        ("next=/a%250d%250aSet-Cookie:%20x=y", "/login"),
+        // A second parameter smuggled inside `next` stays inside it.
+        (
+            "next=/settings%26next%3D%2F%2Fevil.com",
+            "/login?next=/settings%26next%3D//evil.com",
+        ),
+    ];
+    for path in ["/logout/", "/api/logout/"] {
+        for (query, location) in cases {
+            let reply = app
+                .send(app.request(Method::POST, &format!("{path}?{query}")))
+                .await;
+            assert_eq!(reply.status.as_u16(), 302, "{path}?{query}");
+            assert_eq!(reply.header("location"), Some(location), "{path}?{query}");
+        }
+    }
+    // The same rules for a form body, and the session really ended.
+    let reply = browser
+        .client
+        .post(app.url("/logout/"))
+        .header("X-CSRFToken", browser.cookie("posthog_csrftoken").unwrap())
+        .form(&[("next", "/%252F%252Fevil.com")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(reply.status().as_u16(), 302);
+    assert_eq!(reply.headers()["location"], "/login");
+    assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 401);
     app.stop().await;
 }
