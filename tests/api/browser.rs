@@ -93,6 +93,25 @@ impl Browser {
         self.call(Method::PATCH, path, Some(body)).await
     }
 
+    /// Sends `body` as is with the given `Content-Type`, with the session cookie and CSRF header.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> Reply {
+        let mut request = self
+            .client
+            .request(method, self.base.join(path).expect("url"))
+            .header(reqwest::header::CONTENT_TYPE, content_type)
+            .body(body);
+        if let Some(token) = self.cookie("posthog_csrftoken") {
+            request = request.header("X-CSRFToken", token);
+        }
+        Reply::read(request.send().await.expect("request sent")).await
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Reply {
         self.post("/api/login/", json!({"email": email, "password": password}))
             .await

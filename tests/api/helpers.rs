@@ -306,8 +306,12 @@ impl TestApp {
             .unwrap()
     }
 
-    /// A personal API key for `email` with the given scopes; returns its value.
+    /// A personal API key for `email` with the given scopes; returns its value. No scopes makes a
+    /// legacy key (see [`Self::create_legacy_key`]): the admin command refuses an empty list.
     pub async fn create_key(&self, email: &str, scopes: &[&str]) -> String {
+        if scopes.is_empty() {
+            return self.create_legacy_key(email).await.1;
+        }
         hoglet::admin::create_key(
             &self.store,
             hoglet::admin::NewKeyArgs {
@@ -322,6 +326,39 @@ impl TestApp {
             .as_str()
             .unwrap()
             .to_string()
+    }
+
+    /// A key stored as an old PostHog (or hoglet) database may hold it: with no scopes at all;
+    /// returns `(id, value)`.
+    pub async fn create_legacy_key(&self, email: &str) -> (String, String) {
+        use hoglet::domain::api_key;
+        let user = self
+            .store
+            .user_by_email(email)
+            .await
+            .expect("store answers")
+            .expect("user exists");
+        let value = api_key::generate_value();
+        let record = self
+            .store
+            .insert_api_key(
+                hoglet::store::NewApiKey {
+                    id: api_key::generate_id(),
+                    user_id: user.id,
+                    label: "legacy".into(),
+                    secure_value: api_key::secure_value(&value),
+                    mask_value: api_key::mask(&value),
+                    scopes: vec![],
+                    scoped_teams: None,
+                    scoped_organizations: None,
+                    expires_at: None,
+                    created_at: hoglet::time::system_now(),
+                },
+                api_key::MAX_KEYS_PER_USER,
+            )
+            .await
+            .expect("key stored");
+        (record.id, value)
     }
 
     /// A user with an organization and a key with the given scopes.

@@ -1932,7 +1932,7 @@ async fn api_keys_insert_and_lookup(db: Db) {
     assert!(feed_after(store, mark).await.contains(&user_entry(user.id)));
     assert_same_key(&key_by_value(store, &new.secure_value).await.unwrap(), &key);
 
-    // Empty and absent lists stay apart.
+    // Empty and absent lists stay apart; a key stored without scopes reads as `*`.
     let plain = NewApiKey {
         scopes: vec![],
         scoped_teams: Some(vec![]),
@@ -1940,7 +1940,7 @@ async fn api_keys_insert_and_lookup(db: Db) {
         ..new_key(user.id)
     };
     let stored = store.insert_api_key(plain.clone(), LIMIT).await.unwrap();
-    assert_eq!(stored.scopes, Vec::<String>::new());
+    assert_eq!(stored.scopes, vec!["*"]);
     assert_eq!(stored.scoped_teams, Some(vec![]));
     assert_eq!(stored.scoped_organizations, None);
     assert_eq!(stored.expires_at, None);

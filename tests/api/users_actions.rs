@@ -1,12 +1,22 @@
 //! The user sub-resources reachable with keys: `hedgehog_config`, `scene_personalisation` (keys
-//! refused unless legacy) and `DELETE` (session only) (users.md §2.1, §2.3, §4.6–§4.8; test cases
+//! refused, even legacy ones) and `DELETE` (session only) (users.md §2.1, §2.3, §4.6–§4.8; test cases
 //! 44–52).
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
+use crate::browser::Browser;
 use crate::db_tests;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, TestApp, TestUser, spawn_app};
+
+/// A user with an organization, logged in in a browser.
+async fn session_of(app: &TestApp, email: &str) -> (TestUser, Browser) {
+    let user = app.create_user(email, false).await;
+    app.create_org(&format!("Org of {email}"), email).await;
+    let browser = Browser::new(app);
+    browser.login(email, "a-Good-passw0rd!").await.assert_ok();
+    (user, browser)
+}
 
 db_tests!(
     hedgehog_config_is_an_object_replaced_wholesale,
@@ -204,7 +214,8 @@ async fn hedgehog_config_scopes_methods_and_targets(db: Db) {
     }
 
     // Staff read and replace someone else's; a legacy key works like `*`.
-    let (_, staff_key) = app.user_with_key("staff@example.com", true, &[]).await;
+    app.user_with_key("staff@example.com", true, &["*"]).await;
+    let (_, staff_key) = app.create_legacy_key("staff@example.com").await;
     let path = format!("/api/users/{}/hedgehog_config/", user.uuid);
     assert_eq!(
         app.get(&path, &staff_key).await.assert_ok(),
@@ -292,27 +303,15 @@ async fn scene_personalisation_refuses_scoped_keys(db: Db) {
     app.stop().await;
 }
 
-/// Test case 51, with a legacy key (no scopes: allowed everything, like PostHog's).
+/// Test case 51 (a browser session: keys, even legacy ones without scopes, are refused).
 async fn scene_personalisation_upserts_per_scene(db: Db) {
     let app = spawn_app(db).await;
-    let (user, key) = app.user_with_key("pin@example.com", false, &[]).await;
-    let me = app.get("/api/users/@me/", &key).await.assert_ok().clone();
+    let (user, browser) = session_of(&app, "pin@example.com").await;
+    let me = browser.get("/api/users/@me/").await.assert_ok().clone();
     let team = me["team"]["id"].as_i64().unwrap();
     let d1 = app.create_dashboard(team, "One").await;
     let d2 = app.create_dashboard(team, "Two").await;
-    let post = |body: Value| {
-        let app = &app;
-        let key = &key;
-        async move {
-            app.call(
-                Method::POST,
-                "/api/users/@me/scene_personalisation/",
-                Some(key),
-                Some(body),
-            )
-            .await
-        }
-    };
+    let post = |body: Value| browser.post("/api/users/@me/scene_personalisation/", body);
     let reply =
         post(json!({"user": 12345, "team": 12345, "dashboard": d1.to_string(), "scene": "Person"}))
             .await;
@@ -337,13 +336,10 @@ async fn scene_personalisation_upserts_per_scene(db: Db) {
     let org = me["organization"]["id"].as_str().unwrap().to_string();
     let other_team = app.create_team(&org, "Second").await;
     let d3 = app.create_dashboard(other_team, "Three").await;
-    app.patch(
-        "/api/users/@me/",
-        &key,
-        json!({"set_current_team": other_team}),
-    )
-    .await
-    .assert_ok();
+    browser
+        .patch("/api/users/@me/", json!({"set_current_team": other_team}))
+        .await
+        .assert_ok();
     let reply = post(json!({"dashboard": d3, "scene": "Person"})).await;
     assert_eq!(
         reply.assert_ok()["scene_personalisation"],
@@ -354,11 +350,10 @@ async fn scene_personalisation_upserts_per_scene(db: Db) {
         ])
     );
     // Form bodies work too.
-    let reply = app
+    let reply = browser
         .raw(
             Method::POST,
             "/api/users/@me/scene_personalisation",
-            Some(&key),
             "application/x-www-form-urlencoded",
             format!("scene=Group&dashboard={d3}"),
         )
@@ -371,7 +366,7 @@ async fn scene_personalisation_upserts_per_scene(db: Db) {
         4
     );
     assert_eq!(
-        app.get("/api/users/@me/", &key).await.assert_ok()["scene_personalisation"],
+        browser.get("/api/users/@me/").await.assert_ok()["scene_personalisation"],
         reply.json["scene_personalisation"]
     );
     app.stop().await;
@@ -380,8 +375,8 @@ async fn scene_personalisation_upserts_per_scene(db: Db) {
 /// Test case 52 and users.md §4.8's validation order.
 async fn scene_personalisation_validation(db: Db) {
     let app = spawn_app(db).await;
-    let (_, key) = app.user_with_key("pin@example.com", false, &[]).await;
-    let team = app.get("/api/users/@me/", &key).await.assert_ok()["team"]["id"]
+    let (_, browser) = session_of(&app, "pin@example.com").await;
+    let team = browser.get("/api/users/@me/").await.assert_ok()["team"]["id"]
         .as_i64()
         .unwrap();
     let own = app.create_dashboard(team, "Mine").await;
@@ -482,42 +477,35 @@ async fn scene_personalisation_validation(db: Db) {
             "Invalid data. Expected a dictionary, but got str.",
         ),
     ] {
-        app.raw(
-            Method::POST,
-            "/api/users/@me/scene_personalisation/",
-            Some(&key),
-            "application/json",
-            body,
-        )
-        .await
-        .assert_error(400, "validation_error", "invalid_input", detail, None);
-    }
-    app.raw(
-        Method::POST,
-        "/api/users/@me/scene_personalisation/",
-        Some(&key),
-        "application/json",
-        "null",
-    )
-    .await
-    .assert_error(400, "validation_error", "null", "No data provided", None);
-    for (body, code, detail, attr) in cases {
-        let reply = app
-            .call(
+        browser
+            .raw(
                 Method::POST,
                 "/api/users/@me/scene_personalisation/",
-                Some(&key),
-                Some(body.clone()),
+                "application/json",
+                body,
             )
+            .await
+            .assert_error(400, "validation_error", "invalid_input", detail, None);
+    }
+    browser
+        .raw(
+            Method::POST,
+            "/api/users/@me/scene_personalisation/",
+            "application/json",
+            "null",
+        )
+        .await
+        .assert_error(400, "validation_error", "null", "No data provided", None);
+    for (body, code, detail, attr) in cases {
+        let reply = browser
+            .post("/api/users/@me/scene_personalisation/", body.clone())
             .await;
         reply.assert_error(400, "validation_error", code, &detail, attr);
     }
-    let reply = app
-        .call(
-            Method::POST,
+    let reply = browser
+        .post(
             "/api/users/@me/scene_personalisation/",
-            Some(&key),
-            Some(json!({"dashboard": own, "scene": "x".repeat(200)})),
+            json!({"dashboard": own, "scene": "x".repeat(200)}),
         )
         .await;
     assert_eq!(
@@ -535,7 +523,7 @@ async fn delete_needs_a_session(db: Db) {
     let loner = app.create_user("loner@example.com", false).await;
     let loner_keys = [
         app.create_key("loner@example.com", &["*"]).await,
-        app.create_key("loner@example.com", &[]).await,
+        app.create_legacy_key("loner@example.com").await.1,
         app.create_key("loner@example.com", &["user:write"]).await,
     ];
     let not_authenticated = |reply: crate::helpers::Reply| {

@@ -237,7 +237,7 @@ const IDENTITY: &str = "You can only change your email or password from the Post
 async fn keys_cannot_change_email_or_password(db: Db) {
     let app = spawn_app(db).await;
     let (user, key) = app.user_with_key("alpha@example.com", false, &["*"]).await;
-    let legacy = app.create_key("alpha@example.com", &[]).await;
+    let (_, legacy) = app.create_legacy_key("alpha@example.com").await;
     app.create_user("taken@example.com", false).await;
     for k in [&key, &legacy] {
         for body in [
