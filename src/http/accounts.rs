@@ -293,7 +293,7 @@ async fn login(
     }
     let previous = session::current_record(&headers, &state).await?;
     if let Some(device) = state.store.totp_device(user.id).await?
-        && !accounts::remembered(&state, &headers, &device)
+        && !accounts::remembered(&state, &headers, &user, &device)
     {
         let (_, cookies) = session::start(
             &state,
@@ -384,7 +384,7 @@ async fn login_token(
     }
     let mut cookies = complete_login(&state, &mut user, Some(&pending)).await?;
     if let Some(device) = state.store.totp_device(user.id).await? {
-        accounts::remember_cookie(&state, &device, &mut cookies);
+        accounts::remember_cookie(&state, &user, &device, &mut cookies);
     }
     Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
 }

@@ -120,37 +120,34 @@ pub enum SecondFactor {
     Throttled,
 }
 
-/// Checks a TOTP code (each time step at most once) and then the backup codes. A TOTP miss
-/// blocks the device for 2^(n−1) s after n counted failures (PostHog counts a miss twice).
+/// Checks a TOTP code (each time step at most once) and then the backup codes. Each attempt is
+/// counted as failed and throttles the device for 2^(n−1) s before the code is looked at (PostHog
+/// counts a miss twice); an accepted code clears the count. Counting first, in one atomic step,
+/// means parallel guesses within one backoff window get one evaluation between them.
 pub async fn check_second_factor(
     state: &AppState,
     user: &UserRecord,
     token: &str,
 ) -> ApiResult<SecondFactor> {
     let now = state.clock.now();
-    if let Some(device) = state.store.totp_device(user.id).await? {
-        if device.throttled_until > now {
+    match state.store.claim_totp_attempt(user.id, now).await? {
+        Some(device) => {
+            let secret = open_totp_secret(state, &device.secret)?;
+            let step = totp::matching_step(&secret, token, state.clock.now_secs());
+            if let Some(step) = step.filter(|s| *s > device.last_step)
+                && state.store.advance_totp_step(user.id, step).await?
+            {
+                return Ok(SecondFactor::Accepted);
+            }
+        }
+        None if state.store.totp_device(user.id).await?.is_some() => {
             return Ok(SecondFactor::Throttled);
         }
-        let secret = open_totp_secret(state, &device.secret)?;
-        let step = totp::matching_step(&secret, token, state.clock.now_secs());
-        if let Some(step) = step.filter(|s| *s > device.last_step)
-            && state.store.advance_totp_step(user.id, step).await?
-        {
-            return Ok(SecondFactor::Accepted);
-        }
-        let failures = device.failures + 2;
-        let delay = 1i64 << (failures - 1).clamp(0, 12);
-        state
-            .store
-            .set_totp_throttle(user.id, failures, now + delay * SECOND)
-            .await?;
+        None => {}
     }
     let hash = backup_code_hash(state, user.id, token);
     if state.store.consume_backup_code(user.id, &hash).await? {
-        if state.store.totp_device(user.id).await?.is_some() {
-            state.store.set_totp_throttle(user.id, 0, 0).await?;
-        }
+        state.store.clear_totp_throttle(user.id).await?;
         crate::service::emails::send_notice(
             state,
             &user.email,
@@ -166,25 +163,32 @@ pub async fn check_second_factor(
 
 // --- remember this device ---
 
+/// The remember-device signature covers the user's current password hash and TOTP device (as
+/// django-two-factor's does): a password change or reset, or 2FA turned off and on again, voids
+/// every remembered device.
 fn remember_signature(
     state: &AppState,
-    user_id: i64,
-    device_created: Micros,
+    user: &UserRecord,
+    device: &TotpDeviceRecord,
     expires: i64,
 ) -> String {
     let key = state.derived_key("remember-device");
-    hex::encode(
-        &crypto::hmac_sha256(
-            &key,
-            format!("{user_id}:{device_created}:{expires}").as_bytes(),
-        )[..20],
-    )
+    let signed = format!(
+        "{}:{}:{expires}\0{}\0{}",
+        user.id, device.created_at, user.password.0, device.secret
+    );
+    hex::encode(&crypto::hmac_sha256(&key, signed.as_bytes())[..20])
 }
 
 /// The cookie that lets this browser skip the second factor for 30 days.
-pub fn remember_cookie(state: &AppState, device: &TotpDeviceRecord, cookies: &mut SetCookies) {
+pub fn remember_cookie(
+    state: &AppState,
+    user: &UserRecord,
+    device: &TotpDeviceRecord,
+    cookies: &mut SetCookies,
+) {
     let expires = state.clock.now_secs() + REMEMBER_AGE_SECONDS;
-    let signature = remember_signature(state, device.user_id, device.created_at, expires);
+    let signature = remember_signature(state, user, device, expires);
     let secure = if state.site_url.starts_with("https://") {
         "; Secure"
     } else {
@@ -199,26 +203,33 @@ pub fn remember_cookie(state: &AppState, device: &TotpDeviceRecord, cookies: &mu
     ));
 }
 
-/// Whether the request carries a remember-device cookie for the user's current device.
-pub fn remembered(state: &AppState, headers: &HeaderMap, device: &TotpDeviceRecord) -> bool {
+/// Whether the request carries a remember-device cookie for the user's current device and
+/// password.
+pub fn remembered(
+    state: &AppState,
+    headers: &HeaderMap,
+    user: &UserRecord,
+    device: &TotpDeviceRecord,
+) -> bool {
     let now = state.clock.now_secs();
     cookies_with_prefix(headers, REMEMBER_COOKIE_PREFIX).any(|(_, value)| {
         let parts: Vec<&str> = value.split(':').collect();
-        let [user, created, expires, signature] = parts.as_slice() else {
+        let [user_id, created, expires, signature] = parts.as_slice() else {
             return false;
         };
-        let (Ok(user), Ok(created), Ok(expires)) = (
-            user.parse::<i64>(),
+        let (Ok(user_id), Ok(created), Ok(expires)) = (
+            user_id.parse::<i64>(),
             created.parse::<i64>(),
             expires.parse::<i64>(),
         ) else {
             return false;
         };
-        user == device.user_id
+        user_id == user.id
+            && user_id == device.user_id
             && created == device.created_at
             && expires > now
             && crypto::constant_time_eq(
-                remember_signature(state, user, created, expires).as_bytes(),
+                remember_signature(state, user, device, expires).as_bytes(),
                 signature.as_bytes(),
             )
     })

@@ -17,11 +17,12 @@ fn verification_state(user: &UserRecord) -> String {
     )
 }
 
-/// Everything a reset token depends on: a reset, a newer request or any password change kill it.
+/// Everything a reset token depends on: a reset, a newer request, any password change or a login
+/// since it was sent kill it (Django's token generator binds `last_login` too).
 fn reset_state(user: &UserRecord) -> String {
     format!(
-        "{}|{}|{:?}|{}",
-        user.id, user.email, user.requested_password_reset_at, user.password.0
+        "{}|{}|{:?}|{}|{:?}",
+        user.id, user.email, user.requested_password_reset_at, user.password.0, user.last_login
     )
 }
 

@@ -166,14 +166,20 @@ pub trait Store: Send + Sync + 'static {
     async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>>;
     /// Creates or replaces the user's device.
     async fn put_totp_device(&self, device: &TotpDeviceRecord) -> StoreResult<()>;
-    /// Accepts `step` only if it is later than the last accepted one (a code works once).
+    /// Accepts `step` only if it is later than the last accepted one (a code works once), and
+    /// clears the failure count.
     async fn advance_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool>;
-    async fn set_totp_throttle(
+    /// Claims one second-factor attempt before it is evaluated: unless the device is throttled at
+    /// `now`, counts the attempt as failed and throttles the device, in one atomic step, and
+    /// returns the device as updated. `None` when the device is throttled or absent. So within one
+    /// backoff window at most one code is evaluated; an accepted code clears the count.
+    async fn claim_totp_attempt(
         &self,
         user_id: i64,
-        failures: i64,
-        throttled_until: Micros,
-    ) -> StoreResult<()>;
+        now: Micros,
+    ) -> StoreResult<Option<TotpDeviceRecord>>;
+    /// Clears the failure count and the throttle (a backup code was accepted).
+    async fn clear_totp_throttle(&self, user_id: i64) -> StoreResult<()>;
     /// Removes the device and every backup code.
     async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()>;
     async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()>;

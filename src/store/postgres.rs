@@ -1046,20 +1046,23 @@ impl Store for PgStore {
         Ok(execute(&c, sql::TOTP_ADVANCE, &[&user_id, &step]).await? == 1)
     }
 
-    async fn set_totp_throttle(
+    async fn claim_totp_attempt(
         &self,
         user_id: i64,
-        failures: i64,
-        throttled_until: Micros,
-    ) -> StoreResult<()> {
+        now: Micros,
+    ) -> StoreResult<Option<TotpDeviceRecord>> {
         let c = self.client().await?;
-        execute(
-            &c,
-            sql::TOTP_THROTTLE,
-            &[&user_id, &failures, &throttled_until],
-        )
+        first(&c, sql::TOTP_CLAIM_ATTEMPT, &[&user_id, &now], |r| {
+            row::totp_from_row(r)
+        })
         .await
-        .map(|_| ())
+    }
+
+    async fn clear_totp_throttle(&self, user_id: i64) -> StoreResult<()> {
+        let c = self.client().await?;
+        execute(&c, sql::TOTP_CLEAR_THROTTLE, &[&user_id])
+            .await
+            .map(|_| ())
     }
 
     async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()> {

@@ -266,8 +266,16 @@ pub const TOTP_UPSERT: &str = "INSERT INTO totp_devices (user_id, secret, last_s
      throttled_until = excluded.throttled_until, created_at = excluded.created_at";
 pub const TOTP_ADVANCE: &str = "UPDATE totp_devices SET last_step = $2, failures = 0, \
      throttled_until = 0 WHERE user_id = $1 AND last_step < $2";
-pub const TOTP_THROTTLE: &str =
-    "UPDATE totp_devices SET failures = $2, throttled_until = $3 WHERE user_id = $1";
+/// Counts an attempt as two failures (PostHog counts a miss twice) and throttles the device for
+/// 2^(failures−1) s (at most 4096 s) — in the statement that checks it is not throttled, so
+/// concurrent attempts cannot both pass the check.
+pub const TOTP_CLAIM_ATTEMPT: &str = "UPDATE totp_devices SET failures = failures + 2, \
+     throttled_until = $2 + 1000000 * (CASE WHEN failures + 1 >= 12 THEN 4096 \
+     ELSE CAST(1 AS BIGINT) << CAST(failures + 1 AS INTEGER) END) \
+     WHERE user_id = $1 AND throttled_until <= $2 \
+     RETURNING user_id, secret, last_step, failures, throttled_until, created_at";
+pub const TOTP_CLEAR_THROTTLE: &str =
+    "UPDATE totp_devices SET failures = 0, throttled_until = 0 WHERE user_id = $1";
 pub const TOTP_DELETE: &str = "DELETE FROM totp_devices WHERE user_id = $1";
 pub const BACKUP_CODES_DELETE: &str = "DELETE FROM backup_codes WHERE user_id = $1";
 pub const BACKUP_CODE_INSERT: &str =

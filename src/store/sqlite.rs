@@ -1195,21 +1195,23 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn set_totp_throttle(
+    async fn claim_totp_attempt(
         &self,
         user_id: i64,
-        failures: i64,
-        throttled_until: Micros,
-    ) -> StoreResult<()> {
+        now: Micros,
+    ) -> StoreResult<Option<TotpDeviceRecord>> {
         self.write(move |tx| {
-            exec(
-                tx,
-                sql::TOTP_THROTTLE,
-                params![user_id, failures, throttled_until],
-            )
-            .map(|_| ())
+            first(tx, sql::TOTP_CLAIM_ATTEMPT, params![user_id, now], |r| {
+                row::totp_from_row(r)
+            })
+            .map_err(map_anyhow)
         })
         .await
+    }
+
+    async fn clear_totp_throttle(&self, user_id: i64) -> StoreResult<()> {
+        self.write(move |tx| exec(tx, sql::TOTP_CLEAR_THROTTLE, [user_id]).map(|_| ()))
+            .await
     }
 
     async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()> {

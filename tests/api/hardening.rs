@@ -1,17 +1,27 @@
 //! The security review's findings (issue 10): each test shows a hole closed, on both databases.
 
+use std::path::Path;
+use std::time::Duration;
+
+use hoglet::BuildOptions;
+use hoglet::config::EmailDelivery;
+use hoglet::time::{Clock, SECOND};
 use reqwest::Method;
 use serde_json::json;
 
 use crate::browser::Browser;
+use crate::browser::{Mail, read_mails};
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, spawn_app};
+use crate::helpers::{Db, TestApp, TestDatabase, eventually, spawn_app, start};
 
 const PASSWORD: &str = "a-Good-passw0rd!";
 
 db_tests!(
     empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star,
     logout_keeps_only_a_same_site_next_and_escapes_it,
+    remembered_devices_end_with_a_password_change_reset_or_new_device,
+    reset_tokens_die_when_the_user_logs_in,
+    parallel_second_factor_guesses_get_one_evaluation,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -20,32 +30,6 @@ async fn logged_in(app: &TestApp, email: &str) -> Browser {
     let browser = Browser::new(app);
     browser.login(email, PASSWORD).await.assert_ok();
     browser
-}
-
-/// Stores a key exactly as an old PostHog or hoglet database may hold it: with no scopes.
-async fn legacy_key_without_scopes(app: &TestApp, user_id: i64) -> (String, String) {
-    use hoglet::domain::api_key;
-    let value = api_key::generate_value();
-    let record = app
-        .store
-        .insert_api_key(
-            hoglet::store::NewApiKey {
-                id: api_key::generate_id(),
-                user_id,
-                label: "legacy".into(),
-                secure_value: api_key::secure_value(&value),
-                mask_value: api_key::mask(&value),
-                scopes: vec![],
-                scoped_teams: None,
-                scoped_organizations: None,
-                expires_at: None,
-                created_at: hoglet::time::system_now(),
-            },
-            api_key::MAX_KEYS_PER_USER,
-        )
-        .await
-        .unwrap();
-    (record.id, value)
 }
 
 async fn empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star(db: Db) {
@@ -104,7 +88,7 @@ async fn empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star(db: Db)
     );
 
     // An empty-scope key already in the database is a `*` key: shown so, and refused what `*` is.
-    let (legacy_id, legacy) = legacy_key_without_scopes(&app, user.id).await;
+    let (legacy_id, legacy) = app.create_legacy_key("scopes@example.com").await;
     let listed = browser.get("/api/personal_api_keys/").await;
     let shown = listed
         .json
@@ -190,5 +174,302 @@ async fn logout_keeps_only_a_same_site_next_and_escapes_it(db: Db) {
     assert_eq!(reply.status().as_u16(), 302);
     assert_eq!(reply.headers()["location"], "/login");
     assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 401);
+    app.stop().await;
+}
+
+/// An app with mail written to `dir` (when given) and a clock the test moves.
+async fn app_with(db: Db, mail: Option<&Path>) -> (TestApp, Clock) {
+    let clock = Clock::manual();
+    let mail = mail.map(Path::to_path_buf);
+    let app = start(
+        TestDatabase::create(db).await,
+        move |c| {
+            if let Some(dir) = mail {
+                c.email = EmailDelivery::Directory(dir);
+            }
+        },
+        BuildOptions {
+            clock: Some(clock.clone()),
+        },
+    )
+    .await;
+    (app, clock)
+}
+
+/// Waits for the `n`th message (counting from 1) whose subject is `subject`.
+async fn nth_mail(dir: &Path, subject: &str, n: usize) -> Mail {
+    eventually(subject, Duration::from_secs(10), || async {
+        read_mails(dir)
+            .into_iter()
+            .filter(|m| m.subject == subject)
+            .nth(n - 1)
+    })
+    .await
+}
+
+fn totp_code(secret_b32: &str, clock: &Clock) -> String {
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret_b32.as_bytes())
+        .unwrap();
+    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
+}
+
+/// Turns on TOTP for the browser's user; returns the base32 secret.
+async fn enable_totp(browser: &Browser, clock: &Clock) -> String {
+    let setup = browser.get("/api/users/@me/two_factor_start_setup/").await;
+    let secret = setup.assert_ok()["secret"].as_str().unwrap().to_string();
+    browser
+        .post(
+            "/api/users/@me/two_factor_validate/",
+            json!({"token": totp_code(&secret, clock)}),
+        )
+        .await
+        .assert_ok();
+    clock.advance(60 * SECOND);
+    secret
+}
+
+/// Logs in with password and TOTP, which sets a remember-device cookie.
+async fn login_with_totp(
+    browser: &Browser,
+    email: &str,
+    password: &str,
+    secret: &str,
+    clock: &Clock,
+) {
+    let first = browser.login(email, password).await;
+    assert_eq!(first.json["code"], "2fa_required", "{}", first.text);
+    browser
+        .post(
+            "/api/login/token/",
+            json!({"token": totp_code(secret, clock)}),
+        )
+        .await
+        .assert_ok();
+    clock.advance(60 * SECOND);
+}
+
+async fn logout(browser: &Browser) {
+    let reply = browser.call(Method::POST, "/logout/", None).await;
+    assert_eq!(reply.status.as_u16(), 302);
+}
+
+async fn remembered_devices_end_with_a_password_change_reset_or_new_device(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let (app, clock) = app_with(db, Some(mail.path())).await;
+    let email = "remember@example.com";
+    let user = app.create_user(email, false).await;
+    app.create_org("Remember", email).await;
+    let browser = Browser::new(&app);
+    browser.login(email, PASSWORD).await.assert_ok();
+    let secret = enable_totp(&browser, &clock).await;
+    logout(&browser).await;
+    login_with_totp(&browser, email, PASSWORD, &secret, &clock).await;
+    logout(&browser).await;
+    assert_eq!(
+        browser.login(email, PASSWORD).await.json,
+        json!({"success": true}),
+        "the remembered device skips the second factor"
+    );
+
+    // A password change voids it.
+    let changed = "Another g00d password";
+    browser
+        .patch(
+            "/api/users/@me/",
+            json!({"current_password": PASSWORD, "password": changed}),
+        )
+        .await
+        .assert_ok();
+    logout(&browser).await;
+    browser.login(email, changed).await.assert_error(
+        401,
+        "server_error",
+        "2fa_required",
+        "2FA is required.",
+        None,
+    );
+
+    // So does a reset by emailed link.
+    login_with_totp(&browser, email, changed, &secret, &clock).await;
+    logout(&browser).await;
+    assert_eq!(
+        browser.login(email, changed).await.json,
+        json!({"success": true})
+    );
+    logout(&browser).await;
+    let anonymous = Browser::new(&app);
+    assert_eq!(
+        anonymous
+            .post("/api/reset/", json!({"email": email}))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    let link = nth_mail(mail.path(), "Reset your PostHog password", 1)
+        .await
+        .link("/reset/")
+        .unwrap();
+    let token = link.rsplit('/').next().unwrap().to_string();
+    let reset = "A third g00d password";
+    anonymous
+        .post(
+            &format!("/api/reset/{}/", user.uuid),
+            json!({"token": token, "password": reset}),
+        )
+        .await
+        .assert_ok();
+    browser.login(email, reset).await.assert_error(
+        401,
+        "server_error",
+        "2fa_required",
+        "2FA is required.",
+        None,
+    );
+
+    // And so does turning 2FA off and on again, even within the same instant.
+    login_with_totp(&browser, email, reset, &secret, &clock).await;
+    browser
+        .post("/api/users/@me/two_factor_disable/", json!({}))
+        .await
+        .assert_ok();
+    let secret = enable_totp(&browser, &clock).await;
+    logout(&browser).await;
+    browser.login(email, reset).await.assert_error(
+        401,
+        "server_error",
+        "2fa_required",
+        "2FA is required.",
+        None,
+    );
+    login_with_totp(&browser, email, reset, &secret, &clock).await;
+    app.stop().await;
+}
+
+async fn reset_tokens_die_when_the_user_logs_in(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let (app, _clock) = app_with(db, Some(mail.path())).await;
+    let user = app.create_user("relogin@example.com", false).await;
+    let anonymous = Browser::new(&app);
+    assert_eq!(
+        anonymous
+            .post("/api/reset/", json!({"email": "relogin@example.com"}))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    let link = nth_mail(mail.path(), "Reset your PostHog password", 1)
+        .await
+        .link("/reset/")
+        .unwrap();
+    let token = link.rsplit('/').next().unwrap().to_string();
+    let path = format!("/api/reset/{}/", user.uuid);
+    assert_eq!(
+        anonymous
+            .get(&format!("{path}?token={token}"))
+            .await
+            .status
+            .as_u16(),
+        200,
+        "valid until the user logs in"
+    );
+    Browser::new(&app)
+        .login("relogin@example.com", PASSWORD)
+        .await
+        .assert_ok();
+    anonymous
+        .get(&format!("{path}?token={token}"))
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This reset token is invalid or has expired.",
+            Some("token"),
+        );
+    anonymous
+        .post(
+            &path,
+            json!({"token": token, "password": "Some new passw0rd"}),
+        )
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This reset token is invalid or has expired.",
+            Some("token"),
+        );
+    Browser::new(&app)
+        .login("relogin@example.com", PASSWORD)
+        .await
+        .assert_ok();
+    app.stop().await;
+}
+
+async fn parallel_second_factor_guesses_get_one_evaluation(db: Db) {
+    let (app, clock) = app_with(db, None).await;
+    let email = "guess@example.com";
+    let user = app.create_user(email, false).await;
+    app.create_org("Guess", email).await;
+    let owner = Browser::new(&app);
+    owner.login(email, PASSWORD).await.assert_ok();
+    let secret = enable_totp(&owner, &clock).await;
+
+    let attacker = Browser::new(&app);
+    assert_eq!(
+        attacker.login(email, PASSWORD).await.json["code"],
+        "2fa_required"
+    );
+    let right = totp_code(&secret, &clock);
+    let wrong = format!("{:06}", (right.parse::<u32>().unwrap() + 1) % 1_000_000);
+    let mut guesses = tokio::task::JoinSet::new();
+    for _ in 0..40 {
+        let request = attacker
+            .client
+            .post(app.url("/api/login/token/"))
+            .json(&json!({"token": wrong}));
+        guesses
+            .spawn(async move { crate::helpers::Reply::read(request.send().await.unwrap()).await });
+    }
+    let mut codes = Vec::new();
+    while let Some(reply) = guesses.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status.as_u16(), 400, "{}", reply.text);
+        codes.push(reply.json["code"].as_str().unwrap().to_string());
+    }
+    let evaluated = codes.iter().filter(|c| *c == "2fa_invalid").count();
+    let refused = codes
+        .iter()
+        .filter(|c| *c == "2fa_too_many_attempts")
+        .count();
+    assert_eq!((evaluated, refused), (1, 39), "{codes:?}");
+    let device = app.store.totp_device(user.id).await.unwrap().unwrap();
+    assert_eq!(device.failures, 2, "one miss, counted twice");
+    assert_eq!(device.throttled_until, clock.now() + 2 * SECOND);
+
+    // Even the right code waits for the window to pass; then it works and clears the count.
+    attacker
+        .post("/api/login/token/", json!({"token": right}))
+        .await
+        .assert_error(
+            400,
+            "validation_error",
+            "2fa_too_many_attempts",
+            "Too many attempts.",
+            None,
+        );
+    clock.advance(2 * SECOND);
+    attacker
+        .post(
+            "/api/login/token/",
+            json!({"token": totp_code(&secret, &clock)}),
+        )
+        .await
+        .assert_ok();
+    let device = app.store.totp_device(user.id).await.unwrap().unwrap();
+    assert_eq!((device.failures, device.throttled_until), (0, 0));
     app.stop().await;
 }
