@@ -35,13 +35,6 @@ async fn logged_in(app: &TestApp, email: &str) -> Browser {
 async fn empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star(db: Db) {
     let app = spawn_app(db).await;
     let browser = logged_in(&app, "scopes@example.com").await;
-    let user = app
-        .store
-        .user_by_email("scopes@example.com")
-        .await
-        .unwrap()
-        .unwrap();
-
     browser
         .post(
             "/api/personal_api_keys/",
