@@ -11,6 +11,7 @@ mod api_keys;
 mod api_keys_auth;
 mod cli;
 mod github;
+mod hygiene;
 mod operations;
 mod replicas;
 mod signal_autonomy;
