@@ -31,6 +31,13 @@ fn invalid(message: impl Into<String>) -> AdminError {
     AdminError::Invalid(message.into())
 }
 
+/// Refuses text the API would refuse too (`fields::check_characters`): NUL and control
+/// characters never reach the database, whichever way a value comes in.
+fn plain_text(what: &str, text: &str) -> AdminResult<()> {
+    fields::check_characters(text, false)
+        .map_err(|e| invalid(format!("invalid {what}: {}", e.detail)))
+}
+
 pub struct NewUserArgs {
     pub email: String,
     pub password: String,
@@ -41,6 +48,12 @@ pub struct NewUserArgs {
 
 pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Value> {
     let email = args.email.trim().to_string();
+    plain_text("email address", &email)?;
+    plain_text("first name", &args.first_name)?;
+    plain_text("last name", &args.last_name)?;
+    // A password is hashed, never stored as given: only NUL is refused (as the API does).
+    fields::check_characters(&args.password, true)
+        .map_err(|e| invalid(format!("invalid password: {}", e.detail)))?;
     if !fields::is_valid_email(&email) || email.len() > 254 {
         return Err(invalid(format!("invalid email address {email:?}")));
     }
@@ -86,6 +99,7 @@ pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Val
 }
 
 async fn user_by_email(store: &DynStore, email: &str) -> AdminResult<UserRecord> {
+    plain_text("email address", email)?;
     store
         .user_by_email(email)
         .await?
@@ -114,6 +128,7 @@ pub async fn create_organization(
     owner_email: &str,
 ) -> AdminResult<Value> {
     let name = name.trim();
+    plain_text("organization name", name)?;
     if name.is_empty() || name.chars().count() > 64 {
         return Err(invalid("the organization name must be 1 to 64 characters"));
     }
@@ -166,6 +181,7 @@ pub async fn add_member(
 pub async fn create_team(store: &DynStore, organization: &str, name: &str) -> AdminResult<Value> {
     let organization = parse_org_id(organization)?;
     let name = name.trim();
+    plain_text("team name", name)?;
     if name.is_empty() || name.chars().count() > 200 {
         return Err(invalid("the team name must be 1 to 200 characters"));
     }
@@ -186,6 +202,7 @@ pub async fn create_team(store: &DynStore, organization: &str, name: &str) -> Ad
 
 pub async fn create_dashboard(store: &DynStore, team: i64, name: &str) -> AdminResult<Value> {
     let name = name.trim();
+    plain_text("dashboard name", name)?;
     if name.is_empty() || name.chars().count() > 400 {
         return Err(invalid("the dashboard name must be 1 to 400 characters"));
     }
@@ -223,6 +240,9 @@ pub async fn link_team_github(store: &DynStore, args: LinkGithubArgs) -> AdminRe
         Some(email) => Some(user_by_email(store, email).await?),
         None => None,
     };
+    if let Some(login) = &args.github_login {
+        plain_text("GitHub login", login)?;
+    }
     let mut config = serde_json::Map::new();
     config.insert("installation_id".into(), json!(installation));
     if let Some(login) = args
@@ -267,6 +287,7 @@ pub struct NewKeyArgs {
 
 pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value> {
     let label = args.label.trim().to_string();
+    plain_text("label", &label)?;
     if label.is_empty() {
         return Err(invalid("the label may not be blank"));
     }

@@ -42,6 +42,8 @@ pub struct Chars {
     pub allow_blank: bool,
     pub allow_null: bool,
     pub trim: bool,
+    /// Control characters other than NUL are accepted (passwords: hashed, never stored as given).
+    pub allow_controls: bool,
 }
 
 impl Chars {
@@ -51,6 +53,7 @@ impl Chars {
             allow_blank: false,
             allow_null: false,
             trim: true,
+            allow_controls: false,
         }
     }
     pub const fn max(mut self, n: usize) -> Self {
@@ -67,6 +70,10 @@ impl Chars {
     }
     pub const fn no_trim(mut self) -> Self {
         self.trim = false;
+        self
+    }
+    pub const fn controls_ok(mut self) -> Self {
+        self.allow_controls = true;
         self
     }
 }
@@ -99,13 +106,29 @@ pub fn char_field(value: &Value, opts: Chars) -> FieldResult<Option<String>> {
         };
     }
     check_max_length(&text, opts.max_length)?;
+    check_characters(&text, opts.allow_controls)?;
+    Ok(Some(text))
+}
+
+/// The characters any text that reaches the database may hold: never NUL (PostgreSQL `text`
+/// cannot store it; Django's `ProhibitNullCharactersValidator` gives the code and message), and
+/// no other control character (Unicode `Cc`: C0, DEL, C1 — tabs and line breaks included) unless
+/// `allow_controls`. PostHog accepts those; hoglet's text fields are all single-line, so a control
+/// character there is an injection attempt or a mistake, never data.
+pub fn check_characters(text: &str, allow_controls: bool) -> FieldResult<()> {
     if text.contains('\0') {
         return Err(FieldError::new(
             "null_characters_not_allowed",
             "Null characters are not allowed.",
         ));
     }
-    Ok(Some(text))
+    if !allow_controls && text.chars().any(char::is_control) {
+        return Err(FieldError::new(
+            "invalid_input",
+            "Control characters are not allowed.",
+        ));
+    }
+    Ok(())
 }
 
 fn check_max_length(text: &str, max: Option<usize>) -> FieldResult<()> {
@@ -303,6 +326,54 @@ mod tests {
             char_field(&json!(""), opts.blank_ok()).unwrap(),
             Some(String::new())
         );
+    }
+
+    #[test]
+    fn control_characters() {
+        let nul = "null_characters_not_allowed";
+        let control = "Control characters are not allowed.";
+        assert_eq!(
+            char_field(&json!("a\u{0}b"), Chars::new())
+                .unwrap_err()
+                .code,
+            nul
+        );
+        assert_eq!(
+            char_field(&json!("a\u{1}\u{0}"), Chars::new())
+                .unwrap_err()
+                .code,
+            nul,
+            "NUL wins"
+        );
+        for text in ["a\tb", "a\nb", "a\u{1b}", "a\u{7f}", "a\u{9f}b"] {
+            assert_eq!(
+                char_field(&json!(text), Chars::new()).unwrap_err().detail,
+                control,
+                "{text:?}"
+            );
+            assert_eq!(
+                char_field(&json!(text), Chars::new().controls_ok()).unwrap(),
+                Some(text.to_string())
+            );
+        }
+        assert_eq!(
+            char_field(&json!("a\u{0}"), Chars::new().controls_ok())
+                .unwrap_err()
+                .code,
+            nul
+        );
+        // Trimmed first, like DRF; the length check comes before the character check.
+        assert_eq!(
+            char_field(&json!("\tab\n"), Chars::new()).unwrap(),
+            Some("ab".into())
+        );
+        assert_eq!(
+            char_field(&json!("ab\u{0}"), Chars::new().max(2))
+                .unwrap_err()
+                .code,
+            "max_length"
+        );
+        assert!(check_characters("é\u{200b}🦔", false).is_ok());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::domain::scope::ScopeNeed;
 use crate::domain::user::ROLES_AT_ORGANIZATION;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
+use crate::http::links;
 use crate::ratelimit::Rate;
 use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor, client_ip};
 use crate::service::emails;
@@ -125,7 +126,7 @@ async fn signup(
     }
     let password = fields::char_field(
         &required(&body, "password")?,
-        Chars::new().max(72).null_ok(),
+        Chars::new().max(72).null_ok().controls_ok(),
     )
     .map_err(field("password"))?;
     if let Some(password) = &password {
@@ -239,7 +240,7 @@ async fn login(
 ) -> ApiResult<Response> {
     let body = body.object()?;
     let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
-    let password = fields::char_field(&required(&body, "password")?, Chars::new())
+    let password = fields::char_field(&required(&body, "password")?, Chars::new().controls_ok())
         .map_err(field("password"))?
         .unwrap_or_default();
 
@@ -417,7 +418,10 @@ async fn end_session(
         session::end(state, &session.session_id).await?;
     }
     let location = match next.and_then(redirect::safe_next) {
-        Some(next) => format!("/login?next={}", redirect::query_value(next)),
+        Some(next) => format!(
+            "/login?next={}",
+            redirect::query_value(&links::without_credentials(next))
+        ),
         None => "/login".to_string(),
     };
     let mut response = StatusCode::FOUND.into_response();
@@ -595,9 +599,12 @@ async fn complete_password_reset(
     let body = body.object()?;
     let token =
         fields::char_field(&required(&body, "token")?, Chars::new()).map_err(field("token"))?;
-    let password = fields::char_field(&required(&body, "password")?, Chars::new().max(128))
-        .map_err(field("password"))?
-        .unwrap_or_default();
+    let password = fields::char_field(
+        &required(&body, "password")?,
+        Chars::new().max(128).controls_ok(),
+    )
+    .map_err(field("password"))?
+    .unwrap_or_default();
     let mut user = reset_target(&state, &user_uuid, &token.unwrap_or_default()).await?;
     accounts::check_new_password(&password, Some(&user), false)?;
     accounts::set_password(&state, &mut user, &password).await?;

@@ -96,8 +96,12 @@ fn session_only(caller: &Caller) -> ApiResult<()> {
     Ok(())
 }
 
-/// The caller's own key by id (another user's key is not found).
+/// The caller's own key by id (another user's key is not found). An id with a control character
+/// names no key (ids are generated alphanumerics) and is not looked up: PostgreSQL cannot take NUL.
 async fn own_key(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ApiKeyRecord> {
+    if fields::check_characters(id, false).is_err() {
+        return Err(ApiError::not_found());
+    }
     state
         .store
         .api_key(id)

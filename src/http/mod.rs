@@ -9,6 +9,7 @@ pub mod api_keys;
 pub mod body;
 pub mod health;
 pub mod integrations;
+pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;

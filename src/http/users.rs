@@ -16,6 +16,7 @@ use crate::domain::fields::{self, Chars};
 use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
+use crate::http::links;
 use crate::http::paths::OriginalPath;
 use crate::ratelimit::Rate;
 use crate::service::accounts;
@@ -135,23 +136,26 @@ async fn list(
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.as_str())
     };
+    // Both clamped (`links::page_bound`), so `offset + limit` cannot overflow.
     let limit = last("limit")
-        .and_then(|v| v.trim().parse::<i64>().ok())
+        .and_then(links::page_bound)
         .filter(|l| *l > 0)
         .unwrap_or(DEFAULT_PAGE_SIZE);
-    let offset = last("offset")
-        .and_then(|v| v.trim().parse::<i64>().ok())
-        .filter(|o| *o >= 0)
-        .unwrap_or(0);
+    let offset = last("offset").and_then(links::page_bound).unwrap_or(0);
     let is_staff = last("is_staff").and_then(|v| match v.to_ascii_lowercase().as_str() {
         "true" | "1" => Some(true),
         "false" | "0" => Some(false),
         _ => None,
     });
+    // django-filter skips a filter whose value is empty.
+    let email = last("email").filter(|e| !e.is_empty());
+    if let Some(email) = email {
+        fields::check_characters(email, false)
+            .map_err(|e| ApiError::field("email", e.code, e.detail))?;
+    }
     let query = UserQuery {
         only_user: (!requester.is_staff).then_some(requester.id),
-        // django-filter skips a filter whose value is empty.
-        email: last("email").filter(|e| !e.is_empty()).map(str::to_string),
+        email: email.map(str::to_string),
         is_staff,
         limit,
         offset,
@@ -159,11 +163,12 @@ async fn list(
     let page = state.store.list_users(&query).await?;
     let results = render::render_users(&state, &requester_of(&caller), page.users).await?;
     let base = format!("{}{}", state.site_url, parts.path);
-    let next = (offset + limit < page.count)
-        .then(|| page_link(&base, &params, limit, Some(offset + limit)));
+    let next_offset = offset.saturating_add(limit);
+    let next = (next_offset < page.count)
+        .then(|| links::page_link(&base, &params, limit, Some(next_offset)));
     let previous = (offset > 0).then(|| {
-        let previous_offset = offset - limit;
-        page_link(
+        let previous_offset = offset.saturating_sub(limit);
+        links::page_link(
             &base,
             &params,
             limit,
@@ -203,41 +208,6 @@ impl<S: Send + Sync> FromRequestParts<S> for RequestTarget {
             query: parts.uri.query().map(str::to_string),
         })
     }
-}
-
-/// DRF's `replace_query_param`: the same query with `limit`/`offset` replaced (or `offset`
-/// removed), parameters sorted by name, encoded like Python's `urlencode`.
-fn page_link(base: &str, params: &[(String, String)], limit: i64, offset: Option<i64>) -> String {
-    let mut pairs: Vec<(String, String)> = params
-        .iter()
-        .filter(|(k, _)| k != "limit" && k != "offset")
-        .cloned()
-        .collect();
-    pairs.push(("limit".into(), limit.to_string()));
-    if let Some(offset) = offset {
-        pairs.push(("offset".into(), offset.to_string()));
-    }
-    pairs.sort_by(|a, b| a.0.cmp(&b.0));
-    let query: Vec<String> = pairs
-        .iter()
-        .map(|(k, v)| format!("{}={}", quote_plus(k), quote_plus(v)))
-        .collect();
-    format!("{base}?{}", query.join("&"))
-}
-
-/// Python's `urllib.parse.quote_plus`.
-fn quote_plus(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
-                out.push(char::from(byte))
-            }
-            b' ' => out.push('+'),
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
 }
 
 /// Retrieve a user
@@ -598,23 +568,4 @@ async fn validate_dashboard(
         ));
     }
     Ok(dashboard.id)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn page_links_match_drf() {
-        let params = vec![("email".to_string(), "a@b.c".to_string())];
-        assert_eq!(
-            page_link("http://h/api/users/", &params, 100, Some(100)),
-            "http://h/api/users/?email=a%40b.c&limit=100&offset=100"
-        );
-        assert_eq!(
-            page_link("http://h/api/users/", &[], 10, None),
-            "http://h/api/users/?limit=10"
-        );
-        assert_eq!(quote_plus("a b/c"), "a+b%2Fc");
-    }
 }

@@ -213,7 +213,7 @@ pub async fn apply_update(
         None => None,
     };
     match optional(&body, "password", |v| {
-        fields::char_field(v, Chars::new().max(128))
+        fields::char_field(v, Chars::new().max(128).controls_ok())
     })? {
         Some(password) => changes.new_password = password,
         None if !partial => {
@@ -226,7 +226,7 @@ pub async fn apply_update(
         None => {}
     }
     if let Some(v) = optional(&body, "current_password", |v| {
-        fields::char_field(v, Chars::new())
+        fields::char_field(v, Chars::new().controls_ok())
     })? {
         changes.current_password = v;
     }

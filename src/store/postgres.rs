@@ -803,7 +803,7 @@ impl Store for PgStore {
     async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
-        let before = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+        let before = first(&tx, sql::API_KEY_BY_ID_FOR_UPDATE, &[&id], |r| {
             row::api_key_from_row(r)
         })
         .await?
@@ -843,7 +843,7 @@ impl Store for PgStore {
     async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
-        let Some(before) = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+        let Some(before) = first(&tx, sql::API_KEY_BY_ID_FOR_UPDATE, &[&id], |r| {
             row::api_key_from_row(r)
         })
         .await?
@@ -865,7 +865,7 @@ impl Store for PgStore {
     ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
-        let Some(before) = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
+        let Some(before) = first(&tx, sql::API_KEY_BY_ID_FOR_UPDATE, &[&id], |r| {
             row::api_key_from_row(r)
         })
         .await?

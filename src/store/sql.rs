@@ -138,7 +138,7 @@ pub enum ListCount {
 pub fn user_list_count(q: &super::UserQuery, rows: usize) -> ListCount {
     let rows = rows as i64;
     if rows < q.limit && (rows > 0 || q.offset == 0) {
-        return ListCount::Known(q.offset + rows);
+        return ListCount::Known(q.offset.saturating_add(rows));
     }
     if q.only_user.is_some() || q.email.is_some() {
         return ListCount::Filtered;
@@ -211,6 +211,13 @@ pub const API_KEY_BY_ID: &str = concat!(
     api_key_columns!(),
     " FROM personal_api_keys k WHERE k.id = $1"
 );
+/// Postgres only (SQLite's writer already runs one write at a time): locks the row so
+/// concurrent deletes and rolls of one key each see the state the previous one left.
+pub const API_KEY_BY_ID_FOR_UPDATE: &str = concat!(
+    "SELECT ",
+    api_key_columns!(),
+    " FROM personal_api_keys k WHERE k.id = $1 FOR UPDATE"
+);
 pub const API_KEY_BY_SECURE_VALUE: &str = concat!(
     "SELECT ",
     api_key_columns!(),
@@ -256,7 +263,8 @@ pub const SESSION_UPDATE: &str = "UPDATE sessions SET user_id = $2, login_at = $
      pending_at = $8, totp_setup_secret = $9, totp_setup_at = $10 WHERE id = $1";
 pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
 pub const SESSIONS_DELETE_OF_USER: &str = "DELETE FROM sessions WHERE user_id = $1 AND id <> $2";
-pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at < $1";
+/// A session is over once `expires_at <= now` (what authentication refuses), so prune those.
+pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at <= $1";
 
 pub const TOTP_BY_USER: &str = "SELECT user_id, secret, last_step, failures, throttled_until, \
      created_at FROM totp_devices WHERE user_id = $1";

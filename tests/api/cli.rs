@@ -121,6 +121,81 @@ fn admin_commands_print_json_and_fail_cleanly() {
     assert!(hoglet(&url, &["migrate"]).status.success());
 }
 
+/// Admin commands refuse control characters in names, labels and addresses like the API does
+/// (a NUL cannot be in an argument, so these are the other control characters): exit 1, one
+/// line on stderr, nothing created.
+#[test]
+fn admin_commands_refuse_control_characters() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("cli.db").display());
+    let user = |email: &str, first: &str| {
+        hoglet(
+            &url,
+            &[
+                "user",
+                "create",
+                "--email",
+                email,
+                "--password",
+                "pw-123456",
+                "--first-name",
+                first,
+            ],
+        )
+    };
+    for (email, first, message) in [
+        (
+            "a@example.com",
+            "Ada\u{1b}[2J",
+            "error: invalid first name: Control characters are not allowed.",
+        ),
+        (
+            "\"a\u{1}\"@example.com",
+            "Ada",
+            "error: invalid email address: Control characters are not allowed.",
+        ),
+    ] {
+        let refused = user(email, first);
+        assert_eq!(refused.status.code(), Some(1));
+        assert!(refused.stdout.is_empty());
+        assert_eq!(String::from_utf8_lossy(&refused.stderr).trim(), message);
+    }
+    // Nothing was created: the address is still free.
+    json_of(&user("a@example.com", "Ada"));
+
+    for (args, message) in [
+        (
+            vec![
+                "org",
+                "create",
+                "--name",
+                "Acme\nEvil",
+                "--owner",
+                "a@example.com",
+            ],
+            "error: invalid organization name: Control characters are not allowed.",
+        ),
+        (
+            vec![
+                "key",
+                "create",
+                "--email",
+                "a@example.com",
+                "--label",
+                "ci\tprod",
+                "--scopes",
+                "user:read",
+            ],
+            "error: invalid label: Control characters are not allowed.",
+        ),
+    ] {
+        let refused = hoglet(&url, &args);
+        assert_eq!(refused.status.code(), Some(1), "{args:?}");
+        assert!(refused.stdout.is_empty());
+        assert_eq!(String::from_utf8_lossy(&refused.stderr).trim(), message);
+    }
+}
+
 #[test]
 fn serve_prints_the_real_port_and_stops_on_sigterm() {
     use std::io::{BufRead, BufReader, Read, Write};

@@ -12,6 +12,7 @@ mod api_keys_auth;
 mod cli;
 mod github;
 mod hardening;
+mod hygiene;
 mod operations;
 mod replicas;
 mod signal_autonomy;

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use hoglet::config::DatabaseUrl;
 use hoglet::store::{
-    self, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MembershipLevel, MembershipWithOrg,
-    NewApiKey, NewOrganization, NewScene, NewTeam, NewUser, OrganizationRecord, PasswordHash,
-    StoreError, StoreResult, TeamRecord, UserDeletion, UserFacts, UserQuery, UserRecord,
+    self, ApiKeyChanges, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MembershipLevel,
+    MembershipWithOrg, NewApiKey, NewOrganization, NewScene, NewSignup, NewTeam, NewUser,
+    OrganizationRecord, PasswordHash, SessionRecord, StoreError, StoreResult, TeamRecord,
+    TotpDeviceRecord, UserDeletion, UserFacts, UserQuery, UserRecord,
 };
 use hoglet::time::{Micros, system_now};
 use serde_json::json;
@@ -50,6 +51,15 @@ db_tests!(
     signal_autonomy_upserts_partially_and_deletes,
     user_integrations_upsert_replace_secrets_and_keep_the_cache,
     team_integrations_upsert_and_filter,
+    sessions_insert_read_update_and_end,
+    prune_sessions_removes_only_sessions_that_are_over,
+    advance_totp_step_accepts_each_step_once,
+    backup_codes_are_single_use,
+    signup_creates_everything_or_nothing,
+    concurrent_first_user_signups_make_one_staff_user,
+    update_api_key_writes_only_its_fields,
+    delete_api_key_returns_the_record_once,
+    roll_api_key_replaces_the_hash_once_per_roll,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -2786,4 +2796,762 @@ async fn list_counts_follow_every_change(db: Db) {
         (0, 0, 0),
         "deleting an inactive user changes nothing"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Sessions, the second factor, sign-up and key management (the security-critical writes)
+// ---------------------------------------------------------------------------------------------
+
+fn session_row(id: &str, user_id: Option<i64>, expires_at: Micros) -> SessionRecord {
+    SessionRecord {
+        id: id.to_string(),
+        user_id,
+        created_at: T0,
+        login_at: user_id.map(|_| T0 + 1),
+        expires_at,
+        csrf_token: format!("csrf-{id}"),
+        two_factor_verified: false,
+        pending_user_id: None,
+        pending_at: None,
+        totp_setup_secret: None,
+        totp_setup_at: None,
+    }
+}
+
+#[track_caller]
+fn assert_same_session(actual: &SessionRecord, expected: &SessionRecord) {
+    assert_fields_eq!(
+        actual,
+        expected,
+        [
+            id,
+            user_id,
+            created_at,
+            login_at,
+            expires_at,
+            csrf_token,
+            two_factor_verified,
+            pending_user_id,
+            pending_at,
+            totp_setup_secret,
+            totp_setup_at,
+        ]
+    );
+}
+
+async fn session_of(store: &DynStore, id: &str) -> Option<SessionRecord> {
+    store.session(id).await.expect("session read")
+}
+
+fn session_entry(id: &str) -> Entry {
+    (None, Some(format!("session${id}")))
+}
+
+const SESSION_AGE: Micros = 14 * 86_400_000_000;
+
+async fn sessions_insert_read_update_and_end(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let ann = add_user(store, "ann@example.com").await;
+    let bob = add_user(store, "bob@example.com").await;
+
+    let first = session_row("s1", Some(ann.id), T0 + SESSION_AGE);
+    store.insert_session(&first).await.expect("insert");
+    assert_same_session(&session_of(store, "s1").await.unwrap(), &first);
+    assert!(session_of(store, "S1").await.is_none(), "ids are exact");
+    assert!(session_of(store, "missing").await.is_none());
+    assert_err(store.insert_session(&first).await, "Conflict(row)");
+
+    // A pending login (anonymous, waiting for the second factor) and a session of another user.
+    let pending = SessionRecord {
+        pending_user_id: Some(ann.id),
+        pending_at: Some(T0 + 2),
+        ..session_row("pending", None, T0 + SESSION_AGE)
+    };
+    store.insert_session(&pending).await.unwrap();
+    store
+        .insert_session(&session_row("bob", Some(bob.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    assert_same_session(&session_of(store, "pending").await.unwrap(), &pending);
+
+    // update_session writes every mutable column (created_at is not one) and invalidates the
+    // session's cached entry.
+    let mut changed = SessionRecord {
+        user_id: Some(bob.id),
+        login_at: Some(T0 + 10),
+        expires_at: T0 + 2 * SESSION_AGE,
+        csrf_token: "rotated".into(),
+        two_factor_verified: true,
+        pending_user_id: Some(ann.id),
+        pending_at: Some(T0 + 11),
+        totp_setup_secret: Some("sealed-secret".into()),
+        totp_setup_at: Some(T0 + 12),
+        ..first.clone()
+    };
+    let mark = feed_mark(store).await;
+    store.update_session(&changed).await.expect("update");
+    assert_same_session(&session_of(store, "s1").await.unwrap(), &changed);
+    assert_eq!(feed_after(store, mark).await, vec![session_entry("s1")]);
+    changed.created_at = T0 + 99;
+    changed.user_id = Some(ann.id);
+    changed.pending_user_id = None;
+    changed.pending_at = None;
+    changed.totp_setup_secret = None;
+    changed.totp_setup_at = None;
+    changed.login_at = None;
+    store.update_session(&changed).await.unwrap();
+    let stored = session_of(store, "s1").await.unwrap();
+    assert_eq!(stored.created_at, T0, "created_at never changes");
+    assert_same_session(
+        &stored,
+        &SessionRecord {
+            created_at: T0,
+            ..changed.clone()
+        },
+    );
+    // Updating a session that does not exist creates nothing.
+    store
+        .update_session(&session_row("ghost", Some(ann.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    assert!(session_of(store, "ghost").await.is_none());
+
+    // delete_session ends one session (and its cache entry); a missing one is no error.
+    store
+        .insert_session(&session_row("s2", Some(ann.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    let mark = feed_mark(store).await;
+    store.delete_session("s2").await.expect("delete");
+    assert!(session_of(store, "s2").await.is_none());
+    assert_eq!(feed_after(store, mark).await, vec![session_entry("s2")]);
+    store.delete_session("s2").await.expect("deleting again");
+
+    // delete_sessions_of ends the user's sessions but `keep`, and only the user's; the count is
+    // what ended.
+    for id in ["s3", "s4"] {
+        store
+            .insert_session(&session_row(id, Some(ann.id), T0 + SESSION_AGE))
+            .await
+            .unwrap();
+    }
+    let mark = feed_mark(store).await;
+    assert_eq!(
+        store.delete_sessions_of(ann.id, Some("s1")).await.unwrap(),
+        2
+    );
+    assert!(session_of(store, "s1").await.is_some());
+    assert!(session_of(store, "s3").await.is_none());
+    assert!(session_of(store, "s4").await.is_none());
+    assert!(
+        session_of(store, "bob").await.is_some(),
+        "another user's session"
+    );
+    assert!(session_of(store, "pending").await.is_some());
+    assert_eq!(feed_after(store, mark).await, vec![user_entry(ann.id)]);
+    assert_eq!(
+        store.delete_sessions_of(ann.id, Some("bob")).await.unwrap(),
+        1,
+        "keeping another user's session keeps nothing of this user's"
+    );
+    assert!(session_of(store, "s1").await.is_none());
+    assert!(session_of(store, "bob").await.is_some());
+    assert_eq!(store.delete_sessions_of(ann.id, None).await.unwrap(), 0);
+    assert_eq!(store.delete_sessions_of(bob.id, None).await.unwrap(), 1);
+    assert!(session_of(store, "bob").await.is_none());
+
+    // Deleting a user ends every session naming them, pending logins included.
+    let carl = add_user(store, "carl@example.com").await;
+    store
+        .insert_session(&session_row("carl", Some(carl.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    store
+        .insert_session(&SessionRecord {
+            pending_user_id: Some(carl.id),
+            pending_at: Some(T0),
+            ..session_row("carl-pending", None, T0 + SESSION_AGE)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delete_user(carl.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert!(session_of(store, "carl").await.is_none());
+    assert!(session_of(store, "carl-pending").await.is_none());
+    assert!(session_of(store, "pending").await.is_some());
+}
+
+async fn prune_sessions_removes_only_sessions_that_are_over(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "prune@example.com").await;
+    for (id, expires_at) in [
+        ("long-gone", T0 - SESSION_AGE),
+        ("just-over", T0 - 1),
+        ("ends-now", T0),
+        ("live", T0 + 1),
+        ("fresh", T0 + SESSION_AGE),
+    ] {
+        store
+            .insert_session(&session_row(id, Some(user.id), expires_at))
+            .await
+            .unwrap();
+    }
+    store.prune_sessions(T0).await.expect("prune");
+    // Authentication refuses a session once `expires_at <= now`: exactly those go.
+    for gone in ["long-gone", "just-over", "ends-now"] {
+        assert!(session_of(store, gone).await.is_none(), "{gone}");
+    }
+    for kept in ["live", "fresh"] {
+        assert!(session_of(store, kept).await.is_some(), "{kept}");
+    }
+    assert_eq!(env.rows("sessions").await, 2);
+    store.prune_sessions(T0).await.expect("prune again");
+    assert_eq!(env.rows("sessions").await, 2);
+}
+
+fn totp_device(user_id: i64, last_step: i64) -> TotpDeviceRecord {
+    TotpDeviceRecord {
+        user_id,
+        secret: format!("sealed-{user_id}"),
+        last_step,
+        failures: 3,
+        throttled_until: T0 + 8,
+        created_at: T0,
+    }
+}
+
+async fn last_step(store: &DynStore, user_id: i64) -> i64 {
+    store
+        .totp_device(user_id)
+        .await
+        .unwrap()
+        .expect("device")
+        .last_step
+}
+
+/// The TOTP replay guard: a step is accepted only when strictly later than the last accepted
+/// one, so a code works once, also when the same code arrives twice at the same moment.
+async fn advance_totp_step_accepts_each_step_once(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "totp@example.com").await;
+    let other = add_user(store, "other-totp@example.com").await;
+
+    assert!(
+        !store.advance_totp_step(user.id, 1).await.unwrap(),
+        "no device"
+    );
+    store
+        .put_totp_device(&totp_device(user.id, 100))
+        .await
+        .unwrap();
+    store
+        .put_totp_device(&totp_device(other.id, 100))
+        .await
+        .unwrap();
+
+    for (step, accepted) in [
+        (99, false),
+        (100, false),
+        (101, true),
+        (101, false),
+        (150, true),
+        (120, false),
+        (150, false),
+    ] {
+        assert_eq!(
+            store.advance_totp_step(user.id, step).await.unwrap(),
+            accepted,
+            "step {step}"
+        );
+    }
+    let device = store.totp_device(user.id).await.unwrap().unwrap();
+    assert_eq!(device.last_step, 150);
+    // Success also clears the failure throttle; nothing else changes.
+    assert_eq!((device.failures, device.throttled_until), (0, 0));
+    assert_eq!(device.secret, format!("sealed-{}", user.id));
+    assert_eq!(device.created_at, T0);
+    let untouched = store.totp_device(other.id).await.unwrap().unwrap();
+    assert_eq!(
+        (
+            untouched.last_step,
+            untouched.failures,
+            untouched.throttled_until
+        ),
+        (100, 3, T0 + 8),
+        "another user's device"
+    );
+
+    // The same code presented concurrently (through two stores, as two replicas): one wins.
+    let second = env.reopen().await;
+    for step in [200, 201] {
+        let results = in_parallel((0..8).map(|i| {
+            let s = if i % 2 == 0 {
+                store.clone()
+            } else {
+                second.clone()
+            };
+            let id = user.id;
+            async move { s.advance_totp_step(id, step).await.unwrap() }
+        }))
+        .await;
+        assert_eq!(
+            results.iter().filter(|accepted| **accepted).count(),
+            1,
+            "step {step}: {results:?}"
+        );
+        assert_eq!(last_step(store, user.id).await, step);
+    }
+    // A step never moves back, whatever the order concurrent steps arrive in.
+    let results = in_parallel((300..310).map(|step| {
+        let s = store.clone();
+        let id = user.id;
+        async move { (step, s.advance_totp_step(id, step).await.unwrap()) }
+    }))
+    .await;
+    assert!(
+        results.contains(&(309, true)),
+        "the latest step always wins"
+    );
+    assert_eq!(last_step(store, user.id).await, 309);
+    assert!(!store.advance_totp_step(user.id, 305).await.unwrap());
+}
+
+/// Backup codes: each works once for its own user only, also under concurrency.
+async fn backup_codes_are_single_use(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let ann = add_user(store, "ann-codes@example.com").await;
+    let bob = add_user(store, "bob-codes@example.com").await;
+    let hashes = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("hash-{n}"))
+            .collect::<Vec<_>>()
+    };
+    store
+        .replace_backup_codes(ann.id, &hashes(&["1", "2", "3"]))
+        .await
+        .unwrap();
+    // Bob holds a code with the same hash as one of Ann's, and one of his own.
+    store
+        .replace_backup_codes(bob.id, &hashes(&["1", "bob"]))
+        .await
+        .unwrap();
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 3);
+    assert_eq!(store.backup_code_count(bob.id).await.unwrap(), 2);
+
+    assert!(
+        !store
+            .consume_backup_code(ann.id, "hash-none")
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store.consume_backup_code(ann.id, "hash-bob").await.unwrap(),
+        "another user's code"
+    );
+    assert_eq!(store.backup_code_count(bob.id).await.unwrap(), 2);
+    assert!(store.consume_backup_code(ann.id, "hash-1").await.unwrap());
+    assert!(
+        !store.consume_backup_code(ann.id, "hash-1").await.unwrap(),
+        "used"
+    );
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 2);
+    assert_eq!(
+        store.backup_code_count(bob.id).await.unwrap(),
+        2,
+        "Bob's code with the same hash is his own"
+    );
+    assert!(store.consume_backup_code(bob.id, "hash-1").await.unwrap());
+
+    // One code presented many times at once (through two stores): accepted exactly once.
+    let second = env.reopen().await;
+    let results = in_parallel((0..8).map(|i| {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        let id = ann.id;
+        async move { s.consume_backup_code(id, "hash-2").await.unwrap() }
+    }))
+    .await;
+    assert_eq!(
+        results.iter().filter(|used| **used).count(),
+        1,
+        "{results:?}"
+    );
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 1);
+
+    // New codes replace the old ones; removing two-factor removes them all.
+    store
+        .replace_backup_codes(ann.id, &hashes(&["4", "5"]))
+        .await
+        .unwrap();
+    assert!(!store.consume_backup_code(ann.id, "hash-3").await.unwrap());
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 2);
+    store
+        .put_totp_device(&totp_device(ann.id, 0))
+        .await
+        .unwrap();
+    store.delete_two_factor(ann.id).await.unwrap();
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 0);
+    assert!(store.totp_device(ann.id).await.unwrap().is_none());
+    assert!(!store.consume_backup_code(ann.id, "hash-4").await.unwrap());
+    assert_eq!(store.backup_code_count(bob.id).await.unwrap(), 1);
+}
+
+fn new_signup(email: &str, only_first_user: bool) -> NewSignup {
+    NewSignup {
+        user: new_user(email),
+        organization_name: format!("Org of {email}"),
+        team_name: "Default project".into(),
+        only_first_user,
+    }
+}
+
+/// Rows of every table a sign-up writes.
+async fn signup_rows(env: &Env) -> [i64; 5] {
+    [
+        env.rows("users").await,
+        env.rows("organizations").await,
+        env.rows("teams").await,
+        env.rows("organization_memberships").await,
+        env.rows("dashboards").await,
+    ]
+}
+
+/// Sign-up writes the user, their organization, its first team (with its dashboard) and the
+/// owner membership together; the user is staff iff they are the first; a refusal leaves nothing.
+async fn signup_creates_everything_or_nothing(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let (user, org, team) = store
+        .signup(new_signup("First@Example.com", true))
+        .await
+        .expect("first sign-up");
+    assert!(user.is_staff, "the first user is staff");
+    assert_eq!(user.email, "First@Example.com");
+    assert_eq!(org.name, "Org of First@Example.com");
+    assert_eq!(team.name, "Default project");
+    assert_eq!(team.organization_id, org.id);
+    assert_eq!(
+        (user.current_organization_id, user.current_team_id),
+        (Some(org.id), Some(team.id))
+    );
+    assert_same_user(&reload(store, user.id).await, &user);
+    assert_same_org(&store.organization(org.id).await.unwrap().unwrap(), &org);
+    assert_same_team(&store.team(team.id).await.unwrap().unwrap(), &team);
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[user.id]).await.unwrap()),
+        vec![(org.id, user.id, MembershipLevel::Owner)]
+    );
+    assert_eq!(signup_rows(&env).await, [1, 1, 1, 1, 1]);
+
+    // Only while no user exists, when asked so.
+    let before = signup_rows(&env).await;
+    assert_err(
+        store.signup(new_signup("second@example.com", true)).await,
+        "Conflict(first_user)",
+    );
+    assert_eq!(signup_rows(&env).await, before);
+
+    // Later users are never staff, whatever the caller asked.
+    let (later, later_org, _) = store
+        .signup(NewSignup {
+            user: NewUser {
+                is_staff: true,
+                ..new_user("later@example.com")
+            },
+            ..new_signup("later@example.com", false)
+        })
+        .await
+        .expect("open sign-up");
+    assert!(!later.is_staff);
+    assert_ne!(later_org.id, org.id);
+    assert_eq!(signup_rows(&env).await, [2, 2, 2, 2, 2]);
+
+    // A taken address (in any case) or distinct id refuses the whole sign-up.
+    let before = signup_rows(&env).await;
+    let mark = feed_mark(store).await;
+    assert_err(
+        store.signup(new_signup("FIRST@example.COM", false)).await,
+        "Conflict(email)",
+    );
+    assert_err(
+        store
+            .signup(NewSignup {
+                user: NewUser {
+                    distinct_id: user.distinct_id.clone().unwrap(),
+                    ..new_user("fresh@example.com")
+                },
+                ..new_signup("fresh@example.com", false)
+            })
+            .await,
+        "Conflict(distinct_id)",
+    );
+    assert_eq!(signup_rows(&env).await, before);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert!(
+        store
+            .user_by_email("fresh@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// Racing first sign-ups (two stores, as two replicas): exactly one succeeds and is staff.
+async fn concurrent_first_user_signups_make_one_staff_user(db: Db) {
+    let env = Env::new(db).await;
+    let second = env.reopen().await;
+    let results = in_parallel((0..6).map(|i| {
+        let s = if i % 2 == 0 {
+            env.store.clone()
+        } else {
+            second.clone()
+        };
+        async move {
+            s.signup(new_signup(&format!("racer{i}@example.com"), true))
+                .await
+        }
+    }))
+    .await;
+    let mut winners = Vec::new();
+    for result in results {
+        match result {
+            Ok((user, _, _)) => winners.push(user),
+            Err(e) => assert_eq!(describe(&e), "Conflict(first_user)"),
+        }
+    }
+    assert_eq!(winners.len(), 1);
+    assert!(winners[0].is_staff);
+    assert_eq!(signup_rows(&env).await, [1, 1, 1, 1, 1]);
+}
+
+/// update_api_key writes label, scopes, scoping and expiry, nothing else, and invalidates the
+/// key's cached authentication.
+async fn update_api_key_writes_only_its_fields(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "update-key@example.com").await;
+    let (org, team) = add_org(store, user.id, "Keys").await;
+    let key = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let other = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    store
+        .touch_api_keys(&[(key.id.clone(), T0 + 50)])
+        .await
+        .unwrap();
+    let before = store.api_key(&key.id).await.unwrap().unwrap();
+    assert_eq!(before.last_used_at, Some(T0 + 50));
+
+    let changes = ApiKeyChanges {
+        label: "renamed ✓".into(),
+        scopes: vec!["user:write".into()],
+        scoped_teams: Some(vec![team.id]),
+        scoped_organizations: Some(vec![org.id.to_string()]),
+        expires_at: Some(T0 + 1_000),
+    };
+    let mark = feed_mark(store).await;
+    let updated = store
+        .update_api_key(&key.id, changes.clone())
+        .await
+        .expect("update");
+    let expected = ApiKeyRecord {
+        label: changes.label.clone(),
+        scopes: changes.scopes.clone(),
+        scoped_teams: changes.scoped_teams.clone(),
+        scoped_organizations: changes.scoped_organizations.clone(),
+        expires_at: changes.expires_at,
+        ..before.clone()
+    };
+    assert_same_key(&updated, &expected);
+    assert_same_key(&store.api_key(&key.id).await.unwrap().unwrap(), &expected);
+    assert_same_key(
+        &key_by_value(store, &key.secure_value).await.unwrap(),
+        &expected,
+    );
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![(None, Some(key.secure_value.clone()))]
+    );
+    assert_same_key(&store.api_key(&other.id).await.unwrap().unwrap(), &other);
+
+    // Back to empty and absent values (a key without scopes reads as `*`).
+    let cleared = ApiKeyChanges {
+        label: String::new(),
+        scopes: vec![],
+        scoped_teams: None,
+        scoped_organizations: Some(vec![]),
+        expires_at: None,
+    };
+    let updated = store.update_api_key(&key.id, cleared).await.unwrap();
+    assert_eq!(updated.label, "");
+    assert_eq!(updated.scopes, vec!["*"]);
+    assert_eq!(updated.scoped_teams, None);
+    assert_eq!(updated.scoped_organizations, Some(vec![]));
+    assert_eq!(updated.expires_at, None);
+    assert_eq!(updated.secure_value, key.secure_value);
+
+    // A missing key: Missing, and nothing recorded.
+    let mark = feed_mark(store).await;
+    assert_err(
+        store.update_api_key("no-such-key", changes).await,
+        "Missing(personal API key)",
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert_eq!(env.rows("personal_api_keys").await, 2);
+}
+
+/// delete_api_key returns what it deleted, once: the key stops authenticating, a second delete
+/// (also a concurrent one) finds nothing.
+async fn delete_api_key_returns_the_record_once(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "delete-key@example.com").await;
+    let key = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let kept = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+
+    let mark = feed_mark(store).await;
+    let deleted = store
+        .delete_api_key(&key.id)
+        .await
+        .expect("delete")
+        .expect("the key existed");
+    assert_same_key(&deleted, &key);
+    assert!(key_by_value(store, &key.secure_value).await.is_none());
+    assert!(store.api_key(&key.id).await.unwrap().is_none());
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![(Some(user.id), Some(key.secure_value.clone()))]
+    );
+    let mark = feed_mark(store).await;
+    assert!(store.delete_api_key(&key.id).await.unwrap().is_none());
+    assert!(store.delete_api_key("no-such-key").await.unwrap().is_none());
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert_same_key(
+        &key_by_value(store, &kept.secure_value).await.unwrap(),
+        &kept,
+    );
+
+    // Concurrent deletes of one key (two stores): exactly one reports it, for every key raced.
+    let second = env.reopen().await;
+    let mut raced = vec![kept.id.clone()];
+    for _ in 0..4 {
+        raced.push(
+            store
+                .insert_api_key(new_key(user.id), LIMIT)
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    for id in raced {
+        let results = in_parallel((0..8).map(|i| {
+            let s = if i % 2 == 0 {
+                store.clone()
+            } else {
+                second.clone()
+            };
+            let id = id.clone();
+            async move { s.delete_api_key(&id).await.unwrap().map(|k| k.id) }
+        }))
+        .await;
+        assert_eq!(
+            results.iter().flatten().collect::<Vec<_>>(),
+            vec![&id],
+            "{results:?}"
+        );
+    }
+    assert_eq!(key_count(&env, user.id).await, 0);
+    assert_eq!(
+        store.user_facts(&[user.id]).await.unwrap(),
+        vec![UserFacts {
+            user_id: user.id,
+            has_api_keys: false,
+            has_totp: false,
+        }]
+    );
+}
+
+/// roll_api_key swaps the hash and mask and stamps the roll: the old value stops matching, the
+/// new one matches; concurrent rolls happen one after the other, each seeing the hash the
+/// previous one left (so each invalidates a hash that was valid).
+async fn roll_api_key_replaces_the_hash_once_per_roll(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "roll-key@example.com").await;
+    let key = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+
+    let mark = feed_mark(store).await;
+    let (before, after) = store
+        .roll_api_key(&key.id, "sha256$rolled", "phx_...olld", T0 + 5)
+        .await
+        .expect("roll")
+        .expect("the key existed");
+    assert_same_key(&before, &key);
+    let expected = ApiKeyRecord {
+        secure_value: "sha256$rolled".into(),
+        mask_value: "phx_...olld".into(),
+        last_rolled_at: Some(T0 + 5),
+        ..key.clone()
+    };
+    assert_same_key(&after, &expected);
+    assert!(key_by_value(store, &key.secure_value).await.is_none());
+    assert_same_key(
+        &key_by_value(store, "sha256$rolled").await.unwrap(),
+        &expected,
+    );
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![(None, Some(key.secure_value.clone()))]
+    );
+    assert!(
+        store
+            .roll_api_key("no-such-key", "sha256$x", "phx_...x", T0)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(key_by_value(store, "sha256$x").await.is_none());
+
+    let second = env.reopen().await;
+    let results = in_parallel((0..6).map(|i| {
+        let s = if i % 2 == 0 {
+            store.clone()
+        } else {
+            second.clone()
+        };
+        let id = key.id.clone();
+        async move {
+            let (before, after) = s
+                .roll_api_key(&id, &format!("sha256$race{i}"), "phx_...race", T0 + 10)
+                .await
+                .unwrap()
+                .expect("the key exists");
+            (before.secure_value, after.secure_value)
+        }
+    }))
+    .await;
+    let befores: BTreeSet<&String> = results.iter().map(|(b, _)| b).collect();
+    assert_eq!(
+        befores.len(),
+        6,
+        "each roll replaced a different hash: {results:?}"
+    );
+    let stored = store.api_key(&key.id).await.unwrap().unwrap().secure_value;
+    // The rolls form one chain from the hash before the race to the stored one.
+    let mut chain: HashMap<&String, &String> = results.iter().map(|(b, a)| (b, a)).collect();
+    let mut at = "sha256$rolled".to_string();
+    while let Some(next) = chain.remove(&at) {
+        at = next.clone();
+    }
+    assert!(chain.is_empty(), "rolls that saw a stale hash: {chain:?}");
+    assert_eq!(at, stored);
+    assert_eq!(key_count(&env, user.id).await, 1);
 }

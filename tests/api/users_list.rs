@@ -17,7 +17,13 @@ db_tests!(
     limit_and_offset_fall_back_to_defaults,
     next_and_previous_links_follow_drf,
     creating_users_is_not_allowed,
+    credentials_are_never_echoed_into_page_links,
+    huge_limits_and_offsets_are_clamped,
+    control_characters_in_the_email_filter_are_refused,
 );
+
+/// The clamp of `limit` and `offset`: 2⁵³ − 1.
+const MAX_PAGE_BOUND: i64 = 9_007_199_254_740_991;
 
 fn ids(page: &Value) -> Vec<i64> {
     page["results"]
@@ -354,5 +360,202 @@ async fn creating_users_is_not_allowed(db: Db) {
         None,
     );
     assert_eq!(app.store.count_users().await.unwrap(), before);
+    app.stop().await;
+}
+
+/// Issue 10 item 10: a key given as `?personal_api_key=` authenticates the request but is never
+/// echoed into `next`/`previous`, nor is a `token`; every other parameter is kept, sorted.
+async fn credentials_are_never_echoed_into_page_links(db: Db) {
+    let app = spawn_app(db).await;
+    let (key, all) = population(&app).await;
+    let link = |s: &str| json!(format!("{}{s}", app.state.site_url));
+
+    let path =
+        format!("/api/users/?zeta=z&personal_api_key={key}&limit=2&offset=2&token=secret&alpha=a");
+    let reply = app.call(Method::GET, &path, None, None).await;
+    let page = reply.assert_ok();
+    assert_eq!(page["count"], 5);
+    assert_eq!(ids(page), all[2..4].to_vec());
+    assert_eq!(
+        page["next"],
+        link("/api/users/?alpha=a&limit=2&offset=4&zeta=z")
+    );
+    assert_eq!(page["previous"], link("/api/users/?alpha=a&limit=2&zeta=z"));
+    assert!(!reply.text.contains(&key), "{}", reply.text);
+    assert!(!reply.text.contains("secret"), "{}", reply.text);
+
+    // Also when the header authenticates and the query repeats the key, and whatever the
+    // encoding of the name.
+    let path = format!("/api/users/?limit=1&personal%5Fapi%5Fkey={key}&personal_api_key={key}");
+    let reply = app.get(&path, &key).await;
+    assert_eq!(
+        reply.assert_ok()["next"],
+        link("/api/users/?limit=1&offset=1")
+    );
+    assert!(!reply.text.contains(&key), "{}", reply.text);
+    app.stop().await;
+}
+
+/// Issue 10 item 11: `limit` and `offset` are clamped to 2⁵³ − 1 (a value past `i64` too), so
+/// `offset + limit` never overflows; a page past the end is empty and keeps the true count.
+async fn huge_limits_and_offsets_are_clamped(db: Db) {
+    let app = spawn_app(db).await;
+    let (key, all) = population(&app).await;
+    let link = |s: String| json!(format!("{}{s}", app.state.site_url));
+    let max = MAX_PAGE_BOUND;
+    let cases: Vec<(&str, Vec<i64>, Value, Value)> = vec![
+        (
+            "limit=9223372036854775807&offset=1",
+            all[1..].to_vec(),
+            Value::Null,
+            link(format!("/api/users/?limit={max}")),
+        ),
+        (
+            "offset=9223372036854775807",
+            vec![],
+            Value::Null,
+            link(format!("/api/users/?limit=100&offset={}", max - 100)),
+        ),
+        (
+            "limit=2&offset=9223372036854775807",
+            vec![],
+            Value::Null,
+            link(format!("/api/users/?limit=2&offset={}", max - 2)),
+        ),
+        (
+            "limit=99999999999999999999999&offset=99999999999999999999999",
+            vec![],
+            Value::Null,
+            link(format!("/api/users/?limit={max}")),
+        ),
+        (
+            "limit=9223372036854775807",
+            all.clone(),
+            Value::Null,
+            Value::Null,
+        ),
+        (
+            "limit=9007199254740991&offset=4",
+            all[4..].to_vec(),
+            Value::Null,
+            link(format!("/api/users/?limit={max}")),
+        ),
+        (
+            "limit=-9223372036854775808&offset=-9223372036854775808",
+            all.clone(),
+            Value::Null,
+            Value::Null,
+        ),
+        (
+            "limit=-99999999999999999999&offset=-99999999999999999999",
+            all.clone(),
+            Value::Null,
+            Value::Null,
+        ),
+        (
+            "limit=1&offset=9007199254740990",
+            vec![],
+            Value::Null,
+            link(format!("/api/users/?limit=1&offset={}", max - 2)),
+        ),
+    ];
+    for (query, expected, next, previous) in cases {
+        let page = app
+            .get(&format!("/api/users/?{query}"), &key)
+            .await
+            .assert_ok()
+            .clone();
+        assert_eq!(ids(&page), expected, "{query}");
+        assert_eq!(page["count"], 5, "{query}");
+        assert_eq!(page["next"], next, "{query}");
+        assert_eq!(page["previous"], previous, "{query}");
+    }
+
+    // Filtered counts past the end: an email lookup, and a non-staff caller's list of one.
+    let page = app
+        .get(
+            "/api/users/?email=alice%40example.com&offset=9223372036854775807",
+            &key,
+        )
+        .await
+        .assert_ok()
+        .clone();
+    assert_eq!(page["count"], 1);
+    assert_eq!(page["results"], json!([]));
+    let (_, plain) = app
+        .user_with_key("plain@example.com", false, &["user:read"])
+        .await;
+    let page = app
+        .get(
+            "/api/users/?limit=9223372036854775807&offset=9223372036854775807",
+            &plain,
+        )
+        .await
+        .assert_ok()
+        .clone();
+    assert_eq!(page["count"], 1);
+    assert_eq!(page["results"], json!([]));
+    assert_eq!(page["next"], Value::Null);
+    assert_eq!(page["previous"], link(format!("/api/users/?limit={max}")));
+    app.stop().await;
+}
+
+/// Issue 10 item 12: a NUL (which PostgreSQL text cannot hold) or any other control character in
+/// the `email` filter is a 400 naming the parameter, on both databases, for staff and others.
+async fn control_characters_in_the_email_filter_are_refused(db: Db) {
+    let app = spawn_app(db).await;
+    let (staff, all) = population(&app).await;
+    let (_, plain) = app
+        .user_with_key("plain@example.com", false, &["user:read"])
+        .await;
+    const NUL: (&str, &str) = (
+        "null_characters_not_allowed",
+        "Null characters are not allowed.",
+    );
+    const CONTROL: (&str, &str) = ("invalid_input", "Control characters are not allowed.");
+    for (value, (code, detail)) in [
+        ("%00", NUL),
+        ("a%00b", NUL),
+        ("alice%40example.com%00", NUL),
+        ("%01%00", NUL),
+        ("%01", CONTROL),
+        ("a%09b", CONTROL),
+        ("alice%40example.com%0A", CONTROL),
+        ("a%0Db", CONTROL),
+        ("a%1Bb", CONTROL),
+        ("%7F", CONTROL),
+        ("a%C2%85b", CONTROL),
+    ] {
+        for key in [&staff, &plain] {
+            app.get(&format!("/api/users/?email={value}"), key)
+                .await
+                .assert_error(400, "validation_error", code, detail, Some("email"));
+        }
+    }
+    // Only the value the filter uses counts (the last one), and other parameters are not
+    // filters: they are only echoed (encoded) into the links.
+    let page = app
+        .get("/api/users/?email=%00&email=alice%40example.com", &staff)
+        .await
+        .assert_ok()
+        .clone();
+    assert_eq!(ids(&page), vec![all[1]]);
+    let page = app
+        .get("/api/users/?zeta=%00&limit=1", &staff)
+        .await
+        .assert_ok()
+        .clone();
+    assert_eq!(ids(&page), vec![all[0]]);
+    assert_eq!(
+        page["next"],
+        json!(app.url("/api/users/?limit=1&offset=1&zeta=%00"))
+    );
+    // Unicode that is not a control character is fine.
+    let page = app
+        .get("/api/users/?email=%C3%A9%E2%80%8B%40example.com", &staff)
+        .await
+        .assert_ok()
+        .clone();
+    assert_eq!(page["count"], 0);
     app.stop().await;
 }
