@@ -289,7 +289,10 @@ async fn logout_next_loses_credentials(db: Db) {
             "/login?next=/insights%3Ftab%3Da%2520b%23top",
         ),
         ("/insights?token=t1", "/login?next=/insights"),
-        ("/insights?tokens=kept", "/login?next=/insights%3Ftokens%3Dkept"),
+        (
+            "/insights?tokens=kept",
+            "/login?next=/insights%3Ftokens%3Dkept",
+        ),
     ] {
         let browser = Browser::new(&app);
         browser.login("ann@example.com", PASSWORD).await.assert_ok();
