@@ -12,6 +12,7 @@ pub mod integrations;
 pub mod links;
 pub mod metrics;
 pub mod openapi;
+pub mod origin;
 pub mod paths;
 pub mod signal_autonomy;
 pub mod telemetry;

@@ -1,6 +1,7 @@
 //! One middleware for request logs and metrics, labelled by the matched route (never by the raw
 //! path, which holds ids, and never with the query string, which may hold a key). It also parses
-//! the body of requests that carry one (see [`crate::http::body`]), saving a layer per request.
+//! the body of requests that carry one (see [`crate::http::body`]), saving a layer per request,
+//! after refusing unsafe requests from other sites (see [`crate::http::origin`]).
 //!
 //! Access lines use the target `hoglet::access`: failures at `info` (4xx) and `error` (5xx),
 //! successes at `debug`, because formatting a line per request cost a third of the hot path's
@@ -22,9 +23,14 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
     let method = request.method().clone();
     let route = request.extensions().get::<MatchedPath>().cloned();
     let uri = request.uri().clone();
-    let response = match crate::http::body::parse_body(&state, request).await {
-        Ok(request) => run_guarded(next, request).await,
-        Err(refused) => refused,
+    let refusal =
+        crate::http::origin::cross_site_refusal(&state.site_url, &method, request.headers());
+    let response = match refusal {
+        Some(refused) => refused.into_response(),
+        None => match crate::http::body::parse_body(&state, request).await {
+            Ok(request) => run_guarded(next, request).await,
+            Err(refused) => refused,
+        },
     };
     let elapsed = started.elapsed();
     let status = response.status().as_u16();

@@ -22,6 +22,7 @@ db_tests!(
     remembered_devices_end_with_a_password_change_reset_or_new_device,
     reset_tokens_die_when_the_user_logs_in,
     parallel_second_factor_guesses_get_one_evaluation,
+    cross_site_posts_are_refused_before_any_cookie,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -464,5 +465,103 @@ async fn parallel_second_factor_guesses_get_one_evaluation(db: Db) {
         .assert_ok();
     let device = app.store.totp_device(user.id).await.unwrap().unwrap();
     assert_eq!((device.failures, device.throttled_until), (0, 0));
+    app.stop().await;
+}
+
+async fn cross_site_posts_are_refused_before_any_cookie(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let dir = mail.path().to_path_buf();
+    let app = crate::helpers::spawn_app_with(db, move |c| {
+        c.email = EmailDelivery::Directory(dir);
+        c.signup = hoglet::config::SignupPolicy::Open;
+    })
+    .await;
+    let user = app.create_user("victim@example.com", false).await;
+    let login = json!({"email": "victim@example.com", "password": PASSWORD});
+    let evil = "CSRF Failed: Origin checking failed - https://evil.example does not match any trusted origins.";
+    let cross_site = "CSRF Failed: Cross-site requests are not allowed.";
+    let fresh = || {
+        reqwest::Client::builder()
+            .cookie_store(true)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap()
+    };
+    let signup = json!({"first_name": "Mallory", "email": "mallory@example.com",
+                        "password": "an0ther Good password", "organization_name": "Evil"});
+    let users_before = app.store.count_users().await.unwrap();
+    for path in [
+        "/api/login/",
+        "/api/login/token/",
+        "/api/signup/",
+        "/api/users/verify_email/",
+    ] {
+        let body = if path == "/api/signup/" {
+            signup.clone()
+        } else {
+            login.clone()
+        };
+        for (header, value, detail) in [
+            ("Origin", "https://evil.example", evil),
+            (
+                "Origin",
+                "null",
+                "CSRF Failed: Origin checking failed - null does not match any trusted origins.",
+            ),
+            ("Sec-Fetch-Site", "cross-site", cross_site),
+        ] {
+            let client = fresh();
+            // As a browser's cross-site form sends it, and as JSON.
+            for request in [
+                client.post(app.url(path)).header(header, value).form(&body),
+                client.post(app.url(path)).header(header, value).json(&body),
+            ] {
+                let reply = app.send(request).await;
+                reply.assert_error(
+                    403,
+                    "authentication_error",
+                    "permission_denied",
+                    detail,
+                    None,
+                );
+                assert!(reply.header("set-cookie").is_none(), "{path}: no cookie");
+            }
+            let me = app.send(client.get(app.url("/api/users/@me/"))).await;
+            assert_eq!(me.status.as_u16(), 401, "{path}: not logged in");
+        }
+    }
+    assert_eq!(
+        app.store.count_users().await.unwrap(),
+        users_before,
+        "nobody signed up"
+    );
+
+    // Same-site browsers and API clients (no Origin) log in as before.
+    let same_site = fresh();
+    let reply = app
+        .send(
+            same_site
+                .post(app.url("/api/login/"))
+                .header("Origin", app.base.clone())
+                .form(&login),
+        )
+        .await;
+    assert_eq!(reply.json, json!({"success": true}), "{}", reply.text);
+    let me = app.send(same_site.get(app.url("/api/users/@me/"))).await;
+    assert_eq!(me.assert_ok()["id"], json!(user.id));
+    let api_client = fresh();
+    let reply = app
+        .send(api_client.post(app.url("/api/login/")).json(&login))
+        .await;
+    assert_eq!(reply.json, json!({"success": true}));
+    let reply = app
+        .send(
+            fresh()
+                .post(app.url("/api/login/"))
+                .header("Sec-Fetch-Site", "same-origin")
+                .json(&login),
+        )
+        .await;
+    assert_eq!(reply.json, json!({"success": true}));
     app.stop().await;
 }
