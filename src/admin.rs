@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::domain::{api_key, fields, password, scope};
 use crate::store::{
     DynStore, MembershipLevel, NewApiKey, NewOrganization, NewTeam, NewTeamIntegration, NewUser,
-    PasswordHash, StoreError, UserRecord,
+    OrganizationChanges, PasswordHash, StoreError, UserRecord,
 };
 use crate::time::{iso_z, system_now};
 
@@ -122,16 +122,22 @@ fn team_json(team: &crate::store::TeamRecord) -> Value {
     })
 }
 
-pub async fn create_organization(
-    store: &DynStore,
-    name: &str,
-    owner_email: &str,
-) -> AdminResult<Value> {
+/// PostHog's `Organization.name` rule: 1 to 64 characters of plain text.
+fn organization_name(name: &str) -> AdminResult<&str> {
     let name = name.trim();
     plain_text("organization name", name)?;
     if name.is_empty() || name.chars().count() > 64 {
         return Err(invalid("the organization name must be 1 to 64 characters"));
     }
+    Ok(name)
+}
+
+pub async fn create_organization(
+    store: &DynStore,
+    name: &str,
+    owner_email: &str,
+) -> AdminResult<Value> {
+    let name = organization_name(name)?;
     let owner = user_by_email(store, owner_email).await?;
     let (organization, team) = store
         .create_organization(NewOrganization {
@@ -145,6 +151,39 @@ pub async fn create_organization(
         "name": organization.name,
         "slug": organization.slug,
         "team": team_json(&team),
+    }))
+}
+
+/// Changes an organization's name and whether it requires two-factor authentication of its
+/// members' browser sessions (users.md §2.8).
+pub async fn update_organization(
+    store: &DynStore,
+    organization: &str,
+    name: Option<&str>,
+    enforce_2fa: Option<bool>,
+) -> AdminResult<Value> {
+    let id = parse_org_id(organization)?;
+    if name.is_none() && enforce_2fa.is_none() {
+        return Err(invalid(
+            "nothing to change: give --name and/or --enforce-2fa",
+        ));
+    }
+    let changes = OrganizationChanges {
+        name: name.map(organization_name).transpose()?.map(str::to_string),
+        enforce_2fa,
+    };
+    let organization = store
+        .update_organization(id, changes)
+        .await?
+        .ok_or_else(|| invalid(format!("no organization {id}")))?;
+    Ok(json!({
+        "id": organization.id,
+        "name": organization.name,
+        "slug": organization.slug,
+        "enforce_2fa": organization.enforce_2fa,
+        "members_can_use_personal_api_keys": organization.members_can_use_personal_api_keys,
+        "created_at": iso_z(organization.created_at),
+        "updated_at": iso_z(organization.updated_at),
     }))
 }
 

@@ -89,9 +89,25 @@ impl KeyEntry {
 pub struct SessionEntry {
     pub id: String,
     pub user_id: i64,
+    pub created_at: Micros,
     pub login_at: Option<Micros>,
     pub expires_at: Micros,
     pub csrf_token: String,
+    /// What organization-enforced 2FA asks of this session (users.md §2.8), decided at load; a
+    /// change to the organization, the user or their device invalidates the entry.
+    pub two_factor: TwoFactorGate,
+}
+
+/// Organization-enforced 2FA as it applies to one session.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TwoFactorGate {
+    /// The user's current organization does not enforce 2FA.
+    NotEnforced,
+    /// Enforced, and the user has no TOTP device.
+    SetupRequired,
+    /// Enforced, the user has a device, and this session passed (`true`) or never passed the
+    /// second factor.
+    Enforced { verified: bool },
 }
 
 /// The feed position when a load started; taken before reading what will be cached.

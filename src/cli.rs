@@ -129,6 +129,18 @@ pub enum OrgCommand {
         #[arg(long)]
         owner: String,
     },
+    /// Change an organization's name or whether its members' browser sessions need 2FA.
+    Update {
+        /// Organization id (uuid).
+        #[arg(long)]
+        org: String,
+        /// New name (1 to 64 characters).
+        #[arg(long)]
+        name: Option<String>,
+        /// Require two-factor authentication for members' browser sessions.
+        #[arg(long = "enforce-2fa", value_name = "true|false")]
+        enforce_2fa: Option<bool>,
+    },
     /// Add an existing user to an organization.
     AddMember {
         /// Organization id (uuid).
@@ -244,6 +256,16 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Org(OrgCommand::Create { name, owner }) => {
             let store = crate::store::connect(&database_url).await?;
             print_json(&admin::create_organization(&store, &name, &owner).await?)
+        }
+        Command::Org(OrgCommand::Update {
+            org,
+            name,
+            enforce_2fa,
+        }) => {
+            let store = crate::store::connect(&database_url).await?;
+            print_json(
+                &admin::update_organization(&store, &org, name.as_deref(), enforce_2fa).await?,
+            )
         }
         Command::Org(OrgCommand::AddMember { org, email, level }) => {
             let store = crate::store::connect(&database_url).await?;

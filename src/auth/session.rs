@@ -9,11 +9,12 @@ use axum::http::{HeaderMap, HeaderValue, Method};
 
 use super::{Caller, Credential};
 use crate::app::AppState;
-use crate::cache::SessionEntry;
+use crate::cache::{SessionEntry, TwoFactorGate};
 use crate::crypto;
 use crate::error::{ApiError, ApiResult};
 use crate::http::body::ParsedBody;
-use crate::store::SessionRecord;
+use crate::http::paths::OriginalPath;
+use crate::store::{SessionRecord, UserRecord};
 use crate::time::{Micros, SECOND};
 
 pub const SESSION_COOKIE: &str = "sessionid";
@@ -82,6 +83,7 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> ApiResult<Option<C
     if is_unsafe(&parts.method) {
         check_csrf(parts, &entry.csrf_token)?;
     }
+    enforce_two_factor(&entry, OriginalPath::of(parts), state.clock.now())?;
     Ok(Some(Caller {
         user_id: entry.user_id,
         credential: Credential::Session(Arc::new(SessionAuth {
@@ -107,23 +109,118 @@ async fn logged_in_session(state: &AppState, id: &str) -> ApiResult<Option<Arc<S
     if record.expires_at <= now {
         return Ok(None);
     }
-    let active = state
+    let Some(user) = state
         .store
         .user_by_id(user_id)
         .await?
-        .is_some_and(|u| u.is_active);
-    if !active {
+        .filter(|u| u.is_active)
+    else {
         return Ok(None);
-    }
+    };
+    let two_factor = two_factor_gate(state, &user, record.two_factor_verified).await?;
     let entry = Arc::new(SessionEntry {
         id: record.id,
         user_id,
+        created_at: record.created_at,
         login_at: record.login_at,
         expires_at: record.expires_at,
         csrf_token: record.csrf_token,
+        two_factor,
     });
     state.caches.put_session(entry.clone(), generation);
     Ok(Some(entry))
+}
+
+/// Whether the user's current organization (else their first one, as PostHog's
+/// `User.organization` picks it) enforces 2FA, and where this session stands with it.
+async fn two_factor_gate(
+    state: &AppState,
+    user: &UserRecord,
+    session_verified: bool,
+) -> ApiResult<TwoFactorGate> {
+    let organization = match user.current_organization_id {
+        Some(id) => Some(id),
+        None => state
+            .store
+            .memberships_of(&[user.id])
+            .await?
+            .first()
+            .map(|m| m.organization.id),
+    };
+    let enforced = match organization {
+        Some(id) => state
+            .store
+            .organization(id)
+            .await?
+            .is_some_and(|o| o.enforce_2fa == Some(true)),
+        None => false,
+    };
+    if !enforced {
+        return Ok(TwoFactorGate::NotEnforced);
+    }
+    Ok(match state.store.totp_device(user.id).await? {
+        None => TwoFactorGate::SetupRequired,
+        Some(_) => TwoFactorGate::Enforced {
+            verified: session_verified,
+        },
+    })
+}
+
+/// Sessions PostHog started before its 2FA enforcement shipped are exempt (2025-08-25 UTC).
+const TWO_FACTOR_ENFORCED_SINCE: Micros = 1_756_080_000 * SECOND;
+
+/// What a session of a member of an organization that enforces 2FA may still reach, exactly as
+/// PostHog's `two_factor_session.py` lists it (trailing slashes included: `/api/users/@me` is
+/// not on the list).
+const TWO_FACTOR_ALLOWED_PATHS: &[&str] = &[
+    "/api/users/@me/two_factor_start_setup/",
+    "/api/users/@me/two_factor_validate/",
+    "/api/users/@me/two_factor_status/",
+    "/api/users/@me/two_factor_backup_codes/",
+    "/api/users/@me/two_factor_disable/",
+    "/logout/",
+    "/api/logout/",
+    "/api/login/",
+    "/api/login/token/",
+    "/api/users/@me/",
+    "/_health/",
+];
+const TWO_FACTOR_ALLOWED_PREFIXES: &[&str] = &["/static/", "/uploaded_media/"];
+
+/// users.md §2.8: a session of a member of an organization that enforces 2FA reaches only the
+/// paths that let them set it up or log out, until it has passed the second factor. `path` is
+/// the path as sent (Django compares its decoded `request.path`).
+fn enforce_two_factor(entry: &SessionEntry, path: &str, now: Micros) -> ApiResult<()> {
+    let pending = match entry.two_factor {
+        TwoFactorGate::NotEnforced => return Ok(()),
+        TwoFactorGate::SetupRequired => ("two_factor_setup_required", "2FA setup required"),
+        TwoFactorGate::Enforced { verified } => {
+            let login_at = entry.login_at.unwrap_or(entry.created_at);
+            if verified && now - login_at <= SESSION_AGE {
+                return Ok(());
+            }
+            (
+                "two_factor_verification_required",
+                "2FA verification required",
+            )
+        }
+    };
+    if entry.created_at < TWO_FACTOR_ENFORCED_SINCE {
+        return Ok(());
+    }
+    let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    if TWO_FACTOR_ALLOWED_PATHS.contains(&path.as_ref())
+        || TWO_FACTOR_ALLOWED_PREFIXES
+            .iter()
+            .any(|prefix| path.starts_with(prefix))
+    {
+        return Ok(());
+    }
+    let (code, detail) = pending;
+    Err(ApiError::PermissionDenied {
+        code,
+        detail: detail.into(),
+    })
 }
 
 /// Django's CSRF check for session-authenticated unsafe requests: the token from the
@@ -214,8 +311,9 @@ pub fn clear_session_cookies() -> SetCookies {
 
 /// What a new session is for.
 pub enum NewSession {
-    /// Logged in as this user (second factor done or not needed).
-    LoggedIn { user_id: i64 },
+    /// Logged in as this user; `second_factor` when the login passed one (a TOTP or backup code,
+    /// or a remembered device).
+    LoggedIn { user_id: i64, second_factor: bool },
     /// Waiting for the second factor of this user's login.
     PendingTwoFactor { user_id: i64 },
 }
@@ -233,9 +331,12 @@ pub async fn start(
     let now = state.clock.now();
     let token = crypto::random_token(32);
     let csrf = crypto::random_alphanumeric(64);
-    let (user_id, login_at, pending_user_id, pending_at) = match kind {
-        NewSession::LoggedIn { user_id } => (Some(user_id), Some(now), None, None),
-        NewSession::PendingTwoFactor { user_id } => (None, None, Some(user_id), Some(now)),
+    let (user_id, login_at, pending_user_id, pending_at, two_factor_verified) = match kind {
+        NewSession::LoggedIn {
+            user_id,
+            second_factor,
+        } => (Some(user_id), Some(now), None, None, second_factor),
+        NewSession::PendingTwoFactor { user_id } => (None, None, Some(user_id), Some(now), false),
     };
     let record = SessionRecord {
         id: session_id(&token),
@@ -244,7 +345,7 @@ pub async fn start(
         login_at,
         expires_at: now + SESSION_AGE,
         csrf_token: csrf.clone(),
-        two_factor_verified: user_id.is_some(),
+        two_factor_verified,
         pending_user_id,
         pending_at,
         totp_setup_secret: None,

@@ -193,7 +193,10 @@ async fn signup(
         let previous = session::current_record(&headers, &state).await?;
         let (_, new_cookies) = session::start(
             &state,
-            NewSession::LoggedIn { user_id: user.id },
+            NewSession::LoggedIn {
+                user_id: user.id,
+                second_factor: false,
+            },
             previous.as_ref(),
         )
         .await?;
@@ -293,8 +296,9 @@ async fn login(
         }
     }
     let previous = session::current_record(&headers, &state).await?;
-    if let Some(device) = state.store.totp_device(user.id).await?
-        && !accounts::remembered(&state, &headers, &user, &device)
+    let device = state.store.totp_device(user.id).await?;
+    if let Some(device) = &device
+        && !accounts::remembered(&state, &headers, &user, device)
     {
         let (_, cookies) = session::start(
             &state,
@@ -312,18 +316,29 @@ async fn login(
         cookies.apply(response.headers_mut());
         return Ok(response);
     }
-    let cookies = complete_login(&state, &mut user, previous.as_ref()).await?;
+    // A remembered device counts as the second factor, as django-two-factor's cookie does.
+    let second_factor = device.is_some();
+    let cookies = complete_login(&state, &mut user, previous.as_ref(), second_factor).await?;
     Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
 }
 
-/// Starts the logged-in session and records the login.
+/// Starts the logged-in session and records the login; `second_factor` says whether this login
+/// passed one (organization-enforced 2FA asks).
 async fn complete_login(
     state: &AppState,
     user: &mut UserRecord,
     previous: Option<&crate::store::SessionRecord>,
+    second_factor: bool,
 ) -> ApiResult<SetCookies> {
-    let (_, cookies) =
-        session::start(state, NewSession::LoggedIn { user_id: user.id }, previous).await?;
+    let (_, cookies) = session::start(
+        state,
+        NewSession::LoggedIn {
+            user_id: user.id,
+            second_factor,
+        },
+        previous,
+    )
+    .await?;
     user.last_login = Some(state.clock.now());
     state.store.update_user(user).await?;
     Ok(cookies)
@@ -383,7 +398,7 @@ async fn login_token(
         }
         SecondFactor::Rejected => return Err(invalid()),
     }
-    let mut cookies = complete_login(&state, &mut user, Some(&pending)).await?;
+    let mut cookies = complete_login(&state, &mut user, Some(&pending), true).await?;
     if let Some(device) = state.store.totp_device(user.id).await? {
         accounts::remember_cookie(&state, &user, &device, &mut cookies);
     }
@@ -740,7 +755,7 @@ async fn verify_email(
         crate::service::users::save(&state, &user).await?;
     } else {
         let previous = session::current_record(&headers, &state).await?;
-        cookies = complete_login(&state, &mut user, previous.as_ref()).await?;
+        cookies = complete_login(&state, &mut user, previous.as_ref(), false).await?;
     }
     if let Some(new_email) = &changed {
         let what = format!(

@@ -91,6 +91,13 @@ pub trait Store: Send + Sync + 'static {
         new: NewOrganization,
     ) -> StoreResult<(OrganizationRecord, TeamRecord)>;
     async fn organization(&self, id: Uuid) -> StoreResult<Option<OrganizationRecord>>;
+    /// Writes the given settings (only those) and tells every member's cached views; `None`
+    /// when there is no such organization.
+    async fn update_organization(
+        &self,
+        id: Uuid,
+        changes: OrganizationChanges,
+    ) -> StoreResult<Option<OrganizationRecord>>;
     async fn add_membership(
         &self,
         organization: Uuid,

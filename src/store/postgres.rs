@@ -530,6 +530,40 @@ impl Store for PgStore {
         .await
     }
 
+    async fn update_organization(
+        &self,
+        id: Uuid,
+        changes: OrganizationChanges,
+    ) -> StoreResult<Option<OrganizationRecord>> {
+        let id = id.to_string();
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let now = system_now();
+        let mut found = true;
+        if let Some(name) = &changes.name {
+            found &= execute(&tx, sql::ORGANIZATION_SET_NAME, &[&id, name, &now]).await? == 1;
+        }
+        if let Some(enforce) = changes.enforce_2fa {
+            found &= execute(
+                &tx,
+                sql::ORGANIZATION_SET_ENFORCE_2FA,
+                &[&id, &enforce, &now],
+            )
+            .await?
+                == 1;
+        }
+        if !found {
+            return Ok(None);
+        }
+        execute(&tx, sql::INVALIDATE_MEMBERS, &[&id, &now]).await?;
+        let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&id], |r| {
+            row::organization_from_row(r, 0)
+        })
+        .await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(organization)
+    }
+
     async fn add_membership(
         &self,
         organization: Uuid,

@@ -160,6 +160,13 @@ pub struct OrganizationRecord {
     pub is_not_active_reason: Option<String>,
 }
 
+/// Organization settings to change; `None` leaves a setting as it is.
+#[derive(Clone, Debug, Default)]
+pub struct OrganizationChanges {
+    pub name: Option<String>,
+    pub enforce_2fa: Option<bool>,
+}
+
 #[derive(Clone, Debug)]
 pub struct NewTeam {
     pub organization_id: Uuid,

@@ -172,6 +172,13 @@ pub const USER_DELETE: &str = "DELETE FROM users WHERE id = $1";
 /// Postgres waits for), so the caller retries with another slug instead of failing.
 pub const ORGANIZATION_INSERT: &str = "INSERT INTO organizations (id, name, slug, created_at, \
      updated_at) VALUES ($1, $2, $3, $4, $4) ON CONFLICT (slug) DO NOTHING";
+pub const ORGANIZATION_SET_NAME: &str =
+    "UPDATE organizations SET name = $2, updated_at = $3 WHERE id = $1";
+pub const ORGANIZATION_SET_ENFORCE_2FA: &str =
+    "UPDATE organizations SET enforce_2fa = $2, updated_at = $3 WHERE id = $1";
+/// Every member's rendered user shows the organization: one feed entry per member.
+pub const INVALIDATE_MEMBERS: &str = "INSERT INTO cache_invalidations (created_at, user_id) \
+     SELECT CAST($2 AS BIGINT), user_id FROM organization_memberships WHERE organization_id = $1";
 pub const ORGANIZATION_BY_ID: &str = concat!(
     "SELECT ",
     organization_columns!(),

@@ -688,6 +688,37 @@ impl Store for SqliteStore {
         })
     }
 
+    async fn update_organization(
+        &self,
+        id: Uuid,
+        changes: OrganizationChanges,
+    ) -> StoreResult<Option<OrganizationRecord>> {
+        let id = id.to_string();
+        self.write(move |tx| {
+            let now = crate::time::system_now();
+            let mut found = true;
+            if let Some(name) = &changes.name {
+                found &= exec(tx, sql::ORGANIZATION_SET_NAME, params![id, name, now])? == 1;
+            }
+            if let Some(enforce) = changes.enforce_2fa {
+                found &= exec(
+                    tx,
+                    sql::ORGANIZATION_SET_ENFORCE_2FA,
+                    params![id, enforce, now],
+                )? == 1;
+            }
+            if !found {
+                return Ok(None);
+            }
+            exec(tx, sql::INVALIDATE_MEMBERS, params![id, now])?;
+            first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
+                row::organization_from_row(r, 0)
+            })
+            .map_err(map_anyhow)
+        })
+        .await
+    }
+
     async fn add_membership(
         &self,
         organization: Uuid,

@@ -23,6 +23,7 @@ db_tests!(
     reset_tokens_die_when_the_user_logs_in,
     parallel_second_factor_guesses_get_one_evaluation,
     cross_site_posts_are_refused_before_any_cookie,
+    organizations_can_enforce_two_factor_on_sessions,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -563,5 +564,178 @@ async fn cross_site_posts_are_refused_before_any_cookie(db: Db) {
         )
         .await;
     assert_eq!(reply.json, json!({"success": true}));
+    app.stop().await;
+}
+
+/// Runs the real `hoglet` binary on the app's database; returns (exit code, stdout JSON, stderr).
+async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, serde_json::Value, String) {
+    let url = app.db.cli_url();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hoglet"))
+            .args(&args)
+            .env("HOGLET_DATABASE_URL", url)
+            .env_remove("HOGLET_LOG")
+            .output()
+            .expect("hoglet runs")
+    })
+    .await
+    .unwrap();
+    let json = serde_json::from_slice(&output.stdout).unwrap_or(serde_json::Value::Null);
+    let stderr = String::from_utf8_lossy(&output.stderr).to_string();
+    (output.status.code(), json, stderr)
+}
+
+async fn organizations_can_enforce_two_factor_on_sessions(db: Db) {
+    let (app, clock) = app_with(db, None).await;
+    let email = "strict@example.com";
+    let user = app.create_user(email, false).await;
+    let (org, _) = app.create_org("Strict", email).await;
+    let key = app.create_key(email, &["*"]).await;
+    let browser = Browser::new(&app);
+    browser.login(email, PASSWORD).await.assert_ok();
+    let hedgehog = "/api/users/@me/hedgehog_config/";
+    browser.get(hedgehog).await.assert_ok();
+
+    // Bad usage changes nothing.
+    let (code, _, stderr) = cli(&app, &["org", "update", "--org", &org]).await;
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(stderr.contains("nothing to change"), "{stderr}");
+    let (code, _, stderr) = cli(
+        &app,
+        &[
+            "org",
+            "update",
+            "--org",
+            "not-an-id",
+            "--enforce-2fa",
+            "true",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(1), "{stderr}");
+    let (code, _, _) = cli(
+        &app,
+        &["org", "update", "--org", &org, "--enforce-2fa", "maybe"],
+    )
+    .await;
+    assert_eq!(
+        code,
+        Some(2),
+        "clap refuses a value that is not true or false"
+    );
+    assert_eq!(
+        browser.get("/api/users/@me/").await.json["organization"]["enforce_2fa"],
+        json!(null)
+    );
+
+    let (code, printed, stderr) = cli(
+        &app,
+        &[
+            "org",
+            "update",
+            "--org",
+            &org,
+            "--enforce-2fa",
+            "true",
+            "--name",
+            "Stricter",
+        ],
+    )
+    .await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert_eq!(printed["id"], json!(org));
+    assert_eq!(printed["name"], "Stricter");
+    assert_eq!(printed["enforce_2fa"], true);
+
+    // The running server learns it from the invalidation feed.
+    let setup_required = |reply: &crate::helpers::Reply| {
+        reply.assert_error(
+            403,
+            "authentication_error",
+            "two_factor_setup_required",
+            "2FA setup required",
+            None,
+        )
+    };
+    eventually(
+        "enforcement reaches the server",
+        Duration::from_secs(5),
+        || async { (browser.get(hedgehog).await.status.as_u16() == 403).then_some(()) },
+    )
+    .await;
+    for path in [
+        hedgehog,
+        "/api/users/%40me/hedgehog_config/",
+        "/api/users/@me",
+        "/api/users/",
+        "/api/personal_api_keys/",
+    ] {
+        setup_required(&browser.get(path).await);
+    }
+    setup_required(&browser.patch(hedgehog, json!({"color": "red"})).await);
+    // The exact allow-list still answers, with the organization showing the setting.
+    let me = browser.get("/api/users/@me/").await;
+    assert_eq!(me.assert_ok()["organization"]["enforce_2fa"], true);
+    assert_eq!(me.json["organization"]["name"], "Stricter");
+    browser.get("/api/users/%40me/").await.assert_ok();
+    browser
+        .get("/api/users/@me/two_factor_status/")
+        .await
+        .assert_ok();
+    // Keys are not affected.
+    app.get(hedgehog, &key).await.assert_ok();
+
+    // Setting up 2FA in this session lets it through; a new login passes the second factor.
+    let secret = enable_totp(&browser, &clock).await;
+    browser.get(hedgehog).await.assert_ok();
+    let second = Browser::new(&app);
+    login_with_totp(&second, email, PASSWORD, &secret, &clock).await;
+    second.get(hedgehog).await.assert_ok();
+
+    // A member whose device appeared without this session passing it must verify.
+    let member = "member@example.com";
+    let member_user = app.create_user(member, false).await;
+    app.add_member(&org, member, hoglet::store::MembershipLevel::Member)
+        .await;
+    let member_browser = Browser::new(&app);
+    member_browser.login(member, PASSWORD).await.assert_ok();
+    setup_required(&member_browser.get(hedgehog).await);
+    let device = app.store.totp_device(user.id).await.unwrap().unwrap();
+    app.store
+        .put_totp_device(&hoglet::store::TotpDeviceRecord {
+            user_id: member_user.id,
+            ..device
+        })
+        .await
+        .unwrap();
+    eventually(
+        "the new device reaches the session",
+        Duration::from_secs(5),
+        || async {
+            let reply = member_browser.get(hedgehog).await;
+            (reply.json["code"] == "two_factor_verification_required").then_some(reply)
+        },
+    )
+    .await
+    .assert_error(
+        403,
+        "authentication_error",
+        "two_factor_verification_required",
+        "2FA verification required",
+        None,
+    );
+
+    // Turning enforcement off lets every session through again.
+    let (code, printed, _) = cli(
+        &app,
+        &["org", "update", "--org", &org, "--enforce-2fa", "false"],
+    )
+    .await;
+    assert_eq!((code, &printed["enforce_2fa"]), (Some(0), &json!(false)));
+    eventually("enforcement off", Duration::from_secs(5), || async {
+        (member_browser.get(hedgehog).await.status.as_u16() == 200).then_some(())
+    })
+    .await;
     app.stop().await;
 }
