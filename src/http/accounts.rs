@@ -78,8 +78,11 @@ async fn throttle(state: &AppState, rate: Rate, ident: &str) -> ApiResult<()> {
         .map_err(ApiError::Throttled)
 }
 
-fn sha256_ident(value: &str) -> String {
-    crypto::sha256_hex(value.as_bytes())
+/// What the mail throttles count by: the recipient's address as mail servers treat it (trimmed,
+/// case folded), hashed. Keyed by what the client typed, `" bob@a.test"` and `BOB@a.test` each got
+/// their own six mails a day.
+fn recipient_ident(address: &str) -> String {
+    crypto::sha256_hex(address.trim().to_lowercase().as_bytes())
 }
 
 /// Sign up
@@ -512,20 +515,12 @@ async fn api_logout(
 )]
 async fn request_password_reset(
     State(state): State<AppState>,
-    MaybeAuthenticated(caller, ..): MaybeAuthenticated<AnyCaller>,
+    MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
     body: Body,
 ) -> ApiResult<StatusCode> {
     let body = body.object()?;
-    let ident = match &caller {
-        Some(c) => c.user_id.to_string(),
-        None => sha256_ident(
-            body.get("email")
-                .and_then(Value::as_str)
-                .unwrap_or_default(),
-        ),
-    };
-    throttle(&state, PASSWORD_RESET_RATE, &ident).await?;
     let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
+    throttle(&state, PASSWORD_RESET_RATE, &recipient_ident(&email)).await?;
     if !state.mailer.is_configured() {
         return Err(ApiError::non_field(
             "email_not_available",
@@ -650,22 +645,27 @@ async fn complete_password_reset(
 )]
 async fn request_email_verification(
     State(state): State<AppState>,
-    MaybeAuthenticated(caller, ..): MaybeAuthenticated<AnyCaller>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
-    headers: HeaderMap,
+    MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let body = body.object()?;
-    let ident = match &caller {
-        Some(c) => c.user_id.to_string(),
-        None => match body
-            .get("email")
-            .or_else(|| body.get("uuid"))
-            .and_then(accounts::text_of)
-        {
-            Some(value) => sha256_ident(&value),
-            None => client_ip(&headers, Some(peer)),
-        },
+    let uuid = body
+        .get("uuid")
+        .and_then(accounts::text_of)
+        .ok_or_else(|| ApiError::field("uuid", "required", "This field is required."))?;
+    let user = match Uuid::parse_str(&uuid) {
+        Ok(uuid) => state
+            .store
+            .user_by_uuid(uuid)
+            .await?
+            .filter(|u| u.is_active),
+        Err(_) => None,
+    };
+    // Counted by the address the link goes to (a staged change's, else the login email); a uuid
+    // that names nobody gets no mail and is counted by itself, so both answer alike.
+    let ident = match &user {
+        Some(user) => recipient_ident(user.pending_email.as_deref().unwrap_or(&user.email)),
+        None => recipient_ident(&uuid),
     };
     throttle(&state, EMAIL_VERIFICATION_RATE, &ident).await?;
     if !state.mailer.is_configured() {
@@ -674,17 +674,7 @@ async fn request_email_verification(
             "Cannot verify email address because email is not configured for your instance. Please contact your administrator.",
         ));
     }
-    let uuid = body
-        .get("uuid")
-        .and_then(accounts::text_of)
-        .ok_or_else(|| ApiError::field("uuid", "required", "This field is required."))?;
-    if let Ok(uuid) = Uuid::parse_str(&uuid)
-        && let Some(user) = state
-            .store
-            .user_by_uuid(uuid)
-            .await?
-            .filter(|u| u.is_active)
-    {
+    if let Some(user) = user {
         emails::send_verification(&state, &user).await;
     }
     Ok(axum::Json(json!({"success": true})))

@@ -24,6 +24,7 @@ db_tests!(
     parallel_second_factor_guesses_get_one_evaluation,
     cross_site_posts_are_refused_before_any_cookie,
     organizations_can_enforce_two_factor_on_sessions,
+    mail_throttles_count_by_the_recipient,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -737,5 +738,91 @@ async fn organizations_can_enforce_two_factor_on_sessions(db: Db) {
         (member_browser.get(hedgehog).await.status.as_u16() == 200).then_some(())
     })
     .await;
+    app.stop().await;
+}
+
+async fn mail_throttles_count_by_the_recipient(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let (app, _clock) = app_with(db, Some(mail.path())).await;
+    let bob = app.create_user("bob@a.test", false).await;
+    app.create_user("carol@a.test", false).await;
+    let anonymous = Browser::new(&app);
+    let spellings = [
+        "bob@a.test",
+        " bob@a.test",
+        "BOB@a.test",
+        "Bob@A.Test ",
+        "\tbob@a.test",
+        "bob@A.TEST",
+    ];
+    for email in spellings {
+        let reply = anonymous.post("/api/reset/", json!({"email": email})).await;
+        assert_eq!(reply.status.as_u16(), 204, "{email:?}: {}", reply.text);
+    }
+    for email in ["bob@a.test", "BOB@A.TEST", " bob@a.test "] {
+        let reply = anonymous.post("/api/reset/", json!({"email": email})).await;
+        assert_eq!(reply.status.as_u16(), 429, "{email:?}: {}", reply.text);
+        assert_eq!(reply.json["code"], "throttled");
+        assert!(reply.header("retry-after").is_some());
+    }
+    // A logged-in caller is counted by the address too, not by who asks.
+    let caller = Browser::new(&app);
+    caller.login("carol@a.test", PASSWORD).await.assert_ok();
+    let reply = caller
+        .post("/api/reset/", json!({"email": "BOB@a.test"}))
+        .await;
+    assert_eq!(reply.status.as_u16(), 429, "{}", reply.text);
+    // Other addresses are unaffected.
+    let reply = anonymous
+        .post("/api/reset/", json!({"email": "carol@a.test"}))
+        .await;
+    assert_eq!(reply.status.as_u16(), 204);
+    let resets = eventually("seven reset mails", Duration::from_secs(10), || async {
+        let mails: Vec<Mail> = read_mails(mail.path())
+            .into_iter()
+            .filter(|m| m.subject == "Reset your PostHog password")
+            .collect();
+        (mails.len() >= 7).then_some(mails)
+    })
+    .await;
+    assert_eq!(
+        resets
+            .iter()
+            .filter(|m| m.to.contains("bob@a.test"))
+            .count(),
+        6
+    );
+
+    // Verification mail goes to the uuid's user whatever `email` the body names, and is counted
+    // by that recipient.
+    for n in 0..6 {
+        let reply = anonymous
+            .post(
+                "/api/users/request_email_verification/",
+                json!({"uuid": bob.uuid, "email": format!("decoy{n}@a.test")}),
+            )
+            .await;
+        assert_eq!(reply.json, json!({"success": true}), "{}", reply.text);
+    }
+    let reply = anonymous
+        .post(
+            "/api/users/request_email_verification/",
+            json!({"uuid": bob.uuid, "email": "decoy-last@a.test"}),
+        )
+        .await;
+    assert_eq!(reply.status.as_u16(), 429, "{}", reply.text);
+    let verifications = eventually(
+        "six verification mails",
+        Duration::from_secs(10),
+        || async {
+            let mails: Vec<Mail> = read_mails(mail.path())
+                .into_iter()
+                .filter(|m| m.subject == "Verify your email address" && m.to.contains("bob@"))
+                .collect();
+            (mails.len() >= 6).then_some(mails)
+        },
+    )
+    .await;
+    assert_eq!(verifications.len(), 6, "(carol's login sent her one too)");
     app.stop().await;
 }
