@@ -165,7 +165,8 @@ pub trait Store: Send + Sync + 'static {
     /// Writes every mutable column of the session.
     async fn update_session(&self, session: &SessionRecord) -> StoreResult<()>;
     async fn delete_session(&self, id: &str) -> StoreResult<()>;
-    /// Ends every session of the user except `keep`; returns how many ended.
+    /// Ends every session of the user except `keep`, pending second-factor logins included;
+    /// returns how many ended.
     async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64>;
     /// Deletes every session over at `now` (`expires_at <= now`, as authentication decides).
     async fn prune_sessions(&self, now: Micros) -> StoreResult<()>;

@@ -269,7 +269,10 @@ pub const SESSION_UPDATE: &str = "UPDATE sessions SET user_id = $2, login_at = $
      expires_at = $4, csrf_token = $5, two_factor_verified = $6, pending_user_id = $7, \
      pending_at = $8, totp_setup_secret = $9, totp_setup_at = $10 WHERE id = $1";
 pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
-pub const SESSIONS_DELETE_OF_USER: &str = "DELETE FROM sessions WHERE user_id = $1 AND id <> $2";
+/// Logged-in sessions and logins still waiting for their second factor: after a credential
+/// change, a login begun with the old password must not be finished either.
+pub const SESSIONS_DELETE_OF_USER: &str =
+    "DELETE FROM sessions WHERE (user_id = $1 OR pending_user_id = $1) AND id <> $2";
 /// A session is over once `expires_at <= now` (what authentication refuses), so prune those.
 pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at <= $1";
 

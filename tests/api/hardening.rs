@@ -25,6 +25,7 @@ db_tests!(
     cross_site_posts_are_refused_before_any_cookie,
     organizations_can_enforce_two_factor_on_sessions,
     mail_throttles_count_by_the_recipient,
+    credential_changes_end_pending_second_factor_logins,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -824,5 +825,89 @@ async fn mail_throttles_count_by_the_recipient(db: Db) {
     )
     .await;
     assert_eq!(verifications.len(), 6, "(carol's login sent her one too)");
+    app.stop().await;
+}
+
+async fn credential_changes_end_pending_second_factor_logins(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let (app, clock) = app_with(db, Some(mail.path())).await;
+    let email = "pending@example.com";
+    let user = app.create_user(email, false).await;
+    app.create_org("Pending", email).await;
+    let owner = Browser::new(&app);
+    owner.login(email, PASSWORD).await.assert_ok();
+    let secret = enable_totp(&owner, &clock).await;
+    let expired = |reply: crate::helpers::Reply| {
+        reply.assert_error(
+            400,
+            "validation_error",
+            "2fa_expired",
+            "Login attempt has expired. Re-enter username/password.",
+            None,
+        )
+    };
+
+    // A login begun with the old password cannot be finished after a password change…
+    let intruder = Browser::new(&app);
+    assert_eq!(
+        intruder.login(email, PASSWORD).await.json["code"],
+        "2fa_required"
+    );
+    let changed = "Changed g00d password";
+    owner
+        .patch(
+            "/api/users/@me/",
+            json!({"current_password": PASSWORD, "password": changed}),
+        )
+        .await
+        .assert_ok();
+    expired(
+        intruder
+            .post(
+                "/api/login/token/",
+                json!({"token": totp_code(&secret, &clock)}),
+            )
+            .await,
+    );
+    owner.get("/api/users/@me/").await.assert_ok();
+
+    // …nor after a reset by emailed link.
+    clock.advance(60 * SECOND);
+    let intruder = Browser::new(&app);
+    assert_eq!(
+        intruder.login(email, changed).await.json["code"],
+        "2fa_required"
+    );
+    assert_eq!(
+        Browser::new(&app)
+            .post("/api/reset/", json!({"email": email}))
+            .await
+            .status
+            .as_u16(),
+        204
+    );
+    let token = nth_mail(mail.path(), "Reset your PostHog password", 1)
+        .await
+        .link("/reset/")
+        .unwrap()
+        .rsplit('/')
+        .next()
+        .unwrap()
+        .to_string();
+    Browser::new(&app)
+        .post(
+            &format!("/api/reset/{}/", user.uuid),
+            json!({"token": token, "password": "Reset g00d password"}),
+        )
+        .await
+        .assert_ok();
+    expired(
+        intruder
+            .post(
+                "/api/login/token/",
+                json!({"token": totp_code(&secret, &clock)}),
+            )
+            .await,
+    );
     app.stop().await;
 }
