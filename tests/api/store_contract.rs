@@ -2948,7 +2948,10 @@ async fn sessions_insert_read_update_and_end(db: Db) {
         session_of(store, "bob").await.is_some(),
         "another user's session"
     );
-    assert!(session_of(store, "pending").await.is_none(), "a pending login");
+    assert!(
+        session_of(store, "pending").await.is_none(),
+        "a pending login"
+    );
     assert_eq!(feed_after(store, mark).await, vec![user_entry(ann.id)]);
     assert_eq!(
         store.delete_sessions_of(ann.id, Some("bob")).await.unwrap(),
@@ -2963,6 +2966,7 @@ async fn sessions_insert_read_update_and_end(db: Db) {
 
     // Deleting a user ends every session naming them, pending logins included.
     let carl = add_user(store, "carl@example.com").await;
+    store.insert_session(&pending).await.unwrap();
     store
         .insert_session(&session_row("carl", Some(carl.id), T0 + SESSION_AGE))
         .await
@@ -2981,7 +2985,10 @@ async fn sessions_insert_read_update_and_end(db: Db) {
     );
     assert!(session_of(store, "carl").await.is_none());
     assert!(session_of(store, "carl-pending").await.is_none());
-    assert!(session_of(store, "pending").await.is_some());
+    assert!(
+        session_of(store, "pending").await.is_some(),
+        "another user's pending login"
+    );
 }
 
 async fn prune_sessions_removes_only_sessions_that_are_over(db: Db) {
