@@ -1,6 +1,9 @@
 //! Outgoing mail: to the log, to `.eml` files in a directory, or through an SMTP relay.
+//! Requests never send mail themselves: they queue it in the outbox ([`crate::outbox`]), whose
+//! worker calls [`Mailer::deliver`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
@@ -9,6 +12,10 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
 use crate::config::EmailDelivery;
+
+/// Bound on each step of an SMTP exchange (connect, each command), far below lettre's 60 s: a
+/// relay that accepts the connection and never answers costs the worker this, not a minute.
+const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// One message to send.
 #[derive(Clone)]
@@ -51,6 +58,7 @@ impl Mailer {
             EmailDelivery::Smtp(url) => Transport::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("parsing HOGLET_EMAIL as an SMTP URL")?
+                    .timeout(Some(SMTP_TIMEOUT))
                     .build(),
             ),
         };
@@ -65,14 +73,9 @@ impl Mailer {
         !matches!(self.transport, Transport::Log)
     }
 
-    /// Sends the message; a failure is logged, never returned (mail is best effort, as in PostHog).
-    pub async fn send(&self, email: Email) {
-        if let Err(e) = self.try_send(&email).await {
-            tracing::error!(to = %email.to, subject = %email.subject, error = %format!("{e:#}"), "could not send mail");
-        }
-    }
-
-    async fn try_send(&self, email: &Email) -> anyhow::Result<()> {
+    /// Hands the message to the transport (with `HOGLET_EMAIL=log`, only logs its recipient and
+    /// subject). Errors never contain the body.
+    pub async fn deliver(&self, email: &Email) -> anyhow::Result<()> {
         if let Transport::Log = self.transport {
             tracing::info!(to = %email.to, subject = %email.subject, "mail (not delivered: HOGLET_EMAIL=log)");
             return Ok(());

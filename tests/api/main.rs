@@ -12,6 +12,7 @@ mod api_keys_auth;
 mod cli;
 mod github;
 mod operations;
+mod outbox;
 mod replicas;
 mod signal_autonomy;
 mod store_contract;
