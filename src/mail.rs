@@ -13,9 +13,10 @@ use secrecy::ExposeSecret;
 
 use crate::config::EmailDelivery;
 
-/// Bound on each step of an SMTP exchange (connect, each command), far below lettre's 60 s: a
-/// relay that accepts the connection and never answers costs the worker this, not a minute.
-const SMTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Bound on one delivery, far below lettre's 60 s. lettre's async transport applies its timeout
+/// to the TCP connect only: a relay that accepts the connection and never answers would hold the
+/// attempt forever without the bound [`Mailer::deliver`] puts around the whole exchange.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One message to send.
 #[derive(Clone)]
@@ -58,7 +59,7 @@ impl Mailer {
             EmailDelivery::Smtp(url) => Transport::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("parsing HOGLET_EMAIL as an SMTP URL")?
-                    .timeout(Some(SMTP_TIMEOUT))
+                    .timeout(Some(DELIVERY_TIMEOUT))
                     .build(),
             ),
         };
@@ -74,8 +75,14 @@ impl Mailer {
     }
 
     /// Hands the message to the transport (with `HOGLET_EMAIL=log`, only logs its recipient and
-    /// subject). Errors never contain the body.
+    /// subject), giving up after [`DELIVERY_TIMEOUT`]. Errors never contain the body.
     pub async fn deliver(&self, email: &Email) -> anyhow::Result<()> {
+        tokio::time::timeout(DELIVERY_TIMEOUT, self.deliver_unbounded(email))
+            .await
+            .unwrap_or_else(|_| anyhow::bail!("no answer within {} s", DELIVERY_TIMEOUT.as_secs()))
+    }
+
+    async fn deliver_unbounded(&self, email: &Email) -> anyhow::Result<()> {
         if let Transport::Log = self.transport {
             tracing::info!(to = %email.to, subject = %email.subject, "mail (not delivered: HOGLET_EMAIL=log)");
             return Ok(());

@@ -27,10 +27,8 @@ pub const FIRST_RETRY_DELAY: Micros = 30 * SECOND;
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Messages claimed, and delivered concurrently, at once.
 const BATCH: usize = 8;
-/// Bound on one delivery attempt, whatever the transport does (SMTP steps have their own).
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
-/// A claim's lease, well beyond [`ATTEMPT_TIMEOUT`]. A worker stopped mid-attempt leaves its
-/// messages to be retried when the lease ends.
+/// A claim's lease, well beyond [`crate::mail::DELIVERY_TIMEOUT`]. A worker stopped mid-attempt
+/// leaves its messages to be retried when the lease ends.
 const LEASE: Micros = 120 * SECOND;
 /// `last_error` is kept short.
 const ERROR_CHARS: usize = 300;
@@ -120,9 +118,7 @@ async fn drain(state: &AppState) -> StoreResult<()> {
 /// One delivery attempt, and its outcome recorded.
 async fn attempt(state: &AppState, mail: ClaimedMail) {
     let delivered = match open(state, &mail) {
-        Ok(email) => tokio::time::timeout(ATTEMPT_TIMEOUT, state.mailer.deliver(&email))
-            .await
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("no answer within {ATTEMPT_TIMEOUT:?}"))),
+        Ok(email) => state.mailer.deliver(&email).await,
         Err(e) => Err(e.context("opening the sealed body (was HOGLET_SECRET_KEY changed?)")),
     };
     let mail_metrics = &state.metrics.mail;

@@ -2887,7 +2887,10 @@ async fn outbox_claims_lease_retry_give_up_and_delete(db: Db) {
     let env = Env::new(db).await;
     let store = &env.store;
     assert_eq!(store.outbox_status(T0).await.unwrap(), status(0, 0));
-    store.enqueue_mail(new_mail("a@example.com", T0)).await.unwrap();
+    store
+        .enqueue_mail(new_mail("a@example.com", T0))
+        .await
+        .unwrap();
     store
         .enqueue_mail(new_mail("b@example.com", T0 + 1))
         .await
@@ -2902,20 +2905,34 @@ async fn outbox_claims_lease_retry_give_up_and_delete(db: Db) {
     assert_eq!((first[0].attempts, first[0].locked_until), (1, lease));
     let second = store.claim_mail(T0 + 1, lease, 10).await.unwrap();
     assert_eq!(recipients(&second), ["b@example.com"]);
-    assert!(store.claim_mail(T0 + 1, lease, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_mail(T0 + 1, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     assert_eq!(store.outbox_status(T0 + 1).await.unwrap(), status(2, 0));
 
     // Delivered: deleted, but only by the holder of the lease.
     let (a, b) = (first[0].id, second[0].id);
     assert!(!store.mail_delivered(a, lease + 1).await.unwrap());
     assert!(store.mail_delivered(a, lease).await.unwrap());
-    assert!(!store.mail_delivered(a, lease).await.unwrap(), "already gone");
+    assert!(
+        !store.mail_delivered(a, lease).await.unwrap(),
+        "already gone"
+    );
     assert_eq!(env.rows("outbox").await, 1);
 
     // A failure schedules the next attempt and releases the lease.
     assert!(
         store
-            .mail_failed(b, lease, "connection refused", MailFailure::RetryAt(T0 + 50))
+            .mail_failed(
+                b,
+                lease,
+                "connection refused",
+                MailFailure::RetryAt(T0 + 50)
+            )
             .await
             .unwrap()
     );
@@ -2930,7 +2947,13 @@ async fn outbox_claims_lease_retry_give_up_and_delete(db: Db) {
     // A worker that stops mid-attempt holds the message until its lease ends.
     let retry = store.claim_mail(T0 + 50, T0 + 60, 10).await.unwrap();
     assert_eq!((retry[0].id, retry[0].attempts), (b, 2));
-    assert!(store.claim_mail(T0 + 59, T0 + 70, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_mail(T0 + 59, T0 + 70, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let taken_over = store.claim_mail(T0 + 60, T0 + 70, 10).await.unwrap();
     assert_eq!((taken_over[0].id, taken_over[0].attempts), (b, 3));
     assert!(
@@ -2949,7 +2972,13 @@ async fn outbox_claims_lease_retry_give_up_and_delete(db: Db) {
             .unwrap()
     );
     assert_eq!(store.outbox_status(i64::MAX).await.unwrap(), status(0, 0));
-    assert!(store.claim_mail(i64::MAX, i64::MAX, 10).await.unwrap().is_empty());
+    assert!(
+        store
+            .claim_mail(i64::MAX, i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let dead = format!(
         "SELECT count(*) FROM outbox WHERE body IS NULL AND locked_until IS NULL \
          AND dead_at = {} AND attempts = 3 AND last_error = 'gave up'",
