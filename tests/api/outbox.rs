@@ -22,6 +22,7 @@ db_tests!(
     reset_answers_while_the_mail_server_hangs,
     queued_mail_survives_a_restart_and_is_sealed_at_rest,
     failed_delivery_backs_off_then_gives_up,
+    reset_request_fails_when_its_mail_cannot_be_stored,
 );
 
 const PATIENCE: Duration = Duration::from_secs(10);
@@ -163,6 +164,31 @@ async fn outbox_rows(url: &DatabaseUrl) -> Vec<OutboxRow> {
             drop(client);
             task.abort();
             rows
+        }
+    }
+}
+
+/// Runs raw statements behind the store's back: `sqlite` on SQLite, `postgres` on Postgres.
+async fn raw_exec(url: &DatabaseUrl, sqlite: &str, postgres: &str) {
+    match url {
+        DatabaseUrl::Sqlite(path) => {
+            let (path, sql) = (path.clone(), sqlite.to_string());
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(&path).unwrap();
+                conn.busy_timeout(Duration::from_secs(5)).unwrap();
+                conn.execute_batch(&sql).unwrap();
+            })
+            .await
+            .unwrap();
+        }
+        DatabaseUrl::Postgres(url) => {
+            let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            let task = tokio::spawn(connection);
+            client.batch_execute(postgres).await.unwrap();
+            drop(client);
+            task.abort();
         }
     }
 }
@@ -392,5 +418,45 @@ async fn failed_delivery_backs_off_then_gives_up(db: Db) {
     let rows = outbox_rows(&app.db.url).await;
     assert_eq!(rows.len(), 1, "the dead letter stays, for the record");
     assert_eq!(rows[0].attempts, MAX_ATTEMPTS);
+    app.stop().await;
+}
+
+async fn reset_request_fails_when_its_mail_cannot_be_stored(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let mail_dir = dir.path().to_path_buf();
+    let app = spawn_app_with(db, move |c| c.email = EmailDelivery::Directory(mail_dir)).await;
+    let user = app.create_user("stuck@example.com", false).await;
+    let before = app.user_record(user.id).await;
+    raw_exec(
+        &app.db.url,
+        "CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        "CREATE FUNCTION refuse_mail() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+         CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox \
+         FOR EACH ROW EXECUTE FUNCTION refuse_mail();",
+    )
+    .await;
+
+    // A link that will never arrive is not acknowledged, and the request leaves no trace.
+    app.call(
+        Method::POST,
+        "/api/reset/",
+        None,
+        Some(json!({"email": "stuck@example.com"})),
+    )
+    .await
+    .assert_error(
+        500,
+        "server_error",
+        "error",
+        "A server error occurred.",
+        None,
+    );
+    let after = app.user_record(user.id).await;
+    assert_eq!(after.requested_password_reset_at, None);
+    assert_eq!(format!("{after:?}"), format!("{before:?}"));
+    assert!(outbox_rows(&app.db.url).await.is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     app.stop().await;
 }
