@@ -97,13 +97,11 @@ pub async fn run_worker(state: AppState, mut shutdown: watch::Receiver<bool>) {
     }
 }
 
-/// Delivers everything due now, a batch at a time, keeping the depth gauge current.
+/// Delivers everything due now, a batch at a time.
 async fn drain(state: &AppState) -> StoreResult<()> {
     loop {
         let now = state.clock.now();
-        let status = state.store.outbox_status(now).await?;
-        state.metrics.mail.outbox_depth.set(status.pending);
-        if status.due == 0 {
+        if state.store.outbox_status(now).await?.due == 0 {
             return Ok(());
         }
         let claimed = state.store.claim_mail(now, now + LEASE, BATCH).await?;
@@ -112,6 +110,16 @@ async fn drain(state: &AppState) -> StoreResult<()> {
             return Ok(());
         }
         futures_util::future::join_all(claimed.into_iter().map(|mail| attempt(state, mail))).await;
+    }
+}
+
+/// Sets `hoglet_mail_outbox_depth` from the database, for a scrape: the worker cannot keep it
+/// current while a slow relay holds its batch. Keeps the last value when the database does not
+/// answer within `limit`.
+pub async fn refresh_depth(state: &AppState, limit: Duration) {
+    let status = tokio::time::timeout(limit, state.store.outbox_status(state.clock.now())).await;
+    if let Ok(Ok(status)) = status {
+        state.metrics.mail.outbox_depth.set(status.pending);
     }
 }
 

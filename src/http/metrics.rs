@@ -36,7 +36,7 @@ pub struct Metrics {
     pub mail: MailMetrics,
 }
 
-/// Kept by the outbox worker ([`crate::outbox`]).
+/// Kept by the outbox worker ([`crate::outbox`]); the depth is read at each scrape.
 #[derive(Clone, Default)]
 pub struct MailMetrics {
     /// Messages neither delivered nor given up, in the whole database (every replica reports it).
