@@ -59,7 +59,7 @@ pub fn seal(state: &AppState, email: &Email) -> anyhow::Result<NewMail> {
 }
 
 /// The message a claimed row holds.
-pub fn open(state: &AppState, mail: &ClaimedMail) -> anyhow::Result<Email> {
+fn open(state: &AppState, mail: &ClaimedMail) -> anyhow::Result<Email> {
     let body = sealed::open(&state.derived_key(SEAL_PURPOSE), &mail.sealed_body)?;
     Ok(Email {
         to: mail.recipient.clone(),
