@@ -15,6 +15,7 @@ use crate::http;
 use crate::http::metrics::Metrics;
 use crate::kv::Kv;
 use crate::mail::Mailer;
+use crate::outbox::{self, Outbox};
 use crate::ratelimit::Limiter;
 use crate::service::passwords::PasswordHasher;
 use crate::store::DynStore;
@@ -34,6 +35,8 @@ pub struct Inner {
     pub site_url: String,
     pub secret_key: SecretString,
     pub mailer: Mailer,
+    /// Wakes this process's mail worker.
+    pub outbox: Outbox,
     pub limiter: Arc<Limiter>,
     pub hasher: PasswordHasher,
     /// Short-lived shared values (Redis when configured).
@@ -120,6 +123,7 @@ impl App {
             site_url,
             secret_key,
             mailer,
+            outbox: Outbox::default(),
             limiter,
             hasher: PasswordHasher::start(),
             kv,
@@ -137,7 +141,8 @@ impl App {
     }
 
     /// Serves until `shutdown` resolves, then drains in-flight requests and flushes pending writes.
-    /// `on_ready` runs once the listener accepts connections.
+    /// `on_ready` runs once the listener accepts connections. The mail worker runs alongside and
+    /// stops with the server; mail it did not deliver stays queued for the next start.
     pub async fn serve(
         self,
         shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -148,14 +153,16 @@ impl App {
         let poller = tokio::spawn(cache::run_invalidation_poller(
             self.state.caches.clone(),
             self.state.store.clone(),
-            stop_rx,
+            stop_rx.clone(),
         ));
+        let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx));
         let service = http::service(self.state.clone());
         let server = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
         on_ready(addr);
         let served = server.await;
         let _ = stop_tx.send(true);
         let _ = poller.await;
+        let _ = mail_worker.await;
         served.context("serving HTTP")
     }
 }

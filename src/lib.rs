@@ -16,6 +16,7 @@ pub mod github;
 pub mod http;
 pub mod kv;
 pub mod mail;
+pub mod outbox;
 pub mod ratelimit;
 pub mod service;
 pub mod store;

@@ -1,6 +1,9 @@
 //! Outgoing mail: to the log, to `.eml` files in a directory, or through an SMTP relay.
+//! Requests never send mail themselves: they queue it in the outbox ([`crate::outbox`]), whose
+//! worker calls [`Mailer::deliver`].
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use lettre::message::header::{ContentTransferEncoding, ContentType};
@@ -9,6 +12,11 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use secrecy::ExposeSecret;
 
 use crate::config::EmailDelivery;
+
+/// Bound on one delivery, far below lettre's 60 s. lettre's async transport applies its timeout
+/// to the TCP connect only: a relay that accepts the connection and never answers would hold the
+/// attempt forever without the bound [`Mailer::deliver`] puts around the whole exchange.
+pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// One message to send.
 #[derive(Clone)]
@@ -51,6 +59,7 @@ impl Mailer {
             EmailDelivery::Smtp(url) => Transport::Smtp(
                 AsyncSmtpTransport::<Tokio1Executor>::from_url(url.expose_secret())
                     .context("parsing HOGLET_EMAIL as an SMTP URL")?
+                    .timeout(Some(DELIVERY_TIMEOUT))
                     .build(),
             ),
         };
@@ -65,14 +74,15 @@ impl Mailer {
         !matches!(self.transport, Transport::Log)
     }
 
-    /// Sends the message; a failure is logged, never returned (mail is best effort, as in PostHog).
-    pub async fn send(&self, email: Email) {
-        if let Err(e) = self.try_send(&email).await {
-            tracing::error!(to = %email.to, subject = %email.subject, error = %format!("{e:#}"), "could not send mail");
-        }
+    /// Hands the message to the transport (with `HOGLET_EMAIL=log`, only logs its recipient and
+    /// subject), giving up after [`DELIVERY_TIMEOUT`]. Errors never contain the body.
+    pub async fn deliver(&self, email: &Email) -> anyhow::Result<()> {
+        tokio::time::timeout(DELIVERY_TIMEOUT, self.deliver_unbounded(email))
+            .await
+            .unwrap_or_else(|_| anyhow::bail!("no answer within {} s", DELIVERY_TIMEOUT.as_secs()))
     }
 
-    async fn try_send(&self, email: &Email) -> anyhow::Result<()> {
+    async fn deliver_unbounded(&self, email: &Email) -> anyhow::Result<()> {
         if let Transport::Log = self.transport {
             tracing::info!(to = %email.to, subject = %email.subject, "mail (not delivered: HOGLET_EMAIL=log)");
             return Ok(());

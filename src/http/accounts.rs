@@ -190,7 +190,7 @@ async fn signup(
 
     let mut cookies = SetCookies::default();
     let redirect_url = if state.mailer.is_configured() {
-        emails::send_verification(&state, &user).await;
+        emails::send_verification(&state, &user).await?;
         format!("/verify_email/{}", user.uuid)
     } else {
         let previous = session::current_record(&headers, &state).await?;
@@ -290,7 +290,7 @@ async fn login(
         state.store.update_user(&user).await?;
     }
     if state.mailer.is_configured() && user.is_email_verified != Some(true) {
-        emails::send_verification(&state, &user).await;
+        emails::send_verification(&state, &user).await?;
         if user.is_email_verified == Some(false) {
             return Err(ApiError::non_field(
                 "not_verified",
@@ -527,15 +527,13 @@ async fn request_password_reset(
             "Cannot reset passwords because email is not configured for your instance. Please contact your administrator.",
         ));
     }
-    if let Some(mut user) = state
+    if let Some(user) = state
         .store
         .user_by_email(&email)
         .await?
         .filter(|u| u.is_active)
     {
-        user.requested_password_reset_at = Some(state.clock.now());
-        state.store.update_user(&user).await?;
-        emails::send_password_reset(&state, &user).await;
+        emails::send_password_reset(&state, &user).await?;
     }
     Ok(StatusCode::NO_CONTENT)
 }
@@ -675,7 +673,7 @@ async fn request_email_verification(
         ));
     }
     if let Some(user) = user {
-        emails::send_verification(&state, &user).await;
+        emails::send_verification(&state, &user).await?;
     }
     Ok(axum::Json(json!({"success": true})))
 }

@@ -1,4 +1,5 @@
-//! Prometheus metrics: request counts and latency by method, route and status.
+//! Prometheus metrics: request counts and latency by method, route and status, and the mail
+//! outbox (depth, deliveries, failed attempts, messages given up).
 //!
 //! The handles of each (route, method, status) are created once and cached, so recording a
 //! request costs two atomic updates and a read-locked lookup, without allocating.
@@ -11,6 +12,7 @@ use parking_lot::RwLock;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -31,6 +33,20 @@ pub struct Metrics {
     requests: Family<RequestLabels, Counter>,
     durations: Family<RequestLabels, Histogram>,
     handles: Arc<RwLock<HandleCache>>,
+    pub mail: MailMetrics,
+}
+
+/// Kept by the outbox worker ([`crate::outbox`]); the depth is read at each scrape.
+#[derive(Clone, Default)]
+pub struct MailMetrics {
+    /// Messages neither delivered nor given up, in the whole database (every replica reports it).
+    pub outbox_depth: Gauge,
+    /// Messages this process delivered.
+    pub delivered: Counter,
+    /// Delivery attempts of this process that failed.
+    pub failures: Counter,
+    /// Messages this process gave up on after the last attempt.
+    pub dead: Counter,
 }
 
 impl Default for Metrics {
@@ -57,11 +73,33 @@ impl Metrics {
             "Time to answer HTTP requests, by method, route and status",
             durations.clone(),
         );
+        let mail = MailMetrics::default();
+        registry.register(
+            "mail_outbox_depth",
+            "Mail messages waiting in the outbox (neither delivered nor given up)",
+            mail.outbox_depth.clone(),
+        );
+        registry.register(
+            "mail_delivered",
+            "Mail messages delivered",
+            mail.delivered.clone(),
+        );
+        registry.register(
+            "mail_failures",
+            "Mail delivery attempts that failed",
+            mail.failures.clone(),
+        );
+        registry.register(
+            "mail_dead",
+            "Mail messages given up after the last attempt",
+            mail.dead.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
             durations,
             handles: Arc::default(),
+            mail,
         }
     }
 

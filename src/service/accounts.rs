@@ -344,7 +344,7 @@ pub async fn after_identity_changes(
         .await;
     }
     if done.email_staged {
-        crate::service::emails::send_verification(state, user).await;
+        crate::service::emails::send_verification(state, user).await?;
     }
     Ok(())
 }

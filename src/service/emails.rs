@@ -1,9 +1,12 @@
-//! The messages hoglet sends and the one-time tokens their links carry.
+//! The messages hoglet sends (queued in the outbox, see [`crate::outbox`]) and the one-time
+//! tokens their links carry.
 
 use crate::app::AppState;
 use crate::domain::tokens;
+use crate::error::{ApiError, ApiResult};
 use crate::mail::Email;
-use crate::store::UserRecord;
+use crate::outbox;
+use crate::store::{StoreError, UserRecord};
 
 const VERIFY_PURPOSE: &str = "email-verification";
 const RESET_PURPOSE: &str = "password-reset";
@@ -64,8 +67,25 @@ pub fn reset_token_is_valid(state: &AppState, user: &UserRecord, token: &str) ->
     )
 }
 
-/// Sends a verification link for the staged address, or the current one.
-pub async fn send_verification(state: &AppState, user: &UserRecord) {
+/// Queues `email` in the outbox and wakes the worker. With `HOGLET_EMAIL=log` nothing would leave,
+/// so the message is only logged, as before.
+async fn enqueue(state: &AppState, email: Email) -> ApiResult<()> {
+    if !state.mailer.is_configured() {
+        return state
+            .mailer
+            .deliver(&email)
+            .await
+            .map_err(ApiError::internal);
+    }
+    let mail = outbox::seal(state, &email).map_err(ApiError::internal)?;
+    state.store.enqueue_mail(mail).await?;
+    state.outbox.wake();
+    Ok(())
+}
+
+/// Queues a verification link for the staged address, or the current one. Fails when the message
+/// cannot be stored: the caller must not report a link that will never arrive.
+pub async fn send_verification(state: &AppState, user: &UserRecord) -> ApiResult<()> {
     let to = user
         .pending_email
         .clone()
@@ -76,9 +96,9 @@ pub async fn send_verification(state: &AppState, user: &UserRecord) {
         user.uuid,
         verification_token(state, user)
     );
-    state
-        .mailer
-        .send(Email {
+    enqueue(
+        state,
+        Email {
             to,
             subject: "Verify your email address".into(),
             body: format!(
@@ -86,45 +106,65 @@ pub async fn send_verification(state: &AppState, user: &UserRecord) {
                  The link is valid for 24 hours. If you did not ask for it, you can ignore this message.\n",
                 greeting(user)
             ),
-        })
-        .await;
+        },
+    )
+    .await
 }
 
-pub async fn send_password_reset(state: &AppState, user: &UserRecord) {
+/// Records the reset request on `user` (as read, before the request) and queues the link, in
+/// one transaction: the token is minted from the `requested_password_reset_at` written, so it
+/// is valid exactly when the request is stored. A user deleted meanwhile gets nothing, like an
+/// unknown address.
+pub async fn send_password_reset(state: &AppState, user: &UserRecord) -> ApiResult<()> {
+    let requested_at = state.clock.now();
+    let mut requested = user.clone();
+    requested.requested_password_reset_at = Some(requested_at);
     let link = format!(
         "{}/reset/{}/{}",
         state.site_url,
         user.uuid,
-        reset_token(state, user)
+        reset_token(state, &requested)
     );
-    state
-        .mailer
-        .send(Email {
-            to: user.email.clone(),
-            subject: "Reset your PostHog password".into(),
-            body: format!(
-                "Hi {},\n\nYou asked to reset your password. Choose a new one here:\n\n{link}\n\n\
-                 The link is valid for 24 hours and works once. If you did not ask for it, you can \
-                 ignore this message.\n",
-                greeting(user)
-            ),
-        })
-        .await;
+    let email = Email {
+        to: user.email.clone(),
+        subject: "Reset your PostHog password".into(),
+        body: format!(
+            "Hi {},\n\nYou asked to reset your password. Choose a new one here:\n\n{link}\n\n\
+             The link is valid for 24 hours and works once. If you did not ask for it, you can \
+             ignore this message.\n",
+            greeting(user)
+        ),
+    };
+    let mail = outbox::seal(state, &email).map_err(ApiError::internal)?;
+    match state
+        .store
+        .request_password_reset(user.id, requested_at, mail)
+        .await
+    {
+        Ok(()) => {
+            state.caches.invalidate_user(user.id);
+            state.outbox.wake();
+            Ok(())
+        }
+        Err(StoreError::Missing(_)) => Ok(()),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// A short notice about a change to the account.
+/// Queues a short notice about a change to the account. The change is already saved, so a notice
+/// that cannot be stored is logged (without its body) rather than failing the request.
 pub async fn send_notice(state: &AppState, to: &str, user: &UserRecord, subject: &str, what: &str) {
-    state
-        .mailer
-        .send(Email {
-            to: to.to_string(),
-            subject: subject.to_string(),
-            body: format!(
-                "Hi {},\n\n{what}\n\nIf this was not you, reset your password and contact your administrator.\n",
-                greeting(user)
-            ),
-        })
-        .await;
+    let email = Email {
+        to: to.to_string(),
+        subject: subject.to_string(),
+        body: format!(
+            "Hi {},\n\n{what}\n\nIf this was not you, reset your password and contact your administrator.\n",
+            greeting(user)
+        ),
+    };
+    if let Err(e) = enqueue(state, email).await {
+        tracing::error!(to = %to, subject = %subject, error = %e, "could not queue a notice");
+    }
 }
 
 fn greeting(user: &UserRecord) -> &str {

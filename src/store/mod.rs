@@ -264,6 +264,39 @@ pub trait Store: Send + Sync + 'static {
         kind: &str,
     ) -> StoreResult<Vec<TeamIntegrationRecord>>;
 
+    // --- outgoing mail (the outbox) ---
+    /// Sets `requested_password_reset_at` (that column only) and queues the reset mail, in one
+    /// transaction; `Missing("user")`, and nothing queued, when the user is gone.
+    async fn request_password_reset(
+        &self,
+        user_id: i64,
+        requested_at: Micros,
+        mail: NewMail,
+    ) -> StoreResult<()>;
+    /// Queues one message, due at once.
+    async fn enqueue_mail(&self, mail: NewMail) -> StoreResult<()>;
+    /// Pending messages, and how many of them are due at `now` and not leased.
+    async fn outbox_status(&self, now: Micros) -> StoreResult<OutboxStatus>;
+    /// Claims up to `limit` due messages, oldest first: counts an attempt on each and leases it
+    /// until `lease_until`, so no other worker (or replica) claims it meanwhile.
+    async fn claim_mail(
+        &self,
+        now: Micros,
+        lease_until: Micros,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedMail>>;
+    /// Deletes a delivered message; false when the claim's lease was lost.
+    async fn mail_delivered(&self, id: i64, lease: Micros) -> StoreResult<bool>;
+    /// Records a failed attempt (`error`: short, no secrets) and schedules the next one or gives
+    /// up, dropping the body; false when the claim's lease was lost.
+    async fn mail_failed(
+        &self,
+        id: i64,
+        lease: Micros,
+        error: &str,
+        failure: MailFailure,
+    ) -> StoreResult<bool>;
+
     // --- cross-process cache invalidation feed ---
     /// Invalidations recorded after `since` (microseconds), newest first, at most 10,000.
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>>;

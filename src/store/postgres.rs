@@ -184,6 +184,21 @@ async fn invalidate(
     Ok(())
 }
 
+async fn insert_mail(c: &impl GenericClient, mail: &NewMail) -> StoreResult<()> {
+    execute(
+        c,
+        sql::OUTBOX_INSERT,
+        &[
+            &mail.recipient,
+            &mail.subject,
+            &mail.sealed_body,
+            &mail.created_at,
+        ],
+    )
+    .await?;
+    Ok(())
+}
+
 /// Inserts a user row; returns its id.
 async fn insert_user_row(c: &impl GenericClient, user: &NewUser) -> StoreResult<i64> {
     first(
@@ -1353,6 +1368,91 @@ impl Store for PgStore {
             row::team_integration_from_row,
         )
         .await
+    }
+
+    async fn request_password_reset(
+        &self,
+        user_id: i64,
+        requested_at: Micros,
+        mail: NewMail,
+    ) -> StoreResult<()> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        if execute(
+            &tx,
+            sql::USER_SET_RESET_REQUESTED,
+            &[&user_id, &requested_at],
+        )
+        .await?
+            == 0
+        {
+            return Err(StoreError::Missing("user"));
+        }
+        invalidate(&tx, Some(user_id), None).await?;
+        insert_mail(&tx, &mail).await?;
+        tx.commit().await.map_err(map_err)
+    }
+
+    async fn enqueue_mail(&self, mail: NewMail) -> StoreResult<()> {
+        let c = self.client().await?;
+        insert_mail(&c, &mail).await
+    }
+
+    async fn outbox_status(&self, now: Micros) -> StoreResult<OutboxStatus> {
+        let c = self.client().await?;
+        Ok(first(&c, sql::OUTBOX_STATUS, &[&now], |r| {
+            Ok(OutboxStatus {
+                pending: r.i64(0)?,
+                due: r.i64(1)?,
+            })
+        })
+        .await?
+        .unwrap_or_default())
+    }
+
+    async fn claim_mail(
+        &self,
+        now: Micros,
+        lease_until: Micros,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedMail>> {
+        // SKIP LOCKED: replicas claiming at the same moment take different rows instead of
+        // queueing behind each other's locks (and the lease keeps them apart afterwards).
+        const CLAIM: &str = concat!(
+            "WITH due AS (",
+            sql::outbox_due!(),
+            " FOR UPDATE SKIP LOCKED) UPDATE outbox o SET attempts = o.attempts + 1, \
+             locked_until = $2 FROM due WHERE o.id = due.id \
+             RETURNING o.id, o.recipient, o.subject, o.body, o.attempts, o.locked_until"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let c = self.client().await?;
+        let mut claimed = all(&c, CLAIM, &[&now, &lease_until, &limit], |r| {
+            row::claimed_mail_from_row(r)
+        })
+        .await?;
+        claimed.sort_by_key(|m| m.id);
+        Ok(claimed)
+    }
+
+    async fn mail_delivered(&self, id: i64, lease: Micros) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, sql::OUTBOX_DELIVERED, &[&id, &lease]).await? == 1)
+    }
+
+    async fn mail_failed(
+        &self,
+        id: i64,
+        lease: Micros,
+        error: &str,
+        failure: MailFailure,
+    ) -> StoreResult<bool> {
+        let (statement, at) = match failure {
+            MailFailure::RetryAt(at) => (sql::OUTBOX_RETRY, at),
+            MailFailure::GiveUp(at) => (sql::OUTBOX_GIVE_UP, at),
+        };
+        let c = self.client().await?;
+        Ok(execute(&c, statement, &[&id, &lease, &at, &error]).await? == 1)
     }
 
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {

@@ -452,3 +452,65 @@ pub struct NewTeamIntegration {
     pub created_by_id: Option<i64>,
     pub now: Micros,
 }
+
+/// A message to queue in the outbox: recipient and subject in clear, the body sealed.
+#[derive(Clone)]
+pub struct NewMail {
+    pub recipient: String,
+    pub subject: String,
+    /// The body sealed with the outbox key (it carries one-time links).
+    pub sealed_body: String,
+    /// When it was queued; the message is due at once.
+    pub created_at: Micros,
+}
+
+impl std::fmt::Debug for NewMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewMail")
+            .field("recipient", &self.recipient)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A queued message claimed by a worker for one delivery attempt.
+#[derive(Clone)]
+pub struct ClaimedMail {
+    pub id: i64,
+    pub recipient: String,
+    pub subject: String,
+    pub sealed_body: String,
+    /// Attempts so far, this one included.
+    pub attempts: i64,
+    /// The lease this claim holds: the result is recorded only while the row still carries it.
+    pub locked_until: Micros,
+}
+
+impl std::fmt::Debug for ClaimedMail {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedMail")
+            .field("id", &self.id)
+            .field("recipient", &self.recipient)
+            .field("subject", &self.subject)
+            .field("attempts", &self.attempts)
+            .field("locked_until", &self.locked_until)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What becomes of a message whose delivery attempt failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MailFailure {
+    /// Try again from this time on.
+    RetryAt(Micros),
+    /// Give up (at this time): the row stays, without its body, as a dead letter.
+    GiveUp(Micros),
+}
+
+/// The outbox at a glance: messages neither delivered nor given up, and how many of them a
+/// worker may claim now (due and not leased).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutboxStatus {
+    pub pending: i64,
+    pub due: i64,
+}

@@ -323,3 +323,15 @@ pub(crate) fn team_integration_from_row(r: &impl Row) -> anyhow::Result<TeamInte
         created_at: r.i64(6)?,
     })
 }
+
+/// `id, recipient, subject, body, attempts, locked_until` of a claim.
+pub(crate) fn claimed_mail_from_row(r: &impl Row) -> anyhow::Result<ClaimedMail> {
+    Ok(ClaimedMail {
+        id: r.i64(0)?,
+        recipient: r.text(1)?,
+        subject: r.text(2)?,
+        sealed_body: r.text(3)?,
+        attempts: r.i64(4)?,
+        locked_until: r.i64(5)?,
+    })
+}

@@ -302,6 +302,28 @@ pub const BACKUP_CODE_CONSUME: &str =
     "DELETE FROM backup_codes WHERE user_id = $1 AND code_hash = $2";
 pub const BACKUP_CODE_COUNT: &str = "SELECT count(*) FROM backup_codes WHERE user_id = $1";
 
+pub const USER_SET_RESET_REQUESTED: &str =
+    "UPDATE users SET requested_password_reset_at = $2 WHERE id = $1";
+
+pub const OUTBOX_INSERT: &str = "INSERT INTO outbox (recipient, subject, body, created_at, \
+     next_attempt_at) VALUES ($1, $2, $3, $4, $4)";
+pub const OUTBOX_STATUS: &str = "SELECT count(*), COALESCE(sum(CASE WHEN next_attempt_at <= $1 \
+     AND (locked_until IS NULL OR locked_until <= $1) THEN 1 ELSE 0 END), 0) \
+     FROM outbox WHERE dead_at IS NULL";
+/// The rows a claim may take; the backends wrap it (Postgres adds `FOR UPDATE SKIP LOCKED`).
+macro_rules! outbox_due {
+    () => {
+        "SELECT id FROM outbox WHERE dead_at IS NULL AND next_attempt_at <= $1 \
+         AND (locked_until IS NULL OR locked_until <= $1) ORDER BY id LIMIT $3"
+    };
+}
+pub(crate) use outbox_due;
+pub const OUTBOX_DELIVERED: &str = "DELETE FROM outbox WHERE id = $1 AND locked_until = $2";
+pub const OUTBOX_RETRY: &str = "UPDATE outbox SET next_attempt_at = $3, last_error = $4, \
+     locked_until = NULL WHERE id = $1 AND locked_until = $2";
+pub const OUTBOX_GIVE_UP: &str = "UPDATE outbox SET dead_at = $3, last_error = $4, body = NULL, \
+     locked_until = NULL WHERE id = $1 AND locked_until = $2";
+
 pub const INVALIDATION_INSERT: &str =
     "INSERT INTO cache_invalidations (created_at, user_id, key_hash) VALUES ($1, $2, $3)";
 pub const INVALIDATIONS_SINCE: &str = "SELECT seq, created_at, user_id, key_hash \

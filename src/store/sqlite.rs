@@ -377,6 +377,20 @@ fn invalidate(tx: &Connection, user: Option<i64>, key_hash: Option<&str>) -> Sto
     Ok(())
 }
 
+fn insert_mail(tx: &Connection, mail: &NewMail) -> StoreResult<()> {
+    exec(
+        tx,
+        sql::OUTBOX_INSERT,
+        params![
+            mail.recipient,
+            mail.subject,
+            mail.sealed_body,
+            mail.created_at
+        ],
+    )?;
+    Ok(())
+}
+
 /// Inserts a user row; returns its id.
 fn insert_user_row(tx: &Connection, user: &NewUser) -> StoreResult<i64> {
     Ok(prepare(tx, sql::USER_INSERT)?.query_row(
@@ -1482,6 +1496,89 @@ impl Store for SqliteStore {
                 |r| row::team_integration_from_row(r),
             )
         })
+    }
+
+    async fn request_password_reset(
+        &self,
+        user_id: i64,
+        requested_at: Micros,
+        mail: NewMail,
+    ) -> StoreResult<()> {
+        self.write(move |tx| {
+            if exec(
+                tx,
+                sql::USER_SET_RESET_REQUESTED,
+                params![user_id, requested_at],
+            )? == 0
+            {
+                return Err(StoreError::Missing("user"));
+            }
+            invalidate(tx, Some(user_id), None)?;
+            insert_mail(tx, &mail)
+        })
+        .await
+    }
+
+    async fn enqueue_mail(&self, mail: NewMail) -> StoreResult<()> {
+        self.write(move |tx| insert_mail(tx, &mail)).await
+    }
+
+    async fn outbox_status(&self, now: Micros) -> StoreResult<OutboxStatus> {
+        self.read(|c| {
+            Ok(prepare(c, sql::OUTBOX_STATUS)?.query_row([now], |r| {
+                Ok(OutboxStatus {
+                    pending: r.get(0)?,
+                    due: r.get(1)?,
+                })
+            })?)
+        })
+    }
+
+    async fn claim_mail(
+        &self,
+        now: Micros,
+        lease_until: Micros,
+        limit: usize,
+    ) -> StoreResult<Vec<ClaimedMail>> {
+        // One writer at a time: the UPDATE claims atomically without row locks.
+        const CLAIM: &str = concat!(
+            "UPDATE outbox SET attempts = attempts + 1, locked_until = $2 WHERE id IN (",
+            sql::outbox_due!(),
+            ") RETURNING id, recipient, subject, body, attempts, locked_until"
+        );
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.write(move |tx| {
+            let mut claimed = collect(tx, CLAIM, params![now, lease_until, limit], |r| {
+                row::claimed_mail_from_row(r)
+            })
+            .map_err(map_anyhow)?;
+            claimed.sort_by_key(|m| m.id);
+            Ok(claimed)
+        })
+        .await
+    }
+
+    async fn mail_delivered(&self, id: i64, lease: Micros) -> StoreResult<bool> {
+        self.write(move |tx| Ok(exec(tx, sql::OUTBOX_DELIVERED, params![id, lease])? == 1))
+            .await
+    }
+
+    async fn mail_failed(
+        &self,
+        id: i64,
+        lease: Micros,
+        error: &str,
+        failure: MailFailure,
+    ) -> StoreResult<bool> {
+        let error = error.to_string();
+        self.write(move |tx| {
+            let (statement, at) = match failure {
+                MailFailure::RetryAt(at) => (sql::OUTBOX_RETRY, at),
+                MailFailure::GiveUp(at) => (sql::OUTBOX_GIVE_UP, at),
+            };
+            Ok(exec(tx, statement, params![id, lease, at, error])? == 1)
+        })
+        .await
     }
 
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>> {

@@ -7,7 +7,7 @@ use hoglet::time::{Clock, SECOND};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::browser::{Browser, read_mails};
+use crate::browser::{Browser, read_mails, wait_for_mail, wait_for_mails};
 use crate::db_tests;
 use crate::helpers::{Db, TestApp, TestDatabase, spawn_app, spawn_app_with, start};
 
@@ -237,7 +237,7 @@ async fn signup_with_email_configured_needs_verification(db: Db) {
     assert_eq!(reply.json["redirect_url"], format!("/verify_email/{uuid}"));
     assert_eq!(browser.get("/api/users/@me/").await.status.as_u16(), 401);
 
-    let mails = read_mails(dir.path());
+    let mails = wait_for_mails(dir.path(), 1).await;
     assert_eq!(mails.len(), 1);
     assert_eq!(mails[0].to, "jane@example.com");
     assert_eq!(mails[0].subject, "Verify your email address");
@@ -554,7 +554,7 @@ async fn password_reset_by_emailed_link(db: Db) {
             Some("email"),
         );
 
-    let mails = read_mails(dir.path());
+    let mails = wait_for_mails(dir.path(), 1).await;
     assert_eq!(mails.len(), 1, "only the known address gets mail");
     assert_eq!(mails[0].subject, "Reset your PostHog password");
     let link = mails[0].link("/reset/").unwrap();
@@ -677,7 +677,7 @@ async fn email_verification_requests_are_throttled(db: Db) {
         throttled.json["detail"],
         format!("Request was throttled. Expected available in {wait} seconds.")
     );
-    assert_eq!(read_mails(dir.path()).len(), 6);
+    assert_eq!(wait_for_mails(dir.path(), 6).await.len(), 6);
 
     let app_without_mail = spawn_app(Db::Sqlite).await;
     let u = app_without_mail.create_user("w@example.com", false).await;
@@ -838,18 +838,36 @@ async fn email_change_is_staged_until_verified(db: Db) {
         .await;
     assert_eq!(case_only.assert_ok()["email"], "ALPHA@example.com");
     assert_eq!(case_only.json["pending_email"], Value::Null);
-    let before = read_mails(dir.path()).len();
 
     let staged = browser
         .patch("/api/users/@me/", json!({"email": "beta@example.com"}))
         .await;
     assert_eq!(staged.assert_ok()["email"], "ALPHA@example.com");
     assert_eq!(staged.json["pending_email"], "beta@example.com");
-    let mails = read_mails(dir.path());
-    assert_eq!(mails.len(), before + 1);
-    let mail = mails.last().unwrap();
-    assert_eq!(mail.to, "beta@example.com");
-    assert_eq!(mail.subject, "Verify your email address");
+    // The login sent the unverified address a link; the staged change sends the new one its own.
+    let mut sent: Vec<(String, String)> = wait_for_mails(dir.path(), 2)
+        .await
+        .into_iter()
+        .map(|m| (m.to, m.subject))
+        .collect();
+    sent.sort();
+    assert_eq!(
+        sent,
+        [
+            (
+                "alpha@example.com".into(),
+                "Verify your email address".into()
+            ),
+            (
+                "beta@example.com".into(),
+                "Verify your email address".into()
+            ),
+        ]
+    );
+    let mail = wait_for_mail(dir.path(), "the link to beta@", |m| {
+        m.to == "beta@example.com"
+    })
+    .await;
     let link = mail.link("/verify_email/").unwrap();
     let token = link.rsplit('/').next().unwrap().to_string();
 
@@ -863,11 +881,21 @@ async fn email_change_is_staged_until_verified(db: Db) {
     let me = browser.get("/api/users/@me/").await;
     assert_eq!(me.json["email"], "beta@example.com");
     assert_eq!(me.json["pending_email"], Value::Null);
-    let notices: Vec<String> = read_mails(dir.path())
+    let changed = "Your email address has been changed";
+    wait_for_mail(dir.path(), "the notice to the new address", |m| {
+        m.subject == changed && m.to == "beta@example.com"
+    })
+    .await;
+    wait_for_mail(dir.path(), "the notice to the old address", |m| {
+        m.subject == changed && m.to == "ALPHA@example.com"
+    })
+    .await;
+    let mut notices: Vec<String> = read_mails(dir.path())
         .iter()
-        .filter(|m| m.subject == "Your email address has been changed")
+        .filter(|m| m.subject == changed)
         .map(|m| m.to.clone())
         .collect();
+    notices.sort();
     assert_eq!(notices, ["ALPHA@example.com", "beta@example.com"]);
 
     // A staged change can be cancelled; with nothing staged that is an error.

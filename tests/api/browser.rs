@@ -1,5 +1,6 @@
 //! A browser for session tests (its own cookie jar; sends the CSRF token like the web app does)
-//! and a reader for the `.eml` files of `HOGLET_EMAIL=file:DIR`.
+//! and a reader for the `.eml` files of `HOGLET_EMAIL=file:DIR`. Mail is delivered by the outbox
+//! worker after the request answered: tests wait for it with `wait_for_mails`/`wait_for_mail`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -8,7 +9,10 @@ use reqwest::Method;
 use reqwest::cookie::{CookieStore, Jar};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp};
+use crate::helpers::{Reply, TestApp, eventually};
+
+/// How long a test waits for the outbox worker to deliver a message.
+const MAIL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct Browser {
     pub client: reqwest::Client,
@@ -151,6 +155,27 @@ pub fn read_mails(dir: &Path) -> Vec<Mail> {
         .iter()
         .map(|p| parse_mail(&std::fs::read_to_string(p).expect("readable mail")))
         .collect()
+}
+
+/// Every message in the directory, oldest first, once there are at least `count`.
+pub async fn wait_for_mails(dir: &Path, count: usize) -> Vec<Mail> {
+    eventually(
+        &format!("{count} mails in {}", dir.display()),
+        MAIL_DEADLINE,
+        || async {
+            let mails = read_mails(dir);
+            (mails.len() >= count).then_some(mails)
+        },
+    )
+    .await
+}
+
+/// The first message matching `wanted`, once delivered.
+pub async fn wait_for_mail(dir: &Path, what: &str, wanted: impl Fn(&Mail) -> bool) -> Mail {
+    eventually(what, MAIL_DEADLINE, || async {
+        read_mails(dir).into_iter().find(|m| wanted(m))
+    })
+    .await
 }
 
 fn parse_mail(raw: &str) -> Mail {

@@ -10,7 +10,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::browser::{Mail, read_mails};
+use crate::browser::{Mail, read_mails, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{Db, TestApp, TestDatabase, eventually, spawn_app, start};
 
@@ -193,15 +193,15 @@ async fn app_with(db: Db, mail: Option<&Path>) -> (TestApp, Clock) {
     (app, clock)
 }
 
-/// Waits for the `n`th message (counting from 1) whose subject is `subject`.
-async fn nth_mail(dir: &Path, subject: &str, n: usize) -> Mail {
-    eventually(subject, Duration::from_secs(10), || async {
-        read_mails(dir)
-            .into_iter()
-            .filter(|m| m.subject == subject)
-            .nth(n - 1)
+/// The reset link mailed to `dir`, once delivered.
+async fn reset_token(dir: &Path) -> String {
+    wait_for_mail(dir, "the reset mail", |m| {
+        m.subject == "Reset your PostHog password"
     })
     .await
+    .link("/reset/")
+    .and_then(|link| link.rsplit('/').next().map(str::to_string))
+    .expect("a reset link")
 }
 
 fn totp_code(secret_b32: &str, clock: &Clock) -> String {
@@ -304,11 +304,7 @@ async fn remembered_devices_end_with_a_password_change_reset_or_new_device(db: D
             .as_u16(),
         204
     );
-    let link = nth_mail(mail.path(), "Reset your PostHog password", 1)
-        .await
-        .link("/reset/")
-        .unwrap();
-    let token = link.rsplit('/').next().unwrap().to_string();
+    let token = reset_token(mail.path()).await;
     let reset = "A third g00d password";
     anonymous
         .post(
@@ -357,11 +353,7 @@ async fn reset_tokens_die_when_the_user_logs_in(db: Db) {
             .as_u16(),
         204
     );
-    let link = nth_mail(mail.path(), "Reset your PostHog password", 1)
-        .await
-        .link("/reset/")
-        .unwrap();
-    let token = link.rsplit('/').next().unwrap().to_string();
+    let token = reset_token(mail.path()).await;
     let path = format!("/api/reset/{}/", user.uuid);
     assert_eq!(
         anonymous
@@ -886,14 +878,7 @@ async fn credential_changes_end_pending_second_factor_logins(db: Db) {
             .as_u16(),
         204
     );
-    let token = nth_mail(mail.path(), "Reset your PostHog password", 1)
-        .await
-        .link("/reset/")
-        .unwrap()
-        .rsplit('/')
-        .next()
-        .unwrap()
-        .to_string();
+    let token = reset_token(mail.path()).await;
     Browser::new(&app)
         .post(
             &format!("/api/reset/{}/", user.uuid),

@@ -14,6 +14,7 @@ mod github;
 mod hardening;
 mod hygiene;
 mod operations;
+mod outbox;
 mod replicas;
 mod signal_autonomy;
 mod store_contract;

@@ -36,6 +36,19 @@ async fn health_metrics_and_schema(db: Db) {
         "{}",
         metrics.text
     );
+    for sample in [
+        "# TYPE hoglet_mail_outbox_depth gauge",
+        "hoglet_mail_outbox_depth 0",
+        "hoglet_mail_delivered_total 0",
+        "hoglet_mail_failures_total 0",
+        "hoglet_mail_dead_total 0",
+    ] {
+        assert!(
+            metrics.text.lines().any(|l| l == sample),
+            "{sample} in {}",
+            metrics.text
+        );
+    }
     app.stop().await;
 }
 

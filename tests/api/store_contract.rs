@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use hoglet::config::DatabaseUrl;
 use hoglet::store::{
-    self, ApiKeyChanges, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MembershipLevel,
-    MembershipWithOrg, NewApiKey, NewOrganization, NewScene, NewSignup, NewTeam, NewUser,
-    OrganizationRecord, PasswordHash, SessionRecord, StoreError, StoreResult, TeamRecord,
-    TotpDeviceRecord, UserDeletion, UserFacts, UserQuery, UserRecord,
+    self, ApiKeyChanges, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MailFailure,
+    MembershipLevel, MembershipWithOrg, NewApiKey, NewMail, NewOrganization, NewScene, NewSignup,
+    NewTeam, NewUser, OrganizationRecord, OutboxStatus, PasswordHash, SessionRecord, StoreError,
+    StoreResult, TeamRecord, TotpDeviceRecord, UserDeletion, UserFacts, UserQuery, UserRecord,
 };
-use hoglet::time::{Micros, system_now};
+use hoglet::time::{Micros, SECOND, system_now};
 use serde_json::json;
 use uuid::Uuid;
 
@@ -60,6 +60,9 @@ db_tests!(
     update_api_key_writes_only_its_fields,
     delete_api_key_returns_the_record_once,
     roll_api_key_replaces_the_hash_once_per_roll,
+    request_password_reset_writes_one_column_and_its_mail_together,
+    outbox_claims_lease_retry_give_up_and_delete,
+    concurrent_claims_never_share_a_message,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -3561,4 +3564,227 @@ async fn roll_api_key_replaces_the_hash_once_per_roll(db: Db) {
     assert!(chain.is_empty(), "rolls that saw a stale hash: {chain:?}");
     assert_eq!(at, stored);
     assert_eq!(key_count(&env, user.id).await, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// The mail outbox
+// ---------------------------------------------------------------------------------------------
+
+fn new_mail(recipient: &str, at: Micros) -> NewMail {
+    NewMail {
+        recipient: recipient.into(),
+        subject: format!("Subject for {recipient}"),
+        sealed_body: format!("v1:sealed-for-{recipient}"),
+        created_at: at,
+    }
+}
+
+fn status(pending: i64, due: i64) -> OutboxStatus {
+    OutboxStatus { pending, due }
+}
+
+async fn request_password_reset_writes_one_column_and_its_mail_together(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "reset@example.com").await;
+    let mut before = user.clone();
+    before.first_name = "Edited".into();
+    store.update_user(&before).await.unwrap();
+    let mark = feed_mark(store).await;
+
+    store
+        .request_password_reset(user.id, T0, new_mail("reset@example.com", T0))
+        .await
+        .unwrap();
+    let mut expected = before.clone();
+    expected.requested_password_reset_at = Some(T0);
+    assert_same_user(&reload(store, user.id).await, &expected);
+    assert_eq!(feed_after(store, mark).await, vec![user_entry(user.id)]);
+    assert_eq!(store.outbox_status(T0 - 1).await.unwrap(), status(1, 0));
+    assert_eq!(store.outbox_status(T0).await.unwrap(), status(1, 1));
+    let claimed = store.claim_mail(T0, T0 + 60 * SECOND, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert_eq!(
+        (
+            claimed[0].recipient.as_str(),
+            claimed[0].subject.as_str(),
+            claimed[0].sealed_body.as_str(),
+            claimed[0].attempts,
+            claimed[0].locked_until
+        ),
+        (
+            "reset@example.com",
+            "Subject for reset@example.com",
+            "v1:sealed-for-reset@example.com",
+            1,
+            T0 + 60 * SECOND
+        )
+    );
+
+    // A user that is gone gets nothing queued.
+    let mark = feed_mark(store).await;
+    assert_err(
+        store
+            .request_password_reset(user.id + 1000, T0, new_mail("ghost@example.com", T0))
+            .await,
+        "Missing(user)",
+    );
+    assert_eq!(env.rows("outbox").await, 1);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    // All or nothing: when the mail cannot be stored, the column keeps its value.
+    env.raw_exec(
+        "CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox \
+         BEGIN SELECT RAISE(ABORT, 'refused by the test'); END;",
+        "CREATE FUNCTION refuse_mail() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$; \
+         CREATE TRIGGER refuse_mail BEFORE INSERT ON outbox \
+         FOR EACH ROW EXECUTE FUNCTION refuse_mail();",
+    )
+    .await;
+    let refused = store
+        .request_password_reset(user.id, T0 + SECOND, new_mail("reset@example.com", T0))
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+    assert_same_user(&reload(store, user.id).await, &expected);
+    assert_eq!(env.rows("outbox").await, 1);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert!(
+        store
+            .enqueue_mail(new_mail("other@example.com", T0))
+            .await
+            .is_err()
+    );
+}
+
+async fn outbox_claims_lease_retry_give_up_and_delete(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    assert_eq!(store.outbox_status(T0).await.unwrap(), status(0, 0));
+    store
+        .enqueue_mail(new_mail("a@example.com", T0))
+        .await
+        .unwrap();
+    store
+        .enqueue_mail(new_mail("b@example.com", T0 + 1))
+        .await
+        .unwrap();
+    assert_eq!(store.outbox_status(T0).await.unwrap(), status(2, 1));
+    assert_eq!(store.outbox_status(T0 + 1).await.unwrap(), status(2, 2));
+
+    // Oldest first, `limit` at a time; a leased message is not claimed again.
+    let lease = T0 + 100;
+    let first = store.claim_mail(T0 + 1, lease, 1).await.unwrap();
+    assert_eq!(recipients(&first), ["a@example.com"]);
+    assert_eq!((first[0].attempts, first[0].locked_until), (1, lease));
+    let second = store.claim_mail(T0 + 1, lease, 10).await.unwrap();
+    assert_eq!(recipients(&second), ["b@example.com"]);
+    assert!(
+        store
+            .claim_mail(T0 + 1, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(store.outbox_status(T0 + 1).await.unwrap(), status(2, 0));
+
+    // Delivered: deleted, but only by the holder of the lease.
+    let (a, b) = (first[0].id, second[0].id);
+    assert!(!store.mail_delivered(a, lease + 1).await.unwrap());
+    assert!(store.mail_delivered(a, lease).await.unwrap());
+    assert!(
+        !store.mail_delivered(a, lease).await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(env.rows("outbox").await, 1);
+
+    // A failure schedules the next attempt and releases the lease.
+    assert!(
+        store
+            .mail_failed(
+                b,
+                lease,
+                "connection refused",
+                MailFailure::RetryAt(T0 + 50)
+            )
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_status(T0 + 49).await.unwrap(), status(1, 0));
+    assert_eq!(store.outbox_status(T0 + 50).await.unwrap(), status(1, 1));
+    assert_eq!(
+        env.raw_i64("SELECT count(*) FROM outbox WHERE last_error = 'connection refused'")
+            .await,
+        1
+    );
+
+    // A worker that stops mid-attempt holds the message until its lease ends.
+    let retry = store.claim_mail(T0 + 50, T0 + 60, 10).await.unwrap();
+    assert_eq!((retry[0].id, retry[0].attempts), (b, 2));
+    assert!(
+        store
+            .claim_mail(T0 + 59, T0 + 70, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let taken_over = store.claim_mail(T0 + 60, T0 + 70, 10).await.unwrap();
+    assert_eq!((taken_over[0].id, taken_over[0].attempts), (b, 3));
+    assert!(
+        !store
+            .mail_failed(b, T0 + 60, "late", MailFailure::RetryAt(T0 + 99))
+            .await
+            .unwrap(),
+        "the first worker's lease is over"
+    );
+
+    // Given up: kept as a dead letter without its body, never claimed again.
+    assert!(
+        store
+            .mail_failed(b, T0 + 70, "gave up", MailFailure::GiveUp(T0 + 61))
+            .await
+            .unwrap()
+    );
+    assert_eq!(store.outbox_status(i64::MAX).await.unwrap(), status(0, 0));
+    assert!(
+        store
+            .claim_mail(i64::MAX, i64::MAX, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let dead = format!(
+        "SELECT count(*) FROM outbox WHERE body IS NULL AND locked_until IS NULL \
+         AND dead_at = {} AND attempts = 3 AND last_error = 'gave up'",
+        T0 + 61
+    );
+    assert_eq!(env.raw_i64(&dead).await, 1);
+}
+
+fn recipients(claimed: &[hoglet::store::ClaimedMail]) -> Vec<&str> {
+    claimed.iter().map(|m| m.recipient.as_str()).collect()
+}
+
+async fn concurrent_claims_never_share_a_message(db: Db) {
+    let env = Env::new(db).await;
+    let second = env.reopen().await;
+    for i in 0..40 {
+        env.store
+            .enqueue_mail(new_mail(&format!("m{i}@example.com"), T0))
+            .await
+            .unwrap();
+    }
+    // Twelve claims of five racing through two stores (two replicas): every message is claimed
+    // exactly once.
+    let (a, b) = (env.store.clone(), second.clone());
+    let claims = in_parallel((0..12).map(move |i| {
+        let store = if i % 2 == 0 { a.clone() } else { b.clone() };
+        async move { store.claim_mail(T0, T0 + 60 * SECOND, 5).await.unwrap() }
+    }))
+    .await;
+    let ids: Vec<i64> = claims.iter().flatten().map(|m| m.id).collect();
+    let distinct: BTreeSet<i64> = ids.iter().copied().collect();
+    assert_eq!(ids.len(), 40, "{claims:?}");
+    assert_eq!(distinct.len(), 40);
+    assert_eq!(env.store.outbox_status(T0).await.unwrap(), status(40, 0));
 }
