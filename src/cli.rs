@@ -79,6 +79,9 @@ pub struct ServeArgs {
     /// Public base URL (default http://<bind>).
     #[arg(long, env = "HOGLET_SITE_URL")]
     pub site_url: Option<String>,
+    /// Comma-separated CIDRs of proxies whose X-Forwarded-For is believed (default: none).
+    #[arg(long, env = "HOGLET_TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: String,
     /// `organization.metadata.instance_tag`.
     #[arg(long, env = "HOGLET_INSTANCE_TAG", default_value = "none")]
     pub instance_tag: String,
@@ -349,6 +352,7 @@ pub fn serve_config(database_url: DatabaseUrl, args: &ServeArgs) -> anyhow::Resu
         .filter(|u| !u.is_empty())
         .map(normalize_site_url);
     config.instance_tag = args.instance_tag.clone();
+    config.trusted_proxies = crate::config::parse_trusted_proxies(&args.trusted_proxies)?;
     config.secret_key = env_secret("HOGLET_SECRET_KEY");
     let github = &mut config.github;
     github.app_id = env_value("HOGLET_GITHUB_APP_ID");

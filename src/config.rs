@@ -170,6 +170,8 @@ pub struct Config {
     pub login_failure_limit: u64,
     /// Whether PostHog's per-key burst/sustained throttles apply.
     pub rate_limit_keys: bool,
+    /// Proxies whose `X-Forwarded-For` is believed (none by default).
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Config {
@@ -193,6 +195,7 @@ impl Config {
             email_from: "hoglet <noreply@hoglet.invalid>".into(),
             login_failure_limit: 30,
             rate_limit_keys: true,
+            trusted_proxies: Vec::new(),
         }
     }
 
@@ -209,6 +212,24 @@ impl Config {
             .next()
             .with_context(|| format!("bind address {:?} resolves to nothing", self.bind))
     }
+}
+
+/// `HOGLET_TRUSTED_PROXIES`: comma-separated CIDRs (`10.0.0.0/8`) or single addresses.
+pub fn parse_trusted_proxies(value: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|item| !item.is_empty())
+        .map(|item| {
+            item.parse::<ipnet::IpNet>()
+                .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "HOGLET_TRUSTED_PROXIES: {item:?} is not an address or CIDR (e.g. 10.0.0.0/8)"
+                    )
+                })
+        })
+        .collect()
 }
 
 /// Strips one trailing slash, as `HOGLET_SITE_URL` is documented without one.
@@ -234,6 +255,16 @@ mod tests {
             DatabaseUrl::Postgres(_)
         ));
         assert!(DatabaseUrl::parse("mysql://x").is_err());
+    }
+
+    #[test]
+    fn trusted_proxies() {
+        let nets = parse_trusted_proxies(" 10.0.0.0/8, 192.168.1.7 ,::1,").unwrap();
+        let shown: Vec<String> = nets.iter().map(ToString::to_string).collect();
+        assert_eq!(shown, ["10.0.0.0/8", "192.168.1.7/32", "::1/128"]);
+        assert!(parse_trusted_proxies("").unwrap().is_empty());
+        assert!(parse_trusted_proxies("10.0.0.0/33").is_err());
+        assert!(parse_trusted_proxies("proxy.local").is_err());
     }
 
     #[test]

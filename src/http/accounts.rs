@@ -1,9 +1,7 @@
 //! Account flows around the Users API: sign-up, login (and its second factor), logout, password
 //! reset and email verification.
 
-use std::net::SocketAddr;
-
-use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::extract::{Path, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -23,9 +21,10 @@ use crate::domain::scope::ScopeNeed;
 use crate::domain::user::ROLES_AT_ORGANIZATION;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
+use crate::http::client::ClientIp;
 use crate::http::links;
 use crate::ratelimit::Rate;
-use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor, client_ip};
+use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor};
 use crate::service::emails;
 use crate::service::render;
 use crate::store::{NewSignup, NewUser, PasswordHash, StoreError, UserRecord};
@@ -240,7 +239,7 @@ async fn signup(
 async fn login(
     State(state): State<AppState>,
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
-    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    ClientIp(ip): ClientIp,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -250,7 +249,7 @@ async fn login(
         .map_err(field("password"))?
         .unwrap_or_default();
 
-    let ip = client_ip(&headers, Some(peer));
+    let ip = ip.to_string();
     if state.limiter.failures(LOCKOUT_SCOPE, &ip).await >= state.config.login_failure_limit {
         return Err(ApiError::PermissionDenied {
             code: "too_many_failed_attempts",

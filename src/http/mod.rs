@@ -7,6 +7,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod body;
+pub mod client;
 pub mod health;
 pub mod integrations;
 pub mod links;

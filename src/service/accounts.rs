@@ -1,8 +1,6 @@
 //! Rules shared by the account flows: passwords, the second factor, remember-device cookies and
 //! client identification.
 
-use std::net::SocketAddr;
-
 use axum::http::HeaderMap;
 use serde_json::{Value, json};
 
@@ -21,18 +19,6 @@ pub const PENDING_LOGIN_AGE: Micros = 600 * SECOND;
 pub const TOTP_SETUP_AGE: Micros = 600 * SECOND;
 const REMEMBER_COOKIE_PREFIX: &str = "remember-cookie_";
 const REMEMBER_AGE_SECONDS: i64 = 30 * 86_400;
-
-/// The client address PostHog's lockout keys on: the first `X-Forwarded-For` hop, else the peer.
-pub fn client_ip(headers: &HeaderMap, peer: Option<SocketAddr>) -> String {
-    headers
-        .get("x-forwarded-for")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').next())
-        .map(|v| v.trim().to_string())
-        .filter(|v| !v.is_empty())
-        .or_else(|| peer.map(|p| p.ip().to_string()))
-        .unwrap_or_else(|| "unknown".into())
-}
 
 /// Runs Django's password validators. Sign-up keeps their codes; other flows report every
 /// failure as `invalid_input`, as DRF does when it re-raises Django's errors.

@@ -380,8 +380,14 @@ async fn login_sets_session_and_csrf_and_logout_ends_it(db: Db) {
     app.stop().await;
 }
 
+/// Test case 78, behind a trusted proxy (the test client's loopback address) that reports the
+/// client's address in `X-Forwarded-For`.
 async fn wrong_credentials_answer_the_same_and_lock_out_per_ip(db: Db) {
-    let app = spawn_app_with(db, |c| c.login_failure_limit = 3).await;
+    let app = spawn_app_with(db, |c| {
+        c.login_failure_limit = 3;
+        c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
+    })
+    .await;
     app.create_user("bob@example.com", false).await;
     let browser = Browser::new(&app);
     let login_from = |ip: &'static str, email: &'static str, password: &'static str| {

@@ -26,6 +26,7 @@ db_tests!(
     organizations_can_enforce_two_factor_on_sessions,
     mail_throttles_count_by_the_recipient,
     credential_changes_end_pending_second_factor_logins,
+    forwarded_addresses_count_only_from_trusted_proxies,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -893,6 +894,62 @@ async fn credential_changes_end_pending_second_factor_logins(db: Db) {
                 json!({"token": totp_code(&secret, &clock)}),
             )
             .await,
+    );
+    app.stop().await;
+}
+
+async fn attempt_login(app: &TestApp, forwarded: &str, password: &str) -> crate::helpers::Reply {
+    app.send(
+        reqwest::Client::new()
+            .post(app.url("/api/login/"))
+            .header("X-Forwarded-For", forwarded.to_string())
+            .json(&json!({"email": "lock@example.com", "password": password})),
+    )
+    .await
+}
+
+async fn forwarded_addresses_count_only_from_trusted_proxies(db: Db) {
+    let attempt = attempt_login;
+    let locked = |reply: crate::helpers::Reply| {
+        reply.assert_error(
+            403,
+            "authentication_error",
+            "too_many_failed_attempts",
+            "Too many failed login attempts. Please try again in 10 minutes.",
+            None,
+        )
+    };
+    // No trusted proxies (the default): the header is the client's word and is ignored, so
+    // rotating it does not reset the count, and naming a victim's address locks out nobody else.
+    let app = crate::helpers::spawn_app_with(db, |c| c.login_failure_limit = 3).await;
+    app.create_user("lock@example.com", false).await;
+    for forwarded in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        let reply = attempt(&app, forwarded, "wrong").await;
+        assert_eq!(reply.json["code"], "invalid_credentials", "{}", reply.text);
+    }
+    locked(attempt(&app, "4.4.4.4", PASSWORD).await);
+    app.stop().await;
+
+    // Behind a trusted proxy the proxy's own hop counts, not what the client wrote before it.
+    let app = crate::helpers::spawn_app_with(db, |c| {
+        c.login_failure_limit = 3;
+        c.trusted_proxies = vec![
+            "127.0.0.1/32".parse().unwrap(),
+            "10.0.0.0/8".parse().unwrap(),
+        ];
+    })
+    .await;
+    app.create_user("lock@example.com", false).await;
+    for spoofed in ["1.1.1.1", "2.2.2.2", "3.3.3.3"] {
+        let reply = attempt(&app, &format!("{spoofed}, 203.0.113.9, 10.0.0.2"), "wrong").await;
+        assert_eq!(reply.json["code"], "invalid_credentials", "{}", reply.text);
+    }
+    locked(attempt(&app, "4.4.4.4, 203.0.113.9", PASSWORD).await);
+    let other = attempt(&app, "203.0.113.10, 10.0.0.2", PASSWORD).await;
+    assert_eq!(
+        other.json,
+        json!({"success": true}),
+        "another client behind the proxy"
     );
     app.stop().await;
 }
