@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use axum::extract::{ConnectInfo, Path, Query, RawQuery, State};
+use axum::extract::{ConnectInfo, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value, json};
@@ -24,6 +24,7 @@ use crate::domain::user::ROLES_AT_ORGANIZATION;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::links;
+use crate::http::paths::Segment;
 use crate::ratelimit::Rate;
 use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor, client_ip};
 use crate::service::emails;
@@ -92,7 +93,11 @@ fn sha256_ident(value: &str) -> String {
     operation_id = "signup_create",
     tag = "accounts",
     request_body(content = Object, description = "`first_name`, `email`, `password`, optional `last_name`, `organization_name`, `role_at_organization`, `email_opt_in`."),
-    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 201, body = Object),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "Sign-up is closed by `HOGLET_SIGNUP` (`permission_denied`).", body = ErrorBody),
+    ),
 )]
 async fn signup(
     State(state): State<AppState>,
@@ -229,7 +234,12 @@ async fn signup(
     operation_id = "login_create",
     tag = "accounts",
     request_body(content = Object, description = "`{\"email\": str, \"password\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "Wrong email or password (`invalid_credentials`), or an unverified account while email is configured (`not_verified`).", body = ErrorBody),
+        (status = 401, description = "The password was right and the second factor is needed (`2fa_required`): finish with `POST /api/login/token/`.", body = ErrorBody),
+        (status = 403, description = "Too many failed logins from this client (`too_many_failed_attempts`, 10 minutes).", body = ErrorBody),
+    ),
 )]
 async fn login(
     State(state): State<AppState>,
@@ -338,7 +348,10 @@ async fn complete_login(
     operation_id = "login_token_create",
     tag = "accounts",
     request_body(content = Object, description = "`{\"token\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "No login is waiting for its second factor or it is older than the limit (`2fa_expired`), the code is wrong (`2fa_invalid`), or the device is blocked after failures (`2fa_too_many_attempts`).", body = ErrorBody),
+    ),
 )]
 async fn login_token(
     State(state): State<AppState>,
@@ -454,6 +467,8 @@ fn next_from(body: &Value, query: Option<&str>) -> Option<String> {
     path = "/logout/",
     operation_id = "logout",
     tag = "accounts",
+    request_body(content = Option<Object>, description = "Optional `{\"next\": str}` (also read from the query string)."),
+    params(("next" = Option<String>, Query, description = "Where to go after logging in again (same-site paths only).")),
     responses((status = 302, description = "Redirect to /login")),
 )]
 async fn logout(
@@ -472,6 +487,8 @@ async fn logout(
     path = "/api/logout/",
     operation_id = "api_logout",
     tag = "accounts",
+    request_body(content = Option<Object>, description = "Optional `{\"next\": str}` (also read from the query string)."),
+    params(("next" = Option<String>, Query, description = "Where to go after logging in again (same-site paths only).")),
     responses((status = 302, description = "Redirect to /login")),
 )]
 async fn api_logout(
@@ -493,7 +510,10 @@ async fn api_logout(
     operation_id = "reset_create",
     tag = "accounts",
     request_body(content = Object, description = "`{\"email\": str}`"),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+    responses(
+        (status = 204, description = "Sent if the address has an account."),
+        (status = 400, description = "Email is not configured on this instance (`email_not_available`).", body = ErrorBody),
+    ),
 )]
 async fn request_password_reset(
     State(state): State<AppState>,
@@ -530,11 +550,6 @@ async fn request_password_reset(
     Ok(StatusCode::NO_CONTENT)
 }
 
-#[derive(serde::Deserialize)]
-struct TokenParam {
-    token: Option<String>,
-}
-
 fn invalid_reset_token() -> ApiError {
     ApiError::field(
         "token",
@@ -566,15 +581,21 @@ async fn reset_target(state: &AppState, uuid: &str, token: &str) -> ApiResult<Us
     operation_id = "reset_retrieve",
     tag = "accounts",
     params(("user_uuid" = String, Path), ("token" = String, Query)),
-    responses((status = 200, description = "The token is valid."), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The token is valid."),
+        (status = 400, description = "The token is missing (`required`), or it or the user is not valid (`invalid_token`).", body = ErrorBody),
+    ),
 )]
 async fn check_password_reset(
     State(state): State<AppState>,
-    Path(user_uuid): Path<String>,
-    Query(params): Query<TokenParam>,
+    Segment(user_uuid): Segment,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<StatusCode> {
-    let token = params
-        .token
+    // DRF's `query_params.get`: the last value of a repeated parameter.
+    let token = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
+        .and_then(|pairs| pairs.into_iter().rev().find(|(k, _)| k == "token"))
+        .map(|(_, v)| v)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
     reset_target(&state, &user_uuid, &token).await?;
@@ -589,11 +610,14 @@ async fn check_password_reset(
     tag = "accounts",
     params(("user_uuid" = String, Path)),
     request_body(content = Object, description = "`{\"token\": str, \"password\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "The token or the user is not valid (`invalid_token`), or the password is refused.", body = ErrorBody),
+    ),
 )]
 async fn complete_password_reset(
     State(state): State<AppState>,
-    Path(user_uuid): Path<String>,
+    Segment(user_uuid): Segment,
     body: Body,
 ) -> ApiResult<axum::Json<Value>> {
     let body = body.object()?;
@@ -631,7 +655,10 @@ async fn complete_password_reset(
     operation_id = "users_request_email_verification_create",
     tag = "users",
     request_body(content = Object, description = "`{\"uuid\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "Email is not configured on this instance (`email_not_available`).", body = ErrorBody),
+    ),
 )]
 async fn request_email_verification(
     State(state): State<AppState>,
@@ -777,7 +804,10 @@ async fn verify_email(
     path = "/api/users/cancel_email_change_request/",
     operation_id = "users_cancel_email_change_request_partial_update",
     tag = "users",
-    responses((status = 200, body = render::UserView), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = render::UserView),
+        (status = 400, description = "No email change is pending (`email_change_request_not_found`).", body = ErrorBody),
+    ),
 )]
 async fn cancel_email_change_request(
     State(state): State<AppState>,

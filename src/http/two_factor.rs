@@ -178,7 +178,10 @@ async fn validate(
     tag = "users",
     params(("uuid" = String, Path)),
     request_body(content = Object, description = "`{\"token\": \"123456\"}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "No setup was started in this session or it is older than ten minutes (`setup_expired`), or the code is wrong (`token_invalid`).", body = ErrorBody),
+    ),
 )]
 async fn two_factor_validate(
     State(state): State<AppState>,
@@ -197,7 +200,10 @@ async fn two_factor_validate(
     tag = "users",
     params(("uuid" = String, Path)),
     request_body(content = Object, description = "`{\"token\": \"123456\"}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "No setup was started in this session or it is older than ten minutes (`setup_expired`), or the code is wrong (`token_invalid`).", body = ErrorBody),
+    ),
 )]
 async fn validate_2fa(
     State(state): State<AppState>,
@@ -252,7 +258,10 @@ async fn two_factor_status(
     operation_id = "users_two_factor_backup_codes_create",
     tag = "users",
     params(("uuid" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = Object),
+        (status = 400, description = "2FA is not enabled (`2fa_not_enabled`).", body = ErrorBody),
+    ),
 )]
 async fn two_factor_backup_codes(
     State(state): State<AppState>,

@@ -357,7 +357,7 @@ async fn write_user(
         (status = 204, description = "Deleted."),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody),
+        (status = 409, description = "The user is still a member of an organization (`conflict`).", body = ErrorBody),
     ),
 )]
 async fn destroy(
