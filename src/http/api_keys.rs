@@ -363,7 +363,7 @@ async fn scoped_organizations(
     path = "/api/personal_api_keys/",
     operation_id = "personal_api_keys_create",
     tag = "personal_api_keys",
-    request_body(content = Object, description = "`label`, `scopes`, optional `scoped_teams`, `scoped_organizations`, `expires_at`."),
+    request_body(content = crate::http::requests::PersonalApiKeyRequest),
     responses((status = 201, body = PersonalApiKeyView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
 async fn create(
@@ -469,7 +469,7 @@ async fn write(
     operation_id = "personal_api_keys_update",
     tag = "personal_api_keys",
     params(("id" = String, Path)),
-    request_body(content = Object),
+    request_body(content = crate::http::requests::PersonalApiKeyRequest),
     responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
 )]
 async fn update(
@@ -488,7 +488,7 @@ async fn update(
     operation_id = "personal_api_keys_partial_update",
     tag = "personal_api_keys",
     params(("id" = String, Path)),
-    request_body(content = Object),
+    request_body(content = crate::http::requests::PersonalApiKeyPatch),
     responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
 )]
 async fn partial_update(

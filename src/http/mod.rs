@@ -13,6 +13,7 @@ pub mod links;
 pub mod metrics;
 pub mod openapi;
 pub mod paths;
+pub mod requests;
 pub mod signal_autonomy;
 pub mod telemetry;
 pub mod two_factor;

@@ -142,7 +142,7 @@ async fn retrieve(
     operation_id = "users_signal_autonomy_create",
     tag = "users",
     params(("user_id" = String, Path, description = "`@me`, or (staff only) a user's integer id.")),
-    request_body(content = Object, description = "`{\"autostart_priority\": \"P0\"…\"P4\" | null}`, optional."),
+    request_body(content = Option<crate::http::requests::SignalAutonomyRequest>, description = "Optional: only the fields sent are written."),
     responses(
         (status = 200, body = SignalUserAutonomy),
         (status = 400, body = ErrorBody),

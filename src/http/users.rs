@@ -444,7 +444,7 @@ async fn hedgehog_config_update(
     operation_id = "users_scene_personalisation_create",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Object, description = "`{\"scene\": str, \"dashboard\": int}`"),
+    request_body(content = crate::http::requests::SceneRequest),
     responses((status = 200, body = UserView), (status = 400, body = ErrorBody)),
 )]
 async fn scene_personalisation(

@@ -206,6 +206,37 @@ async fn schema_documents_the_shared_errors(db: Db) {
         statuses("/api/login/", "post"),
         ["200", "400", "401", "403", "413", "415", "429"]
     );
+    // Settings that hold any JSON are documented so (an array was refused by `object` before).
+    let user = &schema.json["components"]["schemas"]["UserView"]["properties"];
+    for field in [
+        "hedgehog_config",
+        "has_seen_product_intro_for",
+        "events_column_config",
+    ] {
+        assert!(
+            user[field].get("type").is_none(),
+            "{field}: {}",
+            user[field]
+        );
+    }
+    let hedgehog = &schema.json["paths"]["/api/users/{uuid}/hedgehog_config/"]["patch"];
+    assert_eq!(
+        hedgehog["responses"]["200"]["content"]["application/json"]["schema"],
+        serde_json::json!({})
+    );
+    // Every success answer has a shape (no bare `object`).
+    for (path, item) in schema.json["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let shape = &response["content"]["application/json"]["schema"];
+                assert_ne!(
+                    shape,
+                    &serde_json::json!({"type": "object"}),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
     // A handler's own description is kept, and the shared reasons follow it.
     let conflict = schema.json["paths"]["/api/signup/"]["post"]["responses"]["403"]["description"]
         .as_str()
