@@ -91,7 +91,8 @@ pub struct ErrorBody<'a> {
     pub code: &'a str,
     #[schema(example = "This field is required.")]
     pub detail: &'a str,
-    #[schema(nullable)]
+    /// The field the error is about, or null.
+    #[schema(required = true)]
     pub attr: Option<&'a str>,
 }
 

@@ -172,7 +172,7 @@ const TWO_FACTOR_ENFORCED_SINCE: Micros = 1_756_080_000 * SECOND;
 /// What a session of a member of an organization that enforces 2FA may still reach, exactly as
 /// PostHog's `two_factor_session.py` lists it (trailing slashes included: `/api/users/@me` is
 /// not on the list).
-const TWO_FACTOR_ALLOWED_PATHS: &[&str] = &[
+pub const TWO_FACTOR_ALLOWED_PATHS: &[&str] = &[
     "/api/users/@me/two_factor_start_setup/",
     "/api/users/@me/two_factor_validate/",
     "/api/users/@me/two_factor_status/",

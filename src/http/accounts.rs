@@ -1,10 +1,12 @@
 //! Account flows around the Users API: sign-up, login (and its second factor), logout, password
 //! reset and email verification.
 
-use axum::extract::{Path, Query, RawQuery, State};
+use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
@@ -23,6 +25,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::client::ClientIp;
 use crate::http::links;
+use crate::http::paths::Segment;
 use crate::ratelimit::Rate;
 use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor};
 use crate::service::emails;
@@ -51,8 +54,58 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(cancel_email_change_request))
 }
 
+/// `{"success": true}`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Success {
+    pub success: bool,
+}
+
+pub const SUCCESS: Success = Success { success: true };
+
+/// The answer of sign-up.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SignedUp {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub distinct_id: Option<String>,
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    pub is_email_verified: Option<bool>,
+    /// The hedgehog's basic settings (any JSON), or null.
+    pub hedgehog_config: Value,
+    pub role_at_organization: Option<String>,
+    /// Where the web app goes next: `/`, or the page asking to verify the email address.
+    pub redirect_url: String,
+}
+
+/// The answer of the login precheck (hoglet has no SSO).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct LoginPrecheck {
+    pub sso_enforcement: Option<String>,
+    pub saml_available: bool,
+}
+
+/// The answer of a completed password reset.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PasswordReset {
+    pub success: bool,
+    pub email: String,
+}
+
+/// The answer of a verified email address: the token when the browser was logged in, or
+/// `requires_2fa` when the user must still log in with a second factor.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct EmailVerified {
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requires_2fa: Option<bool>,
+}
+
 /// A JSON response with cookies.
-fn respond(status: StatusCode, cookies: SetCookies, body: Value) -> Response {
+fn respond(status: StatusCode, cookies: SetCookies, body: impl Serialize) -> Response {
     let mut response = (status, axum::Json(body)).into_response();
     cookies.apply(response.headers_mut());
     response
@@ -93,8 +146,12 @@ fn recipient_ident(address: &str) -> String {
     path = "/api/signup/",
     operation_id = "signup_create",
     tag = "accounts",
-    request_body(content = Object, description = "`first_name`, `email`, `password`, optional `last_name`, `organization_name`, `role_at_organization`, `email_opt_in`."),
-    responses((status = 201, body = Object), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
+    request_body(content = crate::http::requests::SignupRequest),
+    responses(
+        (status = 201, body = SignedUp),
+        (status = 400, body = ErrorBody),
+        (status = 403, description = "Sign-up is closed by `HOGLET_SIGNUP` (`permission_denied`).", body = ErrorBody),
+    ),
 )]
 async fn signup(
     State(state): State<AppState>,
@@ -210,18 +267,18 @@ async fn signup(
     Ok(respond(
         StatusCode::CREATED,
         cookies,
-        json!({
-            "id": user.id,
-            "uuid": user.uuid,
-            "distinct_id": user.distinct_id,
-            "first_name": user.first_name,
-            "last_name": user.last_name,
-            "email": user.email,
-            "is_email_verified": user.is_email_verified,
-            "hedgehog_config": accounts::hedgehog_basic(user.hedgehog_config.as_ref()),
-            "role_at_organization": user.role_at_organization,
-            "redirect_url": redirect_url,
-        }),
+        SignedUp {
+            hedgehog_config: accounts::hedgehog_basic(user.hedgehog_config.as_ref()),
+            id: user.id,
+            uuid: user.uuid,
+            distinct_id: user.distinct_id,
+            first_name: user.first_name,
+            last_name: user.last_name,
+            email: user.email,
+            is_email_verified: user.is_email_verified,
+            role_at_organization: user.role_at_organization,
+            redirect_url,
+        },
     ))
 }
 
@@ -233,8 +290,13 @@ async fn signup(
     path = "/api/login/",
     operation_id = "login_create",
     tag = "accounts",
-    request_body(content = Object, description = "`{\"email\": str, \"password\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)),
+    request_body(content = crate::http::requests::LoginRequest),
+    responses(
+        (status = 200, body = Success),
+        (status = 400, description = "Wrong email or password (`invalid_credentials`), or an unverified account while email is configured (`not_verified`).", body = ErrorBody),
+        (status = 401, description = "The password was right and the second factor is needed (`2fa_required`): finish with `POST /api/login/token/`.", body = ErrorBody),
+        (status = 403, description = "Too many failed logins from this client (`too_many_failed_attempts`, 10 minutes).", body = ErrorBody),
+    ),
 )]
 async fn login(
     State(state): State<AppState>,
@@ -321,7 +383,7 @@ async fn login(
     // A remembered device counts as the second factor, as django-two-factor's cookie does.
     let second_factor = device.is_some();
     let cookies = complete_login(&state, &mut user, previous.as_ref(), second_factor).await?;
-    Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
+    Ok(respond(StatusCode::OK, cookies, SUCCESS))
 }
 
 /// Starts the logged-in session and records the login; `second_factor` says whether this login
@@ -354,8 +416,11 @@ async fn complete_login(
     path = "/api/login/token/",
     operation_id = "login_token_create",
     tag = "accounts",
-    request_body(content = Object, description = "`{\"token\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    request_body(content = crate::http::requests::TokenRequest, description = "A TOTP code or a backup code."),
+    responses(
+        (status = 200, body = Success),
+        (status = 400, description = "No login is waiting for its second factor or it is older than the limit (`2fa_expired`), the code is wrong (`2fa_invalid`), or the device is blocked after failures (`2fa_too_many_attempts`).", body = ErrorBody),
+    ),
 )]
 async fn login_token(
     State(state): State<AppState>,
@@ -404,7 +469,7 @@ async fn login_token(
     if let Some(device) = state.store.totp_device(user.id).await? {
         accounts::remember_cookie(&state, &user, &device, &mut cookies);
     }
-    Ok(respond(StatusCode::OK, cookies, json!({"success": true})))
+    Ok(respond(StatusCode::OK, cookies, SUCCESS))
 }
 
 /// Login precheck
@@ -415,15 +480,16 @@ async fn login_token(
     path = "/api/login/precheck/",
     operation_id = "login_precheck_create",
     tag = "accounts",
-    request_body(content = Object, description = "`{\"email\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    request_body(content = crate::http::requests::EmailRequest),
+    responses((status = 200, body = LoginPrecheck), (status = 400, body = ErrorBody)),
 )]
-async fn login_precheck(body: Body) -> ApiResult<axum::Json<Value>> {
+async fn login_precheck(body: Body) -> ApiResult<axum::Json<LoginPrecheck>> {
     let body = body.object()?;
     fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
-    Ok(axum::Json(
-        json!({"sso_enforcement": null, "saml_available": false}),
-    ))
+    Ok(axum::Json(LoginPrecheck {
+        sso_enforcement: None,
+        saml_available: false,
+    }))
 }
 
 async fn end_session(
@@ -471,6 +537,8 @@ fn next_from(body: &Value, query: Option<&str>) -> Option<String> {
     path = "/logout/",
     operation_id = "logout",
     tag = "accounts",
+    request_body(content = Option<crate::http::requests::LogoutRequest>, description = "Optional; `next` is also read from the query string."),
+    params(("next" = Option<String>, Query, description = "Where to go after logging in again (same-site paths only).")),
     responses((status = 302, description = "Redirect to /login")),
 )]
 async fn logout(
@@ -489,6 +557,8 @@ async fn logout(
     path = "/api/logout/",
     operation_id = "api_logout",
     tag = "accounts",
+    request_body(content = Option<crate::http::requests::LogoutRequest>, description = "Optional; `next` is also read from the query string."),
+    params(("next" = Option<String>, Query, description = "Where to go after logging in again (same-site paths only).")),
     responses((status = 302, description = "Redirect to /login")),
 )]
 async fn api_logout(
@@ -509,8 +579,11 @@ async fn api_logout(
     path = "/api/reset/",
     operation_id = "reset_create",
     tag = "accounts",
-    request_body(content = Object, description = "`{\"email\": str}`"),
-    responses((status = 204), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+    request_body(content = crate::http::requests::EmailRequest),
+    responses(
+        (status = 204, description = "Sent if the address has an account."),
+        (status = 400, description = "Email is not configured on this instance (`email_not_available`).", body = ErrorBody),
+    ),
 )]
 async fn request_password_reset(
     State(state): State<AppState>,
@@ -535,11 +608,6 @@ async fn request_password_reset(
         emails::send_password_reset(&state, &user).await?;
     }
     Ok(StatusCode::NO_CONTENT)
-}
-
-#[derive(serde::Deserialize)]
-struct TokenParam {
-    token: Option<String>,
 }
 
 fn invalid_reset_token() -> ApiError {
@@ -573,15 +641,21 @@ async fn reset_target(state: &AppState, uuid: &str, token: &str) -> ApiResult<Us
     operation_id = "reset_retrieve",
     tag = "accounts",
     params(("user_uuid" = String, Path), ("token" = String, Query)),
-    responses((status = 200, description = "The token is valid."), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, description = "The token is valid."),
+        (status = 400, description = "The token is missing (`required`), or it or the user is not valid (`invalid_token`).", body = ErrorBody),
+    ),
 )]
 async fn check_password_reset(
     State(state): State<AppState>,
-    Path(user_uuid): Path<String>,
-    Query(params): Query<TokenParam>,
+    Segment(user_uuid): Segment,
+    RawQuery(query): RawQuery,
 ) -> ApiResult<StatusCode> {
-    let token = params
-        .token
+    // DRF's `query_params.get`: the last value of a repeated parameter.
+    let token = query
+        .and_then(|q| serde_urlencoded::from_str::<Vec<(String, String)>>(&q).ok())
+        .and_then(|pairs| pairs.into_iter().rev().find(|(k, _)| k == "token"))
+        .map(|(_, v)| v)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
     reset_target(&state, &user_uuid, &token).await?;
@@ -595,14 +669,17 @@ async fn check_password_reset(
     operation_id = "reset_complete",
     tag = "accounts",
     params(("user_uuid" = String, Path)),
-    request_body(content = Object, description = "`{\"token\": str, \"password\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    request_body(content = crate::http::requests::PasswordResetRequest),
+    responses(
+        (status = 200, body = PasswordReset),
+        (status = 400, description = "The token or the user is not valid (`invalid_token`), or the password is refused.", body = ErrorBody),
+    ),
 )]
 async fn complete_password_reset(
     State(state): State<AppState>,
-    Path(user_uuid): Path<String>,
+    Segment(user_uuid): Segment,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<PasswordReset>> {
     let body = body.object()?;
     let token =
         fields::char_field(&required(&body, "token")?, Chars::new()).map_err(field("token"))?;
@@ -628,7 +705,10 @@ async fn complete_password_reset(
         "The password of your account was just reset.",
     )
     .await;
-    Ok(axum::Json(json!({"success": true, "email": user.email})))
+    Ok(axum::Json(PasswordReset {
+        success: true,
+        email: user.email,
+    }))
 }
 
 /// Request an email verification link
@@ -637,14 +717,17 @@ async fn complete_password_reset(
     path = "/api/users/request_email_verification/",
     operation_id = "users_request_email_verification_create",
     tag = "users",
-    request_body(content = Object, description = "`{\"uuid\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody), (status = 429, body = ErrorBody)),
+    request_body(content = crate::http::requests::EmailVerificationRequest),
+    responses(
+        (status = 200, body = Success),
+        (status = 400, description = "Email is not configured on this instance (`email_not_available`).", body = ErrorBody),
+    ),
 )]
 async fn request_email_verification(
     State(state): State<AppState>,
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
     body: Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Success>> {
     let body = body.object()?;
     let uuid = body
         .get("uuid")
@@ -674,7 +757,7 @@ async fn request_email_verification(
     if let Some(user) = user {
         emails::send_verification(&state, &user).await?;
     }
-    Ok(axum::Json(json!({"success": true})))
+    Ok(axum::Json(SUCCESS))
 }
 
 /// Verify an email address
@@ -685,8 +768,8 @@ async fn request_email_verification(
     path = "/api/users/verify_email/",
     operation_id = "users_verify_email_create",
     tag = "users",
-    request_body(content = Object, description = "`{\"uuid\": str, \"token\": str}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    request_body(content = crate::http::requests::VerifyEmailRequest),
+    responses((status = 200, body = EmailVerified), (status = 400, body = ErrorBody)),
 )]
 async fn verify_email(
     State(state): State<AppState>,
@@ -765,10 +848,10 @@ async fn verify_email(
         )
         .await;
     }
-    let body = if two_factor {
-        json!({"success": true, "requires_2fa": true})
-    } else {
-        json!({"success": true, "token": token})
+    let body = EmailVerified {
+        success: true,
+        requires_2fa: two_factor.then_some(true),
+        token: (!two_factor).then_some(token),
     };
     Ok(respond(StatusCode::OK, cookies, body))
 }
@@ -779,7 +862,10 @@ async fn verify_email(
     path = "/api/users/cancel_email_change_request/",
     operation_id = "users_cancel_email_change_request_partial_update",
     tag = "users",
-    responses((status = 200, body = render::UserView), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = render::UserView),
+        (status = 400, description = "No email change is pending (`email_change_request_not_found`).", body = ErrorBody),
+    ),
 )]
 async fn cancel_email_change_request(
     State(state): State<AppState>,

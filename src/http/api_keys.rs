@@ -1,7 +1,7 @@
 //! `/api/personal_api_keys/`: create, list, retrieve (`@current` for the calling key), update,
 //! delete and roll personal API keys. Managed from a browser session; a key may only read itself.
 
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -19,6 +19,7 @@ use crate::domain::python::py_type_name;
 use crate::domain::scope::is_valid_scope;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
+use crate::http::paths::Segment;
 use crate::ratelimit::Rate;
 use crate::store::{ApiKeyChanges, ApiKeyRecord, NewApiKey, StoreError};
 use crate::time::{iso_z, parse_rfc3339};
@@ -362,7 +363,7 @@ async fn scoped_organizations(
     path = "/api/personal_api_keys/",
     operation_id = "personal_api_keys_create",
     tag = "personal_api_keys",
-    request_body(content = Object, description = "`label`, `scopes`, optional `scoped_teams`, `scoped_organizations`, `expires_at`."),
+    request_body(content = crate::http::requests::PersonalApiKeyRequest),
     responses((status = 201, body = PersonalApiKeyView), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)),
 )]
 async fn create(
@@ -418,7 +419,7 @@ async fn create(
 async fn retrieve(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
@@ -468,13 +469,13 @@ async fn write(
     operation_id = "personal_api_keys_update",
     tag = "personal_api_keys",
     params(("id" = String, Path)),
-    request_body(content = Object),
+    request_body(content = crate::http::requests::PersonalApiKeyRequest),
     responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
 )]
 async fn update(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Body,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     write(state, auth, id, body, false).await
@@ -487,13 +488,13 @@ async fn update(
     operation_id = "personal_api_keys_partial_update",
     tag = "personal_api_keys",
     params(("id" = String, Path)),
-    request_body(content = Object),
+    request_body(content = crate::http::requests::PersonalApiKeyPatch),
     responses((status = 200, body = PersonalApiKeyView), (status = 400, body = ErrorBody)),
 )]
 async fn partial_update(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
     body: Body,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     write(state, auth, id, body, true).await
@@ -513,7 +514,7 @@ async fn partial_update(
 async fn destroy(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> ApiResult<StatusCode> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
@@ -539,7 +540,7 @@ async fn destroy(
 async fn roll(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
-    Path(id): Path<String>,
+    Segment(id): Segment,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;

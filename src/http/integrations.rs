@@ -171,10 +171,10 @@ async fn list(
     operation_id = "users_integrations_github_start_create",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Object, description = "`{\"team_id\": int|null, \"connect_from\": str}`, both optional."),
+    request_body(content = Option<crate::http::requests::GithubStartRequest>),
     responses(
         (status = 200, body = StartLink),
-        (status = 400, body = ErrorBody),
+        (status = 400, description = "The GitHub App is not configured, `team_id` is not an integer or not a project of the user, or every installation is already linked (`invalid_input`).", body = ErrorBody),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
     ),

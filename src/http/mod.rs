@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod openapi;
 pub mod origin;
 pub mod paths;
+pub mod requests;
 pub mod signal_autonomy;
 pub mod telemetry;
 pub mod two_factor;
@@ -42,9 +43,16 @@ pub fn api_router() -> OpenApiRouter<AppState> {
         .merge(health::router())
 }
 
-/// The OpenAPI document generated from the route definitions.
+/// The API routes and their OpenAPI document, completed with the errors every operation shares.
+fn routes_and_document() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    let (router, mut document) = api_router().split_for_parts();
+    openapi::document_errors(&mut document);
+    (router, document)
+}
+
+/// The OpenAPI document generated from the route definitions (also served at `/api/schema/`).
 pub fn openapi_document() -> utoipa::openapi::OpenApi {
-    api_router().split_for_parts().1
+    routes_and_document().1
 }
 
 /// What [`service`] returns: the normalised router, made per connection with its peer address.
@@ -55,7 +63,7 @@ pub type Service = axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
 
 /// The complete service: routes, fallbacks, middleware and path normalisation.
 pub fn service(state: AppState) -> Service {
-    let (router, document) = api_router().split_for_parts();
+    let (router, document) = routes_and_document();
     let router = router
         .route(
             "/api/schema/",

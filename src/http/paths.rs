@@ -2,8 +2,9 @@
 //! without it get one added before routing. The path as sent is kept for the few rules that
 //! depend on it (the 2FA enforcement allow-list matches exact paths).
 
-use axum::extract::Request;
+use axum::extract::{FromRequestParts, Path, Request};
 use axum::http::Uri;
+use axum::http::request::Parts;
 use axum::http::uri::PathAndQuery;
 
 /// The request path exactly as the client sent it.
@@ -38,4 +39,21 @@ pub fn normalize(mut request: Request) -> Request {
         }
     }
     request
+}
+
+/// The route's one path parameter, percent-decoded. A value that is not UTF-8 once decoded is
+/// kept as U+FFFD, which names nothing, so the handler answers as for any unknown value (never
+/// axum's plain-text 400 outside the error envelope).
+pub struct Segment(pub String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Segment {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Ok(Segment(
+            Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_or_else(|_| char::REPLACEMENT_CHARACTER.to_string(), |Path(s)| s),
+        ))
+    }
 }

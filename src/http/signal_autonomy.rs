@@ -4,8 +4,7 @@
 //! Authenticators Session → personal key → OAuth; `user:write` for every method, GET included;
 //! staff may name other users by **integer id** (any user, active or not).
 
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Serialize;
@@ -20,6 +19,7 @@ use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::api_keys::throttle_key;
 use crate::http::body::Body;
+use crate::http::paths::Segment;
 use crate::service::users::{load_caller, serializer_data};
 use crate::store::{SignalAutonomyRecord, UserRecord};
 use crate::time::iso_z;
@@ -77,13 +77,8 @@ fn view(record: SignalAutonomyRecord, user: &UserRecord) -> SignalUserAutonomy {
     }
 }
 
-/// The `{user_id}` segment: any text (PostHog matches it with `<user_id>`, dots included); one
-/// that is not UTF-8 once decoded names nobody.
-fn segment_of(segment: Result<Path<String>, PathRejection>) -> String {
-    segment.map_or_else(|_| char::REPLACEMENT_CHARACTER.to_string(), |Path(s)| s)
-}
-
-/// Authorises the caller (`user:write` always), applies the key throttles and resolves the path.
+/// Authorises the caller (`user:write` always), applies the key throttles and resolves the path's
+/// `{user_id}`: any text (PostHog matches it with `<user_id>`, dots included).
 async fn target(
     state: &AppState,
     auth: Authenticated<SignalViews>,
@@ -121,16 +116,16 @@ async fn target(
         (status = 200, body = SignalUserAutonomy),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
-        (status = 404, description = "Not opted in (empty body)."),
+        (status = 404, description = "Not opted in: an empty body. (A user that does not exist answers the error envelope.)"),
     ),
     security(("PersonalAPIKeyAuth" = ["user:write"]))
 )]
 async fn retrieve(
     State(state): State<AppState>,
-    segment: Result<Path<String>, PathRejection>,
+    Segment(segment): Segment,
     auth: Authenticated<SignalViews>,
 ) -> ApiResult<Response> {
-    let user = target(&state, auth, &segment_of(segment)).await?;
+    let user = target(&state, auth, &segment).await?;
     Ok(match state.store.signal_autonomy(user.id).await? {
         Some(record) => axum::Json(view(record, &user)).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
@@ -147,7 +142,7 @@ async fn retrieve(
     operation_id = "users_signal_autonomy_create",
     tag = "users",
     params(("user_id" = String, Path, description = "`@me`, or (staff only) a user's integer id.")),
-    request_body(content = Object, description = "`{\"autostart_priority\": \"P0\"…\"P4\" | null}`, optional."),
+    request_body(content = Option<crate::http::requests::SignalAutonomyRequest>, description = "Optional: only the fields sent are written."),
     responses(
         (status = 200, body = SignalUserAutonomy),
         (status = 400, body = ErrorBody),
@@ -157,11 +152,11 @@ async fn retrieve(
 )]
 async fn create(
     State(state): State<AppState>,
-    segment: Result<Path<String>, PathRejection>,
+    Segment(segment): Segment,
     auth: Authenticated<SignalViews>,
     body: ApiResult<Body>,
 ) -> ApiResult<axum::Json<SignalUserAutonomy>> {
-    let user = target(&state, auth, &segment_of(segment)).await?;
+    let user = target(&state, auth, &segment).await?;
     let Body(body) = body?;
     let body = serializer_data(body)?;
     let priority = match body.get("autostart_priority") {
@@ -195,10 +190,10 @@ async fn create(
 )]
 async fn destroy(
     State(state): State<AppState>,
-    segment: Result<Path<String>, PathRejection>,
+    Segment(segment): Segment,
     auth: Authenticated<SignalViews>,
 ) -> ApiResult<StatusCode> {
-    let user = target(&state, auth, &segment_of(segment)).await?;
+    let user = target(&state, auth, &segment).await?;
     state.store.delete_signal_autonomy(user.id).await?;
     Ok(StatusCode::NO_CONTENT)
 }

@@ -1,7 +1,9 @@
 //! Two-factor authentication management under `/api/users/{uuid}/…` (browser sessions only).
 
 use axum::extract::State;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde_json::Value;
+use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -10,6 +12,7 @@ use crate::auth::{Authenticated, Caller, UserViews};
 use crate::domain::scope::ScopeNeed;
 use crate::domain::totp;
 use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::http::accounts::{SUCCESS, Success};
 use crate::http::body::Body;
 use crate::http::users::UserSegment;
 use crate::service::accounts::{self, TOTP_SETUP_AGE};
@@ -26,6 +29,34 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(two_factor_status))
         .routes(routes!(two_factor_backup_codes))
         .routes(routes!(two_factor_disable))
+}
+
+/// A new TOTP secret, as text and as an `otpauth://` URI for authenticator apps.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TwoFactorSetup {
+    pub success: bool,
+    pub secret: String,
+    pub otpauth_uri: String,
+}
+
+/// Whether the user has 2FA, and how many backup codes are left.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TwoFactorStatus {
+    pub is_enabled: bool,
+    /// Always empty: backup codes are stored hashed and shown only when generated.
+    pub backup_codes: Vec<String>,
+    pub backup_codes_remaining: i64,
+    /// `TOTP`, or null without 2FA.
+    pub method: Option<String>,
+    pub has_passkeys: bool,
+    pub has_totp: bool,
+    pub passkeys_enabled_for_2fa: bool,
+}
+
+/// New backup codes, shown this once.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BackupCodes {
+    pub backup_codes: Vec<String>,
 }
 
 /// The session record behind a session caller.
@@ -55,7 +86,7 @@ fn issuer(state: &AppState) -> String {
 async fn start_setup(
     state: &AppState,
     auth: Authenticated<UserViews>,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TwoFactorSetup>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let user = load_caller(state, &caller).await?;
     let mut session = session_of(state, &caller).await?;
@@ -63,11 +94,11 @@ async fn start_setup(
     session.totp_setup_secret = Some(accounts::seal_totp_secret(state, &secret)?);
     session.totp_setup_at = Some(state.clock.now());
     state.store.update_session(&session).await?;
-    Ok(axum::Json(json!({
-        "success": true,
-        "secret": totp::secret_base32(&secret),
-        "otpauth_uri": totp::otpauth_uri(&secret, &issuer(state), &user.email),
-    })))
+    Ok(axum::Json(TwoFactorSetup {
+        success: true,
+        secret: totp::secret_base32(&secret),
+        otpauth_uri: totp::otpauth_uri(&secret, &issuer(state), &user.email),
+    }))
 }
 
 /// Start 2FA setup
@@ -79,13 +110,13 @@ async fn start_setup(
     operation_id = "users_two_factor_start_setup_retrieve",
     tag = "users",
     params(("uuid" = String, Path)),
-    responses((status = 200, body = Object), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = TwoFactorSetup), (status = 403, body = ErrorBody)),
 )]
 async fn two_factor_start_setup(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     _segment: UserSegment,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TwoFactorSetup>> {
     start_setup(&state, auth).await
 }
 
@@ -96,13 +127,13 @@ async fn two_factor_start_setup(
     operation_id = "users_start_2fa_setup_retrieve",
     tag = "users",
     params(("uuid" = String, Path)),
-    responses((status = 200, body = Object), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = TwoFactorSetup), (status = 403, body = ErrorBody)),
 )]
 async fn start_2fa_setup(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     _segment: UserSegment,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TwoFactorSetup>> {
     start_setup(&state, auth).await
 }
 
@@ -110,7 +141,7 @@ async fn validate(
     state: &AppState,
     auth: Authenticated<UserViews>,
     body: Value,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Success>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let user = load_caller(state, &caller).await?;
     let mut session = session_of(state, &caller).await?;
@@ -165,7 +196,7 @@ async fn validate(
         "Two-factor authentication was turned on for your account.",
     )
     .await;
-    Ok(axum::Json(json!({"success": true})))
+    Ok(axum::Json(SUCCESS))
 }
 
 /// Validate 2FA setup
@@ -177,15 +208,18 @@ async fn validate(
     operation_id = "users_two_factor_validate_create",
     tag = "users",
     params(("uuid" = String, Path)),
-    request_body(content = Object, description = "`{\"token\": \"123456\"}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    request_body(content = crate::http::requests::TokenRequest, description = "A code from the authenticator app."),
+    responses(
+        (status = 200, body = Success),
+        (status = 400, description = "No setup was started in this session or it is older than ten minutes (`setup_expired`), or the code is wrong (`token_invalid`).", body = ErrorBody),
+    ),
 )]
 async fn two_factor_validate(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     _segment: UserSegment,
     Body(body): Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Success>> {
     validate(&state, auth, body).await
 }
 
@@ -196,15 +230,18 @@ async fn two_factor_validate(
     operation_id = "users_validate_2fa_create",
     tag = "users",
     params(("uuid" = String, Path)),
-    request_body(content = Object, description = "`{\"token\": \"123456\"}`"),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    request_body(content = crate::http::requests::TokenRequest, description = "A code from the authenticator app."),
+    responses(
+        (status = 200, body = Success),
+        (status = 400, description = "No setup was started in this session or it is older than ten minutes (`setup_expired`), or the code is wrong (`token_invalid`).", body = ErrorBody),
+    ),
 )]
 async fn validate_2fa(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     _segment: UserSegment,
     Body(body): Body,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Success>> {
     validate(&state, auth, body).await
 }
 
@@ -215,13 +252,13 @@ async fn validate_2fa(
     operation_id = "users_two_factor_status_retrieve",
     tag = "users",
     params(("uuid" = String, Path)),
-    responses((status = 200, body = Object), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = TwoFactorStatus), (status = 403, body = ErrorBody)),
 )]
 async fn two_factor_status(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<TwoFactorStatus>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
@@ -232,15 +269,15 @@ async fn two_factor_status(
         0
     };
     // Backup codes are stored hashed, so they are shown only when generated.
-    Ok(axum::Json(json!({
-        "is_enabled": has_totp,
-        "backup_codes": [],
-        "backup_codes_remaining": remaining,
-        "method": if has_totp { Value::from("TOTP") } else { Value::Null },
-        "has_passkeys": false,
-        "has_totp": has_totp,
-        "passkeys_enabled_for_2fa": false,
-    })))
+    Ok(axum::Json(TwoFactorStatus {
+        is_enabled: has_totp,
+        backup_codes: Vec::new(),
+        backup_codes_remaining: remaining,
+        method: has_totp.then(|| "TOTP".to_string()),
+        has_passkeys: false,
+        has_totp,
+        passkeys_enabled_for_2fa: false,
+    }))
 }
 
 /// Regenerate backup codes
@@ -252,13 +289,16 @@ async fn two_factor_status(
     operation_id = "users_two_factor_backup_codes_create",
     tag = "users",
     params(("uuid" = String, Path)),
-    responses((status = 200, body = Object), (status = 400, body = ErrorBody)),
+    responses(
+        (status = 200, body = BackupCodes),
+        (status = 400, description = "2FA is not enabled (`2fa_not_enabled`).", body = ErrorBody),
+    ),
 )]
 async fn two_factor_backup_codes(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<BackupCodes>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
@@ -269,7 +309,9 @@ async fn two_factor_backup_codes(
         ));
     }
     let codes = accounts::regenerate_backup_codes(&state, target.id).await?;
-    Ok(axum::Json(json!({"backup_codes": codes})))
+    Ok(axum::Json(BackupCodes {
+        backup_codes: codes,
+    }))
 }
 
 /// Disable 2FA
@@ -279,13 +321,13 @@ async fn two_factor_backup_codes(
     operation_id = "users_two_factor_disable_create",
     tag = "users",
     params(("uuid" = String, Path)),
-    responses((status = 200, body = Object), (status = 403, body = ErrorBody)),
+    responses((status = 200, body = Success), (status = 403, body = ErrorBody)),
 )]
 async fn two_factor_disable(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
-) -> ApiResult<axum::Json<Value>> {
+) -> ApiResult<axum::Json<Success>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
@@ -299,5 +341,5 @@ async fn two_factor_disable(
         "Two-factor authentication was turned off for your account.",
     )
     .await;
-    Ok(axum::Json(json!({"success": true})))
+    Ok(axum::Json(SUCCESS))
 }

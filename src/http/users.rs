@@ -357,7 +357,7 @@ async fn write_user(
         (status = 204, description = "Deleted."),
         (status = 401, body = ErrorBody),
         (status = 403, body = ErrorBody),
-        (status = 409, body = ErrorBody),
+        (status = 409, description = "The user is still a member of an organization (`conflict`).", body = ErrorBody),
     ),
 )]
 async fn destroy(
@@ -381,7 +381,10 @@ async fn destroy(
     operation_id = "users_hedgehog_config_retrieve",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    responses((status = 200, body = Object), (status = 401, body = ErrorBody)),
+    responses(
+        (status = 200, description = "Any JSON (`{}` when none is stored).", body = Value),
+        (status = 401, body = ErrorBody),
+    ),
     security(("PersonalAPIKeyAuth" = ["user:read"]))
 )]
 async fn hedgehog_config(
@@ -410,8 +413,11 @@ async fn hedgehog_config(
     operation_id = "users_hedgehog_config_partial_update",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Object),
-    responses((status = 200, body = Object), (status = 403, body = ErrorBody)),
+    request_body(content = Value, description = "Any JSON: it is stored as sent."),
+    responses(
+        (status = 200, description = "The stored configuration, as sent.", body = Value),
+        (status = 403, body = ErrorBody),
+    ),
     security(("PersonalAPIKeyAuth" = ["user:write"]))
 )]
 async fn hedgehog_config_update(
@@ -438,7 +444,7 @@ async fn hedgehog_config_update(
     operation_id = "users_scene_personalisation_create",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Object, description = "`{\"scene\": str, \"dashboard\": int}`"),
+    request_body(content = crate::http::requests::SceneRequest),
     responses((status = 200, body = UserView), (status = 400, body = ErrorBody)),
 )]
 async fn scene_personalisation(

@@ -145,16 +145,16 @@ pub struct UserView {
     pub team: Option<TeamBasic>,
     pub organization: Option<OrganizationView>,
     pub organizations: Vec<OrganizationBasic>,
-    #[schema(value_type = Object)]
+    /// Any JSON but null.
     pub events_column_config: Value,
     pub is_2fa_enabled: bool,
     pub has_social_auth: bool,
     pub has_sso_enforcement: bool,
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON, or null.
     pub has_seen_product_intro_for: Option<Value>,
     pub scene_personalisation: Vec<ScenePersonalisationBasic>,
     pub theme_mode: Option<String>,
-    #[schema(value_type = Option<Object>)]
+    /// Any JSON, or null.
     pub hedgehog_config: Option<Value>,
     pub allow_sidebar_suggestions: Option<bool>,
     pub shortcut_position: Option<String>,

@@ -1,11 +1,18 @@
 //! Health, metrics, the OpenAPI document and the fallbacks.
 
 use reqwest::Method;
+use serde_json::Value;
 
+use crate::browser::Browser;
 use crate::db_tests;
 use crate::helpers::{Db, spawn_app};
 
-db_tests!(health_metrics_and_schema, unknown_paths_and_methods);
+db_tests!(
+    health_metrics_and_schema,
+    unknown_paths_and_methods,
+    schema_documents_the_shared_errors,
+    undecodable_segments_and_repeated_parameters_answer_the_envelope,
+);
 
 async fn health_metrics_and_schema(db: Db) {
     let app = spawn_app(db).await;
@@ -150,5 +157,180 @@ async fn database_outage_answers_503_and_recovers() {
     assert!(recovered, "health recovers once the database is back");
     assert_eq!(app.get("/api/users/", &key).await.status.as_u16(), 200);
     task.abort();
+    app.stop().await;
+}
+
+/// The served document is the generated one, with the errors the shared machinery adds: each
+/// operation lists what authentication, body parsing, routing and throttles can answer.
+async fn schema_documents_the_shared_errors(db: Db) {
+    let app = spawn_app(db).await;
+    let schema = app.call(Method::GET, "/api/schema/", None, None).await;
+    assert_eq!(schema.status.as_u16(), 200);
+    let generated = serde_json::to_value(hoglet::http::openapi_document()).unwrap();
+    assert_eq!(
+        schema.json, generated,
+        "served and generated documents differ"
+    );
+
+    let statuses = |path: &str, method: &str| -> Vec<String> {
+        let responses = schema.json["paths"][path][method]["responses"]
+            .as_object()
+            .unwrap_or_else(|| panic!("{method} {path} is documented"));
+        responses.keys().cloned().collect()
+    };
+    let envelope = |path: &str, method: &str, status: &str| -> Value {
+        schema.json["paths"][path][method]["responses"][status]["content"]["application/json"]
+            ["schema"]["$ref"]
+            .clone()
+    };
+    // A key refused by a session-only action (403), no credentials (401), an id that names
+    // nothing (404), a body over the limit (413), the per-key throttle (429).
+    assert_eq!(
+        statuses("/api/personal_api_keys/{id}/", "delete"),
+        ["204", "401", "403", "404", "413", "429"]
+    );
+    for status in ["401", "403", "404", "413", "429"] {
+        assert_eq!(
+            envelope("/api/personal_api_keys/{id}/", "delete", status),
+            "#/components/schemas/ErrorBody",
+            "{status}"
+        );
+    }
+    let throttled =
+        &schema.json["paths"]["/api/personal_api_keys/{id}/"]["delete"]["responses"]["429"];
+    assert_eq!(
+        throttled["headers"]["Retry-After"]["schema"]["type"],
+        "integer"
+    );
+    // A query parameter may be refused (400: control characters in `email`).
+    assert_eq!(statuses("/api/users/", "get"), ["200", "400", "401", "403"]);
+    // A body: parse errors, validation, size, media type; the password-check throttle.
+    assert_eq!(
+        statuses("/api/users/{uuid}/", "patch"),
+        ["200", "400", "401", "403", "404", "413", "415", "429"]
+    );
+    // Anonymous and safe: no 401, no 403.
+    assert_eq!(
+        statuses("/api/reset/{user_uuid}/", "get"),
+        ["200", "400", "404"]
+    );
+    // Login: a bad key is a 401 besides `2fa_required`; the lockouts are 403 and 429.
+    assert_eq!(
+        statuses("/api/login/", "post"),
+        ["200", "400", "401", "403", "413", "415", "429"]
+    );
+    // Settings that hold any JSON are documented so (an array was refused by `object` before).
+    let user = &schema.json["components"]["schemas"]["UserView"]["properties"];
+    for field in [
+        "hedgehog_config",
+        "has_seen_product_intro_for",
+        "events_column_config",
+    ] {
+        assert!(
+            user[field].get("type").is_none(),
+            "{field}: {}",
+            user[field]
+        );
+    }
+    let hedgehog = &schema.json["paths"]["/api/users/{uuid}/hedgehog_config/"]["patch"];
+    assert_eq!(
+        hedgehog["responses"]["200"]["content"]["application/json"]["schema"],
+        serde_json::json!({})
+    );
+    // Every success answer has a shape (no bare `object`).
+    for (path, item) in schema.json["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (status, response) in operation["responses"].as_object().unwrap() {
+                let shape = &response["content"]["application/json"]["schema"];
+                assert_ne!(
+                    shape,
+                    &serde_json::json!({"type": "object"}),
+                    "{method} {path} {status}"
+                );
+            }
+        }
+    }
+    // A handler's own description is kept, and the shared reasons follow it.
+    let conflict = schema.json["paths"]["/api/signup/"]["post"]["responses"]["403"]["description"]
+        .as_str()
+        .unwrap();
+    assert!(conflict.starts_with("Sign-up is closed"), "{conflict}");
+    assert!(conflict.contains("two_factor_setup_required"), "{conflict}");
+    app.stop().await;
+}
+
+/// A path segment that is not UTF-8 once decoded names nothing, and a repeated query parameter
+/// counts by its last value: both answer the error envelope (axum's plain-text 400 before).
+async fn undecodable_segments_and_repeated_parameters_answer_the_envelope(db: Db) {
+    let app = spawn_app(db).await;
+    let (user, key) = app.user_with_key("ada@example.com", false, &["*"]).await;
+    let invalid_token = |reply: crate::helpers::Reply| {
+        reply.assert_error(
+            400,
+            "validation_error",
+            "invalid_token",
+            "This reset token is invalid or has expired.",
+            Some("token"),
+        )
+    };
+    invalid_token(
+        app.call(Method::GET, "/api/reset/%FF/?token=a", None, None)
+            .await,
+    );
+    invalid_token(
+        app.call(
+            Method::POST,
+            "/api/reset/%FF/",
+            None,
+            Some(serde_json::json!({"token": "a", "password": "a-Good-passw0rd!"})),
+        )
+        .await,
+    );
+    let path = format!("/api/reset/{}/?token=a&token=b", user.uuid);
+    invalid_token(app.call(Method::GET, &path, None, None).await);
+    let path = format!("/api/reset/{}/?token=a&token=", user.uuid);
+    app.call(Method::GET, &path, None, None).await.assert_error(
+        400,
+        "validation_error",
+        "required",
+        "This field is required.",
+        Some("token"),
+    );
+
+    // A key reads only itself; a session finds no key by that id.
+    app.call(Method::GET, "/api/personal_api_keys/%FF/", Some(&key), None)
+        .await
+        .assert_error(
+            403,
+            "authentication_error",
+            "permission_denied",
+            "This action does not support Personal API Key access",
+            None,
+        );
+    let browser = Browser::new(&app);
+    browser
+        .login("ada@example.com", "a-Good-passw0rd!")
+        .await
+        .assert_ok();
+    for method in [Method::GET, Method::PATCH, Method::DELETE] {
+        browser
+            .call(method.clone(), "/api/personal_api_keys/%FF/", None)
+            .await
+            .assert_error(404, "invalid_request", "not_found", "Not found.", None);
+    }
+    app.call(
+        Method::GET,
+        "/api/users/%FF/signal_autonomy/",
+        Some(&key),
+        None,
+    )
+    .await
+    .assert_error(
+        403,
+        "authentication_error",
+        "permission_denied",
+        "Only staff can access other users' autonomy config.",
+        None,
+    );
     app.stop().await;
 }
