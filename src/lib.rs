@@ -17,6 +17,8 @@ pub mod http;
 pub mod kv;
 pub mod mail;
 pub mod ratelimit;
+pub mod redis_link;
+pub mod secret_key;
 pub mod service;
 pub mod store;
 pub mod telemetry;

@@ -74,6 +74,7 @@ pub(crate) use {
 pub const PING: &str = "SELECT 1";
 
 pub const SETTING_GET: &str = "SELECT value FROM settings WHERE key = $1";
+pub const SETTING_DELETE: &str = "DELETE FROM settings WHERE key = $1 AND value = $2";
 pub const SETTING_INSERT: &str =
     "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 
@@ -256,7 +257,8 @@ pub const SESSION_UPDATE: &str = "UPDATE sessions SET user_id = $2, login_at = $
      pending_at = $8, totp_setup_secret = $9, totp_setup_at = $10 WHERE id = $1";
 pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
 pub const SESSIONS_DELETE_OF_USER: &str = "DELETE FROM sessions WHERE user_id = $1 AND id <> $2";
-pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at < $1";
+pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at < $1 \
+     OR (user_id IS NULL AND (pending_at IS NULL OR pending_at < $2))";
 
 pub const TOTP_BY_USER: &str = "SELECT user_id, secret, last_step, failures, throttled_until, \
      created_at FROM totp_devices WHERE user_id = $1";

@@ -13,6 +13,7 @@ mod cli;
 mod github;
 mod operations;
 mod replicas;
+mod resilience;
 mod signal_autonomy;
 mod store_contract;
 mod two_factor;
