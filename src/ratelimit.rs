@@ -297,11 +297,11 @@ impl Limiter {
     pub async fn check(&self, rate: Rate, ident: &str) -> Result<(), u64> {
         let key = format!("hoglet:throttle:{}:{ident}", rate.scope);
         let now = self.clock.now();
-        let member = format!("{now}-{}", crate::crypto::random_alphanumeric(6));
         let key_ref = &key;
         let shared = self
             .redis
             .call(|mut connection| async move {
+                let member = format!("{now}-{}", crate::crypto::random_alphanumeric(6));
                 SLIDING_WINDOW
                     .key(key_ref)
                     .arg(now / 1000)

@@ -45,6 +45,7 @@ db_tests!(
     legacy_api_key_helpers,
     touch_api_keys_only_moves_forward,
     settings_keep_the_first_value,
+    settings_read_and_delete_only_a_matching_value,
     invalidation_feed_orders_filters_and_prunes,
     writes_are_visible_through_a_second_store,
     signal_autonomy_upserts_partially_and_deletes,
@@ -2286,6 +2287,26 @@ async fn settings_keep_the_first_value(db: Db) {
         results[0]
     );
     assert_eq!(env.rows("settings").await, 3);
+}
+
+async fn settings_read_and_delete_only_a_matching_value(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    assert_eq!(store.setting("missing").await.unwrap(), None);
+    assert!(!store.delete_setting("missing", "x").await.unwrap());
+    store.setting_or_insert("kept", "value").await.unwrap();
+    store.setting_or_insert("other", "value").await.unwrap();
+    assert_eq!(store.setting("kept").await.unwrap().as_deref(), Some("value"));
+    assert!(
+        !store.delete_setting("kept", "another value").await.unwrap(),
+        "a different value is not deleted"
+    );
+    assert_eq!(store.setting("kept").await.unwrap().as_deref(), Some("value"));
+    assert!(store.delete_setting("kept", "value").await.unwrap());
+    assert_eq!(store.setting("kept").await.unwrap(), None);
+    assert_eq!(env.reopen().await.setting("kept").await.unwrap(), None);
+    assert_eq!(store.setting("other").await.unwrap().as_deref(), Some("value"));
+    assert_eq!(env.rows("settings").await, 1);
 }
 
 // ---------------------------------------------------------------------------------------------
