@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::ops::Deref;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use secrecy::{ExposeSecret, SecretString};
@@ -17,6 +18,7 @@ use crate::kv::Kv;
 use crate::mail::Mailer;
 use crate::outbox::{self, Outbox};
 use crate::ratelimit::Limiter;
+use crate::redis_link::RedisLink;
 use crate::service::passwords::PasswordHasher;
 use crate::store::DynStore;
 use crate::time::Clock;
@@ -82,31 +84,27 @@ impl App {
     }
 
     pub async fn build_with(config: Config, options: BuildOptions) -> anyhow::Result<Self> {
-        let store = crate::store::connect(&config.database_url)
+        let store = crate::store::connect_within(&config.database_url, config.database_wait)
             .await
             .with_context(|| format!("opening the database {:?}", config.database_url))?;
+        let secret_key = crate::secret_key::resolve(&config, &*store).await?;
         let bind = config.bind_addr()?;
         let listener = TcpListener::bind(bind)
             .await
             .with_context(|| format!("binding {bind}"))?;
         let local = listener.local_addr()?;
-        let secret_key = match &config.secret_key {
-            Some(key) => key.clone(),
-            None => SecretString::from(
-                store
-                    .setting_or_insert("secret_key", &crate::crypto::random_token(48))
-                    .await?,
-            ),
-        };
         let site_url = config
             .site_url
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
         let mailer = Mailer::new(&config.email, &config.email_from)?;
-        let limiter =
-            Arc::new(Limiter::new(config.redis_url.as_ref().map(|u| u.expose_secret())).await);
+        let redis = match &config.redis_url {
+            Some(url) => RedisLink::connect(url.expose_secret()).await,
+            None => RedisLink::disabled(),
+        };
         let clock = options.clock.unwrap_or_else(Clock::system);
-        let kv = Arc::new(Kv::new(limiter.redis_connection(), clock.clone()));
+        let limiter = Arc::new(Limiter::new(redis.clone(), clock.clone()));
+        let kv = Arc::new(Kv::new(redis, clock.clone()));
         let github =
             Arc::new(GithubClient::new(&config.github).context("building the GitHub client")?);
         if github.key_is_unusable() {
@@ -155,6 +153,12 @@ impl App {
             self.state.store.clone(),
             stop_rx.clone(),
         ));
+        let janitor = tokio::spawn(run_session_janitor(
+            self.state.store.clone(),
+            self.state.clock.clone(),
+            self.state.config.session_prune_interval,
+            stop_rx.clone(),
+        ));
         let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx));
         let service = http::service(self.state.clone());
         let server = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
@@ -163,7 +167,40 @@ impl App {
         let _ = stop_tx.send(true);
         let _ = poller.await;
         let _ = mail_worker.await;
+        let _ = janitor.await;
         served.context("serving HTTP")
+    }
+}
+
+/// Deletes expired sessions (and abandoned second-factor logins) every `every` until `stop`.
+async fn run_session_janitor(
+    store: DynStore,
+    clock: Clock,
+    every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(every) => {}
+            _ = stop.changed() => break,
+        }
+        let now = clock.now();
+        let pending_before = now - crate::service::accounts::PENDING_LOGIN_AGE;
+        match store.prune_sessions(now, pending_before).await {
+            Ok(pruned) => {
+                failing = false;
+                if pruned > 0 {
+                    tracing::debug!(pruned, "deleted expired sessions");
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    tracing::warn!(error = %e, "cannot delete expired sessions; will retry");
+                }
+                failing = true;
+            }
+        }
     }
 }
 

@@ -2,6 +2,8 @@
 //! Every setting is a flag and a `HOGLET_*` variable; flags win.
 
 use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -27,6 +29,15 @@ pub struct Cli {
         global = true
     )]
     pub database_url: String,
+
+    /// Seconds to keep retrying a PostgreSQL that does not answer at start (0: try once).
+    #[arg(
+        long,
+        env = "HOGLET_DATABASE_WAIT_SECONDS",
+        default_value_t = 30,
+        global = true
+    )]
+    pub database_wait_seconds: u64,
 
     #[command(subcommand)]
     pub command: Command,
@@ -229,10 +240,16 @@ pub async fn run(cli: Cli) -> i32 {
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
     let database_url = DatabaseUrl::parse(&cli.database_url)?;
+    let wait = Duration::from_secs(cli.database_wait_seconds);
+    let connect = || crate::store::connect_within(&database_url, wait);
     match cli.command {
-        Command::Serve(args) => serve(database_url, args).await,
+        Command::Serve(args) => {
+            let mut config = serve_config(database_url.clone(), &args)?;
+            config.database_wait = wait;
+            serve(config).await
+        }
         Command::Migrate => {
-            crate::store::connect(&database_url).await?;
+            connect().await?;
             print_json(&serde_json::json!({"migrated": true}))
         }
         Command::Openapi => {
@@ -246,7 +263,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             last_name,
             staff,
         }) => {
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             let args = admin::NewUserArgs {
                 email,
                 password,
@@ -257,7 +274,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             print_json(&admin::create_user(&store, args).await?)
         }
         Command::Org(OrgCommand::Create { name, owner }) => {
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             print_json(&admin::create_organization(&store, &name, &owner).await?)
         }
         Command::Org(OrgCommand::Update {
@@ -271,11 +288,11 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             )
         }
         Command::Org(OrgCommand::AddMember { org, email, level }) => {
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             print_json(&admin::add_member(&store, &org, &email, level.into()).await?)
         }
         Command::Team(TeamCommand::Create { org, name }) => {
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             print_json(&admin::create_team(&store, &org, &name).await?)
         }
         Command::Team(TeamCommand::LinkGithub {
@@ -284,7 +301,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             created_by,
             github_login,
         }) => {
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             let args = admin::LinkGithubArgs {
                 team,
                 installation_id,
@@ -294,7 +311,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             print_json(&admin::link_team_github(&store, args).await?)
         }
         Command::Dashboard(DashboardCommand::Create { team, name }) => {
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             print_json(&admin::create_dashboard(&store, team, &name).await?)
         }
         Command::Key(KeyCommand::Create {
@@ -315,7 +332,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
                     })
                 })
                 .transpose()?;
-            let store = crate::store::connect(&database_url).await?;
+            let store = connect().await?;
             let args = admin::NewKeyArgs {
                 email,
                 label,
@@ -354,6 +371,7 @@ pub fn serve_config(database_url: DatabaseUrl, args: &ServeArgs) -> anyhow::Resu
     config.instance_tag = args.instance_tag.clone();
     config.trusted_proxies = crate::config::parse_trusted_proxies(&args.trusted_proxies)?;
     config.secret_key = env_secret("HOGLET_SECRET_KEY");
+    config.secret_key_file = env_value("HOGLET_SECRET_KEY_FILE").map(PathBuf::from);
     let github = &mut config.github;
     github.app_id = env_value("HOGLET_GITHUB_APP_ID");
     github.app_slug = env_value("HOGLET_GITHUB_APP_SLUG");
@@ -377,8 +395,7 @@ fn env_secret(name: &str) -> Option<SecretString> {
     env_value(name).map(SecretString::from)
 }
 
-async fn serve(database_url: DatabaseUrl, args: ServeArgs) -> anyhow::Result<()> {
-    let config = serve_config(database_url, &args)?;
+async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(database = ?config.database_url, bind = %config.bind, "starting hoglet");
     let app = App::build(config).await.context("starting the server")?;
     app.serve(shutdown_signal(), |addr| {

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
@@ -152,8 +153,13 @@ impl fmt::Debug for GithubConfig {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub database_url: DatabaseUrl,
+    /// How long to keep retrying a PostgreSQL that does not answer at start (0: try once).
+    pub database_wait: Duration,
     pub bind: String,
+    /// `HOGLET_SECRET_KEY`; when unset, the key file holds the key (see [`crate::secret_key`]).
     pub secret_key: Option<SecretString>,
+    /// `HOGLET_SECRET_KEY_FILE`; `None` means `<database path>.secret` on SQLite, none on PostgreSQL.
+    pub secret_key_file: Option<PathBuf>,
     pub redis_url: Option<SecretString>,
     pub signup: SignupPolicy,
     pub email: EmailDelivery,
@@ -172,15 +178,22 @@ pub struct Config {
     pub rate_limit_keys: bool,
     /// Proxies whose `X-Forwarded-For` is believed (none by default).
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How often expired sessions are deleted while serving.
+    pub session_prune_interval: Duration,
 }
+
+/// `HOGLET_DATABASE_WAIT_SECONDS`'s default.
+pub const DEFAULT_DATABASE_WAIT: Duration = Duration::from_secs(30);
 
 impl Config {
     /// A configuration for the given database with every other setting at its default.
     pub fn new(database_url: DatabaseUrl) -> Self {
         Self {
             database_url,
+            database_wait: DEFAULT_DATABASE_WAIT,
             bind: "127.0.0.1:8000".into(),
             secret_key: None,
+            secret_key_file: None,
             redis_url: None,
             signup: SignupPolicy::FirstUser,
             email: EmailDelivery::Log,
@@ -196,6 +209,7 @@ impl Config {
             login_failure_limit: 30,
             rate_limit_keys: true,
             trusted_proxies: Vec::new(),
+            session_prune_interval: Duration::from_secs(300),
         }
     }
 

@@ -1,22 +1,19 @@
 //! Short-lived shared values (GitHub link states, branch lists, default branches): in Redis when
-//! `HOGLET_REDIS_URL` is set, so every replica sees them; otherwise, and whenever Redis does not
-//! answer, in this process (a moka cache).
+//! `HOGLET_REDIS_URL` is set, so every replica sees them; otherwise, and while Redis is unreachable
+//! (see [`crate::redis_link`]), in this process (a moka cache).
 //!
 //! Expiry follows the app's [`Clock`] (so tests can move time): every value is stored with its
 //! deadline and checked on read; the Redis TTL and the local cache's lifetime are only backstops
 //! that free the memory.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use moka::sync::Cache;
-use redis::aio::ConnectionManager;
 
-use crate::time::{Clock, Micros, SECOND, system_now};
+use crate::redis_link::RedisLink;
+use crate::time::{Clock, Micros};
 
-/// How long one Redis round trip may take before the local fallback answers.
-const REDIS_TIMEOUT: Duration = Duration::from_millis(250);
 const PREFIX: &str = "hoglet:kv:";
 const MAX_LOCAL_ENTRIES: u64 = 100_000;
 /// The longest lifetime any caller asks for (the branch cache's day).
@@ -30,13 +27,12 @@ struct Entry {
 
 pub struct Kv {
     local: Cache<String, Entry>,
-    redis: Option<ConnectionManager>,
+    redis: RedisLink,
     clock: Clock,
-    last_outage_log: AtomicI64,
 }
 
 impl Kv {
-    pub fn new(redis: Option<ConnectionManager>, clock: Clock) -> Self {
+    pub fn new(redis: RedisLink, clock: Clock) -> Self {
         Self {
             local: Cache::builder()
                 .max_capacity(MAX_LOCAL_ENTRIES)
@@ -44,20 +40,6 @@ impl Kv {
                 .build(),
             redis,
             clock,
-            last_outage_log: AtomicI64::new(0),
-        }
-    }
-
-    fn outage(&self, error: &dyn std::fmt::Display) {
-        let now = system_now();
-        let last = self.last_outage_log.load(Ordering::Relaxed);
-        if now - last > 60 * SECOND
-            && self
-                .last_outage_log
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_ok()
-        {
-            tracing::warn!(error = %error, "Redis unavailable: short-lived cache is local");
         }
     }
 
@@ -74,16 +56,18 @@ impl Kv {
     }
 
     pub async fn get(&self, key: &str) -> Option<String> {
-        if let Some(redis) = &self.redis {
-            let mut conn = redis.clone();
-            let mut get = redis::cmd("GET");
-            get.arg(format!("{PREFIX}{key}"));
-            let call = get.query_async::<Option<String>>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-                Ok(Ok(stored)) => return stored.and_then(|s| self.decode(&s)),
-                Ok(Err(e)) => self.outage(&e),
-                Err(_) => self.outage(&"timed out"),
-            }
+        let full = format!("{PREFIX}{key}");
+        let shared = self
+            .redis
+            .call(|mut connection| async move {
+                redis::cmd("GET")
+                    .arg(full)
+                    .query_async::<Option<String>>(&mut connection)
+                    .await
+            })
+            .await;
+        if let Some(stored) = shared {
+            return stored.and_then(|s| self.decode(&s));
         }
         let entry = self.local.get(key)?;
         (entry.expires_at > self.clock.now()).then(|| entry.value.to_string())
@@ -91,19 +75,22 @@ impl Kv {
 
     pub async fn set(&self, key: &str, value: &str, ttl: Duration) {
         let (expires_at, stored) = self.encode(value, ttl);
-        if let Some(redis) = &self.redis {
-            let mut conn = redis.clone();
-            let mut set = redis::cmd("SET");
-            set.arg(format!("{PREFIX}{key}"))
-                .arg(stored)
-                .arg("PX")
-                .arg(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1));
-            let call = set.query_async::<()>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-                Ok(Ok(())) => return,
-                Ok(Err(e)) => self.outage(&e),
-                Err(_) => self.outage(&"timed out"),
-            }
+        let full = format!("{PREFIX}{key}");
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
+        let shared = self
+            .redis
+            .call(|mut connection| async move {
+                redis::cmd("SET")
+                    .arg(full)
+                    .arg(stored)
+                    .arg("PX")
+                    .arg(ttl_ms)
+                    .query_async::<()>(&mut connection)
+                    .await
+            })
+            .await;
+        if shared.is_some() {
+            return;
         }
         self.local.insert(
             key.to_string(),
@@ -116,34 +103,36 @@ impl Kv {
 
     /// Reads and deletes the value at once, so it can be used only once (one-time states).
     pub async fn take(&self, key: &str) -> Option<String> {
-        if let Some(redis) = &self.redis {
-            let mut conn = redis.clone();
-            let full = format!("{PREFIX}{key}");
-            let mut pipe = redis::pipe();
-            pipe.atomic().get(&full).del(&full).ignore();
-            let call = pipe.query_async::<(Option<String>,)>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-                Ok(Ok((stored,))) => return stored.and_then(|s| self.decode(&s)),
-                Ok(Err(e)) => self.outage(&e),
-                Err(_) => self.outage(&"timed out"),
-            }
+        let full = format!("{PREFIX}{key}");
+        let shared = self
+            .redis
+            .call(|mut connection| async move {
+                redis::pipe()
+                    .atomic()
+                    .get(&full)
+                    .del(&full)
+                    .ignore()
+                    .query_async::<(Option<String>,)>(&mut connection)
+                    .await
+            })
+            .await;
+        if let Some((stored,)) = shared {
+            return stored.and_then(|s| self.decode(&s));
         }
         let entry = self.local.remove(key)?;
         (entry.expires_at > self.clock.now()).then(|| entry.value.to_string())
     }
 
     pub async fn delete(&self, key: &str) {
-        if let Some(redis) = &self.redis {
-            let mut conn = redis.clone();
-            let mut del = redis::cmd("DEL");
-            del.arg(format!("{PREFIX}{key}"));
-            let call = del.query_async::<()>(&mut conn);
-            match tokio::time::timeout(REDIS_TIMEOUT, call).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => self.outage(&e),
-                Err(_) => self.outage(&"timed out"),
-            }
-        }
+        let full = format!("{PREFIX}{key}");
+        self.redis
+            .call(|mut connection| async move {
+                redis::cmd("DEL")
+                    .arg(full)
+                    .query_async::<()>(&mut connection)
+                    .await
+            })
+            .await;
         self.local.invalidate(key);
     }
 }
@@ -151,11 +140,12 @@ impl Kv {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::time::SECOND;
 
     #[tokio::test]
     async fn local_values_expire_with_the_clock_and_take_once() {
         let clock = Clock::manual();
-        let kv = Kv::new(None, clock.clone());
+        let kv = Kv::new(RedisLink::disabled(), clock.clone());
         kv.set("a", "1:with:colons", Duration::from_secs(10)).await;
         assert_eq!(kv.get("a").await.as_deref(), Some("1:with:colons"));
         clock.advance(11 * SECOND);

@@ -18,6 +18,8 @@ pub mod kv;
 pub mod mail;
 pub mod outbox;
 pub mod ratelimit;
+pub mod redis_link;
+pub mod secret_key;
 pub mod service;
 pub mod store;
 pub mod telemetry;

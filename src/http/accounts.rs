@@ -26,7 +26,7 @@ use crate::http::body::Body;
 use crate::http::client::ClientIp;
 use crate::http::links;
 use crate::http::paths::Segment;
-use crate::ratelimit::Rate;
+use crate::ratelimit::{Backoff, Rate};
 use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor};
 use crate::service::emails;
 use crate::service::render;
@@ -36,6 +36,16 @@ const NO_NEW_ORGANIZATIONS: &str = "New organizations cannot be created in this 
 const EMAIL_TAKEN: &str = "There is already an account with this email address.";
 const LOCKOUT_SCOPE: &str = "login";
 const LOCKOUT_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(600);
+/// Failed logins per account, from any address: the per-IP limit alone lets a botnet guess one
+/// account's password without end. Keyed by the address typed, known or not, so the answer never
+/// tells whether the account exists.
+const ACCOUNT_LOCKOUT: Backoff = Backoff {
+    scope: "login_account",
+    threshold: 10,
+    window: std::time::Duration::from_secs(600),
+    base: std::time::Duration::from_secs(30),
+    cap: std::time::Duration::from_secs(300),
+};
 const EMAIL_VERIFICATION_RATE: Rate = Rate::per_day("user_email_verification", 6);
 const PASSWORD_RESET_RATE: Rate = Rate::per_day("password_reset_email", 6);
 
@@ -296,6 +306,7 @@ async fn signup(
         (status = 400, description = "Wrong email or password (`invalid_credentials`), or an unverified account while email is configured (`not_verified`).", body = ErrorBody),
         (status = 401, description = "The password was right and the second factor is needed (`2fa_required`): finish with `POST /api/login/token/`.", body = ErrorBody),
         (status = 403, description = "Too many failed logins from this client (`too_many_failed_attempts`, 10 minutes).", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this email address, from any client (`throttled`; after 10 in 10 minutes, a lock of 30 s doubling to 5 minutes; `Retry-After`).", body = ErrorBody),
     ),
 )]
 async fn login(
@@ -318,6 +329,10 @@ async fn login(
             detail: "Too many failed login attempts. Please try again in 10 minutes.".into(),
         });
     }
+    let account = recipient_ident(&email);
+    if let Some(wait) = state.limiter.backoff_wait(ACCOUNT_LOCKOUT, &account).await {
+        return Err(ApiError::Throttled(wait));
+    }
     let user = state
         .store
         .user_by_email(&email)
@@ -339,12 +354,17 @@ async fn login(
                 .limiter
                 .add_failure(LOCKOUT_SCOPE, &ip, LOCKOUT_COOL_OFF)
                 .await;
+            state
+                .limiter
+                .backoff_failure(ACCOUNT_LOCKOUT, &account)
+                .await;
             return Err(ApiError::non_field(
                 "invalid_credentials",
                 "Invalid email or password.",
             ));
         }
     };
+    state.limiter.backoff_clear(ACCOUNT_LOCKOUT, &account).await;
     if verified == Verified::YesButUpgrade {
         // A Django PBKDF2 hash: store Argon2id from now on.
         accounts::set_password(&state, &mut user, &password).await?;

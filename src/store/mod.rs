@@ -60,6 +60,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Returns the stored value for `key`, inserting `value` first when there is none.
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
+    /// The stored value for `key`, if any.
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>>;
+    /// Deletes `key` if it still holds `value`; returns whether a row was deleted.
+    async fn delete_setting(&self, key: &str, value: &str) -> StoreResult<bool>;
 
     // --- users ---
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord>;
@@ -168,8 +172,10 @@ pub trait Store: Send + Sync + 'static {
     /// Ends every session of the user except `keep`, pending second-factor logins included;
     /// returns how many ended.
     async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64>;
-    /// Deletes every session over at `now` (`expires_at <= now`, as authentication decides).
-    async fn prune_sessions(&self, now: Micros) -> StoreResult<()>;
+    /// Deletes every session over at `now` (`expires_at <= now`, as authentication decides), and
+    /// sessions that only wait for a second factor (no user logged in) whose login started before
+    /// `pending_before`; returns how many.
+    async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64>;
 
     // --- two-factor authentication ---
     async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>>;
@@ -312,11 +318,20 @@ pub enum Backend {
 
 pub type DynStore = Arc<dyn Store>;
 
-/// Opens (creating if needed) and migrates the database named by `url`.
+/// Opens (creating if needed) and migrates the database named by `url`, in one attempt.
 pub async fn connect(url: &crate::config::DatabaseUrl) -> anyhow::Result<DynStore> {
+    connect_within(url, std::time::Duration::ZERO).await
+}
+
+/// [`connect`], retrying with backoff for up to `wait` while PostgreSQL does not answer (a
+/// database that starts with hoglet, as in a compose file); SQLite needs no wait.
+pub async fn connect_within(
+    url: &crate::config::DatabaseUrl,
+    wait: std::time::Duration,
+) -> anyhow::Result<DynStore> {
     use crate::config::DatabaseUrl;
     Ok(match url {
         DatabaseUrl::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path).await?),
-        DatabaseUrl::Postgres(url) => Arc::new(postgres::PgStore::connect(url).await?),
+        DatabaseUrl::Postgres(url) => Arc::new(postgres::PgStore::connect_within(url, wait).await?),
     })
 }

@@ -26,6 +26,10 @@ mod embedded {
 const POOL_SIZE: usize = 16;
 /// How long a request waits for a connection before answering 503.
 const POOL_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long one connection attempt may take at start.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const FIRST_CONNECT_RETRY: Duration = Duration::from_millis(250);
+const MAX_CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// Serialises migrations of replicas that start together.
 const MIGRATION_LOCK: i64 = 0x686f_676c_6574;
 
@@ -37,8 +41,15 @@ pub struct PgStore {
 
 impl PgStore {
     pub async fn connect(url: &str) -> anyhow::Result<Self> {
+        Self::connect_within(url, Duration::ZERO).await
+    }
+
+    /// Connects (retrying for up to `wait` while the server does not answer), migrates and
+    /// builds the pool.
+    pub async fn connect_within(url: &str, wait: Duration) -> anyhow::Result<Self> {
         let config: tokio_postgres::Config = url.parse().context("parsing the Postgres URL")?;
-        migrate(&config).await?;
+        let (client, connection) = first_connection(&config, url, wait).await?;
+        migrate(client, connection).await?;
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -65,12 +76,62 @@ impl PgStore {
     }
 }
 
-async fn migrate(config: &tokio_postgres::Config) -> anyhow::Result<()> {
-    let connect = tokio::time::timeout(Duration::from_secs(10), config.connect(NoTls));
-    let (mut client, connection) = connect
-        .await
-        .context("connecting to Postgres timed out")?
-        .context("connecting to Postgres")?;
+type Connection =
+    tokio_postgres::Connection<tokio_postgres::Socket, tokio_postgres::tls::NoTlsStream>;
+
+/// The first connection, retried with exponential backoff for up to `wait` while the server does
+/// not answer (refused, starting up, too many connections). A refusal that waiting cannot fix
+/// (bad password, no such database) fails at once. Errors name the server, password redacted.
+async fn first_connection(
+    config: &tokio_postgres::Config,
+    url: &str,
+    wait: Duration,
+) -> anyhow::Result<(tokio_postgres::Client, Connection)> {
+    let server = crate::config::redact_url(url);
+    let started = tokio::time::Instant::now();
+    let mut delay = FIRST_CONNECT_RETRY;
+    let mut attempts: u32 = 0;
+    loop {
+        attempts += 1;
+        let error = match tokio::time::timeout(CONNECT_TIMEOUT, config.connect(NoTls)).await {
+            Ok(Ok(connected)) => {
+                if attempts > 1 {
+                    tracing::info!(attempts, "PostgreSQL at {server} answered");
+                }
+                return Ok(connected);
+            }
+            Ok(Err(e)) if !worth_waiting_for(&e) => {
+                return Err(e).with_context(|| format!("connecting to PostgreSQL at {server}"));
+            }
+            Ok(Err(e)) => anyhow::Error::new(e),
+            Err(_) => anyhow::anyhow!("no answer within {CONNECT_TIMEOUT:?}"),
+        };
+        let waited = started.elapsed();
+        if waited >= wait {
+            anyhow::bail!(
+                "cannot connect to PostgreSQL at {server}: gave up after {attempts} attempt{} over                  {:.1} s (HOGLET_DATABASE_WAIT_SECONDS={}): {error:#}",
+                if attempts == 1 { "" } else { "s" },
+                waited.as_secs_f64(),
+                wait.as_secs()
+            );
+        }
+        let pause = delay.min(wait - waited);
+        tracing::warn!(attempt = attempts, error = %format!("{error:#}"), retry_in = ?pause, "PostgreSQL at {server} is not answering yet; retrying");
+        tokio::time::sleep(pause).await;
+        delay = (delay * 2).min(MAX_CONNECT_RETRY);
+    }
+}
+
+/// Whether a failed connection may succeed later: not when the server answered that the
+/// credentials are wrong (class 28) or the database does not exist (3D000).
+fn worth_waiting_for(e: &tokio_postgres::Error) -> bool {
+    let class = |db: &tokio_postgres::error::DbError| db.code().code().get(..2).map(str::to_owned);
+    e.as_db_error()
+        .and_then(class)
+        .is_none_or(|class| class != "28" && class != "3D")
+}
+
+async fn migrate(mut client: tokio_postgres::Client, connection: Connection) -> anyhow::Result<()> {
     let task = tokio::spawn(connection);
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -350,6 +411,16 @@ impl Store for PgStore {
         first(&c, sql::SETTING_GET, &[&key], |r| r.text(0))
             .await?
             .ok_or(StoreError::Missing("setting"))
+    }
+
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        let c = self.client().await?;
+        first(&c, sql::SETTING_GET, &[&key], |r| r.text(0)).await
+    }
+
+    async fn delete_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let c = self.client().await?;
+        Ok(execute(&c, sql::SETTING_DELETE, &[&key, &value]).await? > 0)
     }
 
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
@@ -1057,9 +1128,9 @@ impl Store for PgStore {
         Ok(n)
     }
 
-    async fn prune_sessions(&self, now: Micros) -> StoreResult<()> {
+    async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64> {
         let c = self.client().await?;
-        execute(&c, sql::SESSIONS_PRUNE, &[&now]).await.map(|_| ())
+        execute(&c, sql::SESSIONS_PRUNE, &[&now, &pending_before]).await
     }
 
     async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>> {

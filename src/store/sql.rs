@@ -74,6 +74,7 @@ pub(crate) use {
 pub const PING: &str = "SELECT 1";
 
 pub const SETTING_GET: &str = "SELECT value FROM settings WHERE key = $1";
+pub const SETTING_DELETE: &str = "DELETE FROM settings WHERE key = $1 AND value = $2";
 pub const SETTING_INSERT: &str =
     "INSERT INTO settings (key, value) VALUES ($1, $2) ON CONFLICT (key) DO NOTHING";
 
@@ -273,8 +274,10 @@ pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
 /// change, a login begun with the old password must not be finished either.
 pub const SESSIONS_DELETE_OF_USER: &str =
     "DELETE FROM sessions WHERE (user_id = $1 OR pending_user_id = $1) AND id <> $2";
-/// A session is over once `expires_at <= now` (what authentication refuses), so prune those.
-pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at <= $1";
+/// A session is over once `expires_at <= now` (what authentication refuses); a login that only
+/// waits for its second factor is abandoned once it started before `$2`.
+pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at <= $1 \
+     OR (user_id IS NULL AND (pending_at IS NULL OR pending_at < $2))";
 
 pub const TOTP_BY_USER: &str = "SELECT user_id, secret, last_step, failures, throttled_until, \
      created_at FROM totp_devices WHERE user_id = $1";

@@ -506,6 +506,16 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
+        self.read(|c| first(c, sql::SETTING_GET, [key], |r| r.text(0)))
+    }
+
+    async fn delete_setting(&self, key: &str, value: &str) -> StoreResult<bool> {
+        let (key, value) = (key.to_string(), value.to_string());
+        self.write(move |tx| Ok(exec(tx, sql::SETTING_DELETE, params![key, value])? > 0))
+            .await
+    }
+
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
         self.write(move |tx| {
             let id = insert_user_row(tx, &user)?;
@@ -1206,9 +1216,11 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn prune_sessions(&self, now: Micros) -> StoreResult<()> {
-        self.write(move |tx| exec(tx, sql::SESSIONS_PRUNE, [now]).map(|_| ()))
-            .await
+    async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64> {
+        self.write(move |tx| {
+            exec(tx, sql::SESSIONS_PRUNE, params![now, pending_before]).map(|n| n as u64)
+        })
+        .await
     }
 
     async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>> {

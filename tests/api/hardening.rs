@@ -27,6 +27,7 @@ db_tests!(
     mail_throttles_count_by_the_recipient,
     credential_changes_end_pending_second_factor_logins,
     forwarded_addresses_count_only_from_trusted_proxies,
+    failed_logins_lock_the_account_from_any_address,
 );
 
 async fn logged_in(app: &TestApp, email: &str) -> Browser {
@@ -951,5 +952,95 @@ async fn forwarded_addresses_count_only_from_trusted_proxies(db: Db) {
         json!({"success": true}),
         "another client behind the proxy"
     );
+    app.stop().await;
+}
+
+async fn failed_logins_lock_the_account_from_any_address(db: Db) {
+    // Every attempt comes from a new address behind a trusted proxy, so the per-IP limit never
+    // counts twice: only the per-account limit can stop the guessing.
+    let clock = Clock::manual();
+    let app = start(
+        TestDatabase::create(db).await,
+        |c| c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()],
+        BuildOptions {
+            clock: Some(clock.clone()),
+        },
+    )
+    .await;
+    app.create_user("victim@example.com", false).await;
+    let mut next_address = 0u32;
+    let mut login = async |email: &str, password: &str| {
+        next_address += 1;
+        let [_, a, b, c] = next_address.to_be_bytes();
+        app.send(
+            reqwest::Client::new()
+                .post(app.url("/api/login/"))
+                .header("X-Forwarded-For", format!("198.{a}.{b}.{c}"))
+                .json(&json!({"email": email, "password": password})),
+        )
+        .await
+    };
+    let refused = |reply: &crate::helpers::Reply| {
+        reply.assert_error(
+            400,
+            "validation_error",
+            "invalid_credentials",
+            "Invalid email or password.",
+            None,
+        )
+    };
+    let throttled = |reply: &crate::helpers::Reply, wait: u64| {
+        reply.assert_error(
+            429,
+            "throttled_error",
+            "throttled",
+            &format!("Request was throttled. Expected available in {wait} seconds."),
+            None,
+        );
+        assert_eq!(reply.header("retry-after"), Some(wait.to_string().as_str()));
+    };
+
+    // Ten failures within ten minutes lock the account; the tenth still answers 400.
+    for attempt in 0..10 {
+        if attempt > 0 {
+            clock.advance(30 * SECOND);
+        }
+        refused(&login("victim@example.com", "wrong").await);
+    }
+    throttled(&login("victim@example.com", PASSWORD).await, 30);
+    throttled(&login("VICTIM@example.com ", "wrong").await, 30);
+
+    // An address nobody has gets the same answers, so the lock reveals nothing.
+    for _ in 0..10 {
+        refused(&login("nobody@example.com", "wrong").await);
+    }
+    throttled(&login("nobody@example.com", PASSWORD).await, 30);
+
+    // Each failure after the wait doubles the lock, up to five minutes.
+    for wait in [60, 120, 240, 300, 300] {
+        clock.advance(300 * SECOND);
+        refused(&login("victim@example.com", "wrong").await);
+        throttled(&login("victim@example.com", PASSWORD).await, wait);
+    }
+
+    // A correct login after the wait succeeds and forgets the failures: one more failure does
+    // not lock again.
+    clock.advance(300 * SECOND);
+    let ok = login("victim@example.com", PASSWORD).await;
+    assert_eq!(ok.json, json!({"success": true}), "{}", ok.text);
+    refused(&login("victim@example.com", "wrong").await);
+    let ok = login("victim@example.com", PASSWORD).await;
+    assert_eq!(ok.json, json!({"success": true}), "{}", ok.text);
+
+    // Ten quiet minutes forget the failures counted so far.
+    for _ in 0..9 {
+        refused(&login("quiet@example.com", "wrong").await);
+    }
+    clock.advance(600 * SECOND);
+    for _ in 0..9 {
+        refused(&login("quiet@example.com", "wrong").await);
+    }
+    refused(&login("quiet@example.com", "wrong").await);
+    throttled(&login("quiet@example.com", "wrong").await, 30);
     app.stop().await;
 }

@@ -105,6 +105,17 @@ impl TestDatabase {
         }
     }
 
+    /// Another handle that reaches the same database through `url` (a proxy, say), without
+    /// dropping it.
+    #[allow(dead_code)]
+    pub fn shared_at(&self, url: DatabaseUrl) -> Self {
+        Self {
+            url,
+            _dir: None,
+            postgres: None,
+        }
+    }
+
     /// The URL as the CLI takes it.
     #[allow(dead_code)] // for CLI tests that run commands against a test's database
     pub fn cli_url(&self) -> String {
@@ -196,6 +207,12 @@ pub async fn start(
     let mut config = Config::new(database.url.clone());
     config.bind = "127.0.0.1:0".into();
     configure(&mut config);
+    if config.secret_key.is_none() && config.secret_key_file.is_none() {
+        // PostgreSQL needs a key; replicas on one database (`TestDatabase::shared`) share it.
+        if let DatabaseUrl::Postgres(url) = &config.database_url {
+            config.secret_key = Some(format!("test-secret-key:{url}").into());
+        }
+    }
     let app = App::build_with(config, options).await.expect("app builds");
     let addr = app.local_addr().expect("bound");
     let state = app.state().clone();

@@ -25,6 +25,9 @@ async fn replica(database: TestDatabase, mail: &std::path::Path) -> TestApp {
             c.redis_url = Some(redis_url().into());
             c.email = EmailDelivery::Directory(mail);
             c.login_failure_limit = 3;
+            // The test's addresses come in `X-Forwarded-For`: Redis outlives test runs, and
+            // counters kept for 127.0.0.1 there would add up across them.
+            c.trusted_proxies = vec!["127.0.0.1/32".parse().unwrap()];
         },
         BuildOptions::default(),
     )
@@ -48,8 +51,10 @@ async fn two_replicas_share_revocation_and_limits() {
         redis_url()
     );
 
-    let user = a.create_user("replica@example.com", false).await;
-    a.create_org("Replicas", "replica@example.com").await;
+    // A new address per run: the per-account login counter lives in Redis too.
+    let email = format!("replica-{}@example.com", uuid::Uuid::new_v4().simple());
+    let user = a.create_user(&email, false).await;
+    a.create_org("Replicas", &email).await;
     hoglet::store::Store::update_user(&*a.store, &{
         let mut u = a.store.user_by_id(user.id).await.unwrap().unwrap();
         u.is_email_verified = Some(true);
@@ -58,10 +63,7 @@ async fn two_replicas_share_revocation_and_limits() {
     .await
     .unwrap();
     let browser = Browser::new(&a);
-    browser
-        .login("replica@example.com", PASSWORD)
-        .await
-        .assert_ok();
+    browser.login(&email, PASSWORD).await.assert_ok();
     let created = browser
         .post(
             "/api/personal_api_keys/",
@@ -128,7 +130,7 @@ async fn two_replicas_share_revocation_and_limits() {
         app.client
             .post(app.url("/api/login/"))
             .header("X-Forwarded-For", ip.clone())
-            .json(&json!({"email": "replica@example.com", "password": password}))
+            .json(&json!({"email": email, "password": password}))
             .send()
     };
     for app in [&a, &b, &a] {
@@ -149,6 +151,25 @@ async fn two_replicas_share_revocation_and_limits() {
             "Too many failed login attempts. Please try again in 10 minutes.",
             None,
         );
+
+    // The per-account lock counts failures from every address on every replica: 3 so far, 7
+    // more from new addresses lock the account.
+    let login_from = |app: &TestApp, password: &'static str| {
+        let ip = format!("10.{}.{}.{}", rand_octet(), rand_octet(), rand_octet());
+        app.client
+            .post(app.url("/api/login/"))
+            .header("X-Forwarded-For", ip)
+            .json(&json!({"email": email, "password": password}))
+            .send()
+    };
+    for app in [&a, &b, &a, &b, &a, &b, &a] {
+        let reply = Reply::read(login_from(app, "wrong").await.unwrap()).await;
+        assert_eq!(reply.json["code"], "invalid_credentials", "{}", reply.text);
+    }
+    let locked = Reply::read(login_from(&b, PASSWORD).await.unwrap()).await;
+    assert_eq!(locked.status.as_u16(), 429, "{}", locked.text);
+    assert_eq!(locked.json["code"], "throttled");
+    assert_eq!(locked.header("retry-after"), Some("30"));
     b.stop().await;
     a.stop().await;
 }

@@ -46,6 +46,7 @@ db_tests!(
     legacy_api_key_helpers,
     touch_api_keys_only_moves_forward,
     settings_keep_the_first_value,
+    settings_read_and_delete_only_a_matching_value,
     invalidation_feed_orders_filters_and_prunes,
     writes_are_visible_through_a_second_store,
     signal_autonomy_upserts_partially_and_deletes,
@@ -2301,6 +2302,35 @@ async fn settings_keep_the_first_value(db: Db) {
     assert_eq!(env.rows("settings").await, 3);
 }
 
+async fn settings_read_and_delete_only_a_matching_value(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    assert_eq!(store.setting("missing").await.unwrap(), None);
+    assert!(!store.delete_setting("missing", "x").await.unwrap());
+    store.setting_or_insert("kept", "value").await.unwrap();
+    store.setting_or_insert("other", "value").await.unwrap();
+    assert_eq!(
+        store.setting("kept").await.unwrap().as_deref(),
+        Some("value")
+    );
+    assert!(
+        !store.delete_setting("kept", "another value").await.unwrap(),
+        "a different value is not deleted"
+    );
+    assert_eq!(
+        store.setting("kept").await.unwrap().as_deref(),
+        Some("value")
+    );
+    assert!(store.delete_setting("kept", "value").await.unwrap());
+    assert_eq!(store.setting("kept").await.unwrap(), None);
+    assert_eq!(env.reopen().await.setting("kept").await.unwrap(), None);
+    assert_eq!(
+        store.setting("other").await.unwrap().as_deref(),
+        Some("value")
+    );
+    assert_eq!(env.rows("settings").await, 1);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Invalidation feed
 // ---------------------------------------------------------------------------------------------
@@ -3010,17 +3040,28 @@ async fn prune_sessions_removes_only_sessions_that_are_over(db: Db) {
             .await
             .unwrap();
     }
-    store.prune_sessions(T0).await.expect("prune");
+    // Logins waiting for their second factor: abandoned once begun before `pending_before`.
+    let pending_before = T0 - 600 * SECOND;
+    for (id, pending_at) in [
+        ("abandoned", pending_before - 1),
+        ("waiting", pending_before),
+    ] {
+        let mut row = session_row(id, None, T0 + SESSION_AGE);
+        row.pending_user_id = Some(user.id);
+        row.pending_at = Some(pending_at);
+        store.insert_session(&row).await.unwrap();
+    }
+    assert_eq!(store.prune_sessions(T0, pending_before).await.unwrap(), 4);
     // Authentication refuses a session once `expires_at <= now`: exactly those go.
-    for gone in ["long-gone", "just-over", "ends-now"] {
+    for gone in ["long-gone", "just-over", "ends-now", "abandoned"] {
         assert!(session_of(store, gone).await.is_none(), "{gone}");
     }
-    for kept in ["live", "fresh"] {
+    for kept in ["live", "fresh", "waiting"] {
         assert!(session_of(store, kept).await.is_some(), "{kept}");
     }
-    assert_eq!(env.rows("sessions").await, 2);
-    store.prune_sessions(T0).await.expect("prune again");
-    assert_eq!(env.rows("sessions").await, 2);
+    assert_eq!(env.rows("sessions").await, 3);
+    assert_eq!(store.prune_sessions(T0, pending_before).await.unwrap(), 0);
+    assert_eq!(env.rows("sessions").await, 3);
 }
 
 fn totp_device(user_id: i64, last_step: i64) -> TotpDeviceRecord {
