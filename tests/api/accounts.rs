@@ -9,9 +9,7 @@ use serde_json::{Value, json};
 
 use crate::browser::{Browser, read_mails, wait_for_mail, wait_for_mails};
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, TestDatabase, spawn_app, spawn_app_with, start};
-
-const PASSWORD: &str = "a-Good-passw0rd!";
+use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, spawn_app, spawn_app_with, start};
 
 db_tests!(
     first_signup_creates_staff_owner_and_logs_in,

@@ -6,11 +6,9 @@ use hoglet::time::{Clock, SECOND};
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::browser::Browser;
+use crate::browser::logged_in_member;
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, TestDatabase, spawn_app, start};
-
-const PASSWORD: &str = "a-Good-passw0rd!";
+use crate::helpers::{Db, TestDatabase, spawn_app, start};
 
 db_tests!(
     keys_are_created_listed_used_rolled_and_deleted,
@@ -20,17 +18,9 @@ db_tests!(
     key_requests_have_a_burst_limit,
 );
 
-async fn logged_in(app: &TestApp, email: &str) -> Browser {
-    app.create_user(email, false).await;
-    app.create_org("Keys", email).await;
-    let browser = Browser::new(app);
-    browser.login(email, PASSWORD).await.assert_ok();
-    browser
-}
-
 async fn keys_are_created_listed_used_rolled_and_deleted(db: Db) {
     let app = spawn_app(db).await;
-    let browser = logged_in(&app, "keys@example.com").await;
+    let browser = logged_in_member(&app, "keys@example.com").await.1;
     let created = browser
         .post(
             "/api/personal_api_keys/",
@@ -206,7 +196,7 @@ async fn keys_may_only_read_themselves(db: Db) {
 
 async fn key_validation_and_limit(db: Db) {
     let app = spawn_app(db).await;
-    let browser = logged_in(&app, "limit@example.com").await;
+    let browser = logged_in_member(&app, "limit@example.com").await.1;
     let cases: Vec<(Value, &str, &str, &str)> = vec![
         (
             json!({"scopes": ["*"]}),
@@ -305,7 +295,7 @@ async fn expired_keys_are_refused(db: Db) {
         },
     )
     .await;
-    let browser = logged_in(&app, "exp@example.com").await;
+    let browser = logged_in_member(&app, "exp@example.com").await.1;
     let expires = hoglet::time::iso_z(clock.now() + 3600 * SECOND);
     let created = browser
         .post(

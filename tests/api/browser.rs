@@ -9,7 +9,7 @@ use reqwest::Method;
 use reqwest::cookie::{CookieStore, Jar};
 use serde_json::{Value, json};
 
-use crate::helpers::{Reply, TestApp, eventually};
+use crate::helpers::{PASSWORD, Reply, TestApp, TestUser, eventually};
 
 /// How long a test waits for the outbox worker to deliver a message.
 const MAIL_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
@@ -18,6 +18,15 @@ pub struct Browser {
     pub client: reqwest::Client,
     jar: Arc<Jar>,
     base: reqwest::Url,
+}
+
+/// A new user with an organization of their own ("Org of <email>"), logged in in a new browser.
+pub async fn logged_in_member(app: &TestApp, email: &str) -> (TestUser, Browser) {
+    let user = app.create_user(email, false).await;
+    app.create_org(&format!("Org of {email}"), email).await;
+    let browser = Browser::new(app);
+    browser.login(email, PASSWORD).await.assert_ok();
+    (user, browser)
 }
 
 impl Browser {

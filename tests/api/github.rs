@@ -13,10 +13,9 @@ use crate::browser::Browser;
 use crate::fake_github::{
     self, APP_SLUG, CLIENT_ID, CLIENT_SECRET, Canned, FakeGithub, PRIVATE_KEY_PEM,
 };
-use crate::helpers::{Db, Reply, TestApp, TestDatabase, start};
+use crate::helpers::{Db, PASSWORD, Reply, TestApp, TestDatabase, start};
 
 const SITE: &str = "http://hoglet.example";
-const PASSWORD: &str = "a-Good-passw0rd!";
 const START: &str = "/api/users/@me/integrations/github/start/";
 const LIST: &str = "/api/users/@me/integrations/";
 const WEB_SUCCESS: &str = "/settings/user-personal-integrations?github_link_success=1";

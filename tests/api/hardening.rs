@@ -9,12 +9,10 @@ use hoglet::time::{Clock, SECOND};
 use reqwest::Method;
 use serde_json::json;
 
-use crate::browser::Browser;
+use crate::browser::{Browser, logged_in_member};
 use crate::browser::{Mail, read_mails, wait_for_mail};
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, TestDatabase, eventually, spawn_app, start};
-
-const PASSWORD: &str = "a-Good-passw0rd!";
+use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, eventually, spawn_app, start};
 
 db_tests!(
     empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star,
@@ -30,17 +28,9 @@ db_tests!(
     failed_logins_lock_the_account_from_any_address,
 );
 
-async fn logged_in(app: &TestApp, email: &str) -> Browser {
-    app.create_user(email, false).await;
-    app.create_org(&format!("Org of {email}"), email).await;
-    let browser = Browser::new(app);
-    browser.login(email, PASSWORD).await.assert_ok();
-    browser
-}
-
 async fn empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star(db: Db) {
     let app = spawn_app(db).await;
-    let browser = logged_in(&app, "scopes@example.com").await;
+    let browser = logged_in_member(&app, "scopes@example.com").await.1;
     browser
         .post(
             "/api/personal_api_keys/",
@@ -134,7 +124,7 @@ async fn empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star(db: Db)
 
 async fn logout_keeps_only_a_same_site_next_and_escapes_it(db: Db) {
     let app = spawn_app(db).await;
-    let browser = logged_in(&app, "next@example.com").await;
+    let browser = logged_in_member(&app, "next@example.com").await.1;
     let cases = [
         (
             "next=/settings/user-notifications",

@@ -9,6 +9,9 @@ use hoglet::{App, AppState, BuildOptions};
 use reqwest::{Method, StatusCode};
 use serde_json::Value;
 
+/// The password every test user gets.
+pub const PASSWORD: &str = "a-Good-passw0rd!";
+
 /// Which database a test runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Db {
@@ -261,8 +264,7 @@ impl TestApp {
     }
 
     pub async fn create_user(&self, email: &str, staff: bool) -> TestUser {
-        self.create_user_with_password(email, "a-Good-passw0rd!", staff)
-            .await
+        self.create_user_with_password(email, PASSWORD, staff).await
     }
 
     pub async fn create_user_with_password(

@@ -6,11 +6,10 @@ use hoglet::config::SignupPolicy;
 use reqwest::Method;
 use serde_json::json;
 
-use crate::browser::Browser;
+use crate::browser::{Browser, logged_in_member};
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, spawn_app, spawn_app_with};
+use crate::helpers::{Db, PASSWORD, spawn_app, spawn_app_with};
 
-const PASSWORD: &str = "a-Good-passw0rd!";
 const NUL: (&str, &str) = (
     "null_characters_not_allowed",
     "Null characters are not allowed.",
@@ -137,20 +136,12 @@ async fn signup_and_login_refuse_control_characters_but_passwords_keep_them(db: 
     app.stop().await;
 }
 
-async fn logged_in(app: &TestApp, email: &str) -> Browser {
-    app.create_user(email, false).await;
-    app.create_org("Keys", email).await;
-    let browser = Browser::new(app);
-    browser.login(email, PASSWORD).await.assert_ok();
-    browser
-}
-
 /// Personal API keys: a label with NUL or a control character is a 400 on `label` (on create
 /// and update, which then changes nothing); an id with one names no key (404, where PostgreSQL
 /// answered 500), on every route that looks a key up.
 async fn key_labels_and_ids_refuse_control_characters(db: Db) {
     let app = spawn_app(db).await;
-    let browser = logged_in(&app, "keys@example.com").await;
+    let browser = logged_in_member(&app, "keys@example.com").await.1;
     for (label, (code, detail)) in [
         ("ci\u{0}", NUL),
         ("\u{0}", NUL),

@@ -5,7 +5,7 @@ use serde_json::Value;
 
 use crate::browser::Browser;
 use crate::db_tests;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, PASSWORD, spawn_app};
 
 db_tests!(
     health_metrics_and_schema,
@@ -282,7 +282,7 @@ async fn undecodable_segments_and_repeated_parameters_answer_the_envelope(db: Db
             Method::POST,
             "/api/reset/%FF/",
             None,
-            Some(serde_json::json!({"token": "a", "password": "a-Good-passw0rd!"})),
+            Some(serde_json::json!({"token": "a", "password": PASSWORD})),
         )
         .await,
     );
@@ -308,10 +308,7 @@ async fn undecodable_segments_and_repeated_parameters_answer_the_envelope(db: Db
             None,
         );
     let browser = Browser::new(&app);
-    browser
-        .login("ada@example.com", "a-Good-passw0rd!")
-        .await
-        .assert_ok();
+    browser.login("ada@example.com", PASSWORD).await.assert_ok();
     for method in [Method::GET, Method::PATCH, Method::DELETE] {
         browser
             .call(method.clone(), "/api/personal_api_keys/%FF/", None)

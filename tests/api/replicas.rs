@@ -9,9 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::helpers::{Db, Reply, TestApp, TestDatabase, postgres_url, start};
-
-const PASSWORD: &str = "a-Good-passw0rd!";
+use crate::helpers::{Db, PASSWORD, Reply, TestApp, TestDatabase, postgres_url, start};
 
 fn redis_url() -> String {
     std::env::var("HOGLET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())

@@ -15,10 +15,8 @@ use serde_json::json;
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{
-    Db, TestApp, TestDatabase, eventually, postgres_url, spawn_app, spawn_app_with, start,
+    Db, PASSWORD, TestApp, TestDatabase, eventually, postgres_url, spawn_app, spawn_app_with, start,
 };
-
-const PASSWORD: &str = "a-Good-passw0rd!";
 
 db_tests!(
     a_key_left_in_the_database_moves_out_and_keeps_working,

@@ -4,7 +4,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::helpers::{Db, spawn_app};
+use crate::helpers::{Db, PASSWORD, spawn_app};
 
 const PATH: &str = "/api/users/@me/signal_autonomy/";
 
@@ -272,7 +272,7 @@ async fn sessions_and_methods(db: Db) {
         .await;
     let browser = Browser::new(&app);
     browser
-        .login("session@example.com", "a-Good-passw0rd!")
+        .login("session@example.com", PASSWORD)
         .await
         .assert_ok();
     assert_eq!(browser.get(PATH).await.status, 404);
@@ -348,7 +348,7 @@ async fn key_throttles_cover_signal_and_integration_views(db: Db) {
     assert_eq!(login.assert_ok(), &json!({"github_login": null}));
     let browser = Browser::new(&app);
     browser
-        .login("burst@example.com", "a-Good-passw0rd!")
+        .login("burst@example.com", PASSWORD)
         .await
         .assert_ok();
     assert_eq!(browser.get(PATH).await.status, 404);

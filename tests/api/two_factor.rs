@@ -7,9 +7,7 @@ use serde_json::json;
 
 use crate::browser::Browser;
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, TestDatabase, start};
-
-const PASSWORD: &str = "a-Good-passw0rd!";
+use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, start};
 
 db_tests!(
     totp_setup_login_backup_codes_and_disable,

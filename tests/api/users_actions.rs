@@ -5,18 +5,9 @@
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::browser::Browser;
+use crate::browser::logged_in_member;
 use crate::db_tests;
-use crate::helpers::{Db, TestApp, TestUser, spawn_app};
-
-/// A user with an organization, logged in in a browser.
-async fn session_of(app: &TestApp, email: &str) -> (TestUser, Browser) {
-    let user = app.create_user(email, false).await;
-    app.create_org(&format!("Org of {email}"), email).await;
-    let browser = Browser::new(app);
-    browser.login(email, "a-Good-passw0rd!").await.assert_ok();
-    (user, browser)
-}
+use crate::helpers::{Db, spawn_app};
 
 db_tests!(
     hedgehog_config_is_an_object_replaced_wholesale,
@@ -306,7 +297,7 @@ async fn scene_personalisation_refuses_scoped_keys(db: Db) {
 /// Test case 51 (a browser session: keys, even legacy ones without scopes, are refused).
 async fn scene_personalisation_upserts_per_scene(db: Db) {
     let app = spawn_app(db).await;
-    let (user, browser) = session_of(&app, "pin@example.com").await;
+    let (user, browser) = logged_in_member(&app, "pin@example.com").await;
     let me = browser.get("/api/users/@me/").await.assert_ok().clone();
     let team = me["team"]["id"].as_i64().unwrap();
     let d1 = app.create_dashboard(team, "One").await;
@@ -375,7 +366,7 @@ async fn scene_personalisation_upserts_per_scene(db: Db) {
 /// Test case 52 and users.md §4.8's validation order.
 async fn scene_personalisation_validation(db: Db) {
     let app = spawn_app(db).await;
-    let (_, browser) = session_of(&app, "pin@example.com").await;
+    let (_, browser) = logged_in_member(&app, "pin@example.com").await;
     let team = browser.get("/api/users/@me/").await.assert_ok()["team"]["id"]
         .as_i64()
         .unwrap();
