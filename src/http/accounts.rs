@@ -140,10 +140,10 @@ async fn throttle(state: &AppState, rate: Rate, ident: &str) -> ApiResult<()> {
         .map_err(ApiError::Throttled)
 }
 
-/// What the mail throttles count by: the recipient's address as mail servers treat it (trimmed,
-/// case folded), hashed. Keyed by what the client typed, `" bob@a.test"` and `BOB@a.test` each got
-/// their own six mails a day.
-fn recipient_ident(address: &str) -> String {
+/// What the per-address limits (mail throttles, the per-account login lock) count by: the
+/// address as mail servers treat it (trimmed, case folded), hashed. Keyed by what the client
+/// typed, `" bob@a.test"` and `BOB@a.test` each got their own six mails a day.
+fn address_ident(address: &str) -> String {
     crypto::sha256_hex(address.trim().to_lowercase().as_bytes())
 }
 
@@ -329,7 +329,7 @@ async fn login(
             detail: "Too many failed login attempts. Please try again in 10 minutes.".into(),
         });
     }
-    let account = recipient_ident(&email);
+    let account = address_ident(&email);
     if let Some(wait) = state.limiter.backoff_wait(ACCOUNT_LOCKOUT, &account).await {
         return Err(ApiError::Throttled(wait));
     }
@@ -612,7 +612,7 @@ async fn request_password_reset(
 ) -> ApiResult<StatusCode> {
     let body = body.object()?;
     let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
-    throttle(&state, PASSWORD_RESET_RATE, &recipient_ident(&email)).await?;
+    throttle(&state, PASSWORD_RESET_RATE, &address_ident(&email)).await?;
     if !state.mailer.is_configured() {
         return Err(ApiError::non_field(
             "email_not_available",
@@ -764,8 +764,8 @@ async fn request_email_verification(
     // Counted by the address the link goes to (a staged change's, else the login email); a uuid
     // that names nobody gets no mail and is counted by itself, so both answer alike.
     let ident = match &user {
-        Some(user) => recipient_ident(user.pending_email.as_deref().unwrap_or(&user.email)),
-        None => recipient_ident(&uuid),
+        Some(user) => address_ident(user.pending_email.as_deref().unwrap_or(&user.email)),
+        None => address_ident(&uuid),
     };
     throttle(&state, EMAIL_VERIFICATION_RATE, &ident).await?;
     if !state.mailer.is_configured() {
