@@ -153,10 +153,10 @@ impl App {
             self.state.store.clone(),
             stop_rx.clone(),
         ));
-        let janitor = tokio::spawn(run_session_janitor(
+        let janitor = tokio::spawn(run_janitor(
             self.state.store.clone(),
             self.state.clock.clone(),
-            self.state.config.session_prune_interval,
+            self.state.config.janitor_interval,
             stop_rx.clone(),
         ));
         let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx));
@@ -172,14 +172,16 @@ impl App {
     }
 }
 
-/// Deletes expired sessions (and abandoned second-factor logins) every `every` until `stop`.
-async fn run_session_janitor(
+/// Deletes what is over every `every` until `stop`: expired sessions, abandoned second-factor
+/// logins, and mail given up more than [`outbox::DEAD_MAIL_KEPT`] ago.
+async fn run_janitor(
     store: DynStore,
     clock: Clock,
     every: Duration,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let mut failing = false;
+    // Each kind warns once when it starts failing, not at every round.
+    let mut failing = [false; 2];
     loop {
         tokio::select! {
             _ = tokio::time::sleep(every) => {}
@@ -187,18 +189,27 @@ async fn run_session_janitor(
         }
         let now = clock.now();
         let pending_before = now - crate::service::accounts::PENDING_LOGIN_AGE;
-        match store.prune_sessions(now, pending_before).await {
-            Ok(pruned) => {
-                failing = false;
-                if pruned > 0 {
-                    tracing::debug!(pruned, "deleted expired sessions");
+        let rounds = [
+            ("sessions", store.prune_sessions(now, pending_before).await),
+            (
+                "dead mail",
+                store.prune_dead_mail(now - outbox::DEAD_MAIL_KEPT).await,
+            ),
+        ];
+        for ((what, result), failing) in rounds.into_iter().zip(&mut failing) {
+            match result {
+                Ok(pruned) => {
+                    *failing = false;
+                    if pruned > 0 {
+                        tracing::debug!(pruned, "deleted expired {what}");
+                    }
                 }
-            }
-            Err(e) => {
-                if !failing {
-                    tracing::warn!(error = %e, "cannot delete expired sessions; will retry");
+                Err(e) => {
+                    if !*failing {
+                        tracing::warn!(error = %e, "cannot delete expired {what}; will retry");
+                    }
+                    *failing = true;
                 }
-                failing = true;
             }
         }
     }

@@ -178,8 +178,8 @@ pub struct Config {
     pub rate_limit_keys: bool,
     /// Proxies whose `X-Forwarded-For` is believed (none by default).
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// How often expired sessions are deleted while serving.
-    pub session_prune_interval: Duration,
+    /// How often expired sessions, abandoned logins and old dead mail are deleted while serving.
+    pub janitor_interval: Duration,
 }
 
 /// `HOGLET_DATABASE_WAIT_SECONDS`'s default.
@@ -209,7 +209,7 @@ impl Config {
             login_failure_limit: 30,
             rate_limit_keys: true,
             trusted_proxies: Vec::new(),
-            session_prune_interval: Duration::from_secs(300),
+            janitor_interval: Duration::from_secs(300),
         }
     }
 

@@ -24,6 +24,8 @@ pub const MAX_ATTEMPTS: i64 = 8;
 /// last attempt comes about an hour after the first).
 pub const FIRST_RETRY_DELAY: Micros = 30 * SECOND;
 /// How often the worker looks for retries that came due and for mail other replicas queued.
+/// How long a message given up stays in the outbox (without its body) for the operator to see.
+pub const DEAD_MAIL_KEPT: Micros = 30 * 24 * 3600 * SECOND;
 const POLL_INTERVAL: Duration = Duration::from_secs(5);
 /// Messages claimed, and delivered concurrently, at once.
 const BATCH: usize = 8;

@@ -303,6 +303,9 @@ pub trait Store: Send + Sync + 'static {
         failure: MailFailure,
     ) -> StoreResult<bool>;
 
+    /// Deletes messages given up before `before`; returns how many.
+    async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64>;
+
     // --- cross-process cache invalidation feed ---
     /// Invalidations recorded after `since` (microseconds), newest first, at most 10,000.
     async fn invalidations_since(&self, since: Micros) -> StoreResult<Vec<InvalidationRecord>>;

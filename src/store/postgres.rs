@@ -1133,6 +1133,11 @@ impl Store for PgStore {
         execute(&c, sql::SESSIONS_PRUNE, &[&now, &pending_before]).await
     }
 
+    async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64> {
+        let c = self.client().await?;
+        execute(&c, sql::OUTBOX_PRUNE_DEAD, &[&before]).await
+    }
+
     async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>> {
         let c = self.client().await?;
         first(&c, sql::TOTP_BY_USER, &[&user_id], |r| {

@@ -321,6 +321,8 @@ macro_rules! outbox_due {
     };
 }
 pub(crate) use outbox_due;
+/// Dead letters (given up, bodies already dropped) are kept a while for the operator, then go.
+pub const OUTBOX_PRUNE_DEAD: &str = "DELETE FROM outbox WHERE dead_at IS NOT NULL AND dead_at < $1";
 pub const OUTBOX_DELIVERED: &str = "DELETE FROM outbox WHERE id = $1 AND locked_until = $2";
 pub const OUTBOX_RETRY: &str = "UPDATE outbox SET next_attempt_at = $3, last_error = $4, \
      locked_until = NULL WHERE id = $1 AND locked_until = $2";

@@ -1223,6 +1223,11 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64> {
+        self.write(move |tx| exec(tx, sql::OUTBOX_PRUNE_DEAD, params![before]).map(|n| n as u64))
+            .await
+    }
+
     async fn totp_device(&self, user_id: i64) -> StoreResult<Option<TotpDeviceRecord>> {
         self.read(|c| first(c, sql::TOTP_BY_USER, [user_id], |r| row::totp_from_row(r)))
     }

@@ -6,7 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hoglet::config::{Config, DatabaseUrl, EmailDelivery};
-use hoglet::store::SessionRecord;
+use hoglet::store::{MailFailure, NewMail, SessionRecord};
 use hoglet::time::{Clock, SECOND};
 use hoglet::{App, BuildOptions};
 use secrecy::ExposeSecret;
@@ -353,7 +353,7 @@ async fn expired_sessions_are_pruned_while_serving(db: Db) {
     let clock = Clock::manual();
     let app = start(
         TestDatabase::create(db).await,
-        |c| c.session_prune_interval = Duration::from_millis(20),
+        |c| c.janitor_interval = Duration::from_millis(20),
         BuildOptions {
             clock: Some(clock.clone()),
         },
@@ -405,6 +405,43 @@ async fn expired_sessions_are_pruned_while_serving(db: Db) {
     .await;
     assert!(exists("live").await);
     assert!(exists("second-factor-waiting").await);
+
+    // Mail given up stays 30 days for the operator, then goes. (Queued as due in 100 days, so
+    // the app's own worker leaves the rows to the test.)
+    let later = now + 100 * day;
+    for (recipient, given_up) in [
+        ("dead-long-ago@example.com", now - 31 * day),
+        ("dead-lately@example.com", now - 29 * day),
+    ] {
+        app.store
+            .enqueue_mail(NewMail {
+                recipient: recipient.into(),
+                subject: "Reset".into(),
+                sealed_body: "sealed".into(),
+                created_at: later,
+            })
+            .await
+            .unwrap();
+        let claimed = app.store.claim_mail(later, later + day, 1).await.unwrap();
+        assert_eq!(claimed[0].recipient, recipient);
+        let failure = MailFailure::GiveUp(given_up);
+        let given_up = app
+            .store
+            .mail_failed(claimed[0].id, later + day, "refused", failure);
+        assert!(given_up.await.unwrap());
+    }
+    let database = &app.db;
+    let dead = async |recipient: &str| {
+        let sql = format!("SELECT count(*) FROM outbox WHERE recipient = '{recipient}'");
+        crate::store_contract::raw_i64(database, &sql).await
+    };
+    eventually(
+        "old dead mail to be pruned",
+        Duration::from_secs(10),
+        || async { (dead("dead-long-ago@example.com").await == 0).then_some(()) },
+    )
+    .await;
+    assert_eq!(dead("dead-lately@example.com").await, 1);
 
     clock.advance(day + SECOND);
     eventually(

@@ -63,6 +63,7 @@ db_tests!(
     roll_api_key_replaces_the_hash_once_per_roll,
     request_password_reset_writes_one_column_and_its_mail_together,
     outbox_claims_lease_retry_give_up_and_delete,
+    prune_dead_mail_deletes_only_old_dead_letters,
     concurrent_claims_never_share_a_message,
 );
 
@@ -101,26 +102,7 @@ impl Env {
 
     /// The single integer a raw query returns (counts, mostly).
     async fn raw_i64(&self, sql: &str) -> i64 {
-        match &self.db.url {
-            DatabaseUrl::Sqlite(path) => {
-                let (path, sql) = (path.clone(), sql.to_string());
-                tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
-                    conn.busy_timeout(Duration::from_secs(5))
-                        .expect("busy timeout");
-                    conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
-                        .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                })
-                .await
-                .expect("raw query task")
-            }
-            DatabaseUrl::Postgres(url) => raw_postgres(url)
-                .await
-                .query_one(sql, &[])
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"))
-                .get::<_, i64>(0),
-        }
+        raw_i64(&self.db, sql).await
     }
 
     /// Runs raw statements: `sqlite` on SQLite, `postgres` on Postgres.
@@ -149,6 +131,30 @@ impl Env {
     /// Rows of `table` (no user input reaches this).
     async fn rows(&self, table: &str) -> i64 {
         self.raw_i64(&format!("SELECT count(*) FROM {table}")).await
+    }
+}
+
+/// The one integer a raw query answers, on either database (for what no store method shows).
+pub async fn raw_i64(db: &TestDatabase, sql: &str) -> i64 {
+    match &db.url {
+        DatabaseUrl::Sqlite(path) => {
+            let (path, sql) = (path.clone(), sql.to_string());
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
+                conn.busy_timeout(Duration::from_secs(5))
+                    .expect("busy timeout");
+                conn.query_row(&sql, [], |r| r.get::<_, i64>(0))
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            })
+            .await
+            .expect("raw query task")
+        }
+        DatabaseUrl::Postgres(url) => raw_postgres(url)
+            .await
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e}"))
+            .get::<_, i64>(0),
     }
 }
 
@@ -3828,4 +3834,46 @@ async fn concurrent_claims_never_share_a_message(db: Db) {
     assert_eq!(ids.len(), 40, "{claims:?}");
     assert_eq!(distinct.len(), 40);
     assert_eq!(env.store.outbox_status(T0).await.unwrap(), status(40, 0));
+}
+
+async fn prune_dead_mail_deletes_only_old_dead_letters(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    // Three messages given up at T0, T0 + 10 and T0 + 20; one still waiting.
+    for (i, recipient) in ["old@example.com", "edge@example.com", "recent@example.com"]
+        .into_iter()
+        .enumerate()
+    {
+        store.enqueue_mail(new_mail(recipient, T0)).await.unwrap();
+        let claimed = store.claim_mail(T0, T0 + 100, 1).await.unwrap();
+        assert_eq!(recipients(&claimed), [recipient]);
+        let given_up_at = T0 + 10 * i as i64;
+        assert!(
+            store
+                .mail_failed(
+                    claimed[0].id,
+                    T0 + 100,
+                    "refused",
+                    MailFailure::GiveUp(given_up_at)
+                )
+                .await
+                .unwrap()
+        );
+    }
+    store
+        .enqueue_mail(new_mail("waiting@example.com", T0))
+        .await
+        .unwrap();
+    assert_eq!(store.prune_dead_mail(T0 + 10).await.unwrap(), 1);
+    assert_eq!(
+        env.raw_i64("SELECT count(*) FROM outbox WHERE recipient = 'old@example.com'")
+            .await,
+        0
+    );
+    assert_eq!(env.rows("outbox").await, 3);
+    assert_eq!(store.prune_dead_mail(T0 + 21).await.unwrap(), 2);
+    assert_eq!(store.prune_dead_mail(T0 + 21).await.unwrap(), 0);
+    // The waiting message is not a dead letter, however old.
+    assert_eq!(store.prune_dead_mail(i64::MAX).await.unwrap(), 0);
+    assert_eq!(store.outbox_status(T0).await.unwrap(), status(1, 1));
 }
