@@ -124,15 +124,7 @@ impl Kv {
     }
 
     pub async fn delete(&self, key: &str) {
-        let full = format!("{PREFIX}{key}");
-        self.redis
-            .call(|mut connection| async move {
-                redis::cmd("DEL")
-                    .arg(full)
-                    .query_async::<()>(&mut connection)
-                    .await
-            })
-            .await;
+        self.redis.delete(&format!("{PREFIX}{key}")).await;
         self.local.invalidate(key);
     }
 }

@@ -67,6 +67,11 @@ pub struct Backoff {
 }
 
 impl Backoff {
+    /// Where `ident`'s state lives (the Redis key, and the local map's key).
+    fn key(&self, ident: &str) -> String {
+        format!("hoglet:backoff:{}:{ident}", self.scope)
+    }
+
     /// How long the `failures`-th failure locks for (zero below the threshold).
     fn lock_for(&self, failures: u64) -> Micros {
         if failures < self.threshold {
@@ -394,7 +399,7 @@ impl Limiter {
 
     /// Seconds to wait if `ident` is locked out now.
     pub async fn backoff_wait(&self, policy: Backoff, ident: &str) -> Option<u64> {
-        let key = format!("hoglet:backoff:{}:{ident}", policy.scope);
+        let key = policy.key(ident);
         let now = self.clock.now();
         let key_ref = &key;
         let shared = self
@@ -417,7 +422,7 @@ impl Limiter {
     /// Counts one failure; once `threshold` failures fall within `window`, locks `ident` for
     /// base·2^(failures−threshold), capped at `cap`. Returns the lock's wait in seconds, if any.
     pub async fn backoff_failure(&self, policy: Backoff, ident: &str) -> Option<u64> {
-        let key = format!("hoglet:backoff:{}:{ident}", policy.scope);
+        let key = policy.key(ident);
         let now = self.clock.now();
         let key_ref = &key;
         let shared = self
@@ -445,16 +450,8 @@ impl Limiter {
 
     /// Forgets `ident` (a correct login).
     pub async fn backoff_clear(&self, policy: Backoff, ident: &str) {
-        let key = format!("hoglet:backoff:{}:{ident}", policy.scope);
-        let key_ref = &key;
-        self.redis
-            .call(|mut connection| async move {
-                redis::cmd("DEL")
-                    .arg(key_ref)
-                    .query_async::<()>(&mut connection)
-                    .await
-            })
-            .await;
+        let key = policy.key(ident);
+        self.redis.delete(&key).await;
         // Failures counted here while Redis was away are forgotten too.
         self.backoffs.remove(&key);
     }

@@ -112,6 +112,17 @@ impl RedisLink {
             }
         }
     }
+
+    /// Deletes `key` in Redis, if Redis is up (the caller forgets its local copy itself).
+    pub async fn delete(&self, key: &str) {
+        self.call(|mut connection| async move {
+            redis::cmd("DEL")
+                .arg(key)
+                .query_async::<()>(&mut connection)
+                .await
+        })
+        .await;
+    }
 }
 
 impl Shared {
