@@ -10,8 +10,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
 use crate::admin::{self, AdminError};
-use crate::app::{App, shutdown_signal};
 use crate::config::{Config, DatabaseUrl, EmailDelivery, SignupPolicy, normalize_site_url};
+use crate::serve::{App, shutdown_signal};
 use crate::store::MembershipLevel;
 
 #[derive(Debug, Parser)]

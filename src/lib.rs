@@ -4,7 +4,6 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
-pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod cli;
@@ -16,14 +15,19 @@ pub mod github;
 pub mod http;
 pub mod kv;
 pub mod mail;
+pub mod metrics;
 pub mod outbox;
+pub mod passwords;
 pub mod ratelimit;
 pub mod redis_link;
 pub mod secret_key;
+pub mod serve;
 pub mod service;
+pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;
 
-pub use app::{App, AppState, BuildOptions};
 pub use config::Config;
+pub use serve::{App, BuildOptions};
+pub use state::AppState;

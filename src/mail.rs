@@ -18,6 +18,25 @@ use crate::config::EmailDelivery;
 /// attempt forever without the bound [`Mailer::deliver`] puts around the whole exchange.
 pub const DELIVERY_TIMEOUT: Duration = Duration::from_secs(15);
 
+/// This process's handle on its outbox worker ([`crate::outbox`]).
+#[derive(Default)]
+pub struct MailWake {
+    wake: tokio::sync::Notify,
+}
+
+impl MailWake {
+    /// Has the worker look at the outbox now (this process just queued a message, or a test
+    /// moved a manual clock past a retry).
+    pub fn wake(&self) {
+        self.wake.notify_one();
+    }
+
+    /// Resolves at the next [`MailWake::wake`].
+    pub async fn notified(&self) {
+        self.wake.notified().await;
+    }
+}
+
 /// One message to send.
 #[derive(Clone)]
 pub struct Email {

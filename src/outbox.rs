@@ -10,11 +10,11 @@
 
 use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
-use crate::app::AppState;
 use crate::crypto::sealed;
 use crate::mail::Email;
+use crate::state::AppState;
 use crate::store::{ClaimedMail, MailFailure, NewMail, StoreResult};
 use crate::time::{Micros, SECOND};
 
@@ -35,20 +35,6 @@ const LEASE: Micros = 120 * SECOND;
 /// `last_error` is kept short.
 const ERROR_CHARS: usize = 300;
 const SEAL_PURPOSE: &str = "outbox";
-
-/// This process's handle on its worker.
-#[derive(Default)]
-pub struct Outbox {
-    wake: Notify,
-}
-
-impl Outbox {
-    /// Has the worker look at the outbox now (this process just queued a message, or a test
-    /// moved a manual clock past a retry).
-    pub fn wake(&self) {
-        self.wake.notify_one();
-    }
-}
 
 /// The outbox row for `email`, its body sealed.
 pub fn seal(state: &AppState, email: &Email) -> anyhow::Result<NewMail> {
@@ -92,7 +78,7 @@ pub async fn run_worker(state: AppState, mut shutdown: watch::Receiver<bool>) {
             _ = shutdown.changed() => break,
         }
         tokio::select! {
-            _ = state.outbox.wake.notified() => {}
+            _ = state.outbox.notified() => {}
             _ = tokio::time::sleep(POLL_INTERVAL) => {}
             _ = shutdown.changed() => break,
         }

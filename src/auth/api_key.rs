@@ -6,13 +6,13 @@ use std::sync::Arc;
 use axum::http::header;
 use axum::http::request::Parts;
 
+use super::BodyCredentials;
 use super::{Caller, Credential};
-use crate::app::AppState;
 use crate::cache::KeyEntry;
 use crate::crypto;
 use crate::domain::api_key;
 use crate::error::{ApiError, ApiResult, Challenge};
-use crate::http::body::ParsedBody;
+use crate::state::AppState;
 
 /// Where the key was found; named in the 401 detail.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -49,14 +49,12 @@ fn find_key(parts: &Parts) -> Option<(Cow<'_, str>, KeySource)> {
     if let Some(token) = bearer_token(parts) {
         return (!token.starts_with("pha_")).then_some((Cow::Borrowed(token), KeySource::Header));
     }
-    if let Some(ParsedBody::Fields(fields)) = parts.extensions.get::<ParsedBody>()
-        && let Some(value) = fields.get("personal_api_key")
+    if let Some(key) = parts
+        .extensions
+        .get::<BodyCredentials>()
+        .and_then(|body| body.personal_api_key.as_deref())
     {
-        let key = match value.as_str() {
-            Some(text) => Cow::Borrowed(text),
-            None => Cow::Owned(value.to_string()),
-        };
-        return Some((key, KeySource::Body));
+        return Some((Cow::Borrowed(key), KeySource::Body));
     }
     let query = parts.uri.query()?;
     form_urlencoded_get(query, "personal_api_key").map(|k| (Cow::Owned(k), KeySource::Query))

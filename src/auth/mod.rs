@@ -9,19 +9,60 @@ pub mod api_key;
 pub mod session;
 
 use std::marker::PhantomData;
-use std::sync::Arc;
 
 use axum::extract::FromRequestParts;
 use axum::http::Method as HttpMethod;
 use axum::http::request::Parts;
 use serde_json::{Map, Value};
 
-use crate::app::AppState;
-use crate::cache::KeyEntry;
 use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, Challenge};
+use crate::state::AppState;
 
 pub use session::SessionAuth;
+
+/// The credentials a request body may carry, for the authenticators: the body middleware
+/// (`http::body`) parses each body once and leaves this in the request's extensions.
+#[derive(Clone, Debug, Default)]
+pub struct BodyCredentials {
+    /// `personal_api_key` in a JSON or form body (a non-string value as its JSON text).
+    pub personal_api_key: Option<String>,
+    /// A form's `csrfmiddlewaretoken`.
+    pub csrf_token: Option<String>,
+}
+
+impl BodyCredentials {
+    /// Picks the credentials out of a body's fields.
+    pub fn from_fields(fields: &Map<String, Value>) -> Self {
+        Self {
+            personal_api_key: fields
+                .get("personal_api_key")
+                .map(|value| match value.as_str() {
+                    Some(text) => text.to_string(),
+                    None => value.to_string(),
+                }),
+            csrf_token: fields
+                .get("csrfmiddlewaretoken")
+                .and_then(|v| v.as_str())
+                .map(str::to_string),
+        }
+    }
+}
+
+/// The request path exactly as the client sent it, recorded by the router when it adds the
+/// trailing slash (the 2FA enforcement allow-list matches exact paths).
+#[derive(Clone, Debug)]
+pub struct OriginalPath(pub String);
+
+impl OriginalPath {
+    /// The path as sent: the recorded one when normalisation changed it, else the request's own.
+    pub fn of(parts: &Parts) -> &str {
+        parts
+            .extensions
+            .get::<OriginalPath>()
+            .map_or(parts.uri.path(), |p| p.0.as_str())
+    }
+}
 
 /// One way of proving who the caller is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,39 +73,7 @@ pub enum Method {
     OAuth,
 }
 
-/// How the caller proved who they are.
-#[derive(Clone, Debug)]
-pub enum Credential {
-    Session(Arc<SessionAuth>),
-    ApiKey(Arc<KeyEntry>),
-}
-
-/// An authenticated caller whose access to the action has been checked.
-#[derive(Clone, Debug)]
-pub struct Caller {
-    pub user_id: i64,
-    pub credential: Credential,
-}
-
-impl Caller {
-    pub fn is_session(&self) -> bool {
-        matches!(self.credential, Credential::Session(_))
-    }
-
-    pub fn session(&self) -> Option<&SessionAuth> {
-        match &self.credential {
-            Credential::Session(s) => Some(s),
-            Credential::ApiKey(_) => None,
-        }
-    }
-
-    pub fn api_key(&self) -> Option<&KeyEntry> {
-        match &self.credential {
-            Credential::ApiKey(k) => Some(k),
-            Credential::Session(_) => None,
-        }
-    }
-}
+pub use crate::service::caller::{Caller, Credential, SENSITIVE_SESSION_AGE};
 
 /// The authenticators of a view, in order.
 pub trait Authenticators: Send + Sync + 'static {
@@ -119,9 +128,6 @@ impl Authenticators for KeyThenSession {
     const ORDER: &'static [Method] = &[Method::PersonalApiKey, Method::Session];
     const TIME_SENSITIVE: bool = true;
 }
-
-/// How long after login a session may perform sensitive actions (`SESSION_SENSITIVE_ACTIONS_AGE`).
-pub const SENSITIVE_SESSION_AGE: crate::time::Micros = 7200 * crate::time::SECOND;
 
 /// Whether an action needs a recent login (for time-sensitive views, unsafe session requests).
 #[derive(Clone, Copy, Debug)]

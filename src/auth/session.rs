@@ -7,31 +7,26 @@ use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
 
+use super::{BodyCredentials, OriginalPath};
 use super::{Caller, Credential};
-use crate::app::AppState;
 use crate::cache::{SessionEntry, TwoFactorGate};
 use crate::crypto;
 use crate::error::{ApiError, ApiResult};
-use crate::http::body::ParsedBody;
-use crate::http::paths::OriginalPath;
+use crate::service::accounts::{REMEMBER_AGE_SECONDS, RememberToken};
+use crate::service::sessions::StartedSession;
+use crate::state::AppState;
 use crate::store::{SessionRecord, UserRecord};
 use crate::time::{Micros, SECOND};
+use secrecy::ExposeSecret;
 
 pub const SESSION_COOKIE: &str = "sessionid";
 pub const CSRF_COOKIE: &str = "posthog_csrftoken";
 pub const CSRF_HEADER: &str = "x-csrftoken";
-/// Django's `SESSION_COOKIE_AGE`: 14 days.
-pub const SESSION_AGE: Micros = 14 * 86_400 * SECOND;
+pub use crate::service::sessions::SESSION_AGE;
 /// Django's `CSRF_COOKIE_AGE`: one year.
 const CSRF_COOKIE_AGE_SECONDS: i64 = 31_449_600;
 
-/// A logged-in browser session as the request sees it.
-#[derive(Debug)]
-pub struct SessionAuth {
-    pub session_id: String,
-    /// When the user last logged in with this session (PostHog's `session_created_at`).
-    pub created_at: Micros,
-}
+pub use crate::service::caller::SessionAuth;
 
 /// The value of cookie `name` in the request.
 pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
@@ -59,10 +54,7 @@ pub fn cookies_with_prefix<'a>(
         .filter(move |(k, _)| k.starts_with(prefix))
 }
 
-/// The id a session is stored under: the SHA-256 of its cookie value.
-pub fn session_id(token: &str) -> String {
-    crypto::sha256_hex(token.as_bytes())
-}
+pub use crate::service::sessions::session_id;
 
 fn is_unsafe(method: &Method) -> bool {
     !matches!(
@@ -227,12 +219,10 @@ fn enforce_two_factor(entry: &SessionEntry, path: &str, now: Micros) -> ApiResul
 /// `X-CSRFToken` header (or a form's `csrfmiddlewaretoken`) must be the session's.
 fn check_csrf(parts: &Parts, expected: &str) -> ApiResult<()> {
     let from_header = parts.headers.get(CSRF_HEADER).and_then(|v| v.to_str().ok());
-    let from_form = match parts.extensions.get::<ParsedBody>() {
-        Some(ParsedBody::Fields(fields)) => {
-            fields.get("csrfmiddlewaretoken").and_then(|v| v.as_str())
-        }
-        _ => None,
-    };
+    let from_form = parts
+        .extensions
+        .get::<BodyCredentials>()
+        .and_then(|body| body.csrf_token.as_deref());
     let Some(presented) = from_header.or(from_form) else {
         return Err(ApiError::forbidden("CSRF Failed: CSRF token missing."));
     };
@@ -309,55 +299,29 @@ pub fn clear_session_cookies() -> SetCookies {
     cookies
 }
 
-/// What a new session is for.
-pub enum NewSession {
-    /// Logged in as this user; `second_factor` when the login passed one (a TOTP or backup code,
-    /// or a remembered device).
-    LoggedIn { user_id: i64, second_factor: bool },
-    /// Waiting for the second factor of this user's login.
-    PendingTwoFactor { user_id: i64 },
+const REMEMBER_COOKIE_PREFIX: &str = "remember-cookie_";
+
+/// The remember-device tokens the browser presents.
+pub fn remember_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
+    cookies_with_prefix(headers, REMEMBER_COOKIE_PREFIX).map(|(_, value)| value)
 }
 
-/// Starts a fresh session (a new id, as Django rotates the key at login), ending `previous`.
-pub async fn start(
-    state: &AppState,
-    kind: NewSession,
-    previous: Option<&SessionRecord>,
-) -> ApiResult<(SessionRecord, SetCookies)> {
-    if let Some(previous) = previous {
-        state.store.delete_session(&previous.id).await?;
-        state.caches.invalidate_session(&previous.id);
-    }
-    let now = state.clock.now();
-    let token = crypto::random_token(32);
-    let csrf = crypto::random_alphanumeric(64);
-    let (user_id, login_at, pending_user_id, pending_at, two_factor_verified) = match kind {
-        NewSession::LoggedIn {
-            user_id,
-            second_factor,
-        } => (Some(user_id), Some(now), None, None, second_factor),
-        NewSession::PendingTwoFactor { user_id } => (None, None, Some(user_id), Some(now), false),
-    };
-    let record = SessionRecord {
-        id: session_id(&token),
-        user_id,
-        created_at: now,
-        login_at,
-        expires_at: now + SESSION_AGE,
-        csrf_token: csrf.clone(),
-        two_factor_verified,
-        pending_user_id,
-        pending_at,
-        totp_setup_secret: None,
-        totp_setup_at: None,
-    };
-    state.store.insert_session(&record).await?;
-    Ok((record, session_cookies(state, &token, &csrf)))
+/// The cookie that lets this browser skip the second factor (see
+/// [`crate::service::accounts::remember_token`]).
+pub fn add_remember_cookie(state: &AppState, cookies: &mut SetCookies, token: &RememberToken) {
+    cookies.add(format!(
+        "{REMEMBER_COOKIE_PREFIX}{}={}; HttpOnly; Max-Age={REMEMBER_AGE_SECONDS}; Path=/; SameSite=Strict{}",
+        token.id,
+        token.value,
+        secure_attribute(state),
+    ));
 }
 
-/// Ends a session.
-pub async fn end(state: &AppState, id: &str) -> ApiResult<()> {
-    state.store.delete_session(id).await?;
-    state.caches.invalidate_session(id);
-    Ok(())
+/// The cookies that carry a session just started (see [`crate::service::sessions::start`]).
+pub fn started_cookies(state: &AppState, started: &StartedSession) -> SetCookies {
+    session_cookies(
+        state,
+        started.token.expose_secret(),
+        &started.record.csrf_token,
+    )
 }

@@ -4,6 +4,7 @@
 use axum::extract::{RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use secrecy::SecretString;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use utoipa::ToSchema;
@@ -11,13 +12,9 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::session::{self, NewSession, SetCookies};
+use crate::auth::session::{self, SetCookies};
 use crate::auth::{AnyCaller, Authenticated, MaybeAuthenticated, SessionOnly, UserViews};
-use crate::config::SignupPolicy;
-use crate::crypto;
 use crate::domain::fields::{self, Chars, FieldError};
-use crate::domain::password::Verified;
 use crate::domain::redirect;
 use crate::domain::scope::ScopeNeed;
 use crate::domain::user::ROLES_AT_ORGANIZATION;
@@ -26,28 +23,9 @@ use crate::http::body::Body;
 use crate::http::client::ClientIp;
 use crate::http::links;
 use crate::http::paths::Segment;
-use crate::ratelimit::{Backoff, Rate};
-use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor};
-use crate::service::emails;
+use crate::service::accounts::{self, EmailVerified as Verified, LoggedIn, SignedUp as SignupDone};
 use crate::service::render;
-use crate::store::{NewSignup, NewUser, PasswordHash, StoreError, UserRecord};
-
-const NO_NEW_ORGANIZATIONS: &str = "New organizations cannot be created in this instance. Contact your administrator if you think this is a mistake.";
-const EMAIL_TAKEN: &str = "There is already an account with this email address.";
-const LOCKOUT_SCOPE: &str = "login";
-const LOCKOUT_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(600);
-/// Failed logins per account, from any address: the per-IP limit alone lets a botnet guess one
-/// account's password without end. Keyed by the address typed, known or not, so the answer never
-/// tells whether the account exists.
-const ACCOUNT_LOCKOUT: Backoff = Backoff {
-    scope: "login_account",
-    threshold: 10,
-    window: std::time::Duration::from_secs(600),
-    base: std::time::Duration::from_secs(30),
-    cap: std::time::Duration::from_secs(300),
-};
-const EMAIL_VERIFICATION_RATE: Rate = Rate::per_day("user_email_verification", 6);
-const PASSWORD_RESET_RATE: Rate = Rate::per_day("password_reset_email", 6);
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -131,20 +109,9 @@ fn required(body: &Map<String, Value>, attr: &'static str) -> ApiResult<Value> {
         .ok_or_else(|| ApiError::field(attr, "required", "This field is required."))
 }
 
-/// A 429 for a throttled request.
-async fn throttle(state: &AppState, rate: Rate, ident: &str) -> ApiResult<()> {
-    state
-        .limiter
-        .check(rate, ident)
-        .await
-        .map_err(ApiError::Throttled)
-}
-
-/// What the per-address limits (mail throttles, the per-account login lock) count by: the
-/// address as mail servers treat it (trimmed, case folded), hashed. Keyed by what the client
-/// typed, `" bob@a.test"` and `BOB@a.test` each got their own six mails a day.
-fn address_ident(address: &str) -> String {
-    crypto::sha256_hex(address.trim().to_lowercase().as_bytes())
+/// The id of the session the browser holds (logged in or not), if it is still current.
+async fn browser_session(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<String>> {
+    Ok(session::current_record(headers, state).await?.map(|s| s.id))
 }
 
 /// Sign up
@@ -169,14 +136,7 @@ async fn signup(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let allowed = match state.config.signup {
-        SignupPolicy::Closed => false,
-        SignupPolicy::Open => true,
-        SignupPolicy::FirstUser => state.store.count_users().await? == 0,
-    };
-    if !allowed {
-        return Err(ApiError::forbidden(NO_NEW_ORGANIZATIONS));
-    }
+    accounts::ensure_signup_open(&state).await?;
     let body = body.object()?;
     let first_name = fields::char_field(&required(&body, "first_name")?, Chars::new().max(128))
         .map_err(field("first_name"))?
@@ -187,32 +147,19 @@ async fn signup(
             .unwrap_or_default(),
         None => String::new(),
     };
-    let email = fields::email_field(&required(&body, "email")?)
-        .map_err(field("email"))?
-        .to_lowercase();
-    if state.store.user_by_email(&email).await?.is_some() {
-        return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
-    }
+    let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
     let password = fields::char_field(
         &required(&body, "password")?,
         Chars::new().max(72).null_ok().controls_ok(),
     )
     .map_err(field("password"))?;
-    if let Some(password) = &password {
-        accounts::check_new_password(password, None, true)?;
-    }
     let organization_name = match body.get("organization_name") {
         Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok().null_ok())
             .map_err(field("organization_name"))?
             .unwrap_or_default(),
         None => String::new(),
     };
-    let organization_name = if organization_name.is_empty() {
-        format!("{first_name}'s Organization")
-    } else {
-        organization_name
-    };
-    let role = match body.get("role_at_organization") {
+    let role_at_organization = match body.get("role_at_organization") {
         Some(v) => fields::choice_field(v, ROLES_AT_ORGANIZATION, true, true)
             .map_err(field("role_at_organization"))?
             .filter(|r| !r.is_empty()),
@@ -222,57 +169,25 @@ async fn signup(
         Some(v) => fields::bool_field(v, true).map_err(field("email_opt_in"))?,
         None => Some(true),
     };
-
-    let password_hash = match &password {
-        Some(p) => state.hasher.hash(p).await.map_err(ApiError::internal)?,
-        None => format!("!{}", crypto::random_token(30)),
+    let input = accounts::SignupInput {
+        first_name,
+        last_name,
+        email,
+        password: password.map(SecretString::from),
+        organization_name,
+        role_at_organization,
+        email_opt_in,
     };
-    let (mut user, _, _) = state
-        .store
-        .signup(NewSignup {
-            user: NewUser {
-                uuid: Uuid::now_v7(),
-                email,
-                password: PasswordHash(password_hash),
-                first_name,
-                last_name,
-                distinct_id: crypto::random_token(32),
-                is_staff: false,
-                is_email_verified: Some(false),
-                role_at_organization: role,
-                email_opt_in,
-                date_joined: state.clock.now(),
-            },
-            organization_name,
-            team_name: crate::admin::DEFAULT_TEAM_NAME.into(),
-            only_first_user: state.config.signup == SignupPolicy::FirstUser,
-        })
-        .await
-        .map_err(|e| match e {
-            StoreError::Conflict("first_user") => ApiError::forbidden(NO_NEW_ORGANIZATIONS),
-            StoreError::Conflict("email") => ApiError::field("email", "unique", EMAIL_TAKEN),
-            other => other.into(),
-        })?;
-
-    let mut cookies = SetCookies::default();
-    let redirect_url = if state.mailer.is_configured() {
-        emails::send_verification(&state, &user).await?;
-        format!("/verify_email/{}", user.uuid)
-    } else {
-        let previous = session::current_record(&headers, &state).await?;
-        let (_, new_cookies) = session::start(
-            &state,
-            NewSession::LoggedIn {
-                user_id: user.id,
-                second_factor: false,
-            },
-            previous.as_ref(),
-        )
-        .await?;
-        cookies = new_cookies;
-        user.last_login = Some(state.clock.now());
-        state.store.update_user(&user).await?;
-        "/".to_string()
+    let previous = browser_session(&state, &headers).await?;
+    let (user, done) = accounts::signup(&state, input, previous.as_deref()).await?;
+    let (cookies, redirect_url) = match done {
+        SignupDone::VerificationSent => (
+            SetCookies::default(),
+            format!("/verify_email/{}", user.uuid),
+        ),
+        SignupDone::LoggedIn(started) => {
+            (session::started_cookies(&state, &started), "/".to_string())
+        }
     };
     Ok(respond(
         StatusCode::CREATED,
@@ -321,111 +236,32 @@ async fn login(
     let password = fields::char_field(&required(&body, "password")?, Chars::new().controls_ok())
         .map_err(field("password"))?
         .unwrap_or_default();
-
-    let ip = ip.to_string();
-    if state.limiter.failures(LOCKOUT_SCOPE, &ip).await >= state.config.login_failure_limit {
-        return Err(ApiError::PermissionDenied {
-            code: "too_many_failed_attempts",
-            detail: "Too many failed login attempts. Please try again in 10 minutes.".into(),
-        });
-    }
-    let account = address_ident(&email);
-    if let Some(wait) = state.limiter.backoff_wait(ACCOUNT_LOCKOUT, &account).await {
-        return Err(ApiError::Throttled(wait));
-    }
-    let user = state
-        .store
-        .user_by_email(&email)
-        .await?
-        .filter(|u| u.is_active);
-    let stored = user
-        .as_ref()
-        .filter(|u| u.password.is_usable())
-        .map(|u| u.password.0.as_str());
-    let verified = state
-        .hasher
-        .verify(&password, stored)
-        .await
-        .map_err(ApiError::internal)?;
-    let mut user = match (user, verified) {
-        (Some(user), Verified::Yes | Verified::YesButUpgrade) => user,
-        _ => {
-            state
-                .limiter
-                .add_failure(LOCKOUT_SCOPE, &ip, LOCKOUT_COOL_OFF)
-                .await;
-            state
-                .limiter
-                .backoff_failure(ACCOUNT_LOCKOUT, &account)
-                .await;
-            return Err(ApiError::non_field(
-                "invalid_credentials",
-                "Invalid email or password.",
-            ));
-        }
+    let previous = browser_session(&state, &headers).await?;
+    let input = accounts::LoginInput {
+        email,
+        password: SecretString::from(password),
+        client: ip.to_string(),
+        previous_session: previous.as_deref(),
+        remembered: session::remember_tokens(&headers).collect(),
     };
-    state.limiter.backoff_clear(ACCOUNT_LOCKOUT, &account).await;
-    if verified == Verified::YesButUpgrade {
-        // A Django PBKDF2 hash: store Argon2id from now on.
-        accounts::set_password(&state, &mut user, &password).await?;
-        state.store.update_user(&user).await?;
-    }
-    if state.mailer.is_configured() && user.is_email_verified != Some(true) {
-        emails::send_verification(&state, &user).await?;
-        if user.is_email_verified == Some(false) {
-            return Err(ApiError::non_field(
-                "not_verified",
-                "Your account is awaiting verification. Please check your email for a verification link.",
-            ));
+    match accounts::login(&state, input).await? {
+        LoggedIn::Done(started) => Ok(respond(
+            StatusCode::OK,
+            session::started_cookies(&state, &started),
+            SUCCESS,
+        )),
+        LoggedIn::SecondFactorNeeded(started) => {
+            let mut response = ApiError::Envelope {
+                status: StatusCode::UNAUTHORIZED,
+                kind: "server_error",
+                code: "2fa_required",
+                detail: "2FA is required.".into(),
+            }
+            .into_response();
+            session::started_cookies(&state, &started).apply(response.headers_mut());
+            Ok(response)
         }
     }
-    let previous = session::current_record(&headers, &state).await?;
-    let device = state.store.totp_device(user.id).await?;
-    if let Some(device) = &device
-        && !accounts::remembered(&state, &headers, &user, device)
-    {
-        let (_, cookies) = session::start(
-            &state,
-            NewSession::PendingTwoFactor { user_id: user.id },
-            previous.as_ref(),
-        )
-        .await?;
-        let mut response = ApiError::Envelope {
-            status: StatusCode::UNAUTHORIZED,
-            kind: "server_error",
-            code: "2fa_required",
-            detail: "2FA is required.".into(),
-        }
-        .into_response();
-        cookies.apply(response.headers_mut());
-        return Ok(response);
-    }
-    // A remembered device counts as the second factor, as django-two-factor's cookie does.
-    let second_factor = device.is_some();
-    let cookies = complete_login(&state, &mut user, previous.as_ref(), second_factor).await?;
-    Ok(respond(StatusCode::OK, cookies, SUCCESS))
-}
-
-/// Starts the logged-in session and records the login; `second_factor` says whether this login
-/// passed one (organization-enforced 2FA asks).
-async fn complete_login(
-    state: &AppState,
-    user: &mut UserRecord,
-    previous: Option<&crate::store::SessionRecord>,
-    second_factor: bool,
-) -> ApiResult<SetCookies> {
-    let (_, cookies) = session::start(
-        state,
-        NewSession::LoggedIn {
-            user_id: user.id,
-            second_factor,
-        },
-        previous,
-    )
-    .await?;
-    user.last_login = Some(state.clock.now());
-    state.store.update_user(user).await?;
-    Ok(cookies)
 }
 
 /// Log in: second factor
@@ -447,47 +283,14 @@ async fn login_token(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let expired = || {
-        ApiError::non_field(
-            "2fa_expired",
-            "Login attempt has expired. Re-enter username/password.",
-        )
-    };
-    let pending = session::current_record(&headers, &state)
-        .await?
-        .filter(|s| s.pending_user_id.is_some())
-        .ok_or_else(expired)?;
-    let now = state.clock.now();
-    if pending
-        .pending_at
-        .is_none_or(|at| now - at > PENDING_LOGIN_AGE)
-    {
-        return Err(expired());
-    }
-    let invalid = || ApiError::non_field("2fa_invalid", "Invalid authentication code");
+    let pending =
+        accounts::pending_login(&state, session::current_record(&headers, &state).await?)?;
     let body = body.object()?;
-    let token = body
-        .get("token")
-        .and_then(accounts::text_of)
-        .ok_or_else(invalid)?;
-    let mut user = match pending.pending_user_id {
-        Some(id) => state.store.user_by_id(id).await?.filter(|u| u.is_active),
-        None => None,
-    }
-    .ok_or_else(expired)?;
-    match accounts::check_second_factor(&state, &user, &token).await? {
-        SecondFactor::Accepted => {}
-        SecondFactor::Throttled => {
-            return Err(ApiError::non_field(
-                "2fa_too_many_attempts",
-                "Too many attempts.",
-            ));
-        }
-        SecondFactor::Rejected => return Err(invalid()),
-    }
-    let mut cookies = complete_login(&state, &mut user, Some(&pending), true).await?;
-    if let Some(device) = state.store.totp_device(user.id).await? {
-        accounts::remember_cookie(&state, &user, &device, &mut cookies);
+    let token = body.get("token").and_then(accounts::text_of);
+    let (started, remember) = accounts::login_second_factor(&state, &pending, token).await?;
+    let mut cookies = session::started_cookies(&state, &started);
+    if let Some(remember) = remember {
+        session::add_remember_cookie(&state, &mut cookies, &remember);
     }
     Ok(respond(StatusCode::OK, cookies, SUCCESS))
 }
@@ -517,9 +320,8 @@ async fn end_session(
     caller: Option<crate::auth::Caller>,
     next: Option<&str>,
 ) -> ApiResult<Response> {
-    if let Some(session) = caller.as_ref().and_then(|c| c.session()) {
-        session::end(state, &session.session_id).await?;
-    }
+    let session = caller.as_ref().and_then(|c| c.session());
+    accounts::logout(state, session.map(|s| s.session_id.as_str())).await?;
     let location = match next.and_then(redirect::safe_next) {
         Some(next) => format!(
             "/login?next={}",
@@ -612,46 +414,8 @@ async fn request_password_reset(
 ) -> ApiResult<StatusCode> {
     let body = body.object()?;
     let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
-    throttle(&state, PASSWORD_RESET_RATE, &address_ident(&email)).await?;
-    if !state.mailer.is_configured() {
-        return Err(ApiError::non_field(
-            "email_not_available",
-            "Cannot reset passwords because email is not configured for your instance. Please contact your administrator.",
-        ));
-    }
-    if let Some(user) = state
-        .store
-        .user_by_email(&email)
-        .await?
-        .filter(|u| u.is_active)
-    {
-        emails::send_password_reset(&state, &user).await?;
-    }
+    accounts::request_reset(&state, &email).await?;
     Ok(StatusCode::NO_CONTENT)
-}
-
-fn invalid_reset_token() -> ApiError {
-    ApiError::field(
-        "token",
-        "invalid_token",
-        "This reset token is invalid or has expired.",
-    )
-}
-
-/// The user a reset link names, if the token is valid for them.
-async fn reset_target(state: &AppState, uuid: &str, token: &str) -> ApiResult<UserRecord> {
-    let uuid = Uuid::parse_str(uuid).map_err(|_| invalid_reset_token())?;
-    let user = state
-        .store
-        .user_by_uuid(uuid)
-        .await?
-        .filter(|u| u.is_active)
-        .ok_or_else(invalid_reset_token)?;
-    if emails::reset_token_is_valid(state, &user, token) {
-        Ok(user)
-    } else {
-        Err(invalid_reset_token())
-    }
 }
 
 /// Check a password reset token
@@ -678,7 +442,7 @@ async fn check_password_reset(
         .map(|(_, v)| v)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
-    reset_target(&state, &user_uuid, &token).await?;
+    accounts::check_reset(&state, &user_uuid, &token).await?;
     Ok(StatusCode::OK)
 }
 
@@ -709,22 +473,13 @@ async fn complete_password_reset(
     )
     .map_err(field("password"))?
     .unwrap_or_default();
-    let mut user = reset_target(&state, &user_uuid, &token.unwrap_or_default()).await?;
-    accounts::check_new_password(&password, Some(&user), false)?;
-    accounts::set_password(&state, &mut user, &password).await?;
-    user.requested_password_reset_at = None;
-    crate::service::users::save(&state, &user).await?;
-    // Whoever held the old password may hold a session too.
-    state.store.delete_sessions_of(user.id, None).await?;
-    state.caches.invalidate_user(user.id);
-    emails::send_notice(
+    let user = accounts::complete_reset(
         &state,
-        &user.email,
-        &user,
-        "Your password has been changed",
-        "The password of your account was just reset.",
+        &user_uuid,
+        &token.unwrap_or_default(),
+        &SecretString::from(password),
     )
-    .await;
+    .await?;
     Ok(axum::Json(PasswordReset {
         success: true,
         email: user.email,
@@ -753,30 +508,7 @@ async fn request_email_verification(
         .get("uuid")
         .and_then(accounts::text_of)
         .ok_or_else(|| ApiError::field("uuid", "required", "This field is required."))?;
-    let user = match Uuid::parse_str(&uuid) {
-        Ok(uuid) => state
-            .store
-            .user_by_uuid(uuid)
-            .await?
-            .filter(|u| u.is_active),
-        Err(_) => None,
-    };
-    // Counted by the address the link goes to (a staged change's, else the login email); a uuid
-    // that names nobody gets no mail and is counted by itself, so both answer alike.
-    let ident = match &user {
-        Some(user) => address_ident(user.pending_email.as_deref().unwrap_or(&user.email)),
-        None => address_ident(&uuid),
-    };
-    throttle(&state, EMAIL_VERIFICATION_RATE, &ident).await?;
-    if !state.mailer.is_configured() {
-        return Err(ApiError::non_field(
-            "email_not_available",
-            "Cannot verify email address because email is not configured for your instance. Please contact your administrator.",
-        ));
-    }
-    if let Some(user) = user {
-        emails::send_verification(&state, &user).await?;
-    }
+    accounts::request_email_verification(&state, &uuid).await?;
     Ok(axum::Json(SUCCESS))
 }
 
@@ -803,75 +535,26 @@ async fn verify_email(
         .and_then(accounts::text_of)
         .filter(|t| !t.is_empty())
         .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
-    let invalid = || {
-        ApiError::field(
-            "token",
-            "invalid_token",
-            "This verification token is invalid or has expired.",
-        )
-    };
-    let uuid = body
-        .get("uuid")
-        .and_then(accounts::text_of)
-        .and_then(|u| Uuid::parse_str(&u).ok())
-        .ok_or_else(invalid)?;
-    let mut user = state
-        .store
-        .user_by_uuid(uuid)
-        .await?
-        .filter(|u| u.is_active)
-        .ok_or_else(invalid)?;
-    if !emails::verification_token_is_valid(&state, &user, &token) {
-        return Err(invalid());
-    }
-    let old_email = user.email.clone();
-    let changed = user.pending_email.take();
-    if let Some(new_email) = &changed {
-        if let Some(other) = state.store.user_by_email(new_email).await?
-            && other.id != user.id
-        {
-            return Err(ApiError::field(
-                "email",
-                "email_taken",
-                "Another account now uses this email address. Start the change again with a different address.",
-            ));
-        }
-        user.email = new_email.clone();
-    }
-    user.is_email_verified = Some(true);
-    let two_factor = state.store.totp_device(user.id).await?.is_some();
-    let mut cookies = SetCookies::default();
-    if two_factor {
-        crate::service::users::save(&state, &user).await?;
-    } else {
-        let previous = session::current_record(&headers, &state).await?;
-        cookies = complete_login(&state, &mut user, previous.as_ref(), false).await?;
-    }
-    if let Some(new_email) = &changed {
-        let what = format!(
-            "The email address of your account was changed from {old_email} to {new_email}."
-        );
-        emails::send_notice(
-            &state,
-            &old_email,
-            &user,
-            "Your email address has been changed",
-            &what,
-        )
-        .await;
-        emails::send_notice(
-            &state,
-            new_email,
-            &user,
-            "Your email address has been changed",
-            &what,
-        )
-        .await;
-    }
-    let body = EmailVerified {
-        success: true,
-        requires_2fa: two_factor.then_some(true),
-        token: (!two_factor).then_some(token),
+    let uuid = body.get("uuid").and_then(accounts::text_of);
+    let previous = browser_session(&state, &headers).await?;
+    let done = accounts::verify_email(&state, uuid.as_deref(), &token, previous.as_deref()).await?;
+    let (cookies, body) = match done {
+        Verified::LoggedIn(started) => (
+            session::started_cookies(&state, &started),
+            EmailVerified {
+                success: true,
+                token: Some(token),
+                requires_2fa: None,
+            },
+        ),
+        Verified::SecondFactorNeeded => (
+            SetCookies::default(),
+            EmailVerified {
+                success: true,
+                token: None,
+                requires_2fa: Some(true),
+            },
+        ),
     };
     Ok(respond(StatusCode::OK, cookies, body))
 }
@@ -892,15 +575,8 @@ async fn cancel_email_change_request(
     auth: Authenticated<UserViews>,
 ) -> ApiResult<axum::Json<render::UserView>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
-    let mut user = crate::service::users::load_caller(&state, &caller).await?;
-    if user.pending_email.is_none() {
-        return Err(ApiError::non_field(
-            "email_change_request_not_found",
-            "No active email change requests found.",
-        ));
-    }
-    user.pending_email = None;
-    crate::service::users::save(&state, &user).await?;
+    let user = crate::service::users::load_caller(&state, &caller).await?;
+    let user = accounts::cancel_email_change(&state, &user).await?;
     let requester = render::Requester {
         user_id: caller.user_id,
         session_created_at: caller.session().map(|s| s.created_at),

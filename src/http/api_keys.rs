@@ -11,7 +11,6 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::{Authenticated, Caller, KeyThenSession};
 use crate::domain::api_key::{self, MAX_KEYS_PER_USER, MAX_LABEL_CHARS};
 use crate::domain::fields::{self, Chars};
@@ -21,6 +20,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::paths::Segment;
 use crate::ratelimit::Rate;
+use crate::state::AppState;
 use crate::store::{ApiKeyChanges, ApiKeyRecord, NewApiKey, StoreError};
 use crate::time::{iso_z, parse_rfc3339};
 

@@ -8,8 +8,9 @@ use axum::http::{Method, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use crate::app::AppState;
+use crate::auth::BodyCredentials;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// What the body middleware found.
 #[derive(Clone, Debug)]
@@ -45,6 +46,11 @@ pub async fn parse_body(state: &AppState, request: Request) -> Result<Request, R
         Ok(bytes) => parse(&content_type, &bytes).await,
         Err(_) => return Err(ApiError::PayloadTooLarge.into_response()),
     };
+    if let ParsedBody::Fields(fields) = &parsed {
+        parts
+            .extensions
+            .insert(BodyCredentials::from_fields(fields));
+    }
     parts.extensions.insert(parsed);
     Ok(Request::from_parts(parts, AxumBody::empty()))
 }

@@ -10,8 +10,8 @@ use axum::http::HeaderMap;
 use axum::http::request::Parts;
 use ipnet::IpNet;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// The client's address, as far as hoglet can trust it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

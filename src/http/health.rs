@@ -9,7 +9,7 @@ use axum::routing::get;
 use serde_json::json;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
+use crate::state::AppState;
 
 /// `/_health` answers within this even when the database hangs, and so does `/metrics` (whose
 /// outbox depth comes from the database).

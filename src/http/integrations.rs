@@ -15,7 +15,6 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
 use crate::auth::{Authenticated, BearerFirst, Caller};
 use crate::domain::fields::{self, Chars, FieldError};
 use crate::domain::scope::ScopeNeed;
@@ -25,6 +24,7 @@ use crate::http::body::Body;
 use crate::http::users::UserSegment;
 use crate::service::github::{self, CallbackQuery, StartLink};
 use crate::service::users::{load_caller, resolve_target};
+use crate::state::AppState;
 use crate::store::UserRecord;
 use crate::time::iso_z;
 

@@ -11,7 +11,6 @@ pub mod client;
 pub mod health;
 pub mod integrations;
 pub mod links;
-pub mod metrics;
 pub mod openapi;
 pub mod origin;
 pub mod paths;
@@ -28,8 +27,8 @@ use axum::response::IntoResponse;
 use tower::Layer;
 use utoipa_axum::router::OpenApiRouter;
 
-use crate::app::AppState;
 use crate::error::ApiError;
+use crate::state::AppState;
 
 /// Every API route with its OpenAPI description.
 pub fn api_router() -> OpenApiRouter<AppState> {

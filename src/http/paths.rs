@@ -7,19 +7,7 @@ use axum::http::Uri;
 use axum::http::request::Parts;
 use axum::http::uri::PathAndQuery;
 
-/// The request path exactly as the client sent it.
-#[derive(Clone, Debug)]
-pub struct OriginalPath(pub String);
-
-impl OriginalPath {
-    /// The path as sent: the recorded one when normalisation changed it, else the request's own.
-    pub fn of(parts: &axum::http::request::Parts) -> &str {
-        parts
-            .extensions
-            .get::<OriginalPath>()
-            .map_or(parts.uri.path(), |p| p.0.as_str())
-    }
-}
+use crate::auth::OriginalPath;
 
 pub fn normalize(mut request: Request) -> Request {
     if request.uri().path().ends_with('/') {

@@ -12,7 +12,6 @@ use utoipa::{OpenApi, ToSchema};
 use utoipa_axum::router::OpenApiRouter;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::auth::{Authenticated, Caller, SignalViews};
 use crate::domain::fields;
 use crate::domain::scope::ScopeNeed;
@@ -21,6 +20,7 @@ use crate::http::api_keys::throttle_key;
 use crate::http::body::Body;
 use crate::http::paths::Segment;
 use crate::service::users::{load_caller, serializer_data};
+use crate::state::AppState;
 use crate::store::{SignalAutonomyRecord, UserRecord};
 use crate::time::iso_z;
 

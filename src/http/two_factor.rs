@@ -7,18 +7,16 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
-use crate::auth::{Authenticated, Caller, UserViews};
+use crate::auth::{Authenticated, UserViews};
 use crate::domain::scope::ScopeNeed;
-use crate::domain::totp;
-use crate::error::{ApiError, ApiResult, ErrorBody};
+use crate::error::{ApiResult, ErrorBody};
 use crate::http::accounts::{SUCCESS, Success};
 use crate::http::body::Body;
 use crate::http::users::UserSegment;
-use crate::service::accounts::{self, TOTP_SETUP_AGE};
-use crate::service::emails;
+use crate::service::accounts;
+use crate::service::two_factor;
 use crate::service::users::{load_caller, resolve_target};
-use crate::store::{SessionRecord, TotpDeviceRecord};
+use crate::state::AppState;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -59,45 +57,17 @@ pub struct BackupCodes {
     pub backup_codes: Vec<String>,
 }
 
-/// The session record behind a session caller.
-async fn session_of(state: &AppState, caller: &Caller) -> ApiResult<SessionRecord> {
-    let session = caller.session().ok_or_else(|| {
-        ApiError::forbidden("This action does not support Personal API Key access")
-    })?;
-    state
-        .store
-        .session(&session.session_id)
-        .await?
-        .ok_or(ApiError::NotAuthenticated(crate::error::Challenge::Session))
-}
-
-fn issuer(state: &AppState) -> String {
-    let without_scheme = state
-        .site_url
-        .split_once("://")
-        .map_or(state.site_url.as_str(), |(_, rest)| rest);
-    without_scheme
-        .split('/')
-        .next()
-        .unwrap_or("hoglet")
-        .to_string()
-}
-
 async fn start_setup(
     state: &AppState,
     auth: Authenticated<UserViews>,
 ) -> ApiResult<axum::Json<TwoFactorSetup>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let user = load_caller(state, &caller).await?;
-    let mut session = session_of(state, &caller).await?;
-    let secret = totp::new_secret();
-    session.totp_setup_secret = Some(accounts::seal_totp_secret(state, &secret)?);
-    session.totp_setup_at = Some(state.clock.now());
-    state.store.update_session(&session).await?;
+    let setup = two_factor::start_setup(state, &caller, &user).await?;
     Ok(axum::Json(TwoFactorSetup {
         success: true,
-        secret: totp::secret_base32(&secret),
-        otpauth_uri: totp::otpauth_uri(&secret, &issuer(state), &user.email),
+        secret: setup.secret_base32,
+        otpauth_uri: setup.otpauth_uri,
     }))
 }
 
@@ -144,58 +114,8 @@ async fn validate(
 ) -> ApiResult<axum::Json<Success>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let user = load_caller(state, &caller).await?;
-    let mut session = session_of(state, &caller).await?;
-    let now = state.clock.now();
-    let pending = session
-        .totp_setup_secret
-        .clone()
-        .filter(|_| {
-            session
-                .totp_setup_at
-                .is_some_and(|at| now - at <= TOTP_SETUP_AGE)
-        })
-        .ok_or_else(|| {
-            ApiError::non_field(
-                "setup_expired",
-                "2FA setup session expired. Please start setup again.",
-            )
-        })?;
-    let invalid = || ApiError::non_field("token_invalid", "Token is not valid");
-    let token = body
-        .get("token")
-        .and_then(accounts::text_of)
-        .ok_or_else(invalid)?;
-    let secret = accounts::open_totp_secret(state, &pending)?;
-    let step = totp::matching_step(&secret, &token, state.clock.now_secs()).ok_or_else(invalid)?;
-    state
-        .store
-        .put_totp_device(&TotpDeviceRecord {
-            user_id: user.id,
-            secret: pending,
-            last_step: step,
-            failures: 0,
-            throttled_until: 0,
-            created_at: now,
-        })
-        .await?;
-    session.two_factor_verified = true;
-    session.totp_setup_secret = None;
-    session.totp_setup_at = None;
-    state.store.update_session(&session).await?;
-    // Sessions that never passed the new second factor end here.
-    state
-        .store
-        .delete_sessions_of(user.id, Some(&session.id))
-        .await?;
-    state.caches.invalidate_user(user.id);
-    emails::send_notice(
-        state,
-        &user.email,
-        &user,
-        "Two-factor authentication enabled",
-        "Two-factor authentication was turned on for your account.",
-    )
-    .await;
+    let token = body.get("token").and_then(accounts::text_of);
+    two_factor::enable(state, &caller, &user, token).await?;
     Ok(axum::Json(SUCCESS))
 }
 
@@ -262,12 +182,9 @@ async fn two_factor_status(
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    let has_totp = state.store.totp_device(target.id).await?.is_some();
-    let remaining = if has_totp {
-        state.store.backup_code_count(target.id).await?
-    } else {
-        0
-    };
+    let status = two_factor::status(&state, &target).await?;
+    let has_totp = status.has_totp;
+    let remaining = status.backup_codes_remaining;
     // Backup codes are stored hashed, so they are shown only when generated.
     Ok(axum::Json(TwoFactorStatus {
         is_enabled: has_totp,
@@ -302,13 +219,7 @@ async fn two_factor_backup_codes(
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    if state.store.totp_device(target.id).await?.is_none() {
-        return Err(ApiError::non_field(
-            "2fa_not_enabled",
-            "2FA must be enabled first",
-        ));
-    }
-    let codes = accounts::regenerate_backup_codes(&state, target.id).await?;
+    let codes = two_factor::regenerate_backup_codes(&state, &target).await?;
     Ok(axum::Json(BackupCodes {
         backup_codes: codes,
     }))
@@ -331,15 +242,6 @@ async fn two_factor_disable(
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    state.store.delete_two_factor(target.id).await?;
-    state.caches.invalidate_user(target.id);
-    emails::send_notice(
-        &state,
-        &target.email,
-        &target,
-        "Two-factor authentication disabled",
-        "Two-factor authentication was turned off for your account.",
-    )
-    .await;
+    two_factor::disable(&state, &target).await?;
     Ok(axum::Json(SUCCESS))
 }

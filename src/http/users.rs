@@ -10,18 +10,17 @@ use serde_json::{Map, Value};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use crate::app::AppState;
+use crate::auth::OriginalPath;
 use crate::auth::{Authenticated, Caller, Freshness, SessionOnly, UserViews};
 use crate::domain::fields::{self, Chars};
 use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::links;
-use crate::http::paths::OriginalPath;
 use crate::ratelimit::Rate;
-use crate::service::accounts;
 use crate::service::render::{self, PaginatedUserList, Requester, UserView};
 use crate::service::users::{self as users_service, load_caller, resolve_target};
+use crate::state::AppState;
 use crate::store::{NewScene, UserQuery, UserRecord};
 
 const USER_READ: ScopeNeed = ScopeNeed::Read("user");
@@ -335,11 +334,7 @@ async fn write_user(
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;
-    let (mut user, changes) =
-        users_service::apply_update(&state, &caller, &requester, &target, body, partial).await?;
-    let identity = accounts::apply_identity_changes(&state, &target, &mut user, changes).await?;
-    users_service::save(&state, &user).await?;
-    accounts::after_identity_changes(&state, &caller, &user, &identity).await?;
+    let user = users_service::update(&state, &caller, &requester, &target, body, partial).await?;
     let view = render::render_user(&state, &requester_of(&caller), user).await?;
     Ok(axum::Json(view))
 }
@@ -428,10 +423,9 @@ async fn hedgehog_config_update(
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize_with(USER_WRITE, Freshness::Exempt)?;
     let requester = load_caller(&state, &caller).await?;
-    let mut target = resolve_target(&state, &requester, &segment).await?;
+    let target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;
-    target.hedgehog_config = Some(body.clone());
-    users_service::save(&state, &target).await?;
+    users_service::set_hedgehog_config(&state, &target, body.clone()).await?;
     Ok(axum::Json(body))
 }
 

@@ -1,24 +1,52 @@
-//! Rules shared by the account flows: passwords, the second factor, remember-device cookies and
-//! client identification.
+//! The account use cases around the Users API: sign-up, login (and its second factor), password
+//! reset and email verification, with the rules they share (passwords, the second factor,
+//! remember-device tokens, the per-address limits). They take typed input and return typed
+//! outcomes; the HTTP layer only parses, calls one of them and renders.
 
-use axum::http::HeaderMap;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
+use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::session::{SetCookies, cookies_with_prefix};
+use crate::config::SignupPolicy;
 use crate::crypto;
-use crate::domain::password;
+use crate::domain::password::{self, Verified};
 use crate::domain::totp;
 use crate::error::{ApiError, ApiResult};
-use crate::store::{TotpDeviceRecord, UserRecord};
+use crate::ratelimit::{Backoff, Rate};
+use crate::service::emails::{self, Outgoing};
+use crate::service::sessions::{self, NewSession, StartedSession};
+use crate::state::AppState;
+use crate::store::{
+    NewSignup, NewUser, PasswordHash, SessionRecord, StoreError, TotpDeviceRecord, Unique,
+    UserChanges, UserRecord, UserWrite,
+};
 use crate::time::{Micros, SECOND};
 
 /// How long a password login may wait for its second factor.
 pub const PENDING_LOGIN_AGE: Micros = 600 * SECOND;
 /// How long a started TOTP setup stays valid.
 pub const TOTP_SETUP_AGE: Micros = 600 * SECOND;
-const REMEMBER_COOKIE_PREFIX: &str = "remember-cookie_";
-const REMEMBER_AGE_SECONDS: i64 = 30 * 86_400;
+/// How long a remembered device skips the second factor.
+pub const REMEMBER_AGE_SECONDS: i64 = 30 * 86_400;
+/// The team every new organization starts with.
+pub const DEFAULT_TEAM_NAME: &str = "Default project";
+
+const NO_NEW_ORGANIZATIONS: &str = "New organizations cannot be created in this instance. Contact your administrator if you think this is a mistake.";
+pub const EMAIL_TAKEN: &str = "There is already an account with this email address.";
+const LOCKOUT_SCOPE: &str = "login";
+const LOCKOUT_COOL_OFF: std::time::Duration = std::time::Duration::from_secs(600);
+/// Failed logins per account, from any address: the per-IP limit alone lets a botnet guess one
+/// account's password without end. Keyed by the address typed, known or not, so the answer never
+/// tells whether the account exists.
+const ACCOUNT_LOCKOUT: Backoff = Backoff {
+    scope: "login_account",
+    threshold: 10,
+    window: std::time::Duration::from_secs(600),
+    base: std::time::Duration::from_secs(30),
+    cap: std::time::Duration::from_secs(300),
+};
+const EMAIL_VERIFICATION_RATE: Rate = Rate::per_day("user_email_verification", 6);
+const PASSWORD_RESET_RATE: Rate = Rate::per_day("password_reset_email", 6);
 
 /// Runs Django's password validators. Sign-up keeps their codes; other flows report every
 /// failure as `invalid_input`, as DRF does when it re-raises Django's errors.
@@ -46,11 +74,10 @@ pub fn check_new_password(
     })
 }
 
-/// Hashes and stores a new password on `user` (not yet saved).
-pub async fn set_password(state: &AppState, user: &mut UserRecord, new: &str) -> ApiResult<()> {
+/// The stored form of a new password (Argon2id, off the async runtime).
+pub async fn hash_password(state: &AppState, new: &str) -> ApiResult<PasswordHash> {
     let hash = state.hasher.hash(new).await.map_err(ApiError::internal)?;
-    user.password = crate::store::PasswordHash(hash);
-    Ok(())
+    Ok(PasswordHash(hash))
 }
 
 /// A JSON value as text, as a `CharField` reads it (`None` for objects, arrays, booleans, null).
@@ -60,6 +87,560 @@ pub fn text_of(value: &Value) -> Option<String> {
         Value::Number(n) => Some(n.to_string()),
         _ => None,
     }
+}
+
+/// What the per-address limits (mail throttles, the per-account login lock) count by: the
+/// address as mail servers treat it (trimmed, case folded), hashed. Keyed by what the client
+/// typed, `" bob@a.test"` and `BOB@a.test` each got their own six mails a day.
+fn address_ident(address: &str) -> String {
+    crypto::sha256_hex(address.trim().to_lowercase().as_bytes())
+}
+
+/// A 429 for a throttled request.
+async fn throttle(state: &AppState, rate: Rate, ident: &str) -> ApiResult<()> {
+    state
+        .limiter
+        .check(rate, ident)
+        .await
+        .map_err(ApiError::Throttled)
+}
+
+/// The answer when a new email address turned out taken at the write.
+fn email_taken() -> ApiError {
+    ApiError::field("email", "unique", EMAIL_TAKEN)
+}
+
+/// Applies `write` to the user and sends its mail once it committed.
+pub async fn commit(
+    state: &AppState,
+    user_id: i64,
+    write: &UserWrite,
+    mail: Outgoing,
+) -> ApiResult<UserRecord> {
+    commit_or(state, user_id, write, mail, email_taken).await
+}
+
+/// [`commit`], answering `taken()` when the new email address is taken.
+async fn commit_or(
+    state: &AppState,
+    user_id: i64,
+    write: &UserWrite,
+    mail: Outgoing,
+    taken: fn() -> ApiError,
+) -> ApiResult<UserRecord> {
+    let user = state
+        .store
+        .write_user(user_id, write)
+        .await
+        .map_err(|e| match e {
+            StoreError::Unique(Unique::Email) => taken(),
+            other => other.into(),
+        })?;
+    state.caches.invalidate_user(user_id);
+    if let Some(Some(keep)) = &write.end_sessions {
+        state.caches.invalidate_session(keep);
+    }
+    mail.sent(state).await;
+    Ok(user)
+}
+
+// --- sign-up ---
+
+/// What sign-up needs, parsed and type-checked.
+#[derive(Debug)]
+pub struct SignupInput {
+    pub first_name: String,
+    pub last_name: String,
+    pub email: String,
+    /// `None` signs up without a usable password.
+    pub password: Option<SecretString>,
+    /// Empty for "<first name>'s Organization".
+    pub organization_name: String,
+    pub role_at_organization: Option<String>,
+    pub email_opt_in: Option<bool>,
+}
+
+/// What sign-up did beside creating the user.
+pub enum SignedUp {
+    /// Email is configured: a verification link went out; no session yet.
+    VerificationSent,
+    /// Logged in at once.
+    LoggedIn(StartedSession),
+}
+
+/// Refuses sign-up unless `HOGLET_SIGNUP` allows a new user now (checked before the body).
+pub async fn ensure_signup_open(state: &AppState) -> ApiResult<()> {
+    let allowed = match state.config.signup {
+        SignupPolicy::Closed => false,
+        SignupPolicy::Open => true,
+        SignupPolicy::FirstUser => state.store.count_users().await? == 0,
+    };
+    if allowed {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(NO_NEW_ORGANIZATIONS))
+    }
+}
+
+/// Creates the user with their organization and first project; logs them in, or (with email
+/// configured) sends the verification link first. `previous` is the browser's session, ended by
+/// the new one.
+pub async fn signup(
+    state: &AppState,
+    input: SignupInput,
+    previous: Option<&str>,
+) -> ApiResult<(UserRecord, SignedUp)> {
+    ensure_signup_open(state).await?;
+    let email = input.email.to_lowercase();
+    if state.store.user_by_email(&email).await?.is_some() {
+        return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
+    }
+    if let Some(password) = &input.password {
+        check_new_password(password.expose_secret(), None, true)?;
+    }
+    let organization_name = if input.organization_name.is_empty() {
+        format!("{}'s Organization", input.first_name)
+    } else {
+        input.organization_name
+    };
+    let password_hash = match &input.password {
+        Some(p) => hash_password(state, p.expose_secret()).await?,
+        None => PasswordHash(format!("!{}", crypto::random_token(30))),
+    };
+    let (user, _, _) = state
+        .store
+        .signup(NewSignup {
+            user: NewUser {
+                uuid: Uuid::now_v7(),
+                email,
+                password: password_hash,
+                first_name: input.first_name,
+                last_name: input.last_name,
+                distinct_id: crypto::random_token(32),
+                is_staff: false,
+                is_email_verified: Some(false),
+                role_at_organization: input.role_at_organization,
+                email_opt_in: input.email_opt_in,
+                date_joined: state.clock.now(),
+            },
+            organization_name,
+            team_name: DEFAULT_TEAM_NAME.into(),
+            only_first_user: state.config.signup == SignupPolicy::FirstUser,
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Unique(Unique::FirstUser) => ApiError::forbidden(NO_NEW_ORGANIZATIONS),
+            StoreError::Unique(Unique::Email) => ApiError::field("email", "unique", EMAIL_TAKEN),
+            other => other.into(),
+        })?;
+    if state.mailer.is_configured() {
+        emails::send_verification(state, &user).await?;
+        return Ok((user, SignedUp::VerificationSent));
+    }
+    let (user, session) = start_login(state, &user, previous, false).await?;
+    Ok((user, SignedUp::LoggedIn(session)))
+}
+
+// --- login ---
+
+/// A password login.
+pub struct LoginInput<'a> {
+    pub email: String,
+    pub password: SecretString,
+    /// The client's address (the per-IP lock).
+    pub client: String,
+    /// The browser's session, ended by the new one.
+    pub previous_session: Option<&'a str>,
+    /// The remember-device tokens the browser presented.
+    pub remembered: Vec<&'a str>,
+}
+
+pub enum LoggedIn {
+    /// Logged in.
+    Done(StartedSession),
+    /// The password was right; the session waits for the second factor.
+    SecondFactorNeeded(StartedSession),
+}
+
+/// Checks the password (behind the per-IP and per-account locks) and starts the session, or the
+/// wait for the second factor.
+pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedIn> {
+    let ip = input.client;
+    if state.limiter.failures(LOCKOUT_SCOPE, &ip).await >= state.config.login_failure_limit {
+        return Err(ApiError::PermissionDenied {
+            code: "too_many_failed_attempts",
+            detail: "Too many failed login attempts. Please try again in 10 minutes.".into(),
+        });
+    }
+    let account = address_ident(&input.email);
+    if let Some(wait) = state.limiter.backoff_wait(ACCOUNT_LOCKOUT, &account).await {
+        return Err(ApiError::Throttled(wait));
+    }
+    let user = state
+        .store
+        .user_by_email(&input.email)
+        .await?
+        .filter(|u| u.is_active);
+    let stored = user
+        .as_ref()
+        .filter(|u| u.password.is_usable())
+        .map(|u| u.password.0.as_str());
+    let password = input.password.expose_secret();
+    let verified = state
+        .hasher
+        .verify(password, stored)
+        .await
+        .map_err(ApiError::internal)?;
+    let mut user = match (user, verified) {
+        (Some(user), Verified::Yes | Verified::YesButUpgrade) => user,
+        _ => {
+            state
+                .limiter
+                .add_failure(LOCKOUT_SCOPE, &ip, LOCKOUT_COOL_OFF)
+                .await;
+            state
+                .limiter
+                .backoff_failure(ACCOUNT_LOCKOUT, &account)
+                .await;
+            return Err(ApiError::non_field(
+                "invalid_credentials",
+                "Invalid email or password.",
+            ));
+        }
+    };
+    state.limiter.backoff_clear(ACCOUNT_LOCKOUT, &account).await;
+    if verified == Verified::YesButUpgrade {
+        // A Django PBKDF2 hash: store Argon2id from now on (that column only).
+        let write = UserWrite {
+            changes: UserChanges {
+                password: Some(hash_password(state, password).await?),
+                ..UserChanges::default()
+            },
+            ..UserWrite::default()
+        };
+        user = commit(state, user.id, &write, Outgoing::default()).await?;
+    }
+    if state.mailer.is_configured() && user.is_email_verified != Some(true) {
+        emails::send_verification(state, &user).await?;
+        if user.is_email_verified == Some(false) {
+            return Err(ApiError::non_field(
+                "not_verified",
+                "Your account is awaiting verification. Please check your email for a verification link.",
+            ));
+        }
+    }
+    let device = state.store.totp_device(user.id).await?;
+    if let Some(device) = &device
+        && !remembered(state, &input.remembered, &user, device)
+    {
+        let session = sessions::start(
+            state,
+            NewSession::PendingTwoFactor { user_id: user.id },
+            input.previous_session,
+        )
+        .await?;
+        return Ok(LoggedIn::SecondFactorNeeded(session));
+    }
+    // A remembered device counts as the second factor, as django-two-factor's cookie does.
+    let (_, session) = start_login(state, &user, input.previous_session, device.is_some()).await?;
+    Ok(LoggedIn::Done(session))
+}
+
+/// Starts the logged-in session and records the login (`last_login` only); `second_factor` says
+/// whether this login passed one (organization-enforced 2FA asks).
+async fn start_login(
+    state: &AppState,
+    user: &UserRecord,
+    previous: Option<&str>,
+    second_factor: bool,
+) -> ApiResult<(UserRecord, StartedSession)> {
+    let session = sessions::start(
+        state,
+        NewSession::LoggedIn {
+            user_id: user.id,
+            second_factor,
+        },
+        previous,
+    )
+    .await?;
+    let write = UserWrite {
+        changes: UserChanges {
+            last_login: Some(Some(state.clock.now())),
+            ..UserChanges::default()
+        },
+        ..UserWrite::default()
+    };
+    let user = commit(state, user.id, &write, Outgoing::default()).await?;
+    Ok((user, session))
+}
+
+fn login_expired() -> ApiError {
+    ApiError::non_field(
+        "2fa_expired",
+        "Login attempt has expired. Re-enter username/password.",
+    )
+}
+
+/// The login a session waits to complete with a second factor, if it is still fresh.
+pub fn pending_login(state: &AppState, session: Option<SessionRecord>) -> ApiResult<SessionRecord> {
+    let pending = session
+        .filter(|s| s.pending_user_id.is_some())
+        .ok_or_else(login_expired)?;
+    let now = state.clock.now();
+    if pending
+        .pending_at
+        .is_none_or(|at| now - at > PENDING_LOGIN_AGE)
+    {
+        return Err(login_expired());
+    }
+    Ok(pending)
+}
+
+/// A remember-device token to hand to the browser: the cookie name's suffix and its value.
+pub struct RememberToken {
+    pub id: String,
+    pub value: String,
+}
+
+/// Completes a login waiting in `pending` (see [`pending_login`]) with a TOTP or backup code;
+/// returns the new session and a token that lets this device skip the second factor.
+pub async fn login_second_factor(
+    state: &AppState,
+    pending: &SessionRecord,
+    token: Option<String>,
+) -> ApiResult<(StartedSession, Option<RememberToken>)> {
+    let invalid = || ApiError::non_field("2fa_invalid", "Invalid authentication code");
+    let token = token.ok_or_else(invalid)?;
+    let user = match pending.pending_user_id {
+        Some(id) => state.store.user_by_id(id).await?.filter(|u| u.is_active),
+        None => None,
+    }
+    .ok_or_else(login_expired)?;
+    match check_second_factor(state, &user, &token).await? {
+        SecondFactor::Accepted => {}
+        SecondFactor::Throttled => {
+            return Err(ApiError::non_field(
+                "2fa_too_many_attempts",
+                "Too many attempts.",
+            ));
+        }
+        SecondFactor::Rejected => return Err(invalid()),
+    }
+    let (user, session) = start_login(state, &user, Some(&pending.id), true).await?;
+    let remember = state
+        .store
+        .totp_device(user.id)
+        .await?
+        .map(|device| remember_token(state, &user, &device));
+    Ok((session, remember))
+}
+
+/// Ends the browser session, if any.
+pub async fn logout(state: &AppState, session_id: Option<&str>) -> ApiResult<()> {
+    if let Some(id) = session_id {
+        sessions::end(state, id).await?;
+    }
+    Ok(())
+}
+
+// --- password reset ---
+
+/// Emails a reset link when the address belongs to an active account; the same answer either way.
+pub async fn request_reset(state: &AppState, email: &str) -> ApiResult<()> {
+    throttle(state, PASSWORD_RESET_RATE, &address_ident(email)).await?;
+    if !state.mailer.is_configured() {
+        return Err(ApiError::non_field(
+            "email_not_available",
+            "Cannot reset passwords because email is not configured for your instance. Please contact your administrator.",
+        ));
+    }
+    if let Some(user) = state
+        .store
+        .user_by_email(email)
+        .await?
+        .filter(|u| u.is_active)
+    {
+        emails::send_password_reset(state, &user).await?;
+    }
+    Ok(())
+}
+
+fn invalid_reset_token() -> ApiError {
+    ApiError::field(
+        "token",
+        "invalid_token",
+        "This reset token is invalid or has expired.",
+    )
+}
+
+/// The user a reset link names, if the token is valid for them.
+pub async fn check_reset(state: &AppState, uuid: &str, token: &str) -> ApiResult<UserRecord> {
+    let uuid = Uuid::parse_str(uuid).map_err(|_| invalid_reset_token())?;
+    let user = state
+        .store
+        .user_by_uuid(uuid)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(invalid_reset_token)?;
+    if emails::reset_token_is_valid(state, &user, token) {
+        Ok(user)
+    } else {
+        Err(invalid_reset_token())
+    }
+}
+
+/// Sets the new password from a valid reset link. The password, the end of every session (whoever
+/// held the old password may hold one too) and the notice commit together.
+pub async fn complete_reset(
+    state: &AppState,
+    uuid: &str,
+    token: &str,
+    password: &SecretString,
+) -> ApiResult<UserRecord> {
+    let user = check_reset(state, uuid, token).await?;
+    check_new_password(password.expose_secret(), Some(&user), false)?;
+    let mut write = UserWrite {
+        changes: UserChanges {
+            password: Some(hash_password(state, password.expose_secret()).await?),
+            requested_password_reset_at: Some(None),
+            ..UserChanges::default()
+        },
+        end_sessions: Some(None),
+        ..UserWrite::default()
+    };
+    let mut mail = Outgoing::default();
+    mail.add(
+        state,
+        &mut write,
+        emails::notice(
+            &user.email,
+            &user,
+            "Your password has been changed",
+            "The password of your account was just reset.",
+        ),
+    )?;
+    commit(state, user.id, &write, mail).await
+}
+
+// --- email verification ---
+
+/// Sends a verification link to the user named by `uuid` (to their staged address, else their
+/// login email); a uuid that names nobody gets the same answer.
+pub async fn request_email_verification(state: &AppState, uuid: &str) -> ApiResult<()> {
+    let user = match Uuid::parse_str(uuid) {
+        Ok(uuid) => state
+            .store
+            .user_by_uuid(uuid)
+            .await?
+            .filter(|u| u.is_active),
+        Err(_) => None,
+    };
+    // Counted by the address the link goes to; a uuid that names nobody gets no mail and is
+    // counted by itself, so both answer alike.
+    let ident = match &user {
+        Some(user) => address_ident(user.pending_email.as_deref().unwrap_or(&user.email)),
+        None => address_ident(uuid),
+    };
+    throttle(state, EMAIL_VERIFICATION_RATE, &ident).await?;
+    if !state.mailer.is_configured() {
+        return Err(ApiError::non_field(
+            "email_not_available",
+            "Cannot verify email address because email is not configured for your instance. Please contact your administrator.",
+        ));
+    }
+    if let Some(user) = user {
+        emails::send_verification(state, &user).await?;
+    }
+    Ok(())
+}
+
+/// What verifying an address did.
+pub enum EmailVerified {
+    /// The browser is logged in with this new session.
+    LoggedIn(StartedSession),
+    /// The user has 2FA: they still log in with it.
+    SecondFactorNeeded,
+}
+
+/// Applies a staged email change (or marks the login email verified) from a valid link, and logs
+/// the browser in unless the user has 2FA. The change and its notices commit together.
+pub async fn verify_email(
+    state: &AppState,
+    uuid: Option<&str>,
+    token: &str,
+    previous: Option<&str>,
+) -> ApiResult<EmailVerified> {
+    let invalid = || {
+        ApiError::field(
+            "token",
+            "invalid_token",
+            "This verification token is invalid or has expired.",
+        )
+    };
+    fn taken() -> ApiError {
+        ApiError::field(
+            "email",
+            "email_taken",
+            "Another account now uses this email address. Start the change again with a different address.",
+        )
+    }
+    let uuid = uuid
+        .and_then(|u| Uuid::parse_str(u).ok())
+        .ok_or_else(invalid)?;
+    let user = state
+        .store
+        .user_by_uuid(uuid)
+        .await?
+        .filter(|u| u.is_active)
+        .ok_or_else(invalid)?;
+    if !emails::verification_token_is_valid(state, &user, token) {
+        return Err(invalid());
+    }
+    let mut write = UserWrite::default();
+    let mut mail = Outgoing::default();
+    write.changes.is_email_verified = Some(Some(true));
+    if let Some(new_email) = &user.pending_email {
+        if let Some(other) = state.store.user_by_email(new_email).await?
+            && other.id != user.id
+        {
+            return Err(taken());
+        }
+        write.changes.email = Some(new_email.clone());
+        write.changes.pending_email = Some(None);
+        let what = format!(
+            "The email address of your account was changed from {} to {new_email}.",
+            user.email
+        );
+        for to in [user.email.as_str(), new_email.as_str()] {
+            let notice = emails::notice(to, &user, "Your email address has been changed", &what);
+            mail.add(state, &mut write, notice)?;
+        }
+    }
+    let two_factor = state.store.totp_device(user.id).await?.is_some();
+    let user = commit_or(state, user.id, &write, mail, taken).await?;
+    if two_factor {
+        return Ok(EmailVerified::SecondFactorNeeded);
+    }
+    let (_, session) = start_login(state, &user, previous, false).await?;
+    Ok(EmailVerified::LoggedIn(session))
+}
+
+/// Drops the caller's staged email change.
+pub async fn cancel_email_change(state: &AppState, user: &UserRecord) -> ApiResult<UserRecord> {
+    if user.pending_email.is_none() {
+        return Err(ApiError::non_field(
+            "email_change_request_not_found",
+            "No active email change requests found.",
+        ));
+    }
+    let write = UserWrite {
+        changes: UserChanges {
+            pending_email: Some(None),
+            ..UserChanges::default()
+        },
+        ..UserWrite::default()
+    };
+    commit(state, user.id, &write, Outgoing::default()).await
 }
 
 // --- the second factor ---
@@ -134,7 +715,7 @@ pub async fn check_second_factor(
     let hash = backup_code_hash(state, user.id, token);
     if state.store.consume_backup_code(user.id, &hash).await? {
         state.store.clear_totp_throttle(user.id).await?;
-        crate::service::emails::send_notice(
+        emails::send_notice(
             state,
             &user.email,
             user,
@@ -166,39 +747,33 @@ fn remember_signature(
     hex::encode(&crypto::hmac_sha256(&key, signed.as_bytes())[..20])
 }
 
-/// The cookie that lets this browser skip the second factor for 30 days.
-pub fn remember_cookie(
+/// A token that lets this browser skip the second factor for 30 days.
+pub fn remember_token(
     state: &AppState,
     user: &UserRecord,
     device: &TotpDeviceRecord,
-    cookies: &mut SetCookies,
-) {
+) -> RememberToken {
     let expires = state.clock.now_secs() + REMEMBER_AGE_SECONDS;
     let signature = remember_signature(state, user, device, expires);
-    let secure = if state.site_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    };
-    cookies.add(format!(
-        "{REMEMBER_COOKIE_PREFIX}{}={}:{}:{}:{signature}; HttpOnly; Max-Age={REMEMBER_AGE_SECONDS}; Path=/; SameSite=Strict{secure}",
-        uuid::Uuid::new_v4().simple(),
-        device.user_id,
-        device.created_at,
-        expires,
-    ));
+    RememberToken {
+        id: uuid::Uuid::new_v4().simple().to_string(),
+        value: format!(
+            "{}:{}:{}:{signature}",
+            device.user_id, device.created_at, expires
+        ),
+    }
 }
 
-/// Whether the request carries a remember-device cookie for the user's current device and
-/// password.
+/// Whether one of the presented remember-device tokens is valid for the user's current device
+/// and password.
 pub fn remembered(
     state: &AppState,
-    headers: &HeaderMap,
+    tokens: &[&str],
     user: &UserRecord,
     device: &TotpDeviceRecord,
 ) -> bool {
     let now = state.clock.now_secs();
-    cookies_with_prefix(headers, REMEMBER_COOKIE_PREFIX).any(|(_, value)| {
+    tokens.iter().any(|value| {
         let parts: Vec<&str> = value.split(':').collect();
         let [user_id, created, expires, signature] = parts.as_slice() else {
             return false;
@@ -264,7 +839,7 @@ pub async fn apply_identity_changes(
     state: &AppState,
     target: &UserRecord,
     user: &mut UserRecord,
-    changes: crate::service::users::UserChanges,
+    changes: crate::service::users::IdentityRequest,
 ) -> ApiResult<IdentityChanges> {
     let mut done = IdentityChanges::default();
     if let Some(password) = changes.new_password.filter(|p| !p.is_empty()) {
@@ -290,7 +865,7 @@ pub async fn apply_identity_changes(
             }
         }
         check_new_password(&password, Some(target), false)?;
-        set_password(state, user, &password).await?;
+        user.password = hash_password(state, &password).await?;
         done.password_changed = true;
     }
     if let Some(email) = changes.new_email {
@@ -303,34 +878,4 @@ pub async fn apply_identity_changes(
         }
     }
     Ok(done)
-}
-
-/// The effects of a saved identity change: other sessions end after a password change, notices
-/// and verification links go out.
-pub async fn after_identity_changes(
-    state: &AppState,
-    caller: &crate::auth::Caller,
-    user: &UserRecord,
-    done: &IdentityChanges,
-) -> ApiResult<()> {
-    if done.password_changed {
-        let keep = caller
-            .session()
-            .filter(|_| caller.user_id == user.id)
-            .map(|s| s.session_id.as_str());
-        state.store.delete_sessions_of(user.id, keep).await?;
-        state.caches.invalidate_user(user.id);
-        crate::service::emails::send_notice(
-            state,
-            &user.email,
-            user,
-            "Your password has been changed",
-            "The password of your account was just changed.",
-        )
-        .await;
-    }
-    if done.email_staged {
-        crate::service::emails::send_verification(state, user).await?;
-    }
-    Ok(())
 }

@@ -1,12 +1,12 @@
 //! The messages hoglet sends (queued in the outbox, see [`crate::outbox`]) and the one-time
 //! tokens their links carry.
 
-use crate::app::AppState;
 use crate::domain::tokens;
 use crate::error::{ApiError, ApiResult};
 use crate::mail::Email;
 use crate::outbox;
-use crate::store::{StoreError, UserRecord};
+use crate::state::AppState;
+use crate::store::{StoreError, UserRecord, UserWrite};
 
 const VERIFY_PURPOSE: &str = "email-verification";
 const RESET_PURPOSE: &str = "password-reset";
@@ -86,29 +86,7 @@ async fn enqueue(state: &AppState, email: Email) -> ApiResult<()> {
 /// Queues a verification link for the staged address, or the current one. Fails when the message
 /// cannot be stored: the caller must not report a link that will never arrive.
 pub async fn send_verification(state: &AppState, user: &UserRecord) -> ApiResult<()> {
-    let to = user
-        .pending_email
-        .clone()
-        .unwrap_or_else(|| user.email.clone());
-    let link = format!(
-        "{}/verify_email/{}/{}",
-        state.site_url,
-        user.uuid,
-        verification_token(state, user)
-    );
-    enqueue(
-        state,
-        Email {
-            to,
-            subject: "Verify your email address".into(),
-            body: format!(
-                "Hi {},\n\nPlease confirm this email address by opening the link below:\n\n{link}\n\n\
-                 The link is valid for 24 hours. If you did not ask for it, you can ignore this message.\n",
-                greeting(user)
-            ),
-        },
-    )
-    .await
+    enqueue(state, verification(state, user)).await
 }
 
 /// Records the reset request on `user` (as read, before the request) and queues the link, in
@@ -151,18 +129,81 @@ pub async fn send_password_reset(state: &AppState, user: &UserRecord) -> ApiResu
     }
 }
 
-/// Queues a short notice about a change to the account. The change is already saved, so a notice
-/// that cannot be stored is logged (without its body) rather than failing the request.
-pub async fn send_notice(state: &AppState, to: &str, user: &UserRecord, subject: &str, what: &str) {
-    let email = Email {
+/// Mail that goes out with one user write: sealed into the write, so it is queued in the same
+/// transaction as the change it reports (or not at all); with `HOGLET_EMAIL=log` nothing would
+/// leave, so it is logged once the write committed.
+#[derive(Default)]
+pub struct Outgoing {
+    logged: Vec<Email>,
+    queued: bool,
+}
+
+impl Outgoing {
+    pub fn add(&mut self, state: &AppState, write: &mut UserWrite, email: Email) -> ApiResult<()> {
+        if state.mailer.is_configured() {
+            write
+                .mail
+                .push(outbox::seal(state, &email).map_err(ApiError::internal)?);
+            self.queued = true;
+        } else {
+            self.logged.push(email);
+        }
+        Ok(())
+    }
+
+    /// After the write committed: wakes the mail worker, or logs the messages.
+    pub async fn sent(self, state: &AppState) {
+        if self.queued {
+            state.outbox.wake();
+        }
+        for email in self.logged {
+            if let Err(e) = state.mailer.deliver(&email).await {
+                tracing::error!(to = %email.to, subject = %email.subject, error = %e, "could not log a message");
+            }
+        }
+    }
+}
+
+/// A short notice about a change to the account.
+pub fn notice(to: &str, user: &UserRecord, subject: &str, what: &str) -> Email {
+    Email {
         to: to.to_string(),
         subject: subject.to_string(),
         body: format!(
             "Hi {},\n\n{what}\n\nIf this was not you, reset your password and contact your administrator.\n",
             greeting(user)
         ),
-    };
-    if let Err(e) = enqueue(state, email).await {
+    }
+}
+
+/// The verification link for `user` as it will be stored (the staged address, else the current
+/// one); the token is minted from that state.
+pub fn verification(state: &AppState, user: &UserRecord) -> Email {
+    let to = user
+        .pending_email
+        .clone()
+        .unwrap_or_else(|| user.email.clone());
+    let link = format!(
+        "{}/verify_email/{}/{}",
+        state.site_url,
+        user.uuid,
+        verification_token(state, user)
+    );
+    Email {
+        to,
+        subject: "Verify your email address".into(),
+        body: format!(
+            "Hi {},\n\nPlease confirm this email address by opening the link below:\n\n{link}\n\n\
+             The link is valid for 24 hours. If you did not ask for it, you can ignore this message.\n",
+            greeting(user)
+        ),
+    }
+}
+
+/// Queues a short notice about a change to the account. The change is already saved, so a notice
+/// that cannot be stored is logged (without its body) rather than failing the request.
+pub async fn send_notice(state: &AppState, to: &str, user: &UserRecord, subject: &str, what: &str) {
+    if let Err(e) = enqueue(state, notice(to, user, subject, what)).await {
         tracing::error!(to = %to, subject = %subject, error = %e, "could not queue a notice");
     }
 }

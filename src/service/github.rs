@@ -10,10 +10,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
-use crate::app::AppState;
 use crate::crypto::sealed;
 use crate::error::{ApiError, ApiResult};
 use crate::github::{GithubError, Reply};
+use crate::state::AppState;
 use crate::store::{NewUserIntegration, UserIntegrationRecord, UserRecord};
 use crate::time::{Micros, SECOND};
 

@@ -1,8 +1,10 @@
 //! Business rules behind the HTTP handlers; no axum types beyond the error.
 
 pub mod accounts;
+pub mod caller;
 pub mod emails;
 pub mod github;
-pub mod passwords;
 pub mod render;
+pub mod sessions;
+pub mod two_factor;
 pub mod users;

@@ -8,9 +8,9 @@ use serde_json::{Map, Value};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
-use crate::app::AppState;
 use crate::domain::user::{DEFAULT_SHORTCUT_POSITION, effective_notification_settings};
 use crate::error::ApiResult;
+use crate::state::AppState;
 use crate::store::{
     MembershipLevel, MembershipWithOrg, OrganizationRecord, TeamRecord, UserRecord,
 };
@@ -373,7 +373,7 @@ pub async fn render_users(
             is_impersonated_reason: None,
             sensitive_session_expires_at: requester
                 .session_created_at
-                .map(|at| iso_offset(at + crate::auth::SENSITIVE_SESSION_AGE)),
+                .map(|at| iso_offset(at + crate::service::caller::SENSITIVE_SESSION_AGE)),
             fresh_reauth_expires_at: None,
             team,
             organization,

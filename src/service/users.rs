@@ -4,21 +4,23 @@
 use serde_json::{Map, Value};
 use uuid::Uuid;
 
-use crate::app::AppState;
-use crate::auth::Caller;
 use crate::domain::fields::{self, Chars, FieldError, FieldResult};
 use crate::domain::user::{
     ROLES_AT_ORGANIZATION, SHORTCUT_POSITIONS, THEME_MODES, TOOLBAR_MODES,
     merge_notification_settings,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::store::{StoreError, UserDeletion, UserRecord};
+use crate::service::accounts::{self, IdentityChanges};
+use crate::service::caller::Caller;
+use crate::service::emails::{self, Outgoing};
+use crate::state::AppState;
+use crate::store::{UserChanges, UserDeletion, UserRecord, UserWrite};
 
 pub const NON_STAFF_ME_ONLY: &str =
     "As a non-staff user you're only allowed to access the `@me` user instance.";
 const NOT_STAFF: &str = "You are not a staff user, contact your instance admin.";
 const IDENTITY_BY_TOKEN: &str = "You can only change your email or password from the PostHog app, not with an API key or token.";
-const EMAIL_TAKEN: &str = "There is already an account with this email address.";
+use crate::service::accounts::EMAIL_TAKEN;
 
 /// Loads the caller's own record; a caller whose user vanished is no longer authenticated.
 pub async fn load_caller(state: &AppState, caller: &Caller) -> ApiResult<UserRecord> {
@@ -53,7 +55,7 @@ pub async fn resolve_target(
 
 /// Everything a valid PATCH/PUT will change, computed before anything is written.
 #[derive(Debug, Default)]
-pub struct UserChanges {
+pub struct IdentityRequest {
     pub new_email: Option<String>,
     pub new_password: Option<String>,
     pub current_password: Option<String>,
@@ -120,7 +122,7 @@ pub async fn apply_update(
     target: &UserRecord,
     body: Value,
     partial: bool,
-) -> ApiResult<(UserRecord, UserChanges)> {
+) -> ApiResult<(UserRecord, IdentityRequest)> {
     let body = serializer_data(body)?;
     guard_identity_change(caller, target, &body)?;
     if body.contains_key("is_staff") && !requester.is_staff {
@@ -128,7 +130,7 @@ pub async fn apply_update(
     }
 
     let mut user = target.clone();
-    let mut changes = UserChanges::default();
+    let mut changes = IdentityRequest::default();
     let name = Chars::new().max(150).blank_ok();
     if let Some(v) = optional(&body, "first_name", |v| fields::char_field(v, name))? {
         user.first_name = v.unwrap_or_default();
@@ -385,14 +387,64 @@ async fn validate_current_team(
     Ok((team.id, team.organization_id))
 }
 
-/// Writes an updated record, mapping a lost race on the email to the same 400 as the check.
-pub async fn save(state: &AppState, user: &UserRecord) -> ApiResult<()> {
-    state.store.update_user(user).await.map_err(|e| match e {
-        StoreError::Conflict("email") => ApiError::field("email", "unique", EMAIL_TAKEN),
-        other => other.into(),
-    })?;
-    state.caches.invalidate_user(user.id);
-    Ok(())
+/// `PATCH`/`PUT /api/users/{uuid}/`: validates the body against `target`, then writes exactly
+/// the columns it changes, with what a credential change implies (the caller's other sessions
+/// end after a password change; notices and a verification link go out) in the same transaction.
+pub async fn update(
+    state: &AppState,
+    caller: &Caller,
+    requester: &UserRecord,
+    target: &UserRecord,
+    body: Value,
+    partial: bool,
+) -> ApiResult<UserRecord> {
+    let (mut user, changes) = apply_update(state, caller, requester, target, body, partial).await?;
+    let identity = accounts::apply_identity_changes(state, target, &mut user, changes).await?;
+    let mut write = UserWrite {
+        changes: UserChanges::between(target, &user),
+        ..UserWrite::default()
+    };
+    let mut mail = Outgoing::default();
+    let IdentityChanges {
+        password_changed,
+        email_staged,
+        ..
+    } = identity;
+    if password_changed {
+        let keep = caller
+            .session()
+            .filter(|_| caller.user_id == user.id)
+            .map(|s| s.session_id.clone());
+        write.end_sessions = Some(keep);
+        let notice = emails::notice(
+            &user.email,
+            &user,
+            "Your password has been changed",
+            "The password of your account was just changed.",
+        );
+        mail.add(state, &mut write, notice)?;
+    }
+    if email_staged {
+        // The link is minted from the record as this write leaves it.
+        mail.add(state, &mut write, emails::verification(state, &user))?;
+    }
+    accounts::commit(state, user.id, &write, mail).await
+}
+
+/// `PATCH /api/users/{uuid}/hedgehog_config/`: the body replaces the stored configuration.
+pub async fn set_hedgehog_config(
+    state: &AppState,
+    target: &UserRecord,
+    config: Value,
+) -> ApiResult<UserRecord> {
+    let write = UserWrite {
+        changes: UserChanges {
+            hedgehog_config: Some(Some(config)),
+            ..UserChanges::default()
+        },
+        ..UserWrite::default()
+    };
+    accounts::commit(state, target.id, &write, Outgoing::default()).await
 }
 
 /// `DELETE /api/users/{uuid}/`: only users without organization memberships can be deleted.

@@ -26,9 +26,9 @@ pub enum StoreError {
     /// The database did not answer (down, locked past the busy timeout, pool exhausted).
     #[error("database unavailable: {0:#}")]
     Unavailable(anyhow::Error),
-    /// A uniqueness constraint refused the write; the string names what was duplicated.
-    #[error("duplicate {0}")]
-    Conflict(&'static str),
+    /// A uniqueness rule refused the write.
+    #[error("duplicate {0:?}")]
+    Unique(Unique),
     /// A row the write depends on does not exist (or no longer exists).
     #[error("{0} not found")]
     Missing(&'static str),
@@ -40,6 +40,28 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// What a refused write would have duplicated.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unique {
+    /// Another user has this email address (case-insensitive).
+    Email,
+    /// Sign-up limited to the first user, and there is one already.
+    FirstUser,
+    /// The user is already a member of the organization.
+    Membership,
+    /// Another organization has this slug.
+    Slug,
+    DistinctId,
+    ApiToken,
+    ApiKey,
+    ScenePersonalisation,
+    Setting,
+    UserIntegration,
+    TeamIntegration,
+    /// A constraint not named above.
+    Other,
+}
 
 /// What a successful delete of a user found.
 #[derive(Debug, PartialEq, Eq)]
@@ -73,8 +95,39 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;
     async fn count_users(&self) -> StoreResult<i64>;
-    /// Writes every mutable column of `user` (`Conflict("email")` when the address is taken).
+    /// Writes every mutable column of `user` (`Unique(Unique::Email)` when the address is taken).
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
+    /// Applies `write` in one transaction and returns the user as stored afterwards.
+    /// `Missing("user")` (nothing written) when the user does not exist; a conflict on the
+    /// email when the new address is taken.
+    async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord> {
+        // Placeholder until the backends write it in one transaction.
+        let mut user = self
+            .user_by_id(user_id)
+            .await?
+            .ok_or(StoreError::Missing("user"))?;
+        write.changes.apply_to(&mut user);
+        self.update_user(&user).await?;
+        if let Some(keep) = &write.end_sessions {
+            self.delete_sessions_of(user_id, keep.as_deref()).await?;
+        }
+        if write.remove_two_factor {
+            self.delete_two_factor(user_id).await?;
+        }
+        if let Some(device) = &write.totp_device {
+            self.put_totp_device(device).await?;
+        }
+        if let Some(codes) = &write.backup_codes {
+            self.replace_backup_codes(user_id, codes).await?;
+        }
+        if let Some(session) = &write.session {
+            self.update_session(session).await?;
+        }
+        for mail in &write.mail {
+            self.enqueue_mail(mail.clone()).await?;
+        }
+        Ok(user)
+    }
     /// Sets the current organization and team without touching anything else.
     async fn set_current_context(
         &self,

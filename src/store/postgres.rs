@@ -154,7 +154,7 @@ fn map_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::UNIQUE_VIOLATION {
             let target = db.constraint().unwrap_or(db.message());
-            return StoreError::Conflict(sql::conflict_target(target));
+            return StoreError::Unique(sql::conflict_target(target));
         }
         let code = db.code().code();
         // Connection exceptions, shutdowns and resource exhaustion: the database is not answering.
@@ -387,7 +387,7 @@ async fn insert_organization(
         }
         slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
-    Err(StoreError::Conflict("slug"))
+    Err(StoreError::Unique(Unique::Slug))
 }
 
 fn uuid_strings(ids: &[Uuid]) -> Vec<String> {
@@ -1019,7 +1019,7 @@ impl Store for PgStore {
         execute(&tx, "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE", &[]).await?;
         let first_user = count(&tx, sql::USER_COUNT, &[]).await? == 0;
         if signup.only_first_user && !first_user {
-            return Err(StoreError::Conflict("first_user"));
+            return Err(StoreError::Unique(Unique::FirstUser));
         }
         let user = NewUser {
             is_staff: first_user,

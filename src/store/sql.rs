@@ -2,6 +2,8 @@
 //! appearance, which SQLite reads as named parameters bound by position and Postgres natively.
 //! Statements that differ (id lists, upserts returning rows) live in the backend modules.
 
+use super::Unique;
+
 macro_rules! user_columns {
     () => {
         "u.id, u.uuid, u.email, u.pending_email, u.password, u.first_name, u.last_name, \
@@ -390,24 +392,24 @@ pub fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Names the constraint a uniqueness error came from, as the [`super::StoreError::Conflict`] target.
-pub fn conflict_target(message: &str) -> &'static str {
-    const TARGETS: [(&str, &str); 10] = [
-        ("email_lower", "email"),
-        ("distinct_id", "distinct_id"),
-        ("organization_memberships", "membership"),
-        ("slug", "slug"),
-        ("api_token", "api_token"),
-        ("secure_value", "api_key"),
-        ("scene_personalisations", "scene_personalisation"),
-        ("settings", "setting"),
-        ("user_integrations", "user_integration"),
-        ("team_integrations", "team_integration"),
+/// Names the constraint a uniqueness error came from.
+pub fn conflict_target(message: &str) -> Unique {
+    const TARGETS: [(&str, Unique); 10] = [
+        ("email_lower", Unique::Email),
+        ("distinct_id", Unique::DistinctId),
+        ("organization_memberships", Unique::Membership),
+        ("slug", Unique::Slug),
+        ("api_token", Unique::ApiToken),
+        ("secure_value", Unique::ApiKey),
+        ("scene_personalisations", Unique::ScenePersonalisation),
+        ("settings", Unique::Setting),
+        ("user_integrations", Unique::UserIntegration),
+        ("team_integrations", Unique::TeamIntegration),
     ];
     TARGETS
         .iter()
         .find(|(needle, _)| message.contains(needle))
-        .map_or("row", |(_, target)| target)
+        .map_or(Unique::Other, |(_, target)| *target)
 }
 
 /// Django's `slugify` for ASCII: lower-case, runs of spaces and hyphens become one hyphen, other
@@ -452,13 +454,13 @@ mod tests {
     fn conflicts_name_their_target() {
         assert_eq!(
             conflict_target("UNIQUE constraint failed: users.email_lower"),
-            "email"
+            Unique::Email
         );
         assert_eq!(
             conflict_target(
                 "duplicate key value violates unique constraint \"users_email_lower_key\""
             ),
-            "email"
+            Unique::Email
         );
     }
 }

@@ -270,7 +270,7 @@ fn map_err(e: rusqlite::Error) -> StoreError {
                 if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                     || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
             {
-                return StoreError::Conflict(sql::conflict_target(
+                return StoreError::Unique(sql::conflict_target(
                     message.as_deref().unwrap_or_default(),
                 ));
             }
@@ -482,7 +482,7 @@ fn insert_organization(tx: &Connection, id: &str, name: &str, now: Micros) -> St
         }
         slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
-    Err(StoreError::Conflict("slug"))
+    Err(StoreError::Unique(Unique::Slug))
 }
 
 #[async_trait]
@@ -1110,7 +1110,7 @@ impl Store for SqliteStore {
             let now = crate::time::system_now();
             let first_user = count(tx, sql::USER_COUNT, []).map_err(map_anyhow)? == 0;
             if signup.only_first_user && !first_user {
-                return Err(StoreError::Conflict("first_user"));
+                return Err(StoreError::Unique(Unique::FirstUser));
             }
             let user = NewUser {
                 is_staff: first_user,

@@ -288,7 +288,7 @@ async fn feed_after(store: &DynStore, mark: i64) -> Vec<Entry> {
 
 fn describe(e: &StoreError) -> String {
     match e {
-        StoreError::Conflict(target) => format!("Conflict({target})"),
+        StoreError::Unique(target) => format!("Unique({target:?})"),
         StoreError::Missing(what) => format!("Missing({what})"),
         StoreError::Limit(n) => format!("Limit({n})"),
         StoreError::Unavailable(e) => format!("Unavailable({e:#})"),
@@ -622,7 +622,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
         "ALICE@Example.COM",
         " alice@example.com ",
     ] {
-        assert_err(store.insert_user(new_user(taken)).await, "Conflict(email)");
+        assert_err(store.insert_user(new_user(taken)).await, "Unique(Email)");
     }
     assert_err(
         store
@@ -631,7 +631,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
                 ..new_user("someone-else@example.com")
             })
             .await,
-        "Conflict(distinct_id)",
+        "Unique(DistinctId)",
     );
     assert_eq!(store.count_users().await.unwrap(), 1);
 
@@ -641,7 +641,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
     let mut renamed = bob.clone();
     renamed.email = "Alice@EXAMPLE.com".into();
     renamed.first_name = "Robert".into();
-    assert_err(store.update_user(&renamed).await, "Conflict(email)");
+    assert_err(store.update_user(&renamed).await, "Unique(Email)");
     assert_same_user(&reload(store, bob.id).await, &bob);
     assert_eq!(
         store
@@ -706,7 +706,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
     );
     assert_err(
         store.insert_user(new_user("élodie@example.com")).await,
-        "Conflict(email)",
+        "Unique(Email)",
     );
 
     // Racing sign-ups with one address (through two stores): exactly one wins.
@@ -729,7 +729,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
     for r in results {
         match r {
             Ok(_) => won += 1,
-            Err(e) => assert_eq!(describe(&e), "Conflict(email)"),
+            Err(e) => assert_eq!(describe(&e), "Unique(Email)"),
         }
     }
     assert_eq!(won, 1);
@@ -1525,13 +1525,13 @@ async fn add_membership_contract(db: Db) {
         store
             .add_membership(org.id, member.id, MembershipLevel::Member)
             .await,
-        "Conflict(membership)",
+        "Unique(Membership)",
     );
     assert_err(
         store
             .add_membership(org.id, owner.id, MembershipLevel::Member)
             .await,
-        "Conflict(membership)",
+        "Unique(Membership)",
     );
     assert_err(
         store
@@ -1576,7 +1576,7 @@ async fn add_membership_contract(db: Db) {
     for r in results {
         match r {
             Ok(_) => joined += 1,
-            Err(e) => assert_eq!(describe(&e), "Conflict(membership)"),
+            Err(e) => assert_eq!(describe(&e), "Unique(Membership)"),
         }
     }
     assert_eq!(joined, 1);
@@ -1977,7 +1977,7 @@ async fn api_keys_insert_and_lookup(db: Db) {
         store
             .insert_api_key(key_with_hash(user.id, &new.secure_value), LIMIT)
             .await,
-        "Conflict(api_key)",
+        "Unique(ApiKey)",
     );
     assert_err(
         store.insert_api_key(new_key(user.id + 1000), LIMIT).await,
@@ -2145,7 +2145,7 @@ async fn legacy_api_key_helpers(db: Db) {
         store
             .upgrade_api_key_hash(&l390.id, "sha256$upgraded-260")
             .await,
-        "Conflict(api_key)",
+        "Unique(ApiKey)",
     );
     assert_eq!(
         ids(store.legacy_api_keys(&p390).await.unwrap()),
@@ -2899,7 +2899,7 @@ async fn sessions_insert_read_update_and_end(db: Db) {
     assert_same_session(&session_of(store, "s1").await.unwrap(), &first);
     assert!(session_of(store, "S1").await.is_none(), "ids are exact");
     assert!(session_of(store, "missing").await.is_none());
-    assert_err(store.insert_session(&first).await, "Conflict(row)");
+    assert_err(store.insert_session(&first).await, "Unique(Other)");
 
     // A pending login (anonymous, waiting for the second factor) and a session of another user.
     let pending = SessionRecord {
@@ -3314,7 +3314,7 @@ async fn signup_creates_everything_or_nothing(db: Db) {
     let before = signup_rows(&env).await;
     assert_err(
         store.signup(new_signup("second@example.com", true)).await,
-        "Conflict(first_user)",
+        "Unique(FirstUser)",
     );
     assert_eq!(signup_rows(&env).await, before);
 
@@ -3338,7 +3338,7 @@ async fn signup_creates_everything_or_nothing(db: Db) {
     let mark = feed_mark(store).await;
     assert_err(
         store.signup(new_signup("FIRST@example.COM", false)).await,
-        "Conflict(email)",
+        "Unique(Email)",
     );
     assert_err(
         store
@@ -3350,7 +3350,7 @@ async fn signup_creates_everything_or_nothing(db: Db) {
                 ..new_signup("fresh@example.com", false)
             })
             .await,
-        "Conflict(distinct_id)",
+        "Unique(DistinctId)",
     );
     assert_eq!(signup_rows(&env).await, before);
     assert_eq!(feed_after(store, mark).await, vec![]);
@@ -3383,7 +3383,7 @@ async fn concurrent_first_user_signups_make_one_staff_user(db: Db) {
     for result in results {
         match result {
             Ok((user, _, _)) => winners.push(user),
-            Err(e) => assert_eq!(describe(&e), "Conflict(first_user)"),
+            Err(e) => assert_eq!(describe(&e), "Unique(FirstUser)"),
         }
     }
     assert_eq!(winners.len(), 1);

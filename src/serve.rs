@@ -1,69 +1,29 @@
-//! The application: shared state, building it from configuration, and serving it.
+//! Serving: building the state from configuration, binding, and running the server with its
+//! background tasks (cache invalidation poller, janitor, mail worker) until shutdown.
 
 use std::net::SocketAddr;
-use std::ops::Deref;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::ExposeSecret;
 use tokio::net::TcpListener;
 
 use crate::cache::{self, Caches};
 use crate::config::Config;
 use crate::github::GithubClient;
 use crate::http;
-use crate::http::metrics::Metrics;
 use crate::kv::Kv;
+use crate::mail::MailWake;
 use crate::mail::Mailer;
-use crate::outbox::{self, Outbox};
+use crate::metrics::Metrics;
+use crate::outbox;
+use crate::passwords::PasswordHasher;
 use crate::ratelimit::Limiter;
 use crate::redis_link::RedisLink;
-use crate::service::passwords::PasswordHasher;
+use crate::state::{AppState, Inner};
 use crate::store::DynStore;
 use crate::time::Clock;
-
-/// Everything a request handler can reach. Cheap to clone.
-#[derive(Clone)]
-pub struct AppState(Arc<Inner>);
-
-pub struct Inner {
-    pub config: Config,
-    pub store: DynStore,
-    pub caches: Arc<Caches>,
-    pub clock: Clock,
-    pub metrics: Metrics,
-    /// Base of every absolute URL hoglet makes, without a trailing slash.
-    pub site_url: String,
-    pub secret_key: SecretString,
-    pub mailer: Mailer,
-    /// Wakes this process's mail worker.
-    pub outbox: Outbox,
-    pub limiter: Arc<Limiter>,
-    pub hasher: PasswordHasher,
-    /// Short-lived shared values (Redis when configured).
-    pub kv: Arc<Kv>,
-    pub github: Arc<GithubClient>,
-}
-
-impl Deref for AppState {
-    type Target = Inner;
-    fn deref(&self) -> &Inner {
-        &self.0
-    }
-}
-
-impl AppState {
-    /// Derives a purpose-bound key from `HOGLET_SECRET_KEY` (HMAC-SHA256 of the purpose).
-    pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
-        use hmac::{Mac, SimpleHmac};
-        let mut mac =
-            SimpleHmac::<sha2::Sha256>::new_from_slice(self.secret_key.expose_secret().as_bytes())
-                .expect("HMAC takes keys of any length");
-        mac.update(purpose.as_bytes());
-        mac.finalize().into_bytes().into()
-    }
-}
 
 /// A built application bound to its listener, ready to serve.
 pub struct App {
@@ -121,7 +81,7 @@ impl App {
             site_url,
             secret_key,
             mailer,
-            outbox: Outbox::default(),
+            outbox: MailWake::default(),
             limiter,
             hasher: PasswordHasher::start(),
             kv,
