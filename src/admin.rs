@@ -5,8 +5,10 @@ use serde_json::{Value, json};
 use uuid::Uuid;
 
 use crate::domain::{api_key, fields, password, scope};
+use crate::error::ApiError;
+use crate::service::api_keys;
 use crate::store::{
-    DynStore, MembershipLevel, NewApiKey, NewOrganization, NewTeam, NewTeamIntegration, NewUser,
+    DynStore, MembershipLevel, NewOrganization, NewTeam, NewTeamIntegration, NewUser,
     OrganizationChanges, PasswordHash, StoreError, Unique, UserRecord,
 };
 use crate::time::{iso_z, system_now};
@@ -343,29 +345,17 @@ pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value
         return Err(invalid(format!("Invalid scope: {bad}")));
     }
     let user = user_by_email(store, &args.email).await?;
-    let value = api_key::generate_value();
-    let record = store
-        .insert_api_key(
-            NewApiKey {
-                id: api_key::generate_id(),
-                user_id: user.id,
-                label,
-                secure_value: api_key::secure_value(&value),
-                mask_value: api_key::mask(&value),
-                scopes: args.scopes,
-                scoped_teams: None,
-                scoped_organizations: None,
-                expires_at: args.expires_at,
-                created_at: system_now(),
-            },
-            api_key::MAX_KEYS_PER_USER,
-        )
+    let key = api_keys::NewKey {
+        label,
+        scopes: args.scopes,
+        expires_at: args.expires_at,
+        ..api_keys::NewKey::default()
+    };
+    let (record, value) = api_keys::insert(store, system_now(), user.id, key)
         .await
         .map_err(|e| match e {
-            StoreError::Limit(n) => invalid(format!(
-                "You can only have {n} personal API keys. Remove an existing key before creating a new one."
-            )),
-            other => other.into(),
+            ApiError::Unavailable(cause) | ApiError::Internal(cause) => AdminError::Other(cause),
+            refused => invalid(refused.detail()),
         })?;
     Ok(json!({
         "id": record.id,

@@ -162,6 +162,11 @@ impl ApiError {
     }
 
     /// `(type, code, detail, attr)` of the envelope.
+    /// The human-readable message of the envelope.
+    pub fn detail(&self) -> String {
+        self.parts().2.into_owned()
+    }
+
     fn parts(&self) -> (&str, &str, Cow<'_, str>, Option<&str>) {
         match self {
             ApiError::Validation { code, detail, attr } => (

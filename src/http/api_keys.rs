@@ -12,7 +12,7 @@ use utoipa_axum::routes;
 use uuid::Uuid;
 
 use crate::auth::{Authenticated, Caller, KeyThenSession};
-use crate::domain::api_key::{self, MAX_KEYS_PER_USER, MAX_LABEL_CHARS};
+use crate::domain::api_key::MAX_LABEL_CHARS;
 use crate::domain::fields::{self, Chars};
 use crate::domain::python::py_type_name;
 use crate::domain::scope::is_valid_scope;
@@ -20,8 +20,9 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::paths::Segment;
 use crate::ratelimit::Rate;
+use crate::service::api_keys;
 use crate::state::AppState;
-use crate::store::{ApiKeyChanges, ApiKeyRecord, NewApiKey, StoreError};
+use crate::store::ApiKeyRecord;
 use crate::time::{iso_z, parse_rfc3339};
 
 const NO_KEY_ACCESS: &str = "This action does not support Personal API Key access";
@@ -100,15 +101,7 @@ fn session_only(caller: &Caller) -> ApiResult<()> {
 /// The caller's own key by id (another user's key is not found). An id with a control character
 /// names no key (ids are generated alphanumerics) and is not looked up: PostgreSQL cannot take NUL.
 async fn own_key(state: &AppState, caller: &Caller, id: &str) -> ApiResult<ApiKeyRecord> {
-    if fields::check_characters(id, false).is_err() {
-        return Err(ApiError::not_found());
-    }
-    state
-        .store
-        .api_key(id)
-        .await?
-        .filter(|k| k.user_id == caller.user_id)
-        .ok_or_else(ApiError::not_found)
+    api_keys::own(state, caller.user_id, id).await
 }
 
 /// List personal API keys
@@ -128,7 +121,7 @@ async fn list(
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
-    let keys = state.store.api_keys_of(caller.user_id).await?;
+    let keys = api_keys::list(&state, caller.user_id).await?;
     Ok(axum::Json(keys.iter().map(|k| view(k, None)).collect()))
 }
 
@@ -341,11 +334,8 @@ async fn scoped_organizations(
             })?;
         ids.push(uuid);
     }
-    let memberships = state.store.memberships_of(&[caller.user_id]).await?;
-    if ids
-        .iter()
-        .any(|id| !memberships.iter().any(|m| m.organization.id == *id))
-    {
+    let memberships = api_keys::member_organizations(state, caller.user_id).await?;
+    if ids.iter().any(|id| !memberships.contains(id)) {
         return Err(ApiError::field(
             "scoped_organizations",
             "invalid_input",
@@ -375,33 +365,14 @@ async fn create(
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
     let input = read_input(&state, &caller, body.object()?, false).await?;
-    let value = api_key::generate_value();
-    let record = state
-        .store
-        .insert_api_key(
-            NewApiKey {
-                id: api_key::generate_id(),
-                user_id: caller.user_id,
-                label: input.label.unwrap_or_default(),
-                secure_value: api_key::secure_value(&value),
-                mask_value: api_key::mask(&value),
-                scopes: input.scopes.unwrap_or_default(),
-                scoped_teams: input.scoped_teams.flatten(),
-                scoped_organizations: input.scoped_organizations.flatten(),
-                expires_at: input.expires_at.flatten(),
-                created_at: state.clock.now(),
-            },
-            MAX_KEYS_PER_USER,
-        )
-        .await
-        .map_err(|e| match e {
-            StoreError::Limit(n) => ApiError::non_field(
-                "invalid_input",
-                format!("You can only have {n} personal API keys. Remove an existing key before creating a new one."),
-            ),
-            other => other.into(),
-        })?;
-    state.caches.invalidate_user(caller.user_id);
+    let key = api_keys::NewKey {
+        label: input.label.unwrap_or_default(),
+        scopes: input.scopes.unwrap_or_default(),
+        scoped_teams: input.scoped_teams.flatten(),
+        scoped_organizations: input.scoped_organizations.flatten(),
+        expires_at: input.expires_at.flatten(),
+    };
+    let (record, value) = api_keys::create(&state, caller.user_id, key).await?;
     Ok((StatusCode::CREATED, axum::Json(view(&record, Some(value)))).into_response())
 }
 
@@ -448,17 +419,14 @@ async fn write(
     let body = body.object()?;
     let current = own_key(&state, &caller, &id).await?;
     let input = read_input(&state, &caller, body, partial).await?;
-    let changes = ApiKeyChanges {
-        label: input.label.unwrap_or(current.label.clone()),
-        scopes: input.scopes.unwrap_or(current.scopes.clone()),
-        scoped_teams: input.scoped_teams.unwrap_or(current.scoped_teams.clone()),
-        scoped_organizations: input
-            .scoped_organizations
-            .unwrap_or(current.scoped_organizations.clone()),
-        expires_at: input.expires_at.unwrap_or(current.expires_at),
+    let changes = api_keys::KeyChanges {
+        label: input.label,
+        scopes: input.scopes,
+        scoped_teams: input.scoped_teams,
+        scoped_organizations: input.scoped_organizations,
+        expires_at: input.expires_at,
     };
-    let updated = state.store.update_api_key(&current.id, changes).await?;
-    state.caches.invalidate_key(&current.secure_value);
+    let updated = api_keys::update(&state, &current, changes).await?;
     Ok(axum::Json(view(&updated, None)))
 }
 
@@ -520,9 +488,7 @@ async fn destroy(
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
     let key = own_key(&state, &caller, &id).await?;
-    state.store.delete_api_key(&key.id).await?;
-    state.caches.invalidate_key(&key.secure_value);
-    state.caches.invalidate_user(caller.user_id);
+    api_keys::delete(&state, &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -546,17 +512,6 @@ async fn roll(
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
     let key = own_key(&state, &caller, &id).await?;
-    let value = api_key::generate_value();
-    let (before, after) = state
-        .store
-        .roll_api_key(
-            &key.id,
-            &api_key::secure_value(&value),
-            &api_key::mask(&value),
-            state.clock.now(),
-        )
-        .await?
-        .ok_or_else(ApiError::not_found)?;
-    state.caches.invalidate_key(&before.secure_value);
+    let (after, value) = api_keys::roll(&state, &key).await?;
     Ok(axum::Json(view(&after, Some(value))))
 }
