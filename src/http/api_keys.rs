@@ -273,24 +273,7 @@ async fn scoped_teams(
                 .map_err(|e| ApiError::field("scoped_teams", e.code, e.detail))?,
         );
     }
-    let organizations: Vec<Uuid> = state
-        .store
-        .memberships_of(&[caller.user_id])
-        .await?
-        .iter()
-        .map(|m| m.organization.id)
-        .collect();
-    let reachable: Vec<i64> = if organizations.is_empty() {
-        Vec::new()
-    } else {
-        state
-            .store
-            .teams_of(&organizations)
-            .await?
-            .iter()
-            .map(|t| t.id)
-            .collect()
-    };
+    let reachable = api_keys::member_teams(state, caller.user_id).await?;
     if ids.iter().any(|id| !reachable.contains(id)) {
         return Err(ApiError::field(
             "scoped_teams",

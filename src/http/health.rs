@@ -23,7 +23,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 /// 200 when the database answers, 503 otherwise.
 async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(HEALTH_TIMEOUT, state.store.ping()).await {
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.ping_database()).await {
         Ok(Ok(())) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))),
         Ok(Err(e)) => {
             tracing::warn!(error = %e, "health check: database unavailable");

@@ -131,10 +131,7 @@ async fn list(
 ) -> ApiResult<axum::Json<UserIntegrationList>> {
     let (_, target) = target_of(&state, auth, USER_READ, &segment, true).await?;
     let shared = github::shared_installations(&state, &target).await?;
-    let rows = state
-        .store
-        .user_integrations(target.id, github::KIND)
-        .await?;
+    let rows = github::personal_integrations(&state, &target).await?;
     let results = rows
         .into_iter()
         .map(|row| {
@@ -221,13 +218,7 @@ async fn github_destroy(
 ) -> ApiResult<StatusCode> {
     let (_, target) = target_of(&state, auth, USER_WRITE, &segment, true).await?;
     let integration = github::find(&state, target.id, &installation).await?;
-    if !state
-        .store
-        .delete_user_integration(integration.record.id)
-        .await?
-    {
-        return Err(ApiError::NotFound(github::NOT_FOUND.into()));
-    }
+    github::unlink(&state, &integration).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -19,6 +19,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::api_keys::throttle_key;
 use crate::http::body::Body;
 use crate::http::paths::Segment;
+use crate::service::signal_autonomy;
 use crate::service::users::{load_caller, serializer_data};
 use crate::state::AppState;
 use crate::store::{SignalAutonomyRecord, UserRecord};
@@ -96,11 +97,7 @@ async fn target(
     // PostHog looks staff targets up by primary key, without an `is_active` filter; a value that
     // is not an integer (a 500 there) finds no user here.
     let id: i64 = segment.parse().map_err(|_| ApiError::not_found())?;
-    state
-        .store
-        .user_by_id(id)
-        .await?
-        .ok_or_else(ApiError::not_found)
+    signal_autonomy::user_by_id(state, id).await
 }
 
 /// Retrieve a user's signal autonomy config
@@ -126,7 +123,7 @@ async fn retrieve(
     auth: Authenticated<SignalViews>,
 ) -> ApiResult<Response> {
     let user = target(&state, auth, &segment).await?;
-    Ok(match state.store.signal_autonomy(user.id).await? {
+    Ok(match signal_autonomy::get(&state, &user).await? {
         Some(record) => axum::Json(view(record, &user)).into_response(),
         None => StatusCode::NOT_FOUND.into_response(),
     })
@@ -166,10 +163,7 @@ async fn create(
         ),
         None => None,
     };
-    let record = state
-        .store
-        .upsert_signal_autonomy(user.id, priority, state.clock.now())
-        .await?;
+    let record = signal_autonomy::set(&state, &user, priority).await?;
     Ok(axum::Json(view(record, &user)))
 }
 
@@ -194,6 +188,6 @@ async fn destroy(
     auth: Authenticated<SignalViews>,
 ) -> ApiResult<StatusCode> {
     let user = target(&state, auth, &segment).await?;
-    state.store.delete_signal_autonomy(user.id).await?;
+    signal_autonomy::clear(&state, &user).await?;
     Ok(StatusCode::NO_CONTENT)
 }

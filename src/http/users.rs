@@ -21,7 +21,7 @@ use crate::ratelimit::Rate;
 use crate::service::render::{self, PaginatedUserList, Requester, UserView};
 use crate::service::users::{self as users_service, load_caller, resolve_target};
 use crate::state::AppState;
-use crate::store::{NewScene, UserQuery, UserRecord};
+use crate::store::UserQuery;
 
 const USER_READ: ScopeNeed = ScopeNeed::Read("user");
 const USER_WRITE: ScopeNeed = ScopeNeed::Write("user");
@@ -159,7 +159,7 @@ async fn list(
         limit,
         offset,
     };
-    let page = state.store.list_users(&query).await?;
+    let page = users_service::list(&state, &query).await?;
     let results = render::render_users(&state, &requester_of(&caller), page.users).await?;
     let base = format!("{}{}", state.site_url, parts.path);
     let next_offset = offset.saturating_add(limit);
@@ -458,7 +458,7 @@ async fn scene_personalisation(
         None => None,
     };
     let dashboard = match body.get("dashboard") {
-        Some(v) => Some(validate_dashboard(&state, &target, v).await?),
+        Some(v) => Some(users_service::validate_dashboard(&state, &target, v).await?),
         None => None,
     };
     let Some(dashboard) = dashboard else {
@@ -473,16 +473,7 @@ async fn scene_personalisation(
             "Scene must be provided.",
         ));
     };
-    state
-        .store
-        .upsert_scene_personalisation(NewScene {
-            user_id: target.id,
-            team_id: target.current_team_id,
-            scene,
-            dashboard_id: dashboard,
-        })
-        .await?;
-    state.caches.invalidate_user(target.id);
+    users_service::personalise_scene(&state, &target, scene, dashboard).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
     let view = render::render_user(&state, &requester_of(&caller), target).await?;
     Ok(axum::Json(view))
@@ -523,49 +514,4 @@ async fn github_login(
     let target = resolve_target(&state, &requester, &segment).await?;
     let github_login = crate::service::github::github_login(&state, target.id).await?;
     Ok(axum::Json(UserGithubLogin { github_login }))
-}
-
-/// DRF's `PrimaryKeyRelatedField` for a dashboard of the target's current team.
-async fn validate_dashboard(
-    state: &AppState,
-    target: &UserRecord,
-    value: &Value,
-) -> ApiResult<i64> {
-    let err = |code: &'static str, detail: String| ApiError::field("dashboard", code, detail);
-    let incorrect = |v: &Value| {
-        err(
-            "incorrect_type",
-            format!(
-                "Incorrect type. Expected pk value, received {}.",
-                crate::domain::python::py_type_name(v)
-            ),
-        )
-    };
-    let id = match value {
-        Value::Null => return Err(err("null", "This field may not be null.".into())),
-        Value::Number(n) => n.as_i64().ok_or_else(|| incorrect(value))?,
-        Value::String(s) => s.trim().parse::<i64>().map_err(|_| incorrect(value))?,
-        other => return Err(incorrect(other)),
-    };
-    let dashboard = state
-        .store
-        .dashboard(id)
-        .await?
-        .filter(|d| !d.deleted)
-        .ok_or_else(|| {
-            err(
-                "does_not_exist",
-                format!(
-                    "Invalid pk \"{}\" - object does not exist.",
-                    crate::domain::python::py_str(value)
-                ),
-            )
-        })?;
-    if Some(dashboard.team_id) != target.current_team_id {
-        return Err(err(
-            "invalid_input",
-            "Dashboard must belong to the user's current team.".into(),
-        ));
-    }
-    Ok(dashboard.id)
 }

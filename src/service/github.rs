@@ -1274,3 +1274,24 @@ mod tests {
         assert!(project_repository(&json!({"id": "1", "name": "a", "full_name": "o/a"})).is_none());
     }
 }
+
+/// The user's personal GitHub integrations, oldest first.
+pub async fn personal_integrations(
+    state: &AppState,
+    user: &UserRecord,
+) -> ApiResult<Vec<UserIntegrationRecord>> {
+    Ok(state.store.user_integrations(user.id, KIND).await?)
+}
+
+/// Removes a personal integration (and its tokens); not found when it is already gone.
+pub async fn unlink(state: &AppState, integration: &Integration) -> ApiResult<()> {
+    if state
+        .store
+        .delete_user_integration(integration.record.id)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(NOT_FOUND.into()))
+    }
+}

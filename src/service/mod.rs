@@ -7,5 +7,6 @@ pub mod emails;
 pub mod github;
 pub mod render;
 pub mod sessions;
+pub mod signal_autonomy;
 pub mod two_factor;
 pub mod users;

@@ -447,6 +447,14 @@ pub async fn set_hedgehog_config(
     accounts::commit(state, target.id, &write, Outgoing::default()).await
 }
 
+/// One page of users as the query asks (the caller's rules are in the query).
+pub async fn list(
+    state: &AppState,
+    query: &crate::store::UserQuery,
+) -> ApiResult<crate::store::UserPage> {
+    Ok(state.store.list_users(query).await?)
+}
+
 /// `DELETE /api/users/{uuid}/`: only users without organization memberships can be deleted.
 pub async fn delete(state: &AppState, target: &UserRecord) -> ApiResult<()> {
     match state.store.delete_user(target.id).await? {
@@ -459,4 +467,69 @@ pub async fn delete(state: &AppState, target: &UserRecord) -> ApiResult<()> {
         )),
         UserDeletion::Missing => Err(ApiError::not_found()),
     }
+}
+
+/// DRF's `PrimaryKeyRelatedField` for a dashboard of the target's current team.
+pub async fn validate_dashboard(
+    state: &AppState,
+    target: &UserRecord,
+    value: &Value,
+) -> ApiResult<i64> {
+    let err = |code: &'static str, detail: String| ApiError::field("dashboard", code, detail);
+    let incorrect = |v: &Value| {
+        err(
+            "incorrect_type",
+            format!(
+                "Incorrect type. Expected pk value, received {}.",
+                crate::domain::python::py_type_name(v)
+            ),
+        )
+    };
+    let id = match value {
+        Value::Null => return Err(err("null", "This field may not be null.".into())),
+        Value::Number(n) => n.as_i64().ok_or_else(|| incorrect(value))?,
+        Value::String(s) => s.trim().parse::<i64>().map_err(|_| incorrect(value))?,
+        other => return Err(incorrect(other)),
+    };
+    let dashboard = state
+        .store
+        .dashboard(id)
+        .await?
+        .filter(|d| !d.deleted)
+        .ok_or_else(|| {
+            err(
+                "does_not_exist",
+                format!(
+                    "Invalid pk \"{}\" - object does not exist.",
+                    crate::domain::python::py_str(value)
+                ),
+            )
+        })?;
+    if Some(dashboard.team_id) != target.current_team_id {
+        return Err(err(
+            "invalid_input",
+            "Dashboard must belong to the user's current team.".into(),
+        ));
+    }
+    Ok(dashboard.id)
+}
+
+/// Pins `dashboard` for `scene` in the target's current project.
+pub async fn personalise_scene(
+    state: &AppState,
+    target: &UserRecord,
+    scene: String,
+    dashboard: i64,
+) -> ApiResult<()> {
+    state
+        .store
+        .upsert_scene_personalisation(crate::store::NewScene {
+            user_id: target.id,
+            team_id: target.current_team_id,
+            scene,
+            dashboard_id: dashboard,
+        })
+        .await?;
+    state.caches.invalidate_user(target.id);
+    Ok(())
 }
