@@ -20,6 +20,7 @@ mod resilience;
 mod signal_autonomy;
 mod store_contract;
 mod two_factor;
+mod use_cases;
 mod users;
 mod users_actions;
 mod users_list;

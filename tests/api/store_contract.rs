@@ -158,6 +158,31 @@ pub async fn raw_i64(db: &TestDatabase, sql: &str) -> i64 {
     }
 }
 
+/// Runs one statement against the test database behind the app's back.
+pub async fn raw_exec(db: &TestDatabase, sql: &str) {
+    match &db.url {
+        DatabaseUrl::Sqlite(path) => {
+            let (path, sql) = (path.clone(), sql.to_string());
+            tokio::task::spawn_blocking(move || {
+                let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
+                conn.busy_timeout(Duration::from_secs(5))
+                    .expect("busy timeout");
+                conn.execute_batch(&sql)
+                    .unwrap_or_else(|e| panic!("{sql}: {e}"));
+            })
+            .await
+            .expect("raw statement task");
+        }
+        DatabaseUrl::Postgres(url) => {
+            raw_postgres(url)
+                .await
+                .batch_execute(sql)
+                .await
+                .unwrap_or_else(|e| panic!("{sql}: {e}"));
+        }
+    }
+}
+
 async fn raw_postgres(url: &str) -> tokio_postgres::Client {
     let (client, connection) = tokio_postgres::connect(url, tokio_postgres::NoTls)
         .await

@@ -1,0 +1,92 @@
+//! The use-case layer's promises, through HTTP on both databases: a write touches only the columns
+//! it changes (a login never undoes a concurrent PATCH), and a credential change commits with
+//! everything it implies or not at all.
+
+use hoglet::config::DatabaseUrl;
+use serde_json::json;
+
+use crate::browser::{Browser, logged_in_member};
+use crate::db_tests;
+use crate::helpers::{Db, PASSWORD, TestDatabase, spawn_app};
+
+db_tests!(
+    a_login_never_undoes_a_concurrent_patch,
+    a_failed_password_change_changes_nothing,
+);
+
+/// Before the targeted writes, a login read the user, spent ~30 ms hashing, then wrote the whole
+/// row back: a PATCH landing in between was acknowledged and then lost (143 of 150 on SQLite).
+async fn a_login_never_undoes_a_concurrent_patch(db: Db) {
+    let app = spawn_app(db).await;
+    let user = app.create_user("racer@example.com", false).await;
+    let key = app.create_key(&user.email, &["user:write"]).await;
+    let mut lost = Vec::new();
+    for round in 0..40 {
+        let name = format!("Name {round}");
+        let browser = Browser::new(&app);
+        let login = browser.login(&user.email, PASSWORD);
+        let patch = app.patch("/api/users/@me/", &key, json!({ "first_name": name }));
+        let (login, patch) = tokio::join!(login, patch);
+        login.assert_ok();
+        patch.assert_ok();
+        if app.user_record(user.id).await.first_name != name {
+            lost.push(round);
+        }
+    }
+    assert!(
+        lost.is_empty(),
+        "acknowledged PATCHes lost in rounds {lost:?}"
+    );
+    assert!(app.user_record(user.id).await.last_login.is_some());
+}
+
+/// A password change ends the user's other sessions in the same transaction. A failure injected
+/// between the steps (a trigger refusing the session delete) must leave the old password and
+/// every session as they were.
+async fn a_failed_password_change_changes_nothing(db: Db) {
+    let app = spawn_app(db).await;
+    let (user, browser) = logged_in_member(&app, "careful@example.com").await;
+    let other = Browser::new(&app);
+    other.login(&user.email, PASSWORD).await.assert_ok();
+    let before = app.user_record(user.id).await;
+
+    refuse_session_deletes(&app.db, true).await;
+    let reply = browser
+        .patch(
+            "/api/users/@me/",
+            json!({"password": "a new Sufficiently-long passphrase 42", "current_password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(reply.status, 500, "{}", reply.text);
+    refuse_session_deletes(&app.db, false).await;
+
+    let after = app.user_record(user.id).await;
+    assert_eq!(after.password, before.password, "the password was written");
+    other.get("/api/users/@me/").await.assert_ok();
+    browser.get("/api/users/@me/").await.assert_ok();
+    Browser::new(&app)
+        .login(&user.email, PASSWORD)
+        .await
+        .assert_ok();
+}
+
+/// Installs (or removes) a trigger that makes every `DELETE FROM sessions` fail.
+async fn refuse_session_deletes(db: &TestDatabase, refuse: bool) {
+    let statements: &[&str] = match (&db.url, refuse) {
+        (DatabaseUrl::Sqlite(_), true) => &[
+            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+        ],
+        (DatabaseUrl::Sqlite(_), false) => &["DROP TRIGGER refuse_session_deletes"],
+        (DatabaseUrl::Postgres(_), true) => &[
+            "CREATE FUNCTION refuse_session_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
+            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions FOR EACH ROW EXECUTE FUNCTION refuse_session_deletes()",
+        ],
+        (DatabaseUrl::Postgres(_), false) => &[
+            "DROP TRIGGER refuse_session_deletes ON sessions",
+            "DROP FUNCTION refuse_session_deletes()",
+        ],
+    };
+    for sql in statements {
+        crate::store_contract::raw_exec(db, sql).await;
+    }
+}
