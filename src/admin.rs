@@ -7,7 +7,7 @@ use uuid::Uuid;
 use crate::domain::{api_key, fields, password, scope};
 use crate::store::{
     DynStore, MembershipLevel, NewApiKey, NewOrganization, NewTeam, NewTeamIntegration, NewUser,
-    OrganizationChanges, PasswordHash, StoreError, UserRecord,
+    OrganizationChanges, PasswordHash, StoreError, Unique, UserRecord,
 };
 use crate::time::{iso_z, system_now};
 
@@ -83,7 +83,7 @@ pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Val
         })
         .await
         .map_err(|e| match e {
-            StoreError::Conflict("email") => {
+            StoreError::Unique(Unique::Email) => {
                 invalid("there is already an account with this email address")
             }
             other => other.into(),
@@ -202,7 +202,7 @@ pub async fn add_member(
             StoreError::Missing("organization") => {
                 invalid(format!("no organization {organization}"))
             }
-            StoreError::Conflict("membership") => {
+            StoreError::Unique(Unique::Membership) => {
                 invalid(format!("{email} is already a member of this organization"))
             }
             other => other.into(),

@@ -30,7 +30,7 @@ use crate::ratelimit::{Backoff, Rate};
 use crate::service::accounts::{self, PENDING_LOGIN_AGE, SecondFactor};
 use crate::service::emails;
 use crate::service::render;
-use crate::store::{NewSignup, NewUser, PasswordHash, StoreError, UserRecord};
+use crate::store::{NewSignup, NewUser, PasswordHash, StoreError, Unique, UserRecord};
 
 const NO_NEW_ORGANIZATIONS: &str = "New organizations cannot be created in this instance. Contact your administrator if you think this is a mistake.";
 const EMAIL_TAKEN: &str = "There is already an account with this email address.";
@@ -249,8 +249,8 @@ async fn signup(
         })
         .await
         .map_err(|e| match e {
-            StoreError::Conflict("first_user") => ApiError::forbidden(NO_NEW_ORGANIZATIONS),
-            StoreError::Conflict("email") => ApiError::field("email", "unique", EMAIL_TAKEN),
+            StoreError::Unique(Unique::FirstUser) => ApiError::forbidden(NO_NEW_ORGANIZATIONS),
+            StoreError::Unique(Unique::Email) => ApiError::field("email", "unique", EMAIL_TAKEN),
             other => other.into(),
         })?;
 

@@ -12,7 +12,7 @@ use crate::domain::user::{
     merge_notification_settings,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::store::{StoreError, UserDeletion, UserRecord};
+use crate::store::{StoreError, Unique, UserDeletion, UserRecord};
 
 pub const NON_STAFF_ME_ONLY: &str =
     "As a non-staff user you're only allowed to access the `@me` user instance.";
@@ -388,7 +388,7 @@ async fn validate_current_team(
 /// Writes an updated record, mapping a lost race on the email to the same 400 as the check.
 pub async fn save(state: &AppState, user: &UserRecord) -> ApiResult<()> {
     state.store.update_user(user).await.map_err(|e| match e {
-        StoreError::Conflict("email") => ApiError::field("email", "unique", EMAIL_TAKEN),
+        StoreError::Unique(Unique::Email) => ApiError::field("email", "unique", EMAIL_TAKEN),
         other => other.into(),
     })?;
     state.caches.invalidate_user(user.id);

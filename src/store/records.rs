@@ -58,6 +58,83 @@ pub struct UserRecord {
     pub credentials_reviewed_at: Option<Micros>,
 }
 
+/// The columns of a user one write sets; a field left `None` is not written at all.
+/// Nullable columns are `Option<Option<T>>`: `Some(None)` writes NULL.
+#[derive(Clone, Debug, Default)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub pending_email: Option<Option<String>>,
+    pub password: Option<PasswordHash>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub distinct_id: Option<Option<String>>,
+    pub is_active: Option<bool>,
+    pub is_staff: Option<bool>,
+    pub last_login: Option<Option<Micros>>,
+    pub is_email_verified: Option<Option<bool>>,
+    pub requested_password_reset_at: Option<Option<Micros>>,
+    pub current_organization_id: Option<Option<Uuid>>,
+    pub current_team_id: Option<Option<i64>>,
+    pub partial_notification_settings: Option<Option<Value>>,
+    pub anonymize_data: Option<Option<bool>>,
+    pub allow_impersonation: Option<Option<bool>>,
+    pub toolbar_mode: Option<Option<String>>,
+    pub theme_mode: Option<Option<String>>,
+    pub hedgehog_config: Option<Option<Value>>,
+    pub events_column_config: Option<Value>,
+    pub has_seen_product_intro_for: Option<Option<Value>>,
+    pub role_at_organization: Option<Option<String>>,
+    pub allow_sidebar_suggestions: Option<Option<bool>>,
+    pub shortcut_position: Option<Option<String>>,
+    pub passkeys_enabled_for_2fa: Option<Option<bool>>,
+    pub hide_mcp_hints: Option<bool>,
+    pub ui_configuration: Option<Option<Value>>,
+    pub email_opt_in: Option<Option<bool>>,
+    pub credentials_reviewed_at: Option<Option<Micros>>,
+}
+
+/// Everything one use case writes about one user, applied in ONE transaction in this order,
+/// with the user's cache-invalidation row in the same transaction.
+#[derive(Clone, Default)]
+pub struct UserWrite {
+    pub changes: UserChanges,
+    /// End the user's sessions (pending second-factor logins included) except the one named;
+    /// `Some(None)` ends all of them.
+    pub end_sessions: Option<Option<String>>,
+    /// Delete the TOTP device and every backup code.
+    pub remove_two_factor: bool,
+    /// Create or replace the TOTP device (after `remove_two_factor`).
+    pub totp_device: Option<TotpDeviceRecord>,
+    /// Replace the backup codes by these hashes.
+    pub backup_codes: Option<Vec<String>>,
+    /// Write this session row (e.g. the session that just verified 2FA) in the same transaction:
+    /// every mutable column of the row with its id, or a new row when there is none.
+    pub session: Option<SessionRecord>,
+    /// Queue these mails in the same transaction (notices, verification links).
+    pub mail: Vec<NewMail>,
+}
+
+// By hand: backup-code hashes and session ids are not for logs.
+impl std::fmt::Debug for UserWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserWrite")
+            .field("changes", &self.changes)
+            .field(
+                "end_sessions",
+                &self.end_sessions.as_ref().map(|keep| match keep {
+                    Some(_) => "all but one",
+                    None => "all",
+                }),
+            )
+            .field("remove_two_factor", &self.remove_two_factor)
+            .field("totp_device", &self.totp_device)
+            .field("backup_codes", &self.backup_codes.as_ref().map(Vec::len))
+            .field("session", &self.session)
+            .field("mail", &self.mail)
+            .finish()
+    }
+}
+
 /// What creating a user needs; everything else takes the column default.
 #[derive(Clone, Debug)]
 pub struct NewUser {
@@ -353,7 +430,7 @@ pub struct NewSignup {
     pub user: NewUser,
     pub organization_name: String,
     pub team_name: String,
-    /// Refuse (`Conflict("first_user")`) unless the instance has no user yet.
+    /// Refuse (`Unique(FirstUser)`) unless the instance has no user yet.
     pub only_first_user: bool,
 }
 
