@@ -21,13 +21,65 @@ pub use records::*;
 
 use crate::time::Micros;
 
+/// What a refused write would have duplicated (or, for `FirstUser`, which "only one" rule it
+/// would have broken), so callers match on a type instead of a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unique {
+    /// A user's login email (compared case-insensitively).
+    Email,
+    DistinctId,
+    /// The user already belongs to the organization.
+    Membership,
+    /// An organization slug (after the retries with random suffixes).
+    Slug,
+    /// A team's project API token.
+    ApiToken,
+    /// A personal API key's hash.
+    ApiKey,
+    ScenePersonalisation,
+    Setting,
+    UserIntegration,
+    TeamIntegration,
+    /// A sign-up limited to the instance's first user came after it.
+    FirstUser,
+    /// A primary key or a constraint not named above.
+    Row,
+}
+
+impl Unique {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unique::Email => "email",
+            Unique::DistinctId => "distinct_id",
+            Unique::Membership => "membership",
+            Unique::Slug => "slug",
+            Unique::ApiToken => "api_token",
+            Unique::ApiKey => "api_key",
+            Unique::ScenePersonalisation => "scene_personalisation",
+            Unique::Setting => "setting",
+            Unique::UserIntegration => "user_integration",
+            Unique::TeamIntegration => "team_integration",
+            Unique::FirstUser => "first_user",
+            Unique::Row => "row",
+        }
+    }
+}
+
+impl std::fmt::Display for Unique {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// The database did not answer (down, locked past the busy timeout, pool exhausted).
+    /// The database did not answer: connection lost or refused, pool exhausted or timed out,
+    /// SQLite locked past the busy timeout or not openable. Only these become a 503; every other
+    /// database failure (constraint, type or parameter mismatch, syntax, …) is `Other`, a 500.
     #[error("database unavailable: {0:#}")]
     Unavailable(anyhow::Error),
     /// A uniqueness rule refused the write.
-    #[error("duplicate {0:?}")]
+    #[error("duplicate {0}")]
     Unique(Unique),
     /// A row the write depends on does not exist (or no longer exists).
     #[error("{0} not found")]
@@ -40,28 +92,6 @@ pub enum StoreError {
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
-
-/// What a refused write would have duplicated.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Unique {
-    /// Another user has this email address (case-insensitive).
-    Email,
-    /// Sign-up limited to the first user, and there is one already.
-    FirstUser,
-    /// The user is already a member of the organization.
-    Membership,
-    /// Another organization has this slug.
-    Slug,
-    DistinctId,
-    ApiToken,
-    ApiKey,
-    ScenePersonalisation,
-    Setting,
-    UserIntegration,
-    TeamIntegration,
-    /// A constraint not named above.
-    Other,
-}
 
 /// What a successful delete of a user found.
 #[derive(Debug, PartialEq, Eq)]
@@ -95,39 +125,16 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;
     async fn count_users(&self) -> StoreResult<i64>;
-    /// Writes every mutable column of `user` (`Unique(Unique::Email)` when the address is taken).
+    /// Writes every mutable column of `user` (`Unique(Email)` when the address is taken).
+    /// Deprecated in favour of [`Store::write_user`]: it writes back columns read earlier, so it
+    /// undoes concurrent changes to them.
     async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
-    /// Applies `write` in one transaction and returns the user as stored afterwards.
-    /// `Missing("user")` (nothing written) when the user does not exist; a conflict on the
-    /// email when the new address is taken.
-    async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord> {
-        // Placeholder until the backends write it in one transaction.
-        let mut user = self
-            .user_by_id(user_id)
-            .await?
-            .ok_or(StoreError::Missing("user"))?;
-        write.changes.apply_to(&mut user);
-        self.update_user(&user).await?;
-        if let Some(keep) = &write.end_sessions {
-            self.delete_sessions_of(user_id, keep.as_deref()).await?;
-        }
-        if write.remove_two_factor {
-            self.delete_two_factor(user_id).await?;
-        }
-        if let Some(device) = &write.totp_device {
-            self.put_totp_device(device).await?;
-        }
-        if let Some(codes) = &write.backup_codes {
-            self.replace_backup_codes(user_id, codes).await?;
-        }
-        if let Some(session) = &write.session {
-            self.update_session(session).await?;
-        }
-        for mail in &write.mail {
-            self.enqueue_mail(mail.clone()).await?;
-        }
-        Ok(user)
-    }
+    /// Applies `write` in one transaction and returns the user as stored afterwards: only the
+    /// columns `write.changes` names are written, then the other parts in [`UserWrite`]'s field
+    /// order, and one invalidation row for the user (naming the session written, if any).
+    /// `Missing("user")` (nothing written) when the user does not exist; `Unique(Email)` (nothing
+    /// written) when the new email is taken.
+    async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord>;
     /// Sets the current organization and team without touching anything else.
     async fn set_current_context(
         &self,

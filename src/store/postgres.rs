@@ -13,7 +13,7 @@ use tokio_postgres::{NoTls, Row as PgRow};
 use uuid::Uuid;
 
 use super::row::{self, Row, json_text};
-use super::sql::{self, FilterParam, ListCount, user_columns};
+use super::sql::{self, ColumnValue, FilterParam, ListCount, user_columns};
 use super::*;
 use crate::crypto;
 use crate::time::{Micros, system_now};
@@ -68,11 +68,16 @@ impl PgStore {
         Ok(Self { pool })
     }
 
+    /// A pooled connection. Waiting past the pool timeout, or failing to open a new connection,
+    /// is `Unavailable`; only a pool built without a runtime (a bug) is not.
     async fn client(&self) -> StoreResult<deadpool_postgres::Object> {
-        self.pool
-            .get()
-            .await
-            .map_err(|e| StoreError::Unavailable(anyhow::anyhow!("Postgres pool: {e}")))
+        use deadpool_postgres::PoolError;
+        self.pool.get().await.map_err(|e| match e {
+            PoolError::NoRuntimeSpecified => {
+                StoreError::Other(anyhow::anyhow!("Postgres pool: {e}"))
+            }
+            e => StoreError::Unavailable(anyhow::anyhow!("Postgres pool: {e}")),
+        })
     }
 }
 
@@ -150,27 +155,83 @@ async fn migrate(mut client: tokio_postgres::Client, connection: Connection) -> 
     applied.map(|_| ())
 }
 
+/// Only a database that does not answer is `Unavailable` (a 503 worth retrying): a closed or
+/// failing connection, a server shutting down or refusing connections, a cancelled (timed-out)
+/// statement. Every other failure is `Other`, a 500 with its cause logged: a parameter of the
+/// wrong type, for one, is a bug that retrying does not fix.
 fn map_err(e: tokio_postgres::Error) -> StoreError {
     if let Some(db) = e.as_db_error() {
         if *db.code() == SqlState::UNIQUE_VIOLATION {
             let target = db.constraint().unwrap_or(db.message());
-            return StoreError::Unique(sql::conflict_target(target));
+            return StoreError::Unique(sql::unique_target(target));
         }
         let code = db.code().code();
-        // Connection exceptions, shutdowns and resource exhaustion: the database is not answering.
-        if code.starts_with("08") || code.starts_with("57") || code.starts_with("53") {
+        // 08: connection exception; 57: operator intervention (shutdowns, statement timeouts);
+        // 53300: too many connections. Not the rest of 53 (disk full, out of memory).
+        if code.starts_with("08")
+            || code.starts_with("57")
+            || *db.code() == SqlState::TOO_MANY_CONNECTIONS
+        {
             return StoreError::Unavailable(e.into());
         }
         return StoreError::Other(e.into());
     }
-    if e.is_closed() || std::error::Error::source(&e).is_some() {
+    if e.is_closed() || is_connection_io(&e) {
         return StoreError::Unavailable(e.into());
     }
     StoreError::Other(e.into())
 }
 
+/// Whether the error is the socket failing (its cause an I/O error). tokio-postgres also wraps
+/// an `InvalidInput`/`InvalidData` I/O error around messages it cannot encode or parse; those
+/// are bugs or corrupt data, not an outage.
+fn is_connection_io(e: &tokio_postgres::Error) -> bool {
+    std::error::Error::source(e)
+        .and_then(|cause| cause.downcast_ref::<std::io::Error>())
+        .is_some_and(|io| {
+            !matches!(
+                io.kind(),
+                std::io::ErrorKind::InvalidInput | std::io::ErrorKind::InvalidData
+            )
+        })
+}
+
 fn map_row<T>(r: anyhow::Result<T>) -> StoreResult<T> {
     r.map_err(StoreError::Other)
+}
+
+impl ToSql for ColumnValue {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            ColumnValue::Text(v) => v.to_sql(ty, out),
+            ColumnValue::Int(v) => v.to_sql(ty, out),
+            ColumnValue::Bool(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Option<String> as ToSql>::accepts(ty)
+            || <Option<i64> as ToSql>::accepts(ty)
+            || <Option<bool> as ToSql>::accepts(ty)
+    }
+
+    // Checked per variant, so a value of the wrong type for its column is refused instead of
+    // being sent in another type's encoding.
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match self {
+            ColumnValue::Text(v) => v.to_sql_checked(ty, out),
+            ColumnValue::Int(v) => v.to_sql_checked(ty, out),
+            ColumnValue::Bool(v) => v.to_sql_checked(ty, out),
+        }
+    }
 }
 
 impl ToSql for FilterParam<'_> {
@@ -287,14 +348,97 @@ async fn insert_user_row(c: &impl GenericClient, user: &NewUser) -> StoreResult<
 
 /// Locks the user's row for the rest of the transaction; `Missing` when there is no such user.
 async fn lock_user(c: &impl GenericClient, id: i64) -> StoreResult<()> {
-    first(
-        c,
-        "SELECT id FROM users WHERE id = $1 FOR UPDATE",
-        &[&id],
-        |r| r.i64(0),
-    )
+    first(c, sql::USER_LOCK, &[&id], |r| r.i64(0))
+        .await?
+        .map(|_| ())
+        .ok_or(StoreError::Missing("user"))
+}
+
+/// Keeps the team from going away until the transaction ends; `Missing` when there is none.
+async fn lock_team(c: &impl GenericClient, id: i64) -> StoreResult<()> {
+    first(c, sql::TEAM_SHARE_LOCK, &[&id], |r| r.i64(0))
+        .await?
+        .map(|_| ())
+        .ok_or(StoreError::Missing("team"))
+}
+
+/// The body of [`Store::write_user`], inside `tx`.
+async fn write_user_in_tx(
+    tx: &deadpool_postgres::Transaction<'_>,
+    user_id: i64,
+    w: &UserWrite,
+) -> StoreResult<UserRecord> {
+    lock_user(tx, user_id).await?;
+    if let Some((update, values)) = sql::user_update(&w.changes) {
+        let mut params: Vec<Param<'_>> = vec![&user_id];
+        params.extend(values.iter().map(|v| v as Param<'_>));
+        // Not `prepare_cached`: each set of columns is its own statement, callers choose the
+        // set, and the per-connection cache never forgets one.
+        tx.execute(update.as_str(), &params)
+            .await
+            .map_err(map_err)?;
+    }
+    if let Some(keep) = &w.end_sessions {
+        let keep = keep.as_deref().unwrap_or_default();
+        execute(tx, sql::SESSIONS_DELETE_OF_USER, &[&user_id, &keep]).await?;
+    }
+    if w.remove_two_factor {
+        execute(tx, sql::TOTP_DELETE, &[&user_id]).await?;
+        execute(tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
+    }
+    if let Some(d) = &w.totp_device {
+        execute(
+            tx,
+            sql::TOTP_UPSERT,
+            &[
+                &user_id,
+                &d.secret,
+                &d.last_step,
+                &d.failures,
+                &d.throttled_until,
+                &d.created_at,
+            ],
+        )
+        .await?;
+    }
+    if let Some(hashes) = &w.backup_codes {
+        let now = system_now();
+        execute(tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
+        for hash in hashes {
+            execute(tx, sql::BACKUP_CODE_INSERT, &[&user_id, hash, &now]).await?;
+        }
+    }
+    if let Some(s) = &w.session {
+        execute(
+            tx,
+            sql::SESSION_UPSERT,
+            &[
+                &s.id,
+                &s.user_id,
+                &s.created_at,
+                &s.login_at,
+                &s.expires_at,
+                &s.csrf_token,
+                &s.two_factor_verified,
+                &s.pending_user_id,
+                &s.pending_at,
+                &s.totp_setup_secret,
+                &s.totp_setup_at,
+            ],
+        )
+        .await?;
+    }
+    for mail in &w.mail {
+        insert_mail(tx, mail).await?;
+    }
+    // One row covers the user's rendered views, keys and sessions; it also names the session
+    // written, whose cached entry may belong to no user yet (a pending login).
+    let session_key = w.session.as_ref().map(|s| format!("session${}", s.id));
+    invalidate(tx, Some(user_id), session_key.as_deref()).await?;
+    first(tx, sql::USER_BY_ID, &[&user_id], |r| {
+        row::user_from_row(r, 0)
+    })
     .await?
-    .map(|_| ())
     .ok_or(StoreError::Missing("user"))
 }
 
@@ -528,6 +672,14 @@ impl Store for PgStore {
         tx.commit().await.map_err(map_err)
     }
 
+    async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord> {
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        let user = write_user_in_tx(&tx, user_id, write).await?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(user)
+    }
+
     async fn set_current_context(
         &self,
         user_id: i64,
@@ -750,21 +902,20 @@ impl Store for PgStore {
     }
 
     async fn create_dashboard(&self, team_id: i64, name: &str) -> StoreResult<DashboardRecord> {
-        let c = self.client().await?;
-        if first(&c, sql::TEAM_BY_ID, &[&team_id], |r| r.i64(0))
-            .await?
-            .is_none()
-        {
-            return Err(StoreError::Missing("team"));
-        }
-        first(
-            &c,
+        // In a transaction, as SQLite's: the team checked is the team written to.
+        let mut c = self.client().await?;
+        let tx = c.transaction().await.map_err(map_err)?;
+        lock_team(&tx, team_id).await?;
+        let dashboard = first(
+            &tx,
             sql::DASHBOARD_INSERT,
             &[&team_id, &name, &system_now()],
             row::dashboard_from_row,
         )
         .await?
-        .ok_or(StoreError::Missing("dashboard"))
+        .ok_or(StoreError::Missing("dashboard"))?;
+        tx.commit().await.map_err(map_err)?;
+        Ok(dashboard)
     }
 
     async fn dashboard(&self, id: i64) -> StoreResult<Option<DashboardRecord>> {
@@ -1373,16 +1524,7 @@ impl Store for PgStore {
     ) -> StoreResult<TeamIntegrationRecord> {
         let mut c = self.client().await?;
         let tx = c.transaction().await.map_err(map_err)?;
-        let team = first(
-            &tx,
-            "SELECT id FROM teams WHERE id = $1 FOR SHARE",
-            &[&new.team_id],
-            |r| r.i64(0),
-        )
-        .await?;
-        if team.is_none() {
-            return Err(StoreError::Missing("team"));
-        }
+        lock_team(&tx, new.team_id).await?;
         let id = first(
             &tx,
             sql::TEAM_INTEGRATION_UPSERT,

@@ -58,6 +58,150 @@ pub struct UserRecord {
     pub credentials_reviewed_at: Option<Micros>,
 }
 
+/// The columns of a user one write sets; a field left `None` is not written at all.
+/// Nullable columns are `Option<Option<T>>`: `Some(None)` writes NULL.
+#[derive(Clone, Debug, Default)]
+pub struct UserChanges {
+    pub email: Option<String>,
+    pub pending_email: Option<Option<String>>,
+    pub password: Option<PasswordHash>,
+    pub first_name: Option<String>,
+    pub last_name: Option<String>,
+    pub distinct_id: Option<Option<String>>,
+    pub is_active: Option<bool>,
+    pub is_staff: Option<bool>,
+    pub last_login: Option<Option<Micros>>,
+    pub is_email_verified: Option<Option<bool>>,
+    pub requested_password_reset_at: Option<Option<Micros>>,
+    pub current_organization_id: Option<Option<Uuid>>,
+    pub current_team_id: Option<Option<i64>>,
+    pub partial_notification_settings: Option<Option<Value>>,
+    pub anonymize_data: Option<Option<bool>>,
+    pub allow_impersonation: Option<Option<bool>>,
+    pub toolbar_mode: Option<Option<String>>,
+    pub theme_mode: Option<Option<String>>,
+    pub hedgehog_config: Option<Option<Value>>,
+    pub events_column_config: Option<Value>,
+    pub has_seen_product_intro_for: Option<Option<Value>>,
+    pub role_at_organization: Option<Option<String>>,
+    pub allow_sidebar_suggestions: Option<Option<bool>>,
+    pub shortcut_position: Option<Option<String>>,
+    pub passkeys_enabled_for_2fa: Option<Option<bool>>,
+    pub hide_mcp_hints: Option<bool>,
+    pub ui_configuration: Option<Option<Value>>,
+    pub email_opt_in: Option<Option<bool>>,
+    pub credentials_reviewed_at: Option<Option<Micros>>,
+}
+
+impl UserChanges {
+    /// The columns that differ between a record as read and as a use case left it: exactly what
+    /// the write must touch (Django's `update_fields`), so a concurrent write to another column
+    /// is kept.
+    pub fn between(before: &UserRecord, after: &UserRecord) -> Self {
+        Self {
+            email: (before.email != after.email).then(|| after.email.clone()),
+            pending_email: (before.pending_email != after.pending_email)
+                .then(|| after.pending_email.clone()),
+            password: (before.password != after.password).then(|| after.password.clone()),
+            first_name: (before.first_name != after.first_name).then(|| after.first_name.clone()),
+            last_name: (before.last_name != after.last_name).then(|| after.last_name.clone()),
+            distinct_id: (before.distinct_id != after.distinct_id)
+                .then(|| after.distinct_id.clone()),
+            is_active: (before.is_active != after.is_active).then(|| after.is_active.clone()),
+            is_staff: (before.is_staff != after.is_staff).then(|| after.is_staff.clone()),
+            last_login: (before.last_login != after.last_login).then(|| after.last_login.clone()),
+            is_email_verified: (before.is_email_verified != after.is_email_verified)
+                .then(|| after.is_email_verified.clone()),
+            requested_password_reset_at: (before.requested_password_reset_at
+                != after.requested_password_reset_at)
+                .then(|| after.requested_password_reset_at.clone()),
+            current_organization_id: (before.current_organization_id
+                != after.current_organization_id)
+                .then(|| after.current_organization_id.clone()),
+            current_team_id: (before.current_team_id != after.current_team_id)
+                .then(|| after.current_team_id.clone()),
+            partial_notification_settings: (before.partial_notification_settings
+                != after.partial_notification_settings)
+                .then(|| after.partial_notification_settings.clone()),
+            anonymize_data: (before.anonymize_data != after.anonymize_data)
+                .then(|| after.anonymize_data.clone()),
+            allow_impersonation: (before.allow_impersonation != after.allow_impersonation)
+                .then(|| after.allow_impersonation.clone()),
+            toolbar_mode: (before.toolbar_mode != after.toolbar_mode)
+                .then(|| after.toolbar_mode.clone()),
+            theme_mode: (before.theme_mode != after.theme_mode).then(|| after.theme_mode.clone()),
+            hedgehog_config: (before.hedgehog_config != after.hedgehog_config)
+                .then(|| after.hedgehog_config.clone()),
+            events_column_config: (before.events_column_config != after.events_column_config)
+                .then(|| after.events_column_config.clone()),
+            has_seen_product_intro_for: (before.has_seen_product_intro_for
+                != after.has_seen_product_intro_for)
+                .then(|| after.has_seen_product_intro_for.clone()),
+            role_at_organization: (before.role_at_organization != after.role_at_organization)
+                .then(|| after.role_at_organization.clone()),
+            allow_sidebar_suggestions: (before.allow_sidebar_suggestions
+                != after.allow_sidebar_suggestions)
+                .then(|| after.allow_sidebar_suggestions.clone()),
+            shortcut_position: (before.shortcut_position != after.shortcut_position)
+                .then(|| after.shortcut_position.clone()),
+            passkeys_enabled_for_2fa: (before.passkeys_enabled_for_2fa
+                != after.passkeys_enabled_for_2fa)
+                .then(|| after.passkeys_enabled_for_2fa.clone()),
+            hide_mcp_hints: (before.hide_mcp_hints != after.hide_mcp_hints)
+                .then(|| after.hide_mcp_hints.clone()),
+            ui_configuration: (before.ui_configuration != after.ui_configuration)
+                .then(|| after.ui_configuration.clone()),
+            email_opt_in: (before.email_opt_in != after.email_opt_in)
+                .then(|| after.email_opt_in.clone()),
+            credentials_reviewed_at: (before.credentials_reviewed_at
+                != after.credentials_reviewed_at)
+                .then(|| after.credentials_reviewed_at.clone()),
+        }
+    }
+}
+
+/// Everything one use case writes about one user, applied in ONE transaction in this order,
+/// with the user's cache-invalidation row in the same transaction.
+#[derive(Clone, Default)]
+pub struct UserWrite {
+    pub changes: UserChanges,
+    /// End the user's sessions (pending second-factor logins included) except the one named;
+    /// `Some(None)` ends all of them.
+    pub end_sessions: Option<Option<String>>,
+    /// Delete the TOTP device and every backup code.
+    pub remove_two_factor: bool,
+    /// Create or replace the TOTP device (after `remove_two_factor`).
+    pub totp_device: Option<TotpDeviceRecord>,
+    /// Replace the backup codes by these hashes.
+    pub backup_codes: Option<Vec<String>>,
+    /// Write this session row (e.g. the session that just verified 2FA) in the same transaction:
+    /// every mutable column of the row with its id, or a new row when there is none.
+    pub session: Option<SessionRecord>,
+    /// Queue these mails in the same transaction (notices, verification links).
+    pub mail: Vec<NewMail>,
+}
+
+// By hand: backup-code hashes and session ids are not for logs.
+impl std::fmt::Debug for UserWrite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UserWrite")
+            .field("changes", &self.changes)
+            .field(
+                "end_sessions",
+                &self.end_sessions.as_ref().map(|keep| match keep {
+                    Some(_) => "all but one",
+                    None => "all",
+                }),
+            )
+            .field("remove_two_factor", &self.remove_two_factor)
+            .field("totp_device", &self.totp_device)
+            .field("backup_codes", &self.backup_codes.as_ref().map(Vec::len))
+            .field("session", &self.session)
+            .field("mail", &self.mail)
+            .finish()
+    }
+}
+
 /// What creating a user needs; everything else takes the column default.
 #[derive(Clone, Debug)]
 pub struct NewUser {
@@ -353,7 +497,7 @@ pub struct NewSignup {
     pub user: NewUser,
     pub organization_name: String,
     pub team_name: String,
-    /// Refuse (`Unique(Unique::FirstUser)`) unless the instance has no user yet.
+    /// Refuse (`Unique(FirstUser)`) unless the instance has no user yet.
     pub only_first_user: bool,
 }
 
@@ -513,217 +657,4 @@ pub enum MailFailure {
 pub struct OutboxStatus {
     pub pending: i64,
     pub due: i64,
-}
-
-/// The columns of a user one write sets; a field left `None` is not written at all.
-/// Nullable columns are `Option<Option<T>>`: `Some(None)` writes NULL.
-#[derive(Clone, Debug, Default)]
-pub struct UserChanges {
-    pub email: Option<String>,
-    pub pending_email: Option<Option<String>>,
-    pub password: Option<PasswordHash>,
-    pub first_name: Option<String>,
-    pub last_name: Option<String>,
-    pub distinct_id: Option<Option<String>>,
-    pub is_active: Option<bool>,
-    pub is_staff: Option<bool>,
-    pub last_login: Option<Option<Micros>>,
-    pub is_email_verified: Option<Option<bool>>,
-    pub requested_password_reset_at: Option<Option<Micros>>,
-    pub current_organization_id: Option<Option<Uuid>>,
-    pub current_team_id: Option<Option<i64>>,
-    pub partial_notification_settings: Option<Option<Value>>,
-    pub anonymize_data: Option<Option<bool>>,
-    pub allow_impersonation: Option<Option<bool>>,
-    pub toolbar_mode: Option<Option<String>>,
-    pub theme_mode: Option<Option<String>>,
-    pub hedgehog_config: Option<Option<Value>>,
-    pub events_column_config: Option<Value>,
-    pub has_seen_product_intro_for: Option<Option<Value>>,
-    pub role_at_organization: Option<Option<String>>,
-    pub allow_sidebar_suggestions: Option<Option<bool>>,
-    pub shortcut_position: Option<Option<String>>,
-    pub passkeys_enabled_for_2fa: Option<Option<bool>>,
-    pub hide_mcp_hints: Option<bool>,
-    pub ui_configuration: Option<Option<Value>>,
-    pub email_opt_in: Option<Option<bool>>,
-    pub credentials_reviewed_at: Option<Option<Micros>>,
-}
-
-impl UserChanges {
-    /// The columns that differ between a record as read and as a use case left it: exactly what
-    /// the write must touch (Django's `update_fields`), so a concurrent write to another column
-    /// is kept.
-    pub fn between(before: &UserRecord, after: &UserRecord) -> Self {
-        Self {
-            email: (before.email != after.email).then(|| after.email.clone()),
-            pending_email: (before.pending_email != after.pending_email)
-                .then(|| after.pending_email.clone()),
-            password: (before.password != after.password).then(|| after.password.clone()),
-            first_name: (before.first_name != after.first_name).then(|| after.first_name.clone()),
-            last_name: (before.last_name != after.last_name).then(|| after.last_name.clone()),
-            distinct_id: (before.distinct_id != after.distinct_id)
-                .then(|| after.distinct_id.clone()),
-            is_active: (before.is_active != after.is_active).then(|| after.is_active.clone()),
-            is_staff: (before.is_staff != after.is_staff).then(|| after.is_staff.clone()),
-            last_login: (before.last_login != after.last_login).then(|| after.last_login.clone()),
-            is_email_verified: (before.is_email_verified != after.is_email_verified)
-                .then(|| after.is_email_verified.clone()),
-            requested_password_reset_at: (before.requested_password_reset_at
-                != after.requested_password_reset_at)
-                .then(|| after.requested_password_reset_at.clone()),
-            current_organization_id: (before.current_organization_id
-                != after.current_organization_id)
-                .then(|| after.current_organization_id.clone()),
-            current_team_id: (before.current_team_id != after.current_team_id)
-                .then(|| after.current_team_id.clone()),
-            partial_notification_settings: (before.partial_notification_settings
-                != after.partial_notification_settings)
-                .then(|| after.partial_notification_settings.clone()),
-            anonymize_data: (before.anonymize_data != after.anonymize_data)
-                .then(|| after.anonymize_data.clone()),
-            allow_impersonation: (before.allow_impersonation != after.allow_impersonation)
-                .then(|| after.allow_impersonation.clone()),
-            toolbar_mode: (before.toolbar_mode != after.toolbar_mode)
-                .then(|| after.toolbar_mode.clone()),
-            theme_mode: (before.theme_mode != after.theme_mode).then(|| after.theme_mode.clone()),
-            hedgehog_config: (before.hedgehog_config != after.hedgehog_config)
-                .then(|| after.hedgehog_config.clone()),
-            events_column_config: (before.events_column_config != after.events_column_config)
-                .then(|| after.events_column_config.clone()),
-            has_seen_product_intro_for: (before.has_seen_product_intro_for
-                != after.has_seen_product_intro_for)
-                .then(|| after.has_seen_product_intro_for.clone()),
-            role_at_organization: (before.role_at_organization != after.role_at_organization)
-                .then(|| after.role_at_organization.clone()),
-            allow_sidebar_suggestions: (before.allow_sidebar_suggestions
-                != after.allow_sidebar_suggestions)
-                .then(|| after.allow_sidebar_suggestions.clone()),
-            shortcut_position: (before.shortcut_position != after.shortcut_position)
-                .then(|| after.shortcut_position.clone()),
-            passkeys_enabled_for_2fa: (before.passkeys_enabled_for_2fa
-                != after.passkeys_enabled_for_2fa)
-                .then(|| after.passkeys_enabled_for_2fa.clone()),
-            hide_mcp_hints: (before.hide_mcp_hints != after.hide_mcp_hints)
-                .then(|| after.hide_mcp_hints.clone()),
-            ui_configuration: (before.ui_configuration != after.ui_configuration)
-                .then(|| after.ui_configuration.clone()),
-            email_opt_in: (before.email_opt_in != after.email_opt_in)
-                .then(|| after.email_opt_in.clone()),
-            credentials_reviewed_at: (before.credentials_reviewed_at
-                != after.credentials_reviewed_at)
-                .then(|| after.credentials_reviewed_at.clone()),
-        }
-    }
-
-    /// Applies the changes to a record read earlier (what the write will leave in the row).
-    pub fn apply_to(&self, user: &mut UserRecord) {
-        if let Some(v) = &self.email {
-            user.email = v.clone();
-        }
-        if let Some(v) = &self.pending_email {
-            user.pending_email = v.clone();
-        }
-        if let Some(v) = &self.password {
-            user.password = v.clone();
-        }
-        if let Some(v) = &self.first_name {
-            user.first_name = v.clone();
-        }
-        if let Some(v) = &self.last_name {
-            user.last_name = v.clone();
-        }
-        if let Some(v) = &self.distinct_id {
-            user.distinct_id = v.clone();
-        }
-        if let Some(v) = &self.is_active {
-            user.is_active = v.clone();
-        }
-        if let Some(v) = &self.is_staff {
-            user.is_staff = v.clone();
-        }
-        if let Some(v) = &self.last_login {
-            user.last_login = v.clone();
-        }
-        if let Some(v) = &self.is_email_verified {
-            user.is_email_verified = v.clone();
-        }
-        if let Some(v) = &self.requested_password_reset_at {
-            user.requested_password_reset_at = v.clone();
-        }
-        if let Some(v) = &self.current_organization_id {
-            user.current_organization_id = v.clone();
-        }
-        if let Some(v) = &self.current_team_id {
-            user.current_team_id = v.clone();
-        }
-        if let Some(v) = &self.partial_notification_settings {
-            user.partial_notification_settings = v.clone();
-        }
-        if let Some(v) = &self.anonymize_data {
-            user.anonymize_data = v.clone();
-        }
-        if let Some(v) = &self.allow_impersonation {
-            user.allow_impersonation = v.clone();
-        }
-        if let Some(v) = &self.toolbar_mode {
-            user.toolbar_mode = v.clone();
-        }
-        if let Some(v) = &self.theme_mode {
-            user.theme_mode = v.clone();
-        }
-        if let Some(v) = &self.hedgehog_config {
-            user.hedgehog_config = v.clone();
-        }
-        if let Some(v) = &self.events_column_config {
-            user.events_column_config = v.clone();
-        }
-        if let Some(v) = &self.has_seen_product_intro_for {
-            user.has_seen_product_intro_for = v.clone();
-        }
-        if let Some(v) = &self.role_at_organization {
-            user.role_at_organization = v.clone();
-        }
-        if let Some(v) = &self.allow_sidebar_suggestions {
-            user.allow_sidebar_suggestions = v.clone();
-        }
-        if let Some(v) = &self.shortcut_position {
-            user.shortcut_position = v.clone();
-        }
-        if let Some(v) = &self.passkeys_enabled_for_2fa {
-            user.passkeys_enabled_for_2fa = v.clone();
-        }
-        if let Some(v) = &self.hide_mcp_hints {
-            user.hide_mcp_hints = v.clone();
-        }
-        if let Some(v) = &self.ui_configuration {
-            user.ui_configuration = v.clone();
-        }
-        if let Some(v) = &self.email_opt_in {
-            user.email_opt_in = v.clone();
-        }
-        if let Some(v) = &self.credentials_reviewed_at {
-            user.credentials_reviewed_at = v.clone();
-        }
-    }
-}
-
-/// Everything one use case writes about one user, applied in one transaction in this order,
-/// with the user's cache-invalidation row in the same transaction.
-#[derive(Clone, Debug, Default)]
-pub struct UserWrite {
-    pub changes: UserChanges,
-    /// End the user's sessions (pending second-factor logins included) except the one named;
-    /// `Some(None)` ends all of them.
-    pub end_sessions: Option<Option<String>>,
-    /// Delete the TOTP device and every backup code.
-    pub remove_two_factor: bool,
-    /// Create or replace the TOTP device (after `remove_two_factor`).
-    pub totp_device: Option<TotpDeviceRecord>,
-    /// Replace the backup codes by these hashes.
-    pub backup_codes: Option<Vec<String>>,
-    /// Write this session row (e.g. the session that just verified 2FA) in the same transaction.
-    pub session: Option<SessionRecord>,
-    /// Queue these mails in the same transaction (notices, verification links).
-    pub mail: Vec<NewMail>,
 }

@@ -165,6 +165,117 @@ pub const USER_UPDATE: &str = "UPDATE users SET email = $2, email_lower = $3, pe
      allow_sidebar_suggestions = $24, shortcut_position = $25, passkeys_enabled_for_2fa = $26, \
      hide_mcp_hints = $27, ui_configuration = $28, credentials_reviewed_at = $29 WHERE id = $1";
 
+/// A value bound to one column of a statement built at run time; `None` binds NULL.
+#[derive(Debug)]
+pub enum ColumnValue {
+    Text(Option<String>),
+    Int(Option<i64>),
+    Bool(Option<bool>),
+}
+
+/// `UPDATE users SET … WHERE id = $1` setting only the columns `changes` names, and their values
+/// in placeholder order (`$2`, `$3`, …); `None` when it names none. Setting the email also sets
+/// `email_lower`, the key it is unique under.
+pub fn user_update(changes: &super::UserChanges) -> Option<(String, Vec<ColumnValue>)> {
+    use ColumnValue::{Bool, Int, Text};
+    let c = changes;
+    let json = |v: &Option<serde_json::Value>| Text(v.as_ref().map(serde_json::Value::to_string));
+    let set: [(&str, Option<ColumnValue>); 30] = [
+        ("email", c.email.as_ref().map(|e| Text(Some(e.clone())))),
+        (
+            "email_lower",
+            c.email.as_ref().map(|e| Text(Some(email_key(e)))),
+        ),
+        ("pending_email", c.pending_email.clone().map(Text)),
+        (
+            "password",
+            c.password.as_ref().map(|p| Text(Some(p.0.clone()))),
+        ),
+        ("first_name", c.first_name.clone().map(|v| Text(Some(v)))),
+        ("last_name", c.last_name.clone().map(|v| Text(Some(v)))),
+        ("distinct_id", c.distinct_id.clone().map(Text)),
+        ("is_active", c.is_active.map(|v| Bool(Some(v)))),
+        ("is_staff", c.is_staff.map(|v| Bool(Some(v)))),
+        ("last_login", c.last_login.map(Int)),
+        ("is_email_verified", c.is_email_verified.map(Bool)),
+        (
+            "requested_password_reset_at",
+            c.requested_password_reset_at.map(Int),
+        ),
+        (
+            "current_organization_id",
+            c.current_organization_id
+                .map(|o| Text(o.map(|o| o.to_string()))),
+        ),
+        ("current_team_id", c.current_team_id.map(Int)),
+        (
+            "partial_notification_settings",
+            c.partial_notification_settings.as_ref().map(json),
+        ),
+        ("anonymize_data", c.anonymize_data.map(Bool)),
+        ("allow_impersonation", c.allow_impersonation.map(Bool)),
+        ("toolbar_mode", c.toolbar_mode.clone().map(Text)),
+        ("theme_mode", c.theme_mode.clone().map(Text)),
+        ("hedgehog_config", c.hedgehog_config.as_ref().map(json)),
+        (
+            "events_column_config",
+            c.events_column_config
+                .as_ref()
+                .map(|v| Text(Some(v.to_string()))),
+        ),
+        (
+            "has_seen_product_intro_for",
+            c.has_seen_product_intro_for.as_ref().map(json),
+        ),
+        (
+            "role_at_organization",
+            c.role_at_organization.clone().map(Text),
+        ),
+        (
+            "allow_sidebar_suggestions",
+            c.allow_sidebar_suggestions.map(Bool),
+        ),
+        ("shortcut_position", c.shortcut_position.clone().map(Text)),
+        (
+            "passkeys_enabled_for_2fa",
+            c.passkeys_enabled_for_2fa.map(Bool),
+        ),
+        ("hide_mcp_hints", c.hide_mcp_hints.map(|v| Bool(Some(v)))),
+        ("ui_configuration", c.ui_configuration.as_ref().map(json)),
+        ("email_opt_in", c.email_opt_in.map(Bool)),
+        (
+            "credentials_reviewed_at",
+            c.credentials_reviewed_at.map(Int),
+        ),
+    ];
+    let mut sql = String::from("UPDATE users SET ");
+    let mut values = Vec::new();
+    for (column, value) in set {
+        let Some(value) = value else { continue };
+        if !values.is_empty() {
+            sql.push_str(", ");
+        }
+        values.push(value);
+        // `$1` is the id.
+        sql.push_str(&format!("{column} = ${}", values.len() + 1));
+    }
+    if values.is_empty() {
+        return None;
+    }
+    sql.push_str(" WHERE id = $1");
+    Some((sql, values))
+}
+
+/// SQLite's `lock_user`: whether the user exists. Its single writer holds the database's write
+/// lock until commit, so the answer holds as long as Postgres' row lock does.
+pub const USER_EXISTS: &str = "SELECT id FROM users WHERE id = $1";
+/// Postgres' `lock_user`: locks the user's row for the rest of the transaction.
+pub const USER_LOCK: &str = "SELECT id FROM users WHERE id = $1 FOR UPDATE";
+/// SQLite: whether the team exists (held until commit, as above).
+pub const TEAM_EXISTS: &str = "SELECT id FROM teams WHERE id = $1";
+/// Postgres: keeps the team from being deleted until the transaction ends.
+pub const TEAM_SHARE_LOCK: &str = "SELECT id FROM teams WHERE id = $1 FOR SHARE";
+
 pub const USER_SET_CONTEXT: &str =
     "UPDATE users SET current_organization_id = $2, current_team_id = $3 WHERE id = $1";
 pub const USER_MEMBERSHIP_COUNT: &str =
@@ -271,6 +382,15 @@ pub const SESSION_BY_ID: &str = concat!(
 pub const SESSION_UPDATE: &str = "UPDATE sessions SET user_id = $2, login_at = $3, \
      expires_at = $4, csrf_token = $5, two_factor_verified = $6, pending_user_id = $7, \
      pending_at = $8, totp_setup_secret = $9, totp_setup_at = $10 WHERE id = $1";
+/// Writes a session row whole: every mutable column of an existing row, or a new row.
+pub const SESSION_UPSERT: &str = "INSERT INTO sessions (id, user_id, created_at, login_at, \
+     expires_at, csrf_token, two_factor_verified, pending_user_id, pending_at, totp_setup_secret, \
+     totp_setup_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO UPDATE \
+     SET user_id = excluded.user_id, login_at = excluded.login_at, \
+     expires_at = excluded.expires_at, csrf_token = excluded.csrf_token, \
+     two_factor_verified = excluded.two_factor_verified, pending_user_id = excluded.pending_user_id, \
+     pending_at = excluded.pending_at, totp_setup_secret = excluded.totp_setup_secret, \
+     totp_setup_at = excluded.totp_setup_at";
 pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
 /// Logged-in sessions and logins still waiting for their second factor: after a credential
 /// change, a login begun with the old password must not be finished either.
@@ -392,8 +512,8 @@ pub fn email_key(email: &str) -> String {
     email.trim().to_lowercase()
 }
 
-/// Names the constraint a uniqueness error came from.
-pub fn conflict_target(message: &str) -> Unique {
+/// Names what a uniqueness error duplicated, from its constraint name or message.
+pub fn unique_target(message: &str) -> Unique {
     const TARGETS: [(&str, Unique); 10] = [
         ("email_lower", Unique::Email),
         ("distinct_id", Unique::DistinctId),
@@ -409,7 +529,7 @@ pub fn conflict_target(message: &str) -> Unique {
     TARGETS
         .iter()
         .find(|(needle, _)| message.contains(needle))
-        .map_or(Unique::Other, |(_, target)| *target)
+        .map_or(Unique::Row, |(_, target)| *target)
 }
 
 /// Django's `slugify` for ASCII: lower-case, runs of spaces and hyphens become one hyphen, other
@@ -453,14 +573,33 @@ mod tests {
     #[test]
     fn conflicts_name_their_target() {
         assert_eq!(
-            conflict_target("UNIQUE constraint failed: users.email_lower"),
+            unique_target("UNIQUE constraint failed: users.email_lower"),
             Unique::Email
         );
         assert_eq!(
-            conflict_target(
+            unique_target(
                 "duplicate key value violates unique constraint \"users_email_lower_key\""
             ),
             Unique::Email
         );
+        assert_eq!(unique_target("sessions_pkey"), Unique::Row);
+    }
+
+    #[test]
+    fn user_update_sets_only_the_named_columns() {
+        assert!(user_update(&super::super::UserChanges::default()).is_none());
+        let (sql, values) = user_update(&super::super::UserChanges {
+            email: Some("A@Example.com".into()),
+            last_login: Some(None),
+            ..Default::default()
+        })
+        .expect("columns to set");
+        assert_eq!(
+            sql,
+            "UPDATE users SET email = $2, email_lower = $3, last_login = $4 WHERE id = $1"
+        );
+        assert_eq!(values.len(), 3);
+        assert!(matches!(&values[1], ColumnValue::Text(Some(k)) if k == "a@example.com"));
+        assert!(matches!(values[2], ColumnValue::Int(None)));
     }
 }

@@ -23,7 +23,7 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use uuid::Uuid;
 
 use super::row::{self, Row, json_text};
-use super::sql::{self, FilterParam, ListCount, user_columns};
+use super::sql::{self, ColumnValue, FilterParam, ListCount, user_columns};
 use super::*;
 use crate::crypto;
 use crate::time::Micros;
@@ -191,9 +191,9 @@ fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
-                let message = map_err(e).to_string();
+                let e = map_err(e);
                 for job in batch {
-                    (job.reply)(Err(StoreError::Unavailable(anyhow::anyhow!("{message}"))));
+                    (job.reply)(Err(same_error(&e, "")));
                 }
                 continue;
             }
@@ -225,11 +225,9 @@ fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 }
             }
             Err(e) => {
-                let message = map_err(e).to_string();
+                let e = map_err(e);
                 for (reply, _) in done {
-                    reply(Err(StoreError::Unavailable(anyhow::anyhow!(
-                        "commit failed: {message}"
-                    ))));
+                    reply(Err(same_error(&e, "commit failed: ")));
                 }
             }
         }
@@ -262,6 +260,9 @@ fn open_connection(path: &Path, read_only: bool) -> anyhow::Result<Connection> {
     Ok(conn)
 }
 
+/// Only a database that does not answer is `Unavailable` (a 503 worth retrying): locked past the
+/// busy timeout, not openable, or failing I/O. Anything else (constraints, a full disk, a
+/// read-only file, a bad statement or parameter) is `Other`, a 500 with its cause logged.
 fn map_err(e: rusqlite::Error) -> StoreError {
     use rusqlite::ErrorCode;
     if let rusqlite::Error::SqliteFailure(failure, message) = &e {
@@ -270,20 +271,32 @@ fn map_err(e: rusqlite::Error) -> StoreError {
                 if failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_UNIQUE
                     || failure.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
             {
-                return StoreError::Unique(sql::conflict_target(
+                return StoreError::Unique(sql::unique_target(
                     message.as_deref().unwrap_or_default(),
                 ));
             }
             ErrorCode::DatabaseBusy
             | ErrorCode::DatabaseLocked
             | ErrorCode::CannotOpen
-            | ErrorCode::SystemIoFailure
-            | ErrorCode::DiskFull
-            | ErrorCode::ReadOnly => return StoreError::Unavailable(e.into()),
+            | ErrorCode::SystemIoFailure => return StoreError::Unavailable(e.into()),
             _ => {}
         }
     }
     StoreError::Other(e.into())
+}
+
+/// The same failure again, for each write of a group that one failure (to begin or to commit
+/// the group's transaction) ended; the kind is kept so a 500 stays a 500.
+fn same_error(e: &StoreError, context: &str) -> StoreError {
+    match e {
+        StoreError::Unavailable(cause) => {
+            StoreError::Unavailable(anyhow::anyhow!("{context}{cause:#}"))
+        }
+        StoreError::Unique(target) => StoreError::Unique(*target),
+        StoreError::Missing(what) => StoreError::Missing(what),
+        StoreError::Limit(n) => StoreError::Limit(*n),
+        StoreError::Other(cause) => StoreError::Other(anyhow::anyhow!("{context}{cause:#}")),
+    }
 }
 
 fn map_anyhow(e: anyhow::Error) -> StoreError {
@@ -293,6 +306,16 @@ fn map_anyhow(e: anyhow::Error) -> StoreError {
             Ok(e) => e,
             Err(e) => StoreError::Other(e),
         },
+    }
+}
+
+impl rusqlite::ToSql for ColumnValue {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        match self {
+            ColumnValue::Text(v) => v.to_sql(),
+            ColumnValue::Int(v) => v.to_sql(),
+            ColumnValue::Bool(v) => v.to_sql(),
+        }
     }
 }
 
@@ -414,6 +437,92 @@ fn insert_user_row(tx: &Connection, user: &NewUser) -> StoreResult<i64> {
 
 fn user_in_tx(tx: &Connection, id: i64) -> StoreResult<Option<UserRecord>> {
     first(tx, sql::USER_BY_ID, [id], |r| row::user_from_row(r, 0)).map_err(map_anyhow)
+}
+
+/// `Missing("user")` unless the user exists. The writer holds the database's write lock until
+/// commit, so, like Postgres' row lock of the same name, the answer holds for the transaction.
+fn lock_user(tx: &Connection, id: i64) -> StoreResult<()> {
+    first(tx, sql::USER_EXISTS, [id], |r| r.i64(0))
+        .map_err(map_anyhow)?
+        .map(|_| ())
+        .ok_or(StoreError::Missing("user"))
+}
+
+/// `Missing("team")` unless the team exists (held until commit, as [`lock_user`]).
+fn lock_team(tx: &Connection, id: i64) -> StoreResult<()> {
+    first(tx, sql::TEAM_EXISTS, [id], |r| r.i64(0))
+        .map_err(map_anyhow)?
+        .map(|_| ())
+        .ok_or(StoreError::Missing("team"))
+}
+
+/// The body of [`Store::write_user`], inside the writer's transaction.
+fn write_user_in_tx(tx: &Connection, user_id: i64, w: &UserWrite) -> StoreResult<UserRecord> {
+    lock_user(tx, user_id)?;
+    if let Some((update, values)) = sql::user_update(&w.changes) {
+        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&user_id];
+        params.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
+        // Not cached: each set of columns is its own statement, and callers choose the set.
+        tx.prepare(&positional(&update))
+            .and_then(|mut s| s.execute(params.as_slice()))
+            .map_err(map_err)?;
+    }
+    if let Some(keep) = &w.end_sessions {
+        let keep = keep.as_deref().unwrap_or_default();
+        exec(tx, sql::SESSIONS_DELETE_OF_USER, params![user_id, keep])?;
+    }
+    if w.remove_two_factor {
+        exec(tx, sql::TOTP_DELETE, [user_id])?;
+        exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
+    }
+    if let Some(d) = &w.totp_device {
+        exec(
+            tx,
+            sql::TOTP_UPSERT,
+            params![
+                user_id,
+                d.secret,
+                d.last_step,
+                d.failures,
+                d.throttled_until,
+                d.created_at
+            ],
+        )?;
+    }
+    if let Some(hashes) = &w.backup_codes {
+        let now = crate::time::system_now();
+        exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
+        for hash in hashes {
+            exec(tx, sql::BACKUP_CODE_INSERT, params![user_id, hash, now])?;
+        }
+    }
+    if let Some(s) = &w.session {
+        exec(
+            tx,
+            sql::SESSION_UPSERT,
+            params![
+                s.id,
+                s.user_id,
+                s.created_at,
+                s.login_at,
+                s.expires_at,
+                s.csrf_token,
+                s.two_factor_verified,
+                s.pending_user_id,
+                s.pending_at,
+                s.totp_setup_secret,
+                s.totp_setup_at
+            ],
+        )?;
+    }
+    for mail in &w.mail {
+        insert_mail(tx, mail)?;
+    }
+    // One row covers the user's rendered views, keys and sessions; it also names the session
+    // written, whose cached entry may belong to no user yet (a pending login).
+    let session_key = w.session.as_ref().map(|s| format!("session${}", s.id));
+    invalidate(tx, Some(user_id), session_key.as_deref())?;
+    user_in_tx(tx, user_id)?.ok_or(StoreError::Missing("user"))
 }
 
 fn insert_team(
@@ -624,6 +733,12 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord> {
+        let write = write.clone();
+        self.write(move |tx| write_user_in_tx(tx, user_id, &write))
+            .await
+    }
+
     async fn set_current_context(
         &self,
         user_id: i64,
@@ -641,8 +756,9 @@ impl Store for SqliteStore {
 
     async fn delete_user(&self, id: i64) -> StoreResult<UserDeletion> {
         self.write(move |tx| {
-            if user_in_tx(tx, id)?.is_none() {
-                return Ok(UserDeletion::Missing);
+            match lock_user(tx, id) {
+                Err(StoreError::Missing(_)) => return Ok(UserDeletion::Missing),
+                other => other?,
             }
             if count(tx, sql::USER_MEMBERSHIP_COUNT, [id]).map_err(map_anyhow)? > 0 {
                 return Ok(UserDeletion::HasMemberships);
@@ -674,9 +790,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<(OrganizationRecord, TeamRecord)> {
         self.write(move |tx| {
             let now = crate::time::system_now();
-            if user_in_tx(tx, new.owner_id)?.is_none() {
-                return Err(StoreError::Missing("user"));
-            }
+            lock_user(tx, new.owner_id)?;
             let id = Uuid::now_v7().to_string();
             insert_organization(tx, &id, &new.name, now)?;
             let organization = first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
@@ -751,9 +865,7 @@ impl Store for SqliteStore {
     ) -> StoreResult<MembershipRecord> {
         self.write(move |tx| {
             let now = crate::time::system_now();
-            if user_in_tx(tx, user_id)?.is_none() {
-                return Err(StoreError::Missing("user"));
-            }
+            lock_user(tx, user_id)?;
             let exists = first(
                 tx,
                 sql::ORGANIZATION_BY_ID,
@@ -866,12 +978,7 @@ impl Store for SqliteStore {
         let name = name.to_string();
         self.write(move |tx| {
             let now = crate::time::system_now();
-            if first(tx, sql::TEAM_BY_ID, [team_id], |r| r.i64(0))
-                .map_err(map_anyhow)?
-                .is_none()
-            {
-                return Err(StoreError::Missing("team"));
-            }
+            lock_team(tx, team_id)?;
             first(
                 tx,
                 sql::DASHBOARD_INSERT,
@@ -908,9 +1015,7 @@ impl Store for SqliteStore {
     async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
         self.write(move |tx| {
             let now = crate::time::system_now();
-            if user_in_tx(tx, scene.user_id)?.is_none() {
-                return Err(StoreError::Missing("user"));
-            }
+            lock_user(tx, scene.user_id)?;
             let updated = match scene.team_id {
                 None => exec(
                     tx,
@@ -939,9 +1044,7 @@ impl Store for SqliteStore {
 
     async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
         self.write(move |tx| {
-            if user_in_tx(tx, key.user_id)?.is_none() {
-                return Err(StoreError::Missing("user"));
-            }
+            lock_user(tx, key.user_id)?;
             let existing =
                 count(tx, sql::API_KEY_COUNT_FOR_USER, [key.user_id]).map_err(map_anyhow)?;
             if existing >= limit as i64 {
@@ -1450,11 +1553,7 @@ impl Store for SqliteStore {
         new: NewTeamIntegration,
     ) -> StoreResult<TeamIntegrationRecord> {
         self.write(move |tx| {
-            let team =
-                first(tx, sql::TEAM_BY_ID, [new.team_id], |r| r.i64(0)).map_err(map_anyhow)?;
-            if team.is_none() {
-                return Err(StoreError::Missing("team"));
-            }
+            lock_team(tx, new.team_id)?;
             let id: i64 = prepare(tx, sql::TEAM_INTEGRATION_UPSERT)
                 .and_then(|mut s| {
                     s.query_row(

@@ -12,7 +12,8 @@ use hoglet::store::{
     self, ApiKeyChanges, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MailFailure,
     MembershipLevel, MembershipWithOrg, NewApiKey, NewMail, NewOrganization, NewScene, NewSignup,
     NewTeam, NewUser, OrganizationRecord, OutboxStatus, PasswordHash, SessionRecord, StoreError,
-    StoreResult, TeamRecord, TotpDeviceRecord, UserDeletion, UserFacts, UserQuery, UserRecord,
+    StoreResult, TeamRecord, TotpDeviceRecord, Unique, UserChanges, UserDeletion, UserFacts,
+    UserQuery, UserRecord, UserWrite,
 };
 use hoglet::time::{Micros, SECOND, system_now};
 use serde_json::json;
@@ -28,6 +29,11 @@ db_tests!(
     email_is_unique_case_insensitively,
     list_users_filters_orders_and_pages,
     update_user_round_trips_every_mutable_column,
+    write_user_writes_only_the_given_columns,
+    write_user_round_trips_every_mutable_column,
+    write_user_refuses_unknown_users_and_taken_emails_whole,
+    write_user_applies_every_part_together,
+    write_user_is_all_or_nothing_and_a_failing_statement_is_not_an_outage,
     set_current_context_changes_only_the_context,
     delete_user_outcomes_and_cascades,
     user_facts_report_keys,
@@ -1018,6 +1024,507 @@ async fn update_user_round_trips_every_mutable_column(db: Db) {
             .is_none()
     );
     assert_eq!(feed_after(store, mark).await, vec![]);
+}
+
+/// What `write_user` with only `changes` is expected to return.
+async fn write(store: &DynStore, id: i64, changes: UserChanges) -> UserRecord {
+    let written = store
+        .write_user(
+            id,
+            &UserWrite {
+                changes,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("write_user");
+    assert_same_user(&written, &reload(store, id).await);
+    written
+}
+
+/// A write sets only the columns it names: a write prepared before another one (a login that
+/// read the user before hashing the password) does not undo it.
+async fn write_user_writes_only_the_given_columns(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "partial@example.com").await;
+    let other = add_user(store, "bystander@example.com").await;
+
+    // Prepared from the row as it is now, applied after a concurrent rename.
+    let stale_login = UserChanges {
+        last_login: Some(Some(T0 + 5)),
+        ..Default::default()
+    };
+    let mark = feed_mark(store).await;
+    let renamed = write(
+        store,
+        user.id,
+        UserChanges {
+            first_name: Some("Renamed".into()),
+            ..Default::default()
+        },
+    )
+    .await;
+    let mut expected = user.clone();
+    expected.first_name = "Renamed".into();
+    assert_same_user(&renamed, &expected);
+    let logged_in = write(store, user.id, stale_login).await;
+    expected.last_login = Some(T0 + 5);
+    assert_same_user(&logged_in, &expected);
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![user_entry(user.id), user_entry(user.id)]
+    );
+
+    // `Some(None)` writes NULL; `None` leaves the column alone.
+    let set = write(
+        store,
+        user.id,
+        UserChanges {
+            pending_email: Some(Some("next@example.com".into())),
+            is_email_verified: Some(Some(true)),
+            hedgehog_config: Some(Some(json!({"enabled": true}))),
+            ..Default::default()
+        },
+    )
+    .await;
+    assert_eq!(set.pending_email.as_deref(), Some("next@example.com"));
+    let cleared = write(
+        store,
+        user.id,
+        UserChanges {
+            pending_email: Some(None),
+            last_login: Some(None),
+            hedgehog_config: Some(None),
+            ..Default::default()
+        },
+    )
+    .await;
+    expected.is_email_verified = Some(true);
+    expected.last_login = None;
+    assert_same_user(&cleared, &expected);
+    assert_eq!(
+        (
+            cleared.pending_email,
+            cleared.last_login,
+            cleared.hedgehog_config
+        ),
+        (None, None, None)
+    );
+
+    // Nothing to change still answers the row (and tells the caches, as every write does).
+    let mark = feed_mark(store).await;
+    let same = store
+        .write_user(user.id, &UserWrite::default())
+        .await
+        .expect("empty write");
+    assert_same_user(&same, &expected);
+    assert_eq!(feed_after(store, mark).await, vec![user_entry(user.id)]);
+
+    // Another user's row is untouched throughout.
+    assert_same_user(&reload(store, other.id).await, &other);
+}
+
+async fn write_user_round_trips_every_mutable_column(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let original = add_user(store, "ada@example.com").await;
+    let (org, _) = add_org(store, original.id, "Engines").await;
+    let team = add_team(store, org.id, "Analytical").await;
+    let before = reload(store, original.id).await;
+
+    let every = UserChanges {
+        email: Some("Ada.King@Example.org".into()),
+        pending_email: Some(Some("ada@new.example.org".into())),
+        password: Some(PasswordHash("pbkdf2_sha256$600000$salt$hash=".into())),
+        first_name: Some("Augusta".into()),
+        last_name: Some("King".into()),
+        distinct_id: Some(Some("distinct-ada".into())),
+        is_active: Some(false),
+        is_staff: Some(true),
+        last_login: Some(Some(T0 + 1)),
+        is_email_verified: Some(Some(false)),
+        requested_password_reset_at: Some(Some(T0 + 2)),
+        current_organization_id: Some(Some(org.id)),
+        current_team_id: Some(Some(team.id)),
+        partial_notification_settings: Some(Some(json!({"plugin_disabled": true}))),
+        anonymize_data: Some(Some(true)),
+        allow_impersonation: Some(Some(false)),
+        toolbar_mode: Some(Some("disabled".into())),
+        theme_mode: Some(Some("dark".into())),
+        hedgehog_config: Some(Some(
+            json!({"accessories": ["🦔 \"q\" $1"], "big": 9_007_199_254_740_993_u64}),
+        )),
+        events_column_config: Some(json!({"active": ["person"]})),
+        has_seen_product_intro_for: Some(Some(json!({"surveys": true}))),
+        role_at_organization: Some(Some("engineering".into())),
+        allow_sidebar_suggestions: Some(Some(true)),
+        shortcut_position: Some(Some("below".into())),
+        passkeys_enabled_for_2fa: Some(Some(true)),
+        hide_mcp_hints: Some(true),
+        ui_configuration: Some(Some(json!({"hide_sidebar": false}))),
+        email_opt_in: Some(Some(true)),
+        credentials_reviewed_at: Some(Some(T0 + 3)),
+    };
+    let written = write(store, original.id, every.clone()).await;
+    let expected = UserRecord {
+        id: before.id,
+        uuid: before.uuid,
+        date_joined: before.date_joined,
+        email: "Ada.King@Example.org".into(),
+        pending_email: Some("ada@new.example.org".into()),
+        password: PasswordHash("pbkdf2_sha256$600000$salt$hash=".into()),
+        first_name: "Augusta".into(),
+        last_name: "King".into(),
+        distinct_id: Some("distinct-ada".into()),
+        is_active: false,
+        is_staff: true,
+        last_login: Some(T0 + 1),
+        is_email_verified: Some(false),
+        requested_password_reset_at: Some(T0 + 2),
+        current_organization_id: Some(org.id),
+        current_team_id: Some(team.id),
+        partial_notification_settings: Some(json!({"plugin_disabled": true})),
+        anonymize_data: Some(true),
+        allow_impersonation: Some(false),
+        toolbar_mode: Some("disabled".into()),
+        theme_mode: Some("dark".into()),
+        hedgehog_config: every.hedgehog_config.clone().flatten(),
+        events_column_config: json!({"active": ["person"]}),
+        has_seen_product_intro_for: Some(json!({"surveys": true})),
+        role_at_organization: Some("engineering".into()),
+        allow_sidebar_suggestions: Some(true),
+        shortcut_position: Some("below".into()),
+        passkeys_enabled_for_2fa: Some(true),
+        hide_mcp_hints: true,
+        ui_configuration: Some(json!({"hide_sidebar": false})),
+        email_opt_in: Some(true),
+        credentials_reviewed_at: Some(T0 + 3),
+    };
+    assert_same_user(&written, &expected);
+    assert_eq!(written.email_opt_in, Some(true));
+    assert_eq!(written.distinct_id.as_deref(), Some("distinct-ada"));
+    // The new address is the login address, in any case; the old one is free.
+    let found = store.user_by_email("ada.king@example.ORG").await.unwrap();
+    assert_eq!(found.map(|u| u.id), Some(original.id));
+    assert!(
+        store
+            .user_by_email("ada@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // And every nullable column back to NULL.
+    let nulls = write(
+        store,
+        original.id,
+        UserChanges {
+            pending_email: Some(None),
+            distinct_id: Some(None),
+            last_login: Some(None),
+            is_email_verified: Some(None),
+            requested_password_reset_at: Some(None),
+            current_organization_id: Some(None),
+            current_team_id: Some(None),
+            partial_notification_settings: Some(None),
+            anonymize_data: Some(None),
+            allow_impersonation: Some(None),
+            toolbar_mode: Some(None),
+            theme_mode: Some(None),
+            hedgehog_config: Some(None),
+            has_seen_product_intro_for: Some(None),
+            role_at_organization: Some(None),
+            allow_sidebar_suggestions: Some(None),
+            shortcut_position: Some(None),
+            passkeys_enabled_for_2fa: Some(None),
+            ui_configuration: Some(None),
+            email_opt_in: Some(None),
+            credentials_reviewed_at: Some(None),
+            ..Default::default()
+        },
+    )
+    .await;
+    let cleared = UserRecord {
+        pending_email: None,
+        distinct_id: None,
+        last_login: None,
+        is_email_verified: None,
+        requested_password_reset_at: None,
+        current_organization_id: None,
+        current_team_id: None,
+        partial_notification_settings: None,
+        anonymize_data: None,
+        allow_impersonation: None,
+        toolbar_mode: None,
+        theme_mode: None,
+        hedgehog_config: None,
+        has_seen_product_intro_for: None,
+        role_at_organization: None,
+        allow_sidebar_suggestions: None,
+        shortcut_position: None,
+        passkeys_enabled_for_2fa: None,
+        ui_configuration: None,
+        email_opt_in: None,
+        credentials_reviewed_at: None,
+        ..expected
+    };
+    assert_same_user(&nulls, &cleared);
+    assert_eq!((nulls.distinct_id, nulls.email_opt_in), (None, None));
+}
+
+/// A write for a user that does not exist, or that would take another user's address, writes
+/// nothing at all: no column, no session ended, no mail queued, no invalidation.
+async fn write_user_refuses_unknown_users_and_taken_emails_whole(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let alice = add_user(store, "alice@example.com").await;
+    let bob = add_user(store, "bob@example.com").await;
+    store
+        .insert_session(&session_row("bob-1", Some(bob.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    let everything = |email: &str| UserWrite {
+        changes: UserChanges {
+            email: Some(email.into()),
+            first_name: Some("Changed".into()),
+            ..Default::default()
+        },
+        end_sessions: Some(None),
+        remove_two_factor: true,
+        backup_codes: Some(vec!["hash-1".into()]),
+        mail: vec![new_mail("notice@example.com", T0)],
+        ..Default::default()
+    };
+    let mark = feed_mark(store).await;
+
+    assert_err(
+        store
+            .write_user(bob.id + 1000, &everything("ghost@example.com"))
+            .await,
+        "Missing(user)",
+    );
+    for taken in [
+        "alice@example.com",
+        "ALICE@Example.COM",
+        " Alice@example.com ",
+    ] {
+        let refused = store.write_user(bob.id, &everything(taken)).await;
+        assert!(
+            matches!(refused, Err(StoreError::Unique(Unique::Email))),
+            "{taken}: {:?}",
+            refused.map_err(|e| describe(&e))
+        );
+    }
+    assert_same_user(&reload(store, bob.id).await, &bob);
+    assert_same_user(&reload(store, alice.id).await, &alice);
+    assert!(session_of(store, "bob-1").await.is_some(), "sessions kept");
+    assert_eq!(env.rows("outbox").await, 0, "no mail queued");
+    assert_eq!(env.rows("backup_codes").await, 0);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert!(
+        store
+            .user_by_email("ghost@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    // Taking another user's distinct id is refused the same way.
+    assert_err(
+        store
+            .write_user(
+                bob.id,
+                &UserWrite {
+                    changes: UserChanges {
+                        distinct_id: Some(alice.distinct_id.clone()),
+                        ..Default::default()
+                    },
+                    ..Default::default()
+                },
+            )
+            .await,
+        "Unique(DistinctId)",
+    );
+
+    // One's own address in another case is no conflict.
+    let shouting = store
+        .write_user(bob.id, &everything("BOB@example.com"))
+        .await
+        .expect("own address");
+    assert_eq!(shouting.email, "BOB@example.com");
+}
+
+/// Every part of a write lands, in order, with one invalidation row that also names the session
+/// written.
+async fn write_user_applies_every_part_together(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let ann = add_user(store, "ann@example.com").await;
+    let bob = add_user(store, "bob@example.com").await;
+    for (id, user) in [("ann-1", ann.id), ("ann-2", ann.id), ("bob-1", bob.id)] {
+        store
+            .insert_session(&session_row(id, Some(user), T0 + SESSION_AGE))
+            .await
+            .unwrap();
+    }
+    // A login waiting for Ann's second factor.
+    let pending = SessionRecord {
+        pending_user_id: Some(ann.id),
+        pending_at: Some(T0),
+        ..session_row("ann-pending", None, T0 + SESSION_AGE)
+    };
+    store.insert_session(&pending).await.unwrap();
+    store
+        .put_totp_device(&totp_device(ann.id, 7))
+        .await
+        .unwrap();
+    store
+        .replace_backup_codes(ann.id, &["old-1".into(), "old-2".into()])
+        .await
+        .unwrap();
+    store
+        .put_totp_device(&totp_device(bob.id, 1))
+        .await
+        .unwrap();
+
+    let verified = SessionRecord {
+        two_factor_verified: true,
+        ..session_row("ann-1", Some(ann.id), T0 + 2 * SESSION_AGE)
+    };
+    let new_device = TotpDeviceRecord {
+        secret: "sealed-new".into(),
+        ..totp_device(ann.id, 0)
+    };
+    let mark = feed_mark(store).await;
+    let written = store
+        .write_user(
+            ann.id,
+            &UserWrite {
+                changes: UserChanges {
+                    password: Some(PasswordHash("argon2id$new".into())),
+                    ..Default::default()
+                },
+                end_sessions: Some(Some("ann-1".into())),
+                remove_two_factor: true,
+                totp_device: Some(new_device.clone()),
+                backup_codes: Some(vec!["new-1".into()]),
+                session: Some(verified.clone()),
+                mail: vec![
+                    new_mail("ann@example.com", T0),
+                    new_mail("ann-too@example.com", T0),
+                ],
+            },
+        )
+        .await
+        .expect("write_user");
+    assert_eq!(written.password.0, "argon2id$new");
+    assert_same_session(&session_of(store, "ann-1").await.unwrap(), &verified);
+    assert!(session_of(store, "ann-2").await.is_none());
+    assert!(session_of(store, "ann-pending").await.is_none());
+    assert!(session_of(store, "bob-1").await.is_some());
+    let device = store
+        .totp_device(ann.id)
+        .await
+        .unwrap()
+        .expect("new device");
+    assert_eq!(
+        (device.secret.as_str(), device.last_step),
+        ("sealed-new", 0)
+    );
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 1);
+    assert!(store.consume_backup_code(ann.id, "new-1").await.unwrap());
+    assert_eq!(last_step(store, bob.id).await, 1, "bob's device untouched");
+    assert_eq!(store.outbox_status(T0).await.unwrap(), status(2, 2));
+    assert_eq!(
+        feed_after(store, mark).await,
+        vec![(Some(ann.id), Some("session$ann-1".to_string()))]
+    );
+
+    // `Some(None)` ends every session; removing two factors leaves none; a session row that
+    // does not exist yet is created.
+    let fresh = session_row("ann-3", Some(ann.id), T0 + SESSION_AGE);
+    store
+        .write_user(
+            ann.id,
+            &UserWrite {
+                end_sessions: Some(None),
+                remove_two_factor: true,
+                session: Some(fresh.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("write_user");
+    assert!(session_of(store, "ann-1").await.is_none());
+    assert_same_session(&session_of(store, "ann-3").await.unwrap(), &fresh);
+    assert!(store.totp_device(ann.id).await.unwrap().is_none());
+    assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 0);
+    assert!(session_of(store, "bob-1").await.is_some());
+    let facts = store.user_facts(&[ann.id]).await.unwrap();
+    assert!(!facts[0].has_totp);
+}
+
+/// A failure inside the transaction (a trigger refusing the session delete, after the password
+/// was written) leaves nothing half-done, and is `Other` (a 500), not `Unavailable` (a 503).
+async fn write_user_is_all_or_nothing_and_a_failing_statement_is_not_an_outage(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "atomic@example.com").await;
+    store
+        .insert_session(&session_row("s1", Some(user.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    store
+        .put_totp_device(&totp_device(user.id, 3))
+        .await
+        .unwrap();
+    env.raw_exec(
+        "CREATE TRIGGER refuse_session_delete BEFORE DELETE ON sessions \
+         BEGIN SELECT RAISE(ABORT, 'injected'); END;",
+        "CREATE FUNCTION refuse_session_delete() RETURNS trigger LANGUAGE plpgsql AS \
+         $$ BEGIN RAISE EXCEPTION 'injected'; END $$; \
+         CREATE TRIGGER refuse_session_delete BEFORE DELETE ON sessions \
+         FOR EACH ROW EXECUTE FUNCTION refuse_session_delete();",
+    )
+    .await;
+    let reset = UserWrite {
+        changes: UserChanges {
+            password: Some(PasswordHash("argon2id$changed".into())),
+            ..Default::default()
+        },
+        end_sessions: Some(None),
+        remove_two_factor: true,
+        mail: vec![new_mail("atomic@example.com", T0)],
+        ..Default::default()
+    };
+    let mark = feed_mark(store).await;
+    match store.write_user(user.id, &reset).await {
+        Err(StoreError::Other(cause)) => {
+            assert!(format!("{cause:#}").contains("injected"), "{cause:#}")
+        }
+        other => panic!(
+            "expected Other(…injected…), got {:?}",
+            other.map_err(|e| describe(&e))
+        ),
+    }
+    assert_same_user(&reload(store, user.id).await, &user);
+    assert!(session_of(store, "s1").await.is_some());
+    assert_eq!(last_step(store, user.id).await, 3, "device kept");
+    assert_eq!(env.rows("outbox").await, 0, "no mail queued");
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    // The store is fine afterwards: without the trigger the same write goes through whole.
+    env.raw_exec(
+        "DROP TRIGGER refuse_session_delete;",
+        "DROP TRIGGER refuse_session_delete ON sessions; DROP FUNCTION refuse_session_delete();",
+    )
+    .await;
+    let written = store.write_user(user.id, &reset).await.expect("write_user");
+    assert_eq!(written.password.0, "argon2id$changed");
+    assert!(session_of(store, "s1").await.is_none());
+    assert!(store.totp_device(user.id).await.unwrap().is_none());
+    assert_eq!(env.rows("outbox").await, 1);
 }
 
 async fn set_current_context_changes_only_the_context(db: Db) {
@@ -2924,7 +3431,7 @@ async fn sessions_insert_read_update_and_end(db: Db) {
     assert_same_session(&session_of(store, "s1").await.unwrap(), &first);
     assert!(session_of(store, "S1").await.is_none(), "ids are exact");
     assert!(session_of(store, "missing").await.is_none());
-    assert_err(store.insert_session(&first).await, "Unique(Other)");
+    assert_err(store.insert_session(&first).await, "Unique(Row)");
 
     // A pending login (anonymous, waiting for the second factor) and a session of another user.
     let pending = SessionRecord {
