@@ -1,18 +1,29 @@
 //! The command line: `hoglet serve | migrate | user | org | team | key | dashboard | openapi`.
-//! Every setting is a flag and a `HOGLET_*` variable; flags win.
+//! Every setting is a flag and a `HOGLET_*` variable (flags win), parsed and checked here before
+//! anything starts: a bad value stops the process with clap's usage error (exit code 2) naming
+//! the flag and the variable. Secret values are never repeated in errors, `--help` or `Debug`.
 
+use std::ffi::OsStr;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
+use clap::builder::TypedValueParser;
+use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use secrecy::SecretString;
 
 use crate::admin::{self, AdminError};
-use crate::config::{Config, DatabaseUrl, EmailDelivery, SignupPolicy, normalize_site_url};
+use crate::config::{self, Config, DatabaseUrl, EmailDelivery, LogFormat, SignupPolicy};
 use crate::serve::{App, shutdown_signal};
 use crate::store::MembershipLevel;
+
+/// `Option<T>` spelled so that clap takes the field as one value whose parser decides: an empty
+/// value (`HOGLET_REDIS_URL=`) means unset, as it always has, instead of being an error.
+type OrUnset<T> = Option<T>;
+/// A comma-separated list parsed as one value (clap would otherwise expect one flag per item).
+type List<T> = Vec<T>;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -21,32 +32,89 @@ use crate::store::MembershipLevel;
     about = "A fast, self-hostable server for PostHog's Users API"
 )]
 pub struct Cli {
-    /// Database URL: sqlite://FILE (created if missing) or postgres://USER@HOST:PORT/DB.
+    /// Database URL: sqlite://FILE (created if missing), sqlite:///ABSOLUTE/PATH, sqlite:FILE or
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB.
     #[arg(
         long,
         env = "HOGLET_DATABASE_URL",
-        default_value = "sqlite://hoglet.db",
+        value_name = "URL",
+        default_value = config::DEFAULT_DATABASE_URL,
+        value_parser = secret_setting(DatabaseUrl::parse),
+        hide_env_values = true,
         global = true
     )]
-    pub database_url: String,
+    pub database_url: DatabaseUrl,
 
     /// Seconds to keep retrying a PostgreSQL that does not answer at start (0: try once).
     #[arg(
         long,
         env = "HOGLET_DATABASE_WAIT_SECONDS",
-        default_value_t = 30,
+        value_name = "SECONDS",
+        default_value_t = config::DEFAULT_DATABASE_WAIT.as_secs(),
+        value_parser = setting(config::parse_count),
         global = true
     )]
     pub database_wait_seconds: u64,
+
+    /// Log filter, e.g. debug or info,hoglet::access=debug [default: info for serve, warn for
+    /// admin commands; RUST_LOG when this is unset].
+    #[arg(
+        long,
+        env = "HOGLET_LOG",
+        value_name = "FILTER",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(config::parse_log_filter)),
+        global = true
+    )]
+    pub log: OrUnset<String>,
+
+    /// `RUST_LOG`, the fallback for `HOGLET_LOG`.
+    #[arg(
+        long = "rust-log",
+        env = "RUST_LOG",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(config::parse_log_filter)),
+        global = true,
+        hide = true
+    )]
+    pub rust_log: OrUnset<String>,
+
+    /// Log line format on stderr: text or json (any case).
+    #[arg(
+        long,
+        env = "HOGLET_LOG_FORMAT",
+        value_name = "FORMAT",
+        default_value = "text",
+        value_parser = setting(LogFormat::parse),
+        global = true
+    )]
+    pub log_format: LogFormat,
 
     #[command(subcommand)]
     pub command: Command,
 }
 
+impl Cli {
+    /// The log filter: `--log`/`HOGLET_LOG`, else `RUST_LOG`, else `info` for the server and
+    /// `warn` for admin commands (whose stdout is their JSON answer).
+    pub fn log_filter(&self) -> String {
+        let default = match self.command {
+            Command::Serve(_) => "info",
+            _ => "warn",
+        };
+        self.log
+            .clone()
+            .or_else(|| self.rust_log.clone())
+            .unwrap_or_else(|| default.to_string())
+    }
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply migrations, then serve HTTP until SIGTERM or Ctrl-C.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Apply pending migrations and exit.
     Migrate,
     /// Manage users.
@@ -70,32 +138,362 @@ pub enum Command {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
-    /// Listen address; port 0 picks a free port.
-    #[arg(long, env = "HOGLET_BIND", default_value = "127.0.0.1:8000")]
+    /// Listen address HOST:PORT, or :PORT for loopback; port 0 picks a free port.
+    #[arg(
+        long,
+        env = "HOGLET_BIND",
+        value_name = "ADDR",
+        default_value = config::DEFAULT_BIND,
+        value_parser = setting(config::parse_bind)
+    )]
     pub bind: String,
-    /// Redis URL for shared caches and rate limits across replicas.
-    #[arg(long, env = "HOGLET_REDIS_URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
-    /// Who may sign up: first-user, open or closed.
-    #[arg(long, env = "HOGLET_SIGNUP", default_value = "first-user")]
-    pub signup: String,
-    /// Mail delivery: log, file:DIR or smtp://USER:PASS@HOST:PORT.
+    /// Public base URL, http(s) without a trailing slash: the base of every link hoglet makes
+    /// [default: http://<the bound address>].
+    #[arg(
+        long,
+        env = "HOGLET_SITE_URL",
+        value_name = "URL",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(config::parse_base_url))
+    )]
+    pub site_url: OrUnset<String>,
+    /// Comma-separated CIDRs or addresses of proxies whose X-Forwarded-For is believed
+    /// [default: none].
+    #[arg(
+        long,
+        env = "HOGLET_TRUSTED_PROXIES",
+        value_name = "CIDRS",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(config::parse_trusted_proxies)
+    )]
+    pub trusted_proxies: List<ipnet::IpNet>,
+    /// Redis URL for caches and rate limits shared across replicas [default: none, in-process].
+    #[arg(
+        long,
+        env = "HOGLET_REDIS_URL",
+        value_name = "URL",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = secret_setting(optional(parse_redis_url))
+    )]
+    pub redis_url: OrUnset<SecretString>,
+    /// Who may sign up: first-user (only while no user exists), open or closed.
+    #[arg(
+        long,
+        env = "HOGLET_SIGNUP",
+        value_name = "POLICY",
+        default_value = "first-user",
+        value_parser = setting(SignupPolicy::parse)
+    )]
+    pub signup: SignupPolicy,
+    /// Mail delivery: log, file:DIR (one .eml per message) or smtp://USER:PASS@HOST:PORT
+    /// (smtps:// for implicit TLS).
     #[arg(
         long,
         env = "HOGLET_EMAIL",
+        value_name = "DELIVERY",
         default_value = "log",
-        hide_env_values = true
+        hide_env_values = true,
+        value_parser = secret_setting(EmailDelivery::parse)
     )]
-    pub email: String,
-    /// Public base URL (default http://<bind>).
-    #[arg(long, env = "HOGLET_SITE_URL")]
-    pub site_url: Option<String>,
-    /// Comma-separated CIDRs of proxies whose X-Forwarded-For is believed (default: none).
-    #[arg(long, env = "HOGLET_TRUSTED_PROXIES", default_value = "")]
-    pub trusted_proxies: String,
-    /// `organization.metadata.instance_tag`.
-    #[arg(long, env = "HOGLET_INSTANCE_TAG", default_value = "none")]
+    pub email: EmailDelivery,
+    /// The From: of outgoing mail (Name <user@domain> or user@domain).
+    #[arg(
+        long,
+        env = "HOGLET_EMAIL_FROM",
+        value_name = "MAILBOX",
+        default_value = config::DEFAULT_EMAIL_FROM,
+        value_parser = setting(config::parse_mailbox)
+    )]
+    pub email_from: String,
+    /// The secret key (prefer the variable or --secret-key-file: other local users can see
+    /// flags) [default: the key file].
+    #[arg(
+        long,
+        env = "HOGLET_SECRET_KEY",
+        value_name = "KEY",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = secret_setting(optional(|v| Ok(SecretString::from(v.to_string()))))
+    )]
+    pub secret_key: OrUnset<SecretString>,
+    /// File holding the secret key [default: <database path>.secret on SQLite, created on first
+    /// start; PostgreSQL needs a key].
+    #[arg(
+        long,
+        env = "HOGLET_SECRET_KEY_FILE",
+        value_name = "PATH",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(|v| Ok(PathBuf::from(v))))
+    )]
+    pub secret_key_file: OrUnset<PathBuf>,
+    /// Largest accepted request body in bytes; a larger one answers 413.
+    #[arg(
+        long,
+        env = "HOGLET_MAX_BODY_BYTES",
+        value_name = "BYTES",
+        default_value_t = config::DEFAULT_MAX_BODY_BYTES,
+        value_parser = setting(|v| Ok(usize::try_from(config::parse_positive(v)?)?))
+    )]
+    pub max_body_bytes: usize,
+    /// Failed logins one client IP may make before it is locked out for ten minutes.
+    #[arg(
+        long,
+        env = "HOGLET_LOGIN_FAILURE_LIMIT",
+        value_name = "COUNT",
+        default_value_t = config::DEFAULT_LOGIN_FAILURE_LIMIT,
+        value_parser = setting(config::parse_positive)
+    )]
+    pub login_failure_limit: u64,
+    /// Whether PostHog's per-key throttles (480/min, 4800/h) apply: true or false.
+    #[arg(
+        long,
+        env = "HOGLET_RATE_LIMIT_KEYS",
+        value_name = "BOOL",
+        default_value = "true",
+        action = clap::ArgAction::Set,
+        value_parser = setting(config::parse_bool)
+    )]
+    pub rate_limit_keys: bool,
+    /// Seconds between deletions of expired sessions, abandoned logins and old dead mail.
+    #[arg(
+        long,
+        env = "HOGLET_JANITOR_INTERVAL_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = config::DEFAULT_JANITOR_INTERVAL.as_secs(),
+        value_parser = setting(config::parse_positive)
+    )]
+    pub janitor_interval_seconds: u64,
+    /// The organization.metadata.instance_tag of every organization (PostHog's INSTANCE_TAG).
+    #[arg(
+        long,
+        env = "HOGLET_INSTANCE_TAG",
+        value_name = "TAG",
+        default_value = config::DEFAULT_INSTANCE_TAG
+    )]
     pub instance_tag: String,
+    #[command(flatten)]
+    pub github: GithubArgs,
+}
+
+/// The GitHub App hoglet acts as; unset, GitHub features answer "not configured".
+#[derive(Debug, Args)]
+#[command(next_help_heading = "GitHub App")]
+pub struct GithubArgs {
+    /// The GitHub App's id.
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_APP_ID",
+        value_name = "ID",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(|v| Ok(v.to_string())))
+    )]
+    pub github_app_id: OrUnset<String>,
+    /// The GitHub App's slug (its install page is <web url>/apps/SLUG/installations/new).
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_APP_SLUG",
+        value_name = "SLUG",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(|v| Ok(v.to_string())))
+    )]
+    pub github_app_slug: OrUnset<String>,
+    /// The GitHub App's OAuth client id.
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_APP_CLIENT_ID",
+        value_name = "ID",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(|v| Ok(v.to_string())))
+    )]
+    pub github_app_client_id: OrUnset<String>,
+    /// The GitHub App's OAuth client secret.
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_APP_CLIENT_SECRET",
+        value_name = "SECRET",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = secret_setting(optional(|v| Ok(SecretString::from(v.to_string()))))
+    )]
+    pub github_app_client_secret: OrUnset<SecretString>,
+    /// The GitHub App's private key: PEM text (PKCS#1 or PKCS#8, literal \n allowed) or the
+    /// path of a PEM file.
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_APP_PRIVATE_KEY",
+        value_name = "PEM_OR_PATH",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = secret_setting(optional(|v| Ok(SecretString::from(v.to_string()))))
+    )]
+    pub github_app_private_key: OrUnset<SecretString>,
+    /// Base URL of GitHub's REST API.
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_API_URL",
+        value_name = "URL",
+        default_value = config::DEFAULT_GITHUB_API_URL,
+        value_parser = setting(optional(config::parse_base_url))
+    )]
+    pub github_api_url: OrUnset<String>,
+    /// Base URL of GitHub's web pages (install, authorize, token exchange).
+    #[arg(
+        long,
+        env = "HOGLET_GITHUB_WEB_URL",
+        value_name = "URL",
+        default_value = config::DEFAULT_GITHUB_WEB_URL,
+        value_parser = setting(optional(config::parse_base_url))
+    )]
+    pub github_web_url: OrUnset<String>,
+}
+
+impl ServeArgs {
+    /// The server's configuration: everything was parsed and checked by clap already.
+    pub fn into_config(self, database_url: DatabaseUrl, database_wait: Duration) -> Config {
+        let github = self.github;
+        Config {
+            database_url,
+            database_wait,
+            bind: self.bind,
+            secret_key: self.secret_key,
+            secret_key_file: self.secret_key_file,
+            redis_url: self.redis_url,
+            signup: self.signup,
+            email: self.email,
+            site_url: self.site_url,
+            github: config::GithubConfig {
+                app_id: github.github_app_id,
+                app_slug: github.github_app_slug,
+                client_id: github.github_app_client_id,
+                client_secret: github.github_app_client_secret,
+                private_key: github.github_app_private_key,
+                api_url: github
+                    .github_api_url
+                    .unwrap_or_else(|| config::DEFAULT_GITHUB_API_URL.into()),
+                web_url: github
+                    .github_web_url
+                    .unwrap_or_else(|| config::DEFAULT_GITHUB_WEB_URL.into()),
+            },
+            instance_tag: self.instance_tag,
+            max_body_bytes: self.max_body_bytes,
+            email_from: self.email_from,
+            login_failure_limit: self.login_failure_limit,
+            rate_limit_keys: self.rate_limit_keys,
+            trusted_proxies: self.trusted_proxies,
+            janitor_interval: Duration::from_secs(self.janitor_interval_seconds),
+        }
+    }
+}
+
+/// `HOGLET_REDIS_URL`: what the Redis client accepts (`redis://`, `rediss://`, `unix://`, …).
+fn parse_redis_url(value: &str) -> anyhow::Result<SecretString> {
+    redis::IntoConnectionInfo::into_connection_info(value).map_err(|e| {
+        // The client's message ends "- KindName"; the kind adds nothing for a person.
+        let text = e.to_string();
+        let reason = text
+            .split_once("- ")
+            .map_or(text.as_str(), |(reason, _)| reason);
+        anyhow::anyhow!("not a usable Redis URL: {}", reason.trim())
+    })?;
+    Ok(SecretString::from(value.to_string()))
+}
+
+/// Wraps a parser so that an empty (or blank) value means "unset".
+fn optional<T>(
+    parse: fn(&str) -> anyhow::Result<T>,
+) -> impl Fn(&str) -> anyhow::Result<Option<T>> + Clone + Send + Sync + 'static
+where
+    T: 'static,
+{
+    move |value: &str| {
+        if value.trim().is_empty() {
+            Ok(None)
+        } else {
+            parse(value).map(Some)
+        }
+    }
+}
+
+/// A clap value parser for one setting: runs `parse` and, when it fails, answers a usage error
+/// naming the flag and the variable, with the value unless it may be secret.
+#[derive(Clone)]
+pub struct SettingParser<F> {
+    parse: F,
+    secret: bool,
+}
+
+fn setting<T, F>(parse: F) -> SettingParser<F>
+where
+    F: Fn(&str) -> anyhow::Result<T> + Clone + Send + Sync + 'static,
+{
+    SettingParser {
+        parse,
+        secret: false,
+    }
+}
+
+fn secret_setting<T, F>(parse: F) -> SettingParser<F>
+where
+    F: Fn(&str) -> anyhow::Result<T> + Clone + Send + Sync + 'static,
+{
+    SettingParser {
+        parse,
+        secret: true,
+    }
+}
+
+impl<T, F> TypedValueParser for SettingParser<F>
+where
+    T: Clone + Send + Sync + 'static,
+    F: Fn(&str) -> anyhow::Result<T> + Clone + Send + Sync + 'static,
+{
+    type Value = T;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        arg: Option<&clap::Arg>,
+        value: &OsStr,
+    ) -> Result<T, clap::Error> {
+        let result = match value.to_str() {
+            Some(text) => (self.parse)(text),
+            None => Err(anyhow::anyhow!("not valid UTF-8")),
+        };
+        result.map_err(|reason| {
+            let name = arg.map_or_else(|| "a setting".to_string(), setting_name);
+            let shown = if self.secret {
+                String::new()
+            } else {
+                format!(" {:?}", value.to_string_lossy())
+            };
+            cmd.clone().error(
+                ErrorKind::ValueValidation,
+                format!("invalid value{shown} for {name}: {reason:#}"),
+            )
+        })
+    }
+}
+
+/// `--flag (HOGLET_NAME)`.
+fn setting_name(arg: &clap::Arg) -> String {
+    let flag = arg
+        .get_long()
+        .map_or_else(|| arg.get_id().to_string(), |long| format!("--{long}"));
+    match arg.get_env() {
+        Some(env) => format!("{flag} ({})", env.to_string_lossy()),
+        None => flag,
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -239,15 +637,11 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let database_url = DatabaseUrl::parse(&cli.database_url)?;
+    let database_url = cli.database_url;
     let wait = Duration::from_secs(cli.database_wait_seconds);
     let connect = || crate::store::connect_within(&database_url, wait);
     match cli.command {
-        Command::Serve(args) => {
-            let mut config = serve_config(database_url.clone(), &args)?;
-            config.database_wait = wait;
-            serve(config).await
-        }
+        Command::Serve(args) => serve(args.into_config(database_url.clone(), wait)).await,
         Command::Migrate => {
             connect().await?;
             print_json(&serde_json::json!({"migrated": true}))
@@ -352,49 +746,6 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Reads the serve flags and the env-only settings into a [`Config`].
-pub fn serve_config(database_url: DatabaseUrl, args: &ServeArgs) -> anyhow::Result<Config> {
-    let mut config = Config::new(database_url);
-    config.bind = args.bind.clone();
-    config.redis_url = args
-        .redis_url
-        .clone()
-        .filter(|u| !u.is_empty())
-        .map(SecretString::from);
-    config.signup = SignupPolicy::parse(&args.signup)?;
-    config.email = EmailDelivery::parse(&args.email)?;
-    config.site_url = args
-        .site_url
-        .as_deref()
-        .filter(|u| !u.is_empty())
-        .map(normalize_site_url);
-    config.instance_tag = args.instance_tag.clone();
-    config.trusted_proxies = crate::config::parse_trusted_proxies(&args.trusted_proxies)?;
-    config.secret_key = env_secret("HOGLET_SECRET_KEY");
-    config.secret_key_file = env_value("HOGLET_SECRET_KEY_FILE").map(PathBuf::from);
-    let github = &mut config.github;
-    github.app_id = env_value("HOGLET_GITHUB_APP_ID");
-    github.app_slug = env_value("HOGLET_GITHUB_APP_SLUG");
-    github.client_id = env_value("HOGLET_GITHUB_APP_CLIENT_ID");
-    github.client_secret = env_secret("HOGLET_GITHUB_APP_CLIENT_SECRET");
-    github.private_key = env_secret("HOGLET_GITHUB_APP_PRIVATE_KEY");
-    if let Some(url) = env_value("HOGLET_GITHUB_API_URL") {
-        github.api_url = normalize_site_url(&url);
-    }
-    if let Some(url) = env_value("HOGLET_GITHUB_WEB_URL") {
-        github.web_url = normalize_site_url(&url);
-    }
-    Ok(config)
-}
-
-fn env_value(name: &str) -> Option<String> {
-    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
-}
-
-fn env_secret(name: &str) -> Option<SecretString> {
-    env_value(name).map(SecretString::from)
-}
-
 async fn serve(config: Config) -> anyhow::Result<()> {
     tracing::info!(database = ?config.database_url, bind = %config.bind, "starting hoglet");
     let app = App::build(config).await.context("starting the server")?;
@@ -404,4 +755,217 @@ async fn serve(config: Config) -> anyhow::Result<()> {
         let _ = out.flush();
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Cli, clap::Error> {
+        Cli::try_parse_from(std::iter::once("hoglet").chain(args.iter().copied()))
+    }
+
+    fn serve_config(args: &[&str]) -> Config {
+        let cli = parse(args).unwrap();
+        let wait = Duration::from_secs(cli.database_wait_seconds);
+        match cli.command {
+            Command::Serve(serve) => serve.into_config(cli.database_url, wait),
+            other => panic!("not serve: {other:?}"),
+        }
+    }
+
+    /// Whether a `HOGLET_*` setting (or `RUST_LOG`) is in this process's environment, which
+    /// would make clap's defaults differ from `Config::new`'s.
+    fn settings_in_environment() -> bool {
+        std::env::vars_os().any(|(name, _)| {
+            let name = name.to_string_lossy();
+            (name.starts_with("HOGLET_") && !name.starts_with("HOGLET_TEST_")) || name == "RUST_LOG"
+        })
+    }
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn defaults_are_config_new() {
+        if settings_in_environment() {
+            eprintln!("a HOGLET_ setting is in the environment: defaults not compared");
+            return;
+        }
+        let parsed = serve_config(&["serve"]);
+        let defaults = Config::new(DatabaseUrl::parse(config::DEFAULT_DATABASE_URL).unwrap());
+        assert_eq!(format!("{parsed:?}"), format!("{defaults:?}"));
+    }
+
+    #[test]
+    fn every_flag_reaches_the_config() {
+        let config = serve_config(&[
+            "--database-url",
+            "postgres://bob:hunter2@db:5432/x",
+            "--database-wait-seconds",
+            "0",
+            "serve",
+            "--bind",
+            ":0",
+            "--site-url",
+            "https://hoglet.example.com/",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.168.1.7",
+            "--redis-url",
+            "redis://:hunter2@cache:6379/0",
+            "--signup",
+            "closed",
+            "--email",
+            "file:/tmp/mail",
+            "--email-from",
+            "Ops <ops@example.com>",
+            "--secret-key",
+            "hunter2-key",
+            "--secret-key-file",
+            "/etc/hoglet.secret",
+            "--max-body-bytes",
+            "2048",
+            "--login-failure-limit",
+            "3",
+            "--rate-limit-keys",
+            "false",
+            "--janitor-interval-seconds",
+            "7",
+            "--instance-tag",
+            "eu",
+            "--github-app-id",
+            "12",
+            "--github-app-slug",
+            "hog",
+            "--github-app-client-id",
+            "Iv1.x",
+            "--github-app-client-secret",
+            "hunter2-client",
+            "--github-app-private-key",
+            "/etc/app.pem",
+            "--github-api-url",
+            "http://127.0.0.1:9/api/",
+            "--github-web-url",
+            "http://127.0.0.1:9/",
+        ]);
+        assert!(matches!(config.database_url, DatabaseUrl::Postgres(_)));
+        assert_eq!(config.database_wait, Duration::ZERO);
+        assert_eq!(config.bind, ":0");
+        assert_eq!(
+            config.site_url.as_deref(),
+            Some("https://hoglet.example.com")
+        );
+        assert_eq!(config.trusted_proxies.len(), 2);
+        assert!(config.redis_url.is_some());
+        assert_eq!(config.signup, SignupPolicy::Closed);
+        assert!(matches!(config.email, EmailDelivery::Directory(_)));
+        assert_eq!(config.email_from, "Ops <ops@example.com>");
+        assert!(config.secret_key.is_some());
+        assert_eq!(
+            config.secret_key_file,
+            Some(PathBuf::from("/etc/hoglet.secret"))
+        );
+        assert_eq!(config.max_body_bytes, 2048);
+        assert_eq!(config.login_failure_limit, 3);
+        assert!(!config.rate_limit_keys);
+        assert_eq!(config.janitor_interval, Duration::from_secs(7));
+        assert_eq!(config.instance_tag, "eu");
+        assert_eq!(config.github.app_id.as_deref(), Some("12"));
+        assert_eq!(config.github.app_slug.as_deref(), Some("hog"));
+        assert_eq!(config.github.client_id.as_deref(), Some("Iv1.x"));
+        assert!(config.github.client_secret.is_some());
+        assert!(config.github.private_key.is_some());
+        assert_eq!(config.github.api_url, "http://127.0.0.1:9/api");
+        assert_eq!(config.github.web_url, "http://127.0.0.1:9");
+        let shown = format!("{config:?}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+    }
+
+    #[test]
+    fn empty_values_mean_unset() {
+        let config = serve_config(&[
+            "serve",
+            "--site-url",
+            "",
+            "--redis-url",
+            " ",
+            "--secret-key",
+            "",
+            "--github-app-id",
+            "",
+            "--github-api-url",
+            "",
+        ]);
+        assert_eq!(config.site_url, None);
+        assert!(config.redis_url.is_none());
+        assert!(config.secret_key.is_none());
+        assert_eq!(config.github.app_id, None);
+        assert_eq!(config.github.api_url, config::DEFAULT_GITHUB_API_URL);
+    }
+
+    #[test]
+    fn bad_values_are_usage_errors_naming_the_setting() {
+        for (args, names) in [
+            (
+                vec!["serve", "--site-url", "not a url"],
+                "--site-url (HOGLET_SITE_URL)",
+            ),
+            (
+                vec!["serve", "--max-body-bytes", "lots"],
+                "--max-body-bytes (HOGLET_MAX_BODY_BYTES)",
+            ),
+            (
+                vec!["serve", "--signup", "sometimes"],
+                "--signup (HOGLET_SIGNUP)",
+            ),
+            (
+                vec!["--log", "hoglet=loud", "migrate"],
+                "--log (HOGLET_LOG)",
+            ),
+            (
+                vec!["--log-format", "xml", "migrate"],
+                "--log-format (HOGLET_LOG_FORMAT)",
+            ),
+        ] {
+            let error = parse(&args).unwrap_err();
+            assert_eq!(error.kind(), ErrorKind::ValueValidation, "{args:?}");
+            assert_eq!(error.exit_code(), 2);
+            let shown = error.to_string();
+            assert!(shown.contains(names), "{shown}");
+        }
+    }
+
+    #[test]
+    fn secret_values_stay_out_of_errors() {
+        for args in [
+            vec![
+                "--database-url",
+                "postgres://bob:hunter2@db:port/x",
+                "migrate",
+            ],
+            vec!["--database-url", "mysql://bob:hunter2@db/x", "migrate"],
+            vec!["serve", "--redis-url", "redis://:hunter2@[cache"],
+            vec!["serve", "--email", "smtp://me:hunter2@"],
+            vec!["serve", "--email", "smpt://me:hunter2@mail"],
+        ] {
+            let shown = parse(&args).unwrap_err().to_string();
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(shown.contains("invalid value for --"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn log_settings() {
+        let cli = parse(&["--log-format", "JSON", "serve"]).unwrap();
+        assert_eq!(cli.log_format, LogFormat::Json);
+        let cli = parse(&["--log", "debug", "migrate"]).unwrap();
+        assert_eq!(cli.log_filter(), "debug");
+        if !settings_in_environment() {
+            assert_eq!(parse(&["serve"]).unwrap().log_filter(), "info");
+            assert_eq!(parse(&["migrate"]).unwrap().log_filter(), "warn");
+        }
+    }
 }

@@ -1,5 +1,7 @@
-//! Runtime configuration. Every setting comes from a flag or a `HOGLET_*` variable (see `cli.rs`);
-//! this module parses and validates them into typed values whose `Debug` never shows a secret.
+//! Runtime configuration. Every setting comes from a flag or a `HOGLET_*` variable, read by clap
+//! in `cli.rs` with the parsers here, which check each value into a typed one (errors never repeat
+//! a secret) whose `Debug` never shows a secret. [`Config::new`] holds the same defaults for code
+//! and tests that build a configuration directly (a test checks the two agree).
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -8,30 +10,39 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
+use url::Url;
 
 /// Where the data lives.
 #[derive(Clone)]
 pub enum DatabaseUrl {
     Sqlite(PathBuf),
-    /// The full `postgres://` URL (may hold a password).
+    /// The full `postgres://` URL as given (may hold a password; tokio-postgres parses it).
     Postgres(String),
 }
 
 impl DatabaseUrl {
-    /// Accepts `sqlite://relative.db`, `sqlite:///abs/path.db`, `sqlite:path` and `postgres://…`.
+    /// Accepts `sqlite://relative.db`, `sqlite:///abs/path.db`, `sqlite:path` and
+    /// `postgres://…` / `postgresql://…`. Errors never repeat the URL (it may hold a password).
+    ///
+    /// A PostgreSQL URL is checked with the `url` crate. A SQLite "URL" is a file path behind a
+    /// prefix and is taken apart by hand: as a WHATWG URL, `sqlite://data/x.db` would make `data`
+    /// a host, and percent-decoding would change paths that contain `%`.
     pub fn parse(url: &str) -> anyhow::Result<Self> {
         if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Url::parse(url).map_err(|e| anyhow::anyhow!("not a valid PostgreSQL URL: {e}"))?;
             return Ok(DatabaseUrl::Postgres(url.to_string()));
         }
         if let Some(rest) = url.strip_prefix("sqlite:") {
             let path = rest.strip_prefix("//").unwrap_or(rest);
             let path = path.split('?').next().unwrap_or(path);
             if path.is_empty() {
-                bail!("the SQLite URL {url:?} names no file");
+                bail!("the SQLite URL names no file");
             }
             return Ok(DatabaseUrl::Sqlite(PathBuf::from(path)));
         }
-        bail!("unsupported database URL {url:?}: use sqlite://FILE or postgres://USER@HOST:PORT/DB")
+        bail!(
+            "use sqlite://FILE, sqlite:///ABSOLUTE/PATH, sqlite:FILE or postgres://USER@HOST:PORT/DB"
+        )
     }
 }
 
@@ -44,18 +55,30 @@ impl fmt::Debug for DatabaseUrl {
     }
 }
 
-/// Replaces the password of `scheme://user:password@host…` by `***`.
-pub fn redact_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+/// The URL with its password (in the user info, or a `password` query parameter as libpq and
+/// tokio-postgres accept) replaced by `***`. A URL that cannot be parsed is not shown at all.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut url) = Url::parse(raw) else {
+        return "<unparsable URL>".to_string();
     };
-    let Some((userinfo, host)) = rest.split_once('@') else {
-        return url.to_string();
-    };
-    match userinfo.split_once(':') {
-        Some((user, _)) => format!("{scheme}://{user}:***@{host}"),
-        None => url.to_string(),
+    if url.password().is_some() && url.set_password(Some("***")).is_err() {
+        return "<unparsable URL>".to_string();
     }
+    if url.query_pairs().any(|(name, _)| name == "password") {
+        let pairs: Vec<(String, String)> = url
+            .query_pairs()
+            .map(|(name, value)| {
+                let value = if name == "password" {
+                    "***".into()
+                } else {
+                    value.into_owned()
+                };
+                (name.into_owned(), value)
+            })
+            .collect();
+        url.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    url.to_string()
 }
 
 /// Who may use `POST /api/signup/`.
@@ -73,7 +96,7 @@ impl SignupPolicy {
             "first-user" => Ok(Self::FirstUser),
             "open" => Ok(Self::Open),
             "closed" => Ok(Self::Closed),
-            other => bail!("HOGLET_SIGNUP must be first-user, open or closed (got {other:?})"),
+            _ => bail!("must be first-user, open or closed"),
         }
     }
 }
@@ -96,14 +119,19 @@ impl EmailDelivery {
         }
         if let Some(dir) = value.strip_prefix("file:") {
             if dir.is_empty() {
-                bail!("HOGLET_EMAIL=file:DIR needs a directory");
+                bail!("file:DIR needs a directory");
             }
             return Ok(Self::Directory(PathBuf::from(dir)));
         }
         if value.starts_with("smtp://") || value.starts_with("smtps://") {
+            let url =
+                Url::parse(value).map_err(|e| anyhow::anyhow!("not a valid SMTP URL: {e}"))?;
+            if !url.has_host() || url.host_str() == Some("") {
+                bail!("the SMTP URL names no host");
+            }
             return Ok(Self::Smtp(SecretString::from(value.to_string())));
         }
-        bail!("HOGLET_EMAIL must be log, file:DIR or smtp://… (got {value:?})")
+        bail!("must be log, file:DIR or smtp://USER:PASS@HOST:PORT (smtps:// for implicit TLS)")
     }
 
     /// PostHog's `is_email_available()`: real delivery is set up.
@@ -182,8 +210,26 @@ pub struct Config {
     pub janitor_interval: Duration,
 }
 
+/// `HOGLET_DATABASE_URL`'s default.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://hoglet.db";
 /// `HOGLET_DATABASE_WAIT_SECONDS`'s default.
 pub const DEFAULT_DATABASE_WAIT: Duration = Duration::from_secs(30);
+/// `HOGLET_BIND`'s default.
+pub const DEFAULT_BIND: &str = "127.0.0.1:8000";
+/// `HOGLET_GITHUB_API_URL`'s default.
+pub const DEFAULT_GITHUB_API_URL: &str = "https://api.github.com";
+/// `HOGLET_GITHUB_WEB_URL`'s default.
+pub const DEFAULT_GITHUB_WEB_URL: &str = "https://github.com";
+/// `HOGLET_INSTANCE_TAG`'s default.
+pub const DEFAULT_INSTANCE_TAG: &str = "none";
+/// `HOGLET_MAX_BODY_BYTES`'s default: 1 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// `HOGLET_EMAIL_FROM`'s default.
+pub const DEFAULT_EMAIL_FROM: &str = "hoglet <noreply@hoglet.invalid>";
+/// `HOGLET_LOGIN_FAILURE_LIMIT`'s default: PostHog's 30 failures per client IP.
+pub const DEFAULT_LOGIN_FAILURE_LIMIT: u64 = 30;
+/// `HOGLET_JANITOR_INTERVAL_SECONDS`'s default.
+pub const DEFAULT_JANITOR_INTERVAL: Duration = Duration::from_secs(300);
 
 impl Config {
     /// A configuration for the given database with every other setting at its default.
@@ -191,7 +237,7 @@ impl Config {
         Self {
             database_url,
             database_wait: DEFAULT_DATABASE_WAIT,
-            bind: "127.0.0.1:8000".into(),
+            bind: DEFAULT_BIND.into(),
             secret_key: None,
             secret_key_file: None,
             redis_url: None,
@@ -199,17 +245,17 @@ impl Config {
             email: EmailDelivery::Log,
             site_url: None,
             github: GithubConfig {
-                api_url: "https://api.github.com".into(),
-                web_url: "https://github.com".into(),
+                api_url: DEFAULT_GITHUB_API_URL.into(),
+                web_url: DEFAULT_GITHUB_WEB_URL.into(),
                 ..GithubConfig::default()
             },
-            instance_tag: "none".into(),
-            max_body_bytes: 1024 * 1024,
-            email_from: "hoglet <noreply@hoglet.invalid>".into(),
-            login_failure_limit: 30,
+            instance_tag: DEFAULT_INSTANCE_TAG.into(),
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            email_from: DEFAULT_EMAIL_FROM.into(),
+            login_failure_limit: DEFAULT_LOGIN_FAILURE_LIMIT,
             rate_limit_keys: true,
             trusted_proxies: Vec::new(),
-            janitor_interval: Duration::from_secs(300),
+            janitor_interval: DEFAULT_JANITOR_INTERVAL,
         }
     }
 
@@ -238,17 +284,111 @@ pub fn parse_trusted_proxies(value: &str) -> anyhow::Result<Vec<ipnet::IpNet>> {
             item.parse::<ipnet::IpNet>()
                 .or_else(|_| item.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
                 .map_err(|_| {
-                    anyhow::anyhow!(
-                        "HOGLET_TRUSTED_PROXIES: {item:?} is not an address or CIDR (e.g. 10.0.0.0/8)"
-                    )
+                    anyhow::anyhow!("{item:?} is not an address or CIDR (e.g. 10.0.0.0/8)")
                 })
         })
         .collect()
 }
 
-/// Strips one trailing slash, as `HOGLET_SITE_URL` is documented without one.
-pub fn normalize_site_url(url: &str) -> String {
-    url.trim_end_matches('/').to_string()
+/// An absolute `http://` or `https://` URL with a host and no query or fragment, returned in
+/// normal form without a trailing slash (`HOGLET_SITE_URL` and the GitHub endpoints are
+/// documented without one, and links are made by appending `/path`).
+pub fn parse_base_url(value: &str) -> anyhow::Result<String> {
+    let url = Url::parse(value.trim()).map_err(|e| anyhow::anyhow!("not a URL: {e}"))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        bail!("must be an http:// or https:// URL");
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        bail!("the URL names no host");
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        bail!("must not have a query or fragment");
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        bail!("must not hold a user name or password");
+    }
+    Ok(url.as_str().trim_end_matches('/').to_string())
+}
+
+/// `HOGLET_BIND`: `HOST:PORT` (`[::1]:PORT` for IPv6) or `:PORT` for loopback. The host is
+/// resolved when the server binds; here only the shape and the port are checked.
+pub fn parse_bind(value: &str) -> anyhow::Result<String> {
+    let Some((host, port)) = value.rsplit_once(':') else {
+        bail!("must be HOST:PORT or :PORT");
+    };
+    if port.parse::<u16>().is_err() {
+        bail!("{port:?} is not a port number (0 to 65535)");
+    }
+    if host.contains(':') && !(host.starts_with('[') && host.ends_with(']')) {
+        bail!("an IPv6 address needs brackets: [ADDRESS]:PORT");
+    }
+    Ok(value.to_string())
+}
+
+/// `HOGLET_EMAIL_FROM`: one mailbox, `address@domain` or `Name <address@domain>`.
+pub fn parse_mailbox(value: &str) -> anyhow::Result<String> {
+    value.parse::<lettre::message::Mailbox>().map_err(|e| {
+        anyhow::anyhow!("not an email address (Name <user@domain> or user@domain): {e}")
+    })?;
+    Ok(value.to_string())
+}
+
+/// A whole number of at least 1.
+pub fn parse_positive(value: &str) -> anyhow::Result<u64> {
+    match value.trim().parse::<u64>() {
+        Ok(0) => bail!("must be at least 1"),
+        Ok(n) => Ok(n),
+        Err(_) => bail!("not a whole number"),
+    }
+}
+
+/// A whole number of at least 0.
+pub fn parse_count(value: &str) -> anyhow::Result<u64> {
+    value
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| anyhow::anyhow!("not a whole number (0 or more)"))
+}
+
+/// `true`/`false` (also `yes`/`no`, `on`/`off`, `1`/`0`), any case.
+pub fn parse_bool(value: &str) -> anyhow::Result<bool> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "true" | "yes" | "on" | "1" => Ok(true),
+        "false" | "no" | "off" | "0" => Ok(false),
+        _ => bail!("must be true or false"),
+    }
+}
+
+/// `HOGLET_LOG`: a `tracing` filter such as `debug` or `info,hoglet::access=debug`, checked
+/// here so a typo stops the start instead of silently logging at the default level.
+pub fn parse_log_filter(value: &str) -> anyhow::Result<String> {
+    tracing_subscriber::EnvFilter::builder()
+        .parse(value)
+        .map_err(|e| {
+            anyhow::anyhow!("not a log filter (e.g. debug or info,hoglet::access=debug): {e}")
+        })?;
+    Ok(value.to_string())
+}
+
+/// How log lines are written on stderr.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+impl LogFormat {
+    /// `text` or `json`, any case.
+    pub fn parse(value: &str) -> anyhow::Result<Self> {
+        match value.trim().to_ascii_lowercase().as_str() {
+            "text" => Ok(Self::Text),
+            "json" => Ok(Self::Json),
+            _ => bail!("must be text or json"),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -286,6 +426,103 @@ mod tests {
         let url = DatabaseUrl::parse("postgres://bob:hunter2@db:5432/x").unwrap();
         assert_eq!(format!("{url:?}"), "postgres://bob:***@db:5432/x");
         let mail = EmailDelivery::parse("smtp://me:pw@mail:25").unwrap();
-        assert!(!format!("{mail:?}").contains("pw"));
+        assert_eq!(format!("{mail:?}"), "smtp://me:***@mail:25");
+        // libpq's password parameter, and a password that needs percent-encoding.
+        assert_eq!(
+            redact_url("postgresql://bob@db/x?sslmode=disable&password=hunter2"),
+            "postgresql://bob@db/x?sslmode=disable&password=***"
+        );
+        let odd = redact_url("postgres://bob:p%40ss%3Aw@db:5432/x");
+        assert_eq!(odd, "postgres://bob:***@db:5432/x");
+        // Nothing to hide: shown as given.
+        assert_eq!(
+            redact_url("postgres://bob@db:5432/x"),
+            "postgres://bob@db:5432/x"
+        );
+        // Not a URL at all: not shown.
+        assert!(!redact_url("postgres://bob:hunter2@db:port/x").contains("hunter2"));
+    }
+
+    #[test]
+    fn database_url_errors_do_not_repeat_the_url() {
+        for bad in [
+            "postgres://bob:hunter2@db:port/x",
+            "mysql://bob:hunter2@db/x",
+            "postgres://bob:hunter2@[db/x",
+        ] {
+            let error = format!("{:#}", DatabaseUrl::parse(bad).unwrap_err());
+            assert!(!error.contains("hunter2"), "{error}");
+        }
+        let error = format!(
+            "{:#}",
+            EmailDelivery::parse("smtp://me:hunter2@").unwrap_err()
+        );
+        assert!(!error.contains("hunter2"), "{error}");
+        assert!(DatabaseUrl::parse("sqlite:").is_err());
+        assert!(DatabaseUrl::parse("sqlite://").is_err());
+        assert!(DatabaseUrl::parse("hoglet.db").is_err());
+    }
+
+    #[test]
+    fn base_urls() {
+        assert_eq!(
+            parse_base_url("https://hoglet.example.com/").unwrap(),
+            "https://hoglet.example.com"
+        );
+        assert_eq!(
+            parse_base_url("http://HOST:8080/app/").unwrap(),
+            "http://host:8080/app"
+        );
+        assert_eq!(
+            parse_base_url("http://127.0.0.1:9").unwrap(),
+            "http://127.0.0.1:9"
+        );
+        for bad in [
+            "not a url",
+            "hoglet.example.com",
+            "ftp://example.com",
+            "javascript:alert(1)",
+            "http://",
+            "https://example.com/?x=1",
+            "https://example.com/#top",
+            "https://user:pw@example.com",
+        ] {
+            assert!(parse_base_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn small_settings() {
+        assert!(parse_bind("127.0.0.1:0").is_ok());
+        assert!(parse_bind(":8000").is_ok());
+        assert!(parse_bind("[::1]:8000").is_ok());
+        assert!(parse_bind("localhost:8000").is_ok());
+        for bad in [
+            "127.0.0.1",
+            "127.0.0.1:http",
+            "127.0.0.1:70000",
+            "::1:80",
+            "",
+        ] {
+            assert!(parse_bind(bad).is_err(), "{bad}");
+        }
+        assert!(parse_mailbox("Ops <ops@example.com>").is_ok());
+        assert!(parse_mailbox("ops@example.com").is_ok());
+        assert!(parse_mailbox("ops").is_err());
+        assert_eq!(parse_positive("5").unwrap(), 5);
+        assert!(parse_positive("0").is_err());
+        assert!(parse_positive("-1").is_err());
+        assert!(parse_positive("1e3").is_err());
+        assert_eq!(parse_count("0").unwrap(), 0);
+        assert!(parse_bool("TRUE").unwrap());
+        assert!(!parse_bool("off").unwrap());
+        assert!(parse_bool("maybe").is_err());
+        assert_eq!(LogFormat::parse("JSON").unwrap(), LogFormat::Json);
+        assert_eq!(LogFormat::parse("Text").unwrap(), LogFormat::Text);
+        assert!(LogFormat::parse("xml").is_err());
+        assert!(parse_log_filter("info,hoglet::access=debug").is_ok());
+        assert!(parse_log_filter("hoglet=loud").is_err());
+        assert_eq!(SignupPolicy::parse("open").unwrap(), SignupPolicy::Open);
+        assert!(SignupPolicy::parse("Open ").is_err());
     }
 }

@@ -2,7 +2,10 @@ use clap::Parser;
 
 fn main() {
     let cli = hoglet::cli::Cli::parse();
-    let log_guard = hoglet::telemetry::init(matches!(cli.command, hoglet::cli::Command::Serve(_)));
+    let log_guard = hoglet::telemetry::init(
+        &cli.log_filter(),
+        cli.log_format == hoglet::config::LogFormat::Json,
+    );
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -1,5 +1,6 @@
 //! Log output: human-readable lines on stderr by default, JSON with `HOGLET_LOG_FORMAT=json`;
-//! the level from `HOGLET_LOG` (or `RUST_LOG`). Stdout is kept for command output.
+//! the filter from `HOGLET_LOG` (or `RUST_LOG`), both read and checked by the command line
+//! (`cli.rs`). Stdout is kept for command output.
 //!
 //! Lines are formatted on the calling thread but written by a background thread, so a slow
 //! terminal or disk never stalls a request.
@@ -9,15 +10,11 @@ use std::io::IsTerminal;
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber. Servers log at `info`; admin commands only warn. Keep the
-/// returned guard alive until exit: dropping it flushes what is still queued.
-pub fn init(server: bool) -> Option<WorkerGuard> {
-    let default = if server { "info" } else { "warn" };
-    let filter = std::env::var("HOGLET_LOG")
-        .or_else(|_| std::env::var("RUST_LOG"))
-        .unwrap_or_else(|_| default.to_string());
-    let filter = EnvFilter::try_new(&filter).unwrap_or_else(|_| EnvFilter::new(default));
-    let json = std::env::var("HOGLET_LOG_FORMAT").is_ok_and(|f| f == "json");
+/// Installs the global subscriber with `filter` (already checked by the command line), one JSON
+/// object per line when `json`. Keep the returned guard alive until exit: dropping it flushes
+/// what is still queued.
+pub fn init(filter: &str, json: bool) -> Option<WorkerGuard> {
+    let filter = EnvFilter::try_new(filter).unwrap_or_else(|_| EnvFilter::new("info"));
     let ansi = std::io::stderr().is_terminal();
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .lossy(false)

@@ -10,6 +10,7 @@ mod accounts;
 mod api_keys;
 mod api_keys_auth;
 mod cli;
+mod config;
 mod github;
 mod hardening;
 mod hygiene;
