@@ -1,11 +1,14 @@
 //! Browser sessions: the `sessionid` cookie (the database keeps only its SHA-256), the
 //! `posthog_csrftoken` double-submit token checked on unsafe requests, and session creation.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 
 use axum::http::header::{COOKIE, SET_COOKIE};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, Method};
+use cookie::{Cookie, CookieBuilder, SameSite};
+use time::{Duration, OffsetDateTime};
 
 use super::{BodyCredentials, OriginalPath};
 use super::{Caller, Credential};
@@ -28,16 +31,31 @@ const CSRF_COOKIE_AGE_SECONDS: i64 = 31_449_600;
 
 pub use crate::service::caller::SessionAuth;
 
-/// The value of cookie `name` in the request.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+/// Every cookie of the request's `Cookie` headers as (name, value), parsed by the `cookie` crate
+/// (pieces split on `;`, names and values trimmed, pieces without a name or `=` skipped); a value
+/// in double quotes (RFC 6265's quoted form, as Django writes an emptied cookie) is unquoted.
+fn request_cookies(headers: &HeaderMap) -> impl Iterator<Item = (&str, &str)> {
     headers
         .get_all(COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
+        .flat_map(Cookie::split_parse)
+        .filter_map(|parsed| {
+            let parsed = parsed.ok()?;
+            let value = parsed.value_raw()?;
+            let value = value
+                .strip_prefix('"')
+                .and_then(|v| v.strip_suffix('"'))
+                .unwrap_or(value);
+            Some((parsed.name_raw()?, value))
+        })
+}
+
+/// The value of cookie `name` in the request.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    request_cookies(headers)
         .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
+        .map(|(_, v)| v)
 }
 
 /// Every cookie whose name starts with `prefix`.
@@ -45,13 +63,7 @@ pub fn cookies_with_prefix<'a>(
     headers: &'a HeaderMap,
     prefix: &'a str,
 ) -> impl Iterator<Item = (&'a str, &'a str)> {
-    headers
-        .get_all(COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .filter(move |(k, _)| k.starts_with(prefix))
+    request_cookies(headers).filter(move |(k, _)| k.starts_with(prefix))
 }
 
 pub use crate::service::sessions::session_id;
@@ -255,6 +267,12 @@ pub async fn current_record(
 pub struct SetCookies(pub Vec<HeaderValue>);
 
 impl SetCookies {
+    /// Adds a cookie built with the `cookie` crate (see [`site_cookie`]).
+    pub fn push(&mut self, cookie: Cookie<'_>) {
+        self.add(cookie.to_string());
+    }
+
+    /// Adds an already written `Set-Cookie` value.
     pub fn add(&mut self, value: String) {
         if let Ok(v) = HeaderValue::from_str(&value) {
             self.0.push(v);
@@ -268,34 +286,49 @@ impl SetCookies {
     }
 }
 
-fn secure_attribute(state: &AppState) -> &'static str {
-    if state.site_url.starts_with("https://") {
-        "; Secure"
-    } else {
-        ""
-    }
+/// A cookie for the whole site: `Path=/`, the given `SameSite`, and `Secure` when the site is
+/// served over https. Callers add `HttpOnly` and the lifetime.
+pub fn site_cookie<'c>(
+    state: &AppState,
+    name: &'c str,
+    value: impl Into<Cow<'c, str>>,
+    same_site: SameSite,
+) -> CookieBuilder<'c> {
+    Cookie::build((name, value))
+        .path("/")
+        .same_site(same_site)
+        .secure(state.site_url.starts_with("https://"))
 }
 
 /// The cookies of a new session.
 fn session_cookies(state: &AppState, token: &str, csrf: &str) -> SetCookies {
-    let secure = secure_attribute(state);
     let mut cookies = SetCookies::default();
-    cookies.add(format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; Max-Age={}; Path=/; SameSite=Lax{secure}",
-        SESSION_AGE / SECOND
-    ));
-    cookies.add(format!(
-        "{CSRF_COOKIE}={csrf}; Max-Age={CSRF_COOKIE_AGE_SECONDS}; Path=/; SameSite=Lax{secure}"
-    ));
+    cookies.push(
+        site_cookie(state, SESSION_COOKIE, token, SameSite::Lax)
+            .http_only(true)
+            .max_age(Duration::seconds(SESSION_AGE / SECOND))
+            .build(),
+    );
+    cookies.push(
+        site_cookie(state, CSRF_COOKIE, csrf, SameSite::Lax)
+            .max_age(Duration::seconds(CSRF_COOKIE_AGE_SECONDS))
+            .build(),
+    );
     cookies
 }
 
-/// Cookies that end the browser's session.
+/// Cookies that end the browser's session (as Django's `delete_cookie` writes them: an empty
+/// quoted value, expired in 1970, `Max-Age=0`).
 pub fn clear_session_cookies() -> SetCookies {
     let mut cookies = SetCookies::default();
-    cookies.add(format!(
-        "{SESSION_COOKIE}=\"\"; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/; SameSite=Lax"
-    ));
+    cookies.push(
+        Cookie::build((SESSION_COOKIE, "\"\""))
+            .path("/")
+            .same_site(SameSite::Lax)
+            .max_age(Duration::ZERO)
+            .expires(OffsetDateTime::UNIX_EPOCH)
+            .build(),
+    );
     cookies
 }
 
@@ -309,12 +342,13 @@ pub fn remember_tokens(headers: &HeaderMap) -> impl Iterator<Item = &str> {
 /// The cookie that lets this browser skip the second factor (see
 /// [`crate::service::accounts::remember_token`]).
 pub fn add_remember_cookie(state: &AppState, cookies: &mut SetCookies, token: &RememberToken) {
-    cookies.add(format!(
-        "{REMEMBER_COOKIE_PREFIX}{}={}; HttpOnly; Max-Age={REMEMBER_AGE_SECONDS}; Path=/; SameSite=Strict{}",
-        token.id,
-        token.value,
-        secure_attribute(state),
-    ));
+    let name = format!("{REMEMBER_COOKIE_PREFIX}{}", token.id);
+    cookies.push(
+        site_cookie(state, &name, token.value.as_str(), SameSite::Strict)
+            .http_only(true)
+            .max_age(Duration::seconds(REMEMBER_AGE_SECONDS))
+            .build(),
+    );
 }
 
 /// The cookies that carry a session just started (see [`crate::service::sessions::start`]).
@@ -324,4 +358,63 @@ pub fn started_cookies(state: &AppState, started: &StartedSession) -> SetCookies
         started.token.expose_secret(),
         &started.record.csrf_token,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(cookies: &[&str]) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for c in cookies {
+            headers.append(COOKIE, HeaderValue::from_str(c).unwrap());
+        }
+        headers
+    }
+
+    #[test]
+    fn request_cookies_are_found_by_name_or_prefix() {
+        let h = headers(&[
+            "a=1; sessionid=tok; junk; =nameless; remember-cookie_x=1:2",
+            "posthog_csrftoken=\"quoted\"; remember-cookie_y=3:4",
+        ]);
+        assert_eq!(cookie(&h, "sessionid"), Some("tok"));
+        assert_eq!(cookie(&h, "posthog_csrftoken"), Some("quoted"));
+        assert_eq!(cookie(&h, "junk"), None);
+        assert_eq!(cookie(&h, "missing"), None);
+        let remembered: Vec<_> = cookies_with_prefix(&h, "remember-cookie_").collect();
+        assert_eq!(
+            remembered,
+            [("remember-cookie_x", "1:2"), ("remember-cookie_y", "3:4")]
+        );
+        assert_eq!(cookie(&headers(&["sessionid=\"\""]), "sessionid"), Some(""));
+    }
+
+    /// Each attribute of a written cookie, by name (the order of attributes carries no meaning).
+    fn attributes(value: &HeaderValue) -> Vec<String> {
+        let mut parts: Vec<String> = value
+            .to_str()
+            .unwrap()
+            .split("; ")
+            .map(str::to_ascii_lowercase)
+            .collect();
+        parts.sort();
+        parts
+    }
+
+    #[test]
+    fn the_cleared_session_cookie_is_djangos() {
+        let cleared = clear_session_cookies();
+        assert_eq!(cleared.0.len(), 1);
+        assert_eq!(
+            attributes(&cleared.0[0]),
+            [
+                "expires=thu, 01 jan 1970 00:00:00 gmt",
+                "max-age=0",
+                "path=/",
+                "samesite=lax",
+                "sessionid=\"\"",
+            ]
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! TOTP (RFC 6238: HMAC-SHA1, 6 digits, 30 s steps, ±1 step of drift) and backup codes.
 
 use data_encoding::BASE32_NOPAD;
+use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
 use totp_rs::{Algorithm, TOTP};
 
 use crate::crypto;
@@ -18,28 +19,22 @@ pub fn secret_base32(secret: &[u8]) -> String {
     BASE32_NOPAD.encode(secret)
 }
 
+/// What stays unescaped in the URI: RFC 3986's unreserved characters, as Python's `quote`.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
 /// The `otpauth://` URI authenticator apps scan (django-two-factor's format).
 pub fn otpauth_uri(secret: &[u8], issuer: &str, account: &str) -> String {
     let label = format!("{issuer}: {account}");
     format!(
         "otpauth://totp/{}?secret={}&digits=6&issuer={}",
-        percent_encode(&label),
+        utf8_percent_encode(&label, UNRESERVED),
         secret_base32(secret),
-        percent_encode(issuer)
+        utf8_percent_encode(issuer, UNRESERVED)
     )
-}
-
-fn percent_encode(text: &str) -> String {
-    let mut out = String::new();
-    for byte in text.bytes() {
-        match byte {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'_' | b'.' | b'-' | b'~' => {
-                out.push(char::from(byte))
-            }
-            other => out.push_str(&format!("%{other:02X}")),
-        }
-    }
-    out
 }
 
 fn totp(secret: &[u8]) -> Option<TOTP> {
@@ -111,6 +106,11 @@ mod tests {
                 "jane@example.com"
             ),
             "otpauth://totp/hoglet.example%3A%20jane%40example.com?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&digits=6&issuer=hoglet.example"
+        );
+        // Every byte outside `[A-Za-z0-9_.~-]` is escaped, UTF-8 byte by byte, in upper case.
+        assert_eq!(
+            otpauth_uri(b"12345678901234567890", "Ünï co~_.-", "a+b/c?d&e=f#g"),
+            "otpauth://totp/%C3%9Cn%C3%AF%20co~_.-%3A%20a%2Bb%2Fc%3Fd%26e%3Df%23g?secret=GEZDGNBVGY3TQOJQGEZDGNBVGY3TQOJQ&digits=6&issuer=%C3%9Cn%C3%AF%20co~_.-"
         );
     }
 }

@@ -1,8 +1,9 @@
 //! HTTP: the router, its middleware and the handlers of each resource.
 //!
-//! Layer order, outermost first: path normalisation (so `/api/users/@me` and `/api/users/@me/`
-//! route alike), then routing; inside the router, one middleware parses bodies and records logs
-//! and metrics (labelled by the matched route) around the handlers.
+//! Layer order, outermost first: the request id and its span (see [`request_id`]), path
+//! normalisation (so `/api/users/@me` and `/api/users/@me/` route alike), then routing; inside
+//! the router, one middleware parses bodies and records logs and metrics (labelled by the matched
+//! route) around the handlers.
 
 pub mod accounts;
 pub mod api_keys;
@@ -14,7 +15,9 @@ pub mod links;
 pub mod openapi;
 pub mod origin;
 pub mod paths;
+pub mod request_id;
 pub mod requests;
+pub mod schemas;
 pub mod signal_autonomy;
 pub mod telemetry;
 pub mod two_factor;
@@ -56,11 +59,11 @@ pub fn openapi_document() -> utoipa::openapi::OpenApi {
 
 /// What [`service`] returns: the normalised router, made per connection with its peer address.
 pub type Service = axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
-    tower::util::MapRequest<Router, fn(Request) -> Request>,
+    request_id::RequestIdService<tower::util::MapRequest<Router, fn(Request) -> Request>>,
     std::net::SocketAddr,
 >;
 
-/// The complete service: routes, fallbacks, middleware and path normalisation.
+/// The complete service: routes, fallbacks, middleware, path normalisation and request ids.
 pub fn service(state: AppState) -> Service {
     let (router, document) = routes_and_document();
     let router = router
@@ -79,6 +82,7 @@ pub fn service(state: AppState) -> Service {
         .with_state(state);
     let normalize: fn(Request) -> Request = paths::normalize;
     let service = tower::util::MapRequestLayer::new(normalize).layer(router);
+    let service = request_id::RequestIdLayer.layer(service);
     axum::ServiceExt::<Request>::into_make_service_with_connect_info::<std::net::SocketAddr>(
         service,
     )

@@ -18,7 +18,10 @@ use crate::auth::session::TWO_FACTOR_ALLOWED_PATHS;
     info(
         title = "hoglet",
         description = "PostHog's Users REST API, served by hoglet. Authenticate with a personal API \
-                       key (`Authorization: Bearer phx_…`) or a browser session.",
+                       key (`Authorization: Bearer phx_…`) or a browser session. Every answer \
+                       carries `X-Request-Id`: the request's own when it sent one of 1-64 \
+                       characters of `[A-Za-z0-9._-]`, otherwise a new UUIDv7; the server's log \
+                       lines for the request carry the same id.",
     ),
     modifiers(&SecuritySchemes),
     components(schemas(crate::error::ErrorBody)),
@@ -411,5 +414,92 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// The schema a request body's JSON content names, resolved through `$ref` and a nullable
+    /// `oneOf`.
+    fn body_schema<'a>(
+        doc: &'a serde_json::Value,
+        body: &'a serde_json::Value,
+    ) -> &'a serde_json::Value {
+        let mut schema = &body["content"]["application/json"]["schema"];
+        if let Some(options) = schema["oneOf"].as_array() {
+            schema = options
+                .iter()
+                .find(|o| o["type"] != "null")
+                .expect("a non-null option");
+        }
+        match schema["$ref"].as_str() {
+            Some(reference) => {
+                let name = reference.trim_start_matches("#/components/schemas/");
+                &doc["components"]["schemas"][name]
+            }
+            None => schema,
+        }
+    }
+
+    /// Every request body of the committed `openapi.json` publishes its fields, never a bare
+    /// `object`; the user update and key creation carry PostHog's constraints.
+    #[test]
+    fn request_bodies_are_typed() {
+        let committed =
+            std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json"))
+                .expect("openapi.json is committed");
+        let doc: serde_json::Value = serde_json::from_str(&committed).expect("JSON");
+        let mut bodies = 0;
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for (method, operation) in item.as_object().expect("operations") {
+                let Some(body) = operation.get("requestBody") else {
+                    continue;
+                };
+                bodies += 1;
+                let schema = body_schema(&doc, body);
+                let properties = schema["properties"].as_object();
+                assert!(
+                    properties.is_some_and(|p| !p.is_empty()),
+                    "{method} {path}: the body is not typed: {schema}"
+                );
+            }
+        }
+        assert!(bodies >= 20, "{bodies} request bodies");
+
+        let operation = |path: &str, method: &str| &doc["paths"][path][method]["requestBody"];
+        let patch = body_schema(&doc, operation("/api/users/{uuid}/", "patch"));
+        assert!(patch.get("required").is_none(), "PATCH requires nothing");
+        let fields = &patch["properties"];
+        assert_eq!(fields["first_name"]["type"], "string");
+        assert_eq!(fields["first_name"]["maxLength"], 150);
+        assert_eq!(fields["email"]["format"], "email");
+        assert_eq!(fields["email"]["maxLength"], 254);
+        assert_eq!(fields["password"]["writeOnly"], true);
+        assert_eq!(fields["uuid"]["readOnly"], true);
+        assert_eq!(
+            fields["anonymize_data"]["type"],
+            serde_json::json!(["boolean", "null"])
+        );
+        let role = fields["role_at_organization"]["$ref"]
+            .as_str()
+            .expect("a $ref");
+        let role = &doc["components"]["schemas"][role.trim_start_matches("#/components/schemas/")];
+        assert!(
+            role["enum"]
+                .as_array()
+                .expect("enum")
+                .contains(&"engineering".into())
+        );
+        let theme = &doc["components"]["schemas"]["ThemeMode"]["enum"];
+        assert_eq!(*theme, serde_json::json!(["light", "dark", "system", ""]));
+
+        let put = body_schema(&doc, operation("/api/users/{uuid}/", "put"));
+        assert_eq!(put["required"], serde_json::json!(["email", "password"]));
+
+        let key = body_schema(&doc, operation("/api/personal_api_keys/", "post"));
+        assert_eq!(key["required"], serde_json::json!(["label", "scopes"]));
+        assert_eq!(key["properties"]["label"]["maxLength"], 40);
+        assert_eq!(key["properties"]["scopes"]["type"], "array");
+        assert_eq!(
+            key["properties"]["scoped_organizations"]["items"]["format"],
+            "uuid"
+        );
     }
 }

@@ -259,7 +259,7 @@ async fn retrieve(
     operation_id = "users_update",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Object, description = "Writable user fields."),
+    request_body(content = crate::http::schemas::UserUpdate, description = "Every writable user field; `email` and `password` are required."),
     responses(
         (status = 200, body = UserView),
         (status = 400, body = ErrorBody),
@@ -285,7 +285,7 @@ async fn update(
     operation_id = "users_partial_update",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Object, description = "Any subset of the writable user fields."),
+    request_body(content = crate::http::schemas::PatchedUser, description = "Any subset of the writable user fields."),
     responses(
         (status = 200, body = UserView),
         (status = 400, body = ErrorBody),
@@ -408,7 +408,7 @@ async fn hedgehog_config(
     operation_id = "users_hedgehog_config_partial_update",
     tag = "users",
     params(("uuid" = String, Path, description = "A user's uuid, or `@me`.")),
-    request_body(content = Value, description = "Any JSON: it is stored as sent."),
+    request_body(content = crate::http::schemas::HedgehogConfig, description = "Any JSON object: it is stored as sent, replacing the previous config."),
     responses(
         (status = 200, description = "The stored configuration, as sent.", body = Value),
         (status = 403, body = ErrorBody),

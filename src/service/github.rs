@@ -1245,6 +1245,27 @@ pub async fn shared_installations(state: &AppState, user: &UserRecord) -> ApiRes
         .collect())
 }
 
+/// The user's personal GitHub integrations, oldest first.
+pub async fn personal_integrations(
+    state: &AppState,
+    user: &UserRecord,
+) -> ApiResult<Vec<UserIntegrationRecord>> {
+    Ok(state.store.user_integrations(user.id, KIND).await?)
+}
+
+/// Removes a personal integration (and its tokens); not found when it is already gone.
+pub async fn unlink(state: &AppState, integration: &Integration) -> ApiResult<()> {
+    if state
+        .store
+        .delete_user_integration(integration.record.id)
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(ApiError::NotFound(NOT_FOUND.into()))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1272,26 +1293,5 @@ mod tests {
             json!({"id": 1, "name": "a", "full_name": "o/a", "language": "Rust", "can_push": true})
         );
         assert!(project_repository(&json!({"id": "1", "name": "a", "full_name": "o/a"})).is_none());
-    }
-}
-
-/// The user's personal GitHub integrations, oldest first.
-pub async fn personal_integrations(
-    state: &AppState,
-    user: &UserRecord,
-) -> ApiResult<Vec<UserIntegrationRecord>> {
-    Ok(state.store.user_integrations(user.id, KIND).await?)
-}
-
-/// Removes a personal integration (and its tokens); not found when it is already gone.
-pub async fn unlink(state: &AppState, integration: &Integration) -> ApiResult<()> {
-    if state
-        .store
-        .delete_user_integration(integration.record.id)
-        .await?
-    {
-        Ok(())
-    } else {
-        Err(ApiError::NotFound(NOT_FOUND.into()))
     }
 }

@@ -98,64 +98,66 @@ impl UserChanges {
     /// the write must touch (Django's `update_fields`), so a concurrent write to another column
     /// is kept.
     pub fn between(before: &UserRecord, after: &UserRecord) -> Self {
+        fn changed<T: PartialEq + Clone>(before: &T, after: &T) -> Option<T> {
+            (before != after).then(|| after.clone())
+        }
         Self {
-            email: (before.email != after.email).then(|| after.email.clone()),
-            pending_email: (before.pending_email != after.pending_email)
-                .then(|| after.pending_email.clone()),
-            password: (before.password != after.password).then(|| after.password.clone()),
-            first_name: (before.first_name != after.first_name).then(|| after.first_name.clone()),
-            last_name: (before.last_name != after.last_name).then(|| after.last_name.clone()),
-            distinct_id: (before.distinct_id != after.distinct_id)
-                .then(|| after.distinct_id.clone()),
-            is_active: (before.is_active != after.is_active).then(|| after.is_active.clone()),
-            is_staff: (before.is_staff != after.is_staff).then(|| after.is_staff.clone()),
-            last_login: (before.last_login != after.last_login).then(|| after.last_login.clone()),
-            is_email_verified: (before.is_email_verified != after.is_email_verified)
-                .then(|| after.is_email_verified.clone()),
-            requested_password_reset_at: (before.requested_password_reset_at
-                != after.requested_password_reset_at)
-                .then(|| after.requested_password_reset_at.clone()),
-            current_organization_id: (before.current_organization_id
-                != after.current_organization_id)
-                .then(|| after.current_organization_id.clone()),
-            current_team_id: (before.current_team_id != after.current_team_id)
-                .then(|| after.current_team_id.clone()),
-            partial_notification_settings: (before.partial_notification_settings
-                != after.partial_notification_settings)
-                .then(|| after.partial_notification_settings.clone()),
-            anonymize_data: (before.anonymize_data != after.anonymize_data)
-                .then(|| after.anonymize_data.clone()),
-            allow_impersonation: (before.allow_impersonation != after.allow_impersonation)
-                .then(|| after.allow_impersonation.clone()),
-            toolbar_mode: (before.toolbar_mode != after.toolbar_mode)
-                .then(|| after.toolbar_mode.clone()),
-            theme_mode: (before.theme_mode != after.theme_mode).then(|| after.theme_mode.clone()),
-            hedgehog_config: (before.hedgehog_config != after.hedgehog_config)
-                .then(|| after.hedgehog_config.clone()),
-            events_column_config: (before.events_column_config != after.events_column_config)
-                .then(|| after.events_column_config.clone()),
-            has_seen_product_intro_for: (before.has_seen_product_intro_for
-                != after.has_seen_product_intro_for)
-                .then(|| after.has_seen_product_intro_for.clone()),
-            role_at_organization: (before.role_at_organization != after.role_at_organization)
-                .then(|| after.role_at_organization.clone()),
-            allow_sidebar_suggestions: (before.allow_sidebar_suggestions
-                != after.allow_sidebar_suggestions)
-                .then(|| after.allow_sidebar_suggestions.clone()),
-            shortcut_position: (before.shortcut_position != after.shortcut_position)
-                .then(|| after.shortcut_position.clone()),
-            passkeys_enabled_for_2fa: (before.passkeys_enabled_for_2fa
-                != after.passkeys_enabled_for_2fa)
-                .then(|| after.passkeys_enabled_for_2fa.clone()),
-            hide_mcp_hints: (before.hide_mcp_hints != after.hide_mcp_hints)
-                .then(|| after.hide_mcp_hints.clone()),
-            ui_configuration: (before.ui_configuration != after.ui_configuration)
-                .then(|| after.ui_configuration.clone()),
-            email_opt_in: (before.email_opt_in != after.email_opt_in)
-                .then(|| after.email_opt_in.clone()),
-            credentials_reviewed_at: (before.credentials_reviewed_at
-                != after.credentials_reviewed_at)
-                .then(|| after.credentials_reviewed_at.clone()),
+            email: changed(&before.email, &after.email),
+            pending_email: changed(&before.pending_email, &after.pending_email),
+            password: changed(&before.password, &after.password),
+            first_name: changed(&before.first_name, &after.first_name),
+            last_name: changed(&before.last_name, &after.last_name),
+            distinct_id: changed(&before.distinct_id, &after.distinct_id),
+            is_active: changed(&before.is_active, &after.is_active),
+            is_staff: changed(&before.is_staff, &after.is_staff),
+            last_login: changed(&before.last_login, &after.last_login),
+            is_email_verified: changed(&before.is_email_verified, &after.is_email_verified),
+            requested_password_reset_at: changed(
+                &before.requested_password_reset_at,
+                &after.requested_password_reset_at,
+            ),
+            current_organization_id: changed(
+                &before.current_organization_id,
+                &after.current_organization_id,
+            ),
+            current_team_id: changed(&before.current_team_id, &after.current_team_id),
+            partial_notification_settings: changed(
+                &before.partial_notification_settings,
+                &after.partial_notification_settings,
+            ),
+            anonymize_data: changed(&before.anonymize_data, &after.anonymize_data),
+            allow_impersonation: changed(&before.allow_impersonation, &after.allow_impersonation),
+            toolbar_mode: changed(&before.toolbar_mode, &after.toolbar_mode),
+            theme_mode: changed(&before.theme_mode, &after.theme_mode),
+            hedgehog_config: changed(&before.hedgehog_config, &after.hedgehog_config),
+            events_column_config: changed(
+                &before.events_column_config,
+                &after.events_column_config,
+            ),
+            has_seen_product_intro_for: changed(
+                &before.has_seen_product_intro_for,
+                &after.has_seen_product_intro_for,
+            ),
+            role_at_organization: changed(
+                &before.role_at_organization,
+                &after.role_at_organization,
+            ),
+            allow_sidebar_suggestions: changed(
+                &before.allow_sidebar_suggestions,
+                &after.allow_sidebar_suggestions,
+            ),
+            shortcut_position: changed(&before.shortcut_position, &after.shortcut_position),
+            passkeys_enabled_for_2fa: changed(
+                &before.passkeys_enabled_for_2fa,
+                &after.passkeys_enabled_for_2fa,
+            ),
+            hide_mcp_hints: changed(&before.hide_mcp_hints, &after.hide_mcp_hints),
+            ui_configuration: changed(&before.ui_configuration, &after.ui_configuration),
+            email_opt_in: changed(&before.email_opt_in, &after.email_opt_in),
+            credentials_reviewed_at: changed(
+                &before.credentials_reviewed_at,
+                &after.credentials_reviewed_at,
+            ),
         }
     }
 }

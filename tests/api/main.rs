@@ -17,6 +17,7 @@ mod hygiene;
 mod operations;
 mod outbox;
 mod replicas;
+mod request_ids;
 mod resilience;
 mod signal_autonomy;
 mod store_contract;
