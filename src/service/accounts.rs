@@ -824,6 +824,14 @@ pub fn hedgehog_basic(config: Option<&Value>) -> Value {
     })
 }
 
+/// Everything a valid PATCH/PUT will change, computed before anything is written.
+#[derive(Debug, Default)]
+pub struct IdentityRequest {
+    pub new_email: Option<String>,
+    pub new_password: Option<String>,
+    pub current_password: Option<String>,
+}
+
 /// What a user update did to the login identity, for the effects after it is saved.
 #[derive(Debug, Default)]
 pub struct IdentityChanges {
@@ -839,7 +847,7 @@ pub async fn apply_identity_changes(
     state: &AppState,
     target: &UserRecord,
     user: &mut UserRecord,
-    changes: crate::service::users::IdentityRequest,
+    changes: IdentityRequest,
 ) -> ApiResult<IdentityChanges> {
     let mut done = IdentityChanges::default();
     if let Some(password) = changes.new_password.filter(|p| !p.is_empty()) {

@@ -10,7 +10,7 @@ use crate::domain::user::{
     merge_notification_settings,
 };
 use crate::error::{ApiError, ApiResult};
-use crate::service::accounts::{self, IdentityChanges};
+use crate::service::accounts::{self, IdentityChanges, IdentityRequest};
 use crate::service::caller::Caller;
 use crate::service::emails::{self, Outgoing};
 use crate::state::AppState;
@@ -51,14 +51,6 @@ pub async fn resolve_target(
         .await?
         .filter(|u| u.is_active)
         .ok_or_else(ApiError::not_found)
-}
-
-/// Everything a valid PATCH/PUT will change, computed before anything is written.
-#[derive(Debug, Default)]
-pub struct IdentityRequest {
-    pub new_email: Option<String>,
-    pub new_password: Option<String>,
-    pub current_password: Option<String>,
 }
 
 /// PostHog's identity guard: keys and tokens may not change the email or touch the password.
