@@ -192,15 +192,5 @@ pub async fn member_organizations(state: &AppState, user_id: i64) -> ApiResult<V
 
 /// The ids of the teams of the user's organizations (what a key may be scoped to).
 pub async fn member_teams(state: &AppState, user_id: i64) -> ApiResult<Vec<i64>> {
-    let organizations = member_organizations(state, user_id).await?;
-    if organizations.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(state
-        .store
-        .teams_of(&organizations)
-        .await?
-        .iter()
-        .map(|t| t.id)
-        .collect())
+    crate::service::github::accessible_team_ids(state, user_id).await
 }

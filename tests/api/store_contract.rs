@@ -113,25 +113,7 @@ impl Env {
 
     /// Runs raw statements: `sqlite` on SQLite, `postgres` on Postgres.
     async fn raw_exec(&self, sqlite: &str, postgres: &str) {
-        match &self.db.url {
-            DatabaseUrl::Sqlite(path) => {
-                let (path, sql) = (path.clone(), sqlite.to_string());
-                tokio::task::spawn_blocking(move || {
-                    let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
-                    conn.busy_timeout(Duration::from_secs(5))
-                        .expect("busy timeout");
-                    conn.execute_batch(&sql)
-                        .unwrap_or_else(|e| panic!("{sql}: {e}"));
-                })
-                .await
-                .expect("raw exec task");
-            }
-            DatabaseUrl::Postgres(url) => raw_postgres(url)
-                .await
-                .batch_execute(postgres)
-                .await
-                .unwrap_or_else(|e| panic!("{postgres}: {e}")),
-        }
+        raw_exec(&self.db, sqlite, postgres).await
     }
 
     /// Rows of `table` (no user input reaches this).
@@ -164,11 +146,12 @@ pub async fn raw_i64(db: &TestDatabase, sql: &str) -> i64 {
     }
 }
 
-/// Runs one statement against the test database behind the app's back.
-pub async fn raw_exec(db: &TestDatabase, sql: &str) {
+/// Runs raw statements against the test database behind the app's back: `sqlite` on SQLite,
+/// `postgres` on Postgres.
+pub async fn raw_exec(db: &TestDatabase, sqlite: &str, postgres: &str) {
     match &db.url {
         DatabaseUrl::Sqlite(path) => {
-            let (path, sql) = (path.clone(), sql.to_string());
+            let (path, sql) = (path.clone(), sqlite.to_string());
             tokio::task::spawn_blocking(move || {
                 let conn = rusqlite::Connection::open(&path).expect("raw SQLite connection");
                 conn.busy_timeout(Duration::from_secs(5))
@@ -177,15 +160,13 @@ pub async fn raw_exec(db: &TestDatabase, sql: &str) {
                     .unwrap_or_else(|e| panic!("{sql}: {e}"));
             })
             .await
-            .expect("raw statement task");
+            .expect("raw exec task");
         }
-        DatabaseUrl::Postgres(url) => {
-            raw_postgres(url)
-                .await
-                .batch_execute(sql)
-                .await
-                .unwrap_or_else(|e| panic!("{sql}: {e}"));
-        }
+        DatabaseUrl::Postgres(url) => raw_postgres(url)
+            .await
+            .batch_execute(postgres)
+            .await
+            .unwrap_or_else(|e| panic!("{postgres}: {e}")),
     }
 }
 

@@ -2,7 +2,6 @@
 //! it changes (a login never undoes a concurrent PATCH), and a credential change commits with
 //! everything it implies or not at all.
 
-use hoglet::config::DatabaseUrl;
 use serde_json::json;
 
 use crate::browser::{Browser, logged_in_member};
@@ -72,21 +71,20 @@ async fn a_failed_password_change_changes_nothing(db: Db) {
 
 /// Installs (or removes) a trigger that makes every `DELETE FROM sessions` fail.
 async fn refuse_session_deletes(db: &TestDatabase, refuse: bool) {
-    let statements: &[&str] = match (&db.url, refuse) {
-        (DatabaseUrl::Sqlite(_), true) => &[
-            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
-        ],
-        (DatabaseUrl::Sqlite(_), false) => &["DROP TRIGGER refuse_session_deletes"],
-        (DatabaseUrl::Postgres(_), true) => &[
-            "CREATE FUNCTION refuse_session_deletes() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$",
-            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions FOR EACH ROW EXECUTE FUNCTION refuse_session_deletes()",
-        ],
-        (DatabaseUrl::Postgres(_), false) => &[
-            "DROP TRIGGER refuse_session_deletes ON sessions",
-            "DROP FUNCTION refuse_session_deletes()",
-        ],
+    let (sqlite, postgres) = if refuse {
+        (
+            "CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions \
+             BEGIN SELECT RAISE(ABORT, 'injected failure'); END",
+            "CREATE FUNCTION refuse_session_deletes() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'injected failure'; END $$; \
+             CREATE TRIGGER refuse_session_deletes BEFORE DELETE ON sessions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_session_deletes()",
+        )
+    } else {
+        (
+            "DROP TRIGGER refuse_session_deletes",
+            "DROP TRIGGER refuse_session_deletes ON sessions; DROP FUNCTION refuse_session_deletes()",
+        )
     };
-    for sql in statements {
-        crate::store_contract::raw_exec(db, sql).await;
-    }
+    crate::store_contract::raw_exec(db, sqlite, postgres).await;
 }
