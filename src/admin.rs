@@ -4,12 +4,12 @@
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-use crate::domain::{api_key, fields, password, scope};
+use crate::domain::fields;
 use crate::error::ApiError;
-use crate::service::api_keys;
+use crate::service::{accounts, api_keys};
 use crate::store::{
-    DynStore, MembershipLevel, NewOrganization, NewTeam, NewTeamIntegration, NewUser,
-    OrganizationChanges, PasswordHash, StoreError, Unique, UserRecord,
+    DynStore, MembershipLevel, NewOrganization, NewTeam, NewTeamIntegration, OrganizationChanges,
+    StoreError, Unique, UserRecord,
 };
 use crate::time::{iso_z, system_now};
 
@@ -28,6 +28,25 @@ pub enum AdminError {
 }
 
 type AdminResult<T> = Result<T, AdminError>;
+
+/// A use case's refusal as the command line says it: `invalid <field>: <the API's message>`.
+fn refused(error: ApiError) -> AdminError {
+    match error {
+        ApiError::Unavailable(cause) | ApiError::Internal(cause) => AdminError::Other(cause),
+        ApiError::Validation {
+            attr: Some(attr),
+            code,
+            detail,
+        } if code != "unique" => {
+            let field = match attr.as_ref() {
+                "email" => "email address".to_string(),
+                other => other.replace('_', " "),
+            };
+            invalid(format!("invalid {field}: {detail}"))
+        }
+        other => invalid(other.detail()),
+    }
+}
 
 fn invalid(message: impl Into<String>) -> AdminError {
     AdminError::Invalid(message.into())
@@ -49,47 +68,16 @@ pub struct NewUserArgs {
 }
 
 pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Value> {
-    let email = args.email.trim().to_string();
-    plain_text("email address", &email)?;
-    plain_text("first name", &args.first_name)?;
-    plain_text("last name", &args.last_name)?;
-    // A password is hashed, never stored as given: only NUL is refused (as the API does).
-    fields::check_characters(&args.password, true)
-        .map_err(|e| invalid(format!("invalid password: {}", e.detail)))?;
-    if !fields::is_valid_email(&email) || email.len() > 254 {
-        return Err(invalid(format!("invalid email address {email:?}")));
-    }
-    if args.password.is_empty() {
-        return Err(invalid("the password may not be empty"));
-    }
-    if args.first_name.chars().count() > 150 || args.last_name.chars().count() > 150 {
-        return Err(invalid("names are limited to 150 characters"));
-    }
-    let plain = args.password;
-    let hash = tokio::task::spawn_blocking(move || password::hash(&plain))
+    let account = accounts::NewAccount {
+        email: args.email,
+        password: args.password.into(),
+        first_name: args.first_name,
+        last_name: args.last_name,
+        staff: args.staff,
+    };
+    let user = accounts::create_account(store, account)
         .await
-        .map_err(anyhow::Error::from)??;
-    let user = store
-        .insert_user(NewUser {
-            uuid: Uuid::now_v7(),
-            email,
-            password: PasswordHash(hash),
-            first_name: args.first_name,
-            last_name: args.last_name,
-            distinct_id: crate::crypto::random_token(32),
-            is_staff: args.staff,
-            is_email_verified: None,
-            role_at_organization: None,
-            email_opt_in: None,
-            date_joined: system_now(),
-        })
-        .await
-        .map_err(|e| match e {
-            StoreError::Unique(Unique::Email) => {
-                invalid("there is already an account with this email address")
-            }
-            other => other.into(),
-        })?;
+        .map_err(refused)?;
     Ok(json!({
         "id": user.id,
         "uuid": user.uuid,
@@ -327,23 +315,8 @@ pub struct NewKeyArgs {
 }
 
 pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value> {
+    // The API trims the label (DRF's `CharField`); the rest of the rules are the use case's.
     let label = args.label.trim().to_string();
-    plain_text("label", &label)?;
-    if label.is_empty() {
-        return Err(invalid("the label may not be blank"));
-    }
-    if label.chars().count() > api_key::MAX_LABEL_CHARS {
-        return Err(invalid(format!(
-            "the label is limited to {} characters",
-            api_key::MAX_LABEL_CHARS
-        )));
-    }
-    if args.scopes.is_empty() {
-        return Err(invalid("at least one scope is required"));
-    }
-    if let Some(bad) = args.scopes.iter().find(|s| !scope::is_valid_scope(s)) {
-        return Err(invalid(format!("Invalid scope: {bad}")));
-    }
     let user = user_by_email(store, &args.email).await?;
     let key = api_keys::NewKey {
         label,
@@ -353,10 +326,7 @@ pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value
     };
     let (record, value) = api_keys::insert(store, system_now(), user.id, key)
         .await
-        .map_err(|e| match e {
-            ApiError::Unavailable(cause) | ApiError::Internal(cause) => AdminError::Other(cause),
-            refused => invalid(refused.detail()),
-        })?;
+        .map_err(refused)?;
     Ok(json!({
         "id": record.id,
         "label": record.label,

@@ -148,11 +148,16 @@ async fn signup(
         None => String::new(),
     };
     let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
+    // DRF reports the first failing field: the address and password rules run in field order.
+    accounts::check_signup_email(&state, &email).await?;
     let password = fields::char_field(
         &required(&body, "password")?,
         Chars::new().max(72).null_ok().controls_ok(),
     )
     .map_err(field("password"))?;
+    if let Some(password) = &password {
+        accounts::check_new_password(password, None, true)?;
+    }
     let organization_name = match body.get("organization_name") {
         Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok().null_ok())
             .map_err(field("organization_name"))?

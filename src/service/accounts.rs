@@ -9,6 +9,7 @@ use uuid::Uuid;
 
 use crate::config::SignupPolicy;
 use crate::crypto;
+use crate::domain::fields::{self, Chars};
 use crate::domain::password::{self, Verified};
 use crate::domain::totp;
 use crate::error::{ApiError, ApiResult};
@@ -17,8 +18,8 @@ use crate::service::emails::{self, Outgoing};
 use crate::service::sessions::{self, NewSession, StartedSession};
 use crate::state::AppState;
 use crate::store::{
-    NewSignup, NewUser, PasswordHash, SessionRecord, StoreError, TotpDeviceRecord, Unique,
-    UserChanges, UserRecord, UserWrite,
+    DynStore, NewSignup, NewUser, PasswordHash, SessionRecord, StoreError, TotpDeviceRecord,
+    Unique, UserChanges, UserRecord, UserWrite,
 };
 use crate::time::{Micros, SECOND};
 
@@ -182,6 +183,15 @@ pub async fn ensure_signup_open(state: &AppState) -> ApiResult<()> {
     }
 }
 
+/// Sign-up's rule for the address: no other account has it (in any case). The form checks it in
+/// field order, before the password; [`signup`] checks it again (and the store a third time).
+pub async fn check_signup_email(state: &AppState, email: &str) -> ApiResult<()> {
+    match state.store.user_by_email(&email.to_lowercase()).await? {
+        Some(_) => Err(email_taken()),
+        None => Ok(()),
+    }
+}
+
 /// Creates the user with their organization and first project; logs them in, or (with email
 /// configured) sends the verification link first. `previous` is the browser's session, ended by
 /// the new one.
@@ -192,9 +202,7 @@ pub async fn signup(
 ) -> ApiResult<(UserRecord, SignedUp)> {
     ensure_signup_open(state).await?;
     let email = input.email.to_lowercase();
-    if state.store.user_by_email(&email).await?.is_some() {
-        return Err(ApiError::field("email", "unique", EMAIL_TAKEN));
-    }
+    check_signup_email(state, &email).await?;
     if let Some(password) = &input.password {
         check_new_password(password.expose_secret(), None, true)?;
     }
@@ -239,6 +247,72 @@ pub async fn signup(
     }
     let (user, session) = start_login(state, &user, previous, false).await?;
     Ok((user, SignedUp::LoggedIn(session)))
+}
+
+// --- accounts an operator creates ---
+
+/// A user an operator creates (`hoglet user create`): no organization, a usable password,
+/// `is_email_verified` null (PostHog's admin-created state).
+pub struct NewAccount {
+    pub email: String,
+    pub password: SecretString,
+    pub first_name: String,
+    pub last_name: String,
+    pub staff: bool,
+}
+
+/// Checks a field as sign-up's body does, with its messages; `attr` names it in the error.
+fn signup_text(attr: &'static str, text: &str, chars: Chars) -> ApiResult<String> {
+    fields::char_field(&Value::String(text.to_string()), chars)
+        .map(Option::unwrap_or_default)
+        .map_err(|e| ApiError::field(attr, e.code, e.detail))
+}
+
+/// Creates a user by the rules sign-up applies to the same fields (address, name lengths and
+/// characters, a taken address), so the CLI and the API answer alike.
+pub async fn create_account(store: &DynStore, account: NewAccount) -> ApiResult<UserRecord> {
+    let email = fields::email_field(&Value::String(account.email))
+        .map_err(|e| ApiError::field("email", e.code, e.detail))?;
+    let password = account.password.expose_secret();
+    fields::char_field(
+        &Value::String(password.to_string()),
+        Chars::new().controls_ok(),
+    )
+    .map_err(|e| ApiError::field("password", e.code, e.detail))?;
+    let first_name = signup_text(
+        "first_name",
+        &account.first_name,
+        Chars::new().max(128).blank_ok(),
+    )?;
+    let last_name = signup_text(
+        "last_name",
+        &account.last_name,
+        Chars::new().max(128).blank_ok(),
+    )?;
+    let plain = password.to_string();
+    let hash = tokio::task::spawn_blocking(move || password::hash(&plain))
+        .await
+        .map_err(ApiError::internal)?
+        .map_err(ApiError::internal)?;
+    store
+        .insert_user(NewUser {
+            uuid: Uuid::now_v7(),
+            email,
+            password: PasswordHash(hash),
+            first_name,
+            last_name,
+            distinct_id: crypto::random_token(32),
+            is_staff: account.staff,
+            is_email_verified: None,
+            role_at_organization: None,
+            email_opt_in: None,
+            date_joined: crate::time::system_now(),
+        })
+        .await
+        .map_err(|e| match e {
+            StoreError::Unique(Unique::Email) => email_taken(),
+            other => other.into(),
+        })
 }
 
 // --- login ---

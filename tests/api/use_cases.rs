@@ -88,3 +88,52 @@ async fn refuse_session_deletes(db: &TestDatabase, refuse: bool) {
     };
     crate::store_contract::raw_exec(db, sqlite, postgres).await;
 }
+
+/// The command line and the API apply one rule to the same input: a first name of 129
+/// characters is refused by both, with the same message (the CLI used to allow 150).
+#[tokio::test]
+async fn the_cli_and_the_api_refuse_the_same_name() {
+    let app = spawn_app(Db::Sqlite).await;
+    let long = "N".repeat(129);
+    let api = app
+        .send(
+            app.request(reqwest::Method::POST, "/api/signup/")
+                .json(&json!({
+                    "first_name": long,
+                    "email": "long@example.com",
+                    "password": "a Sufficiently-long passphrase 42",
+                })),
+        )
+        .await;
+    api.assert_error(
+        400,
+        "validation_error",
+        "max_length",
+        "Ensure this field has no more than 128 characters.",
+        Some("first_name"),
+    );
+    let cli = std::process::Command::new(env!("CARGO_BIN_EXE_hoglet"))
+        .args(["user", "create", "--email", "long@example.com"])
+        .args([
+            "--password",
+            "a Sufficiently-long passphrase 42",
+            "--first-name",
+            &long,
+        ])
+        .env("HOGLET_DATABASE_URL", app.db.cli_url())
+        .env_remove("HOGLET_LOG")
+        .output()
+        .expect("hoglet runs");
+    assert_eq!(cli.status.code(), Some(1));
+    assert_eq!(
+        String::from_utf8_lossy(&cli.stderr).trim(),
+        "error: invalid first name: Ensure this field has no more than 128 characters."
+    );
+    assert!(
+        app.store
+            .user_by_email("long@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
