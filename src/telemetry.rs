@@ -7,8 +7,49 @@
 
 use std::io::IsTerminal;
 
+use tracing::{Event, Subscriber};
 use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::fmt::FmtContext;
+use tracing_subscriber::fmt::format::{FormatEvent, FormatFields, Writer};
+use tracing_subscriber::registry::LookupSpan;
+
+tokio::task_local! {
+    /// The id of the request this task serves (set by `http::request_id` around each request).
+    pub static REQUEST_ID: axum::http::HeaderValue;
+}
+
+/// Adds the id of the request being served (see `http::request_id`) to each line:
+/// `request_id=…` at the end of a text line, a first `request_id` key in a JSON object. Ids are
+/// `[A-Za-z0-9._-]` only, so they need no quoting or escaping.
+struct WithRequestId<F>(F);
+
+impl<S, N, F> FormatEvent<S, N> for WithRequestId<F>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+    F: FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> std::fmt::Result {
+        let Ok(id) = REQUEST_ID.try_with(axum::http::HeaderValue::clone) else {
+            return self.0.format_event(ctx, writer, event);
+        };
+        let id = id.to_str().unwrap_or_default();
+        let mut line = String::new();
+        self.0.format_event(ctx, Writer::new(&mut line), event)?;
+        if let Some(object) = line.strip_prefix('{') {
+            write!(writer, "{{\"request_id\":\"{id}\",{object}")
+        } else {
+            let text = line.strip_suffix('\n').unwrap_or(&line);
+            writeln!(writer, "{text} request_id={id}")
+        }
+    }
+}
 
 /// Installs the global subscriber with `filter` (already checked by the command line), one JSON
 /// object per line when `json`. Keep the returned guard alive until exit: dropping it flushes
@@ -28,9 +69,14 @@ pub fn init(filter: &str, json: bool) -> Option<WorkerGuard> {
         .with_ansi(ansi)
         .with_writer(writer);
     let installed = if json {
-        builder.json().try_init()
+        let format = tracing_subscriber::fmt::format().json();
+        builder
+            .json()
+            .event_format(WithRequestId(format))
+            .try_init()
     } else {
-        builder.try_init()
+        let format = tracing_subscriber::fmt::format().with_ansi(ansi);
+        builder.event_format(WithRequestId(format)).try_init()
     };
     installed.ok().map(|_| guard)
 }
