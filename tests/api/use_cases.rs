@@ -11,6 +11,7 @@ use crate::helpers::{Db, PASSWORD, TestDatabase, spawn_app};
 db_tests!(
     a_login_never_undoes_a_concurrent_patch,
     a_failed_password_change_changes_nothing,
+    a_failed_two_factor_setup_changes_nothing,
 );
 
 /// Before the targeted writes, a login read the user, spent ~30 ms hashing, then wrote the whole
@@ -67,6 +68,38 @@ async fn a_failed_password_change_changes_nothing(db: Db) {
         .login(&user.email, PASSWORD)
         .await
         .assert_ok();
+}
+
+/// Turning 2FA on stores the device, marks this session as verified and ends the others, in one
+/// transaction: when ending the others fails, no device is left behind (before, the device was
+/// stored first and stayed, with the other sessions still alive).
+async fn a_failed_two_factor_setup_changes_nothing(db: Db) {
+    let app = spawn_app(db).await;
+    let (user, browser) = logged_in_member(&app, "setup@example.com").await;
+    let other = Browser::new(&app);
+    other.login(&user.email, PASSWORD).await.assert_ok();
+    let setup = browser.get("/api/users/@me/two_factor_start_setup/").await;
+    let secret = setup.assert_ok()["secret"].as_str().unwrap().to_string();
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret.as_bytes())
+        .unwrap();
+    let code =
+        hoglet::domain::totp::code_at(&secret, hoglet::time::system_now() / 1_000_000).unwrap();
+
+    refuse_session_deletes(&app.db, true).await;
+    let reply = browser
+        .post(
+            "/api/users/@me/two_factor_validate/",
+            json!({"token": code}),
+        )
+        .await;
+    assert_eq!(reply.status, 500, "{}", reply.text);
+    refuse_session_deletes(&app.db, false).await;
+
+    assert!(app.store.totp_device(user.id).await.unwrap().is_none());
+    let status = browser.get("/api/users/@me/two_factor_status/").await;
+    assert_eq!(status.assert_ok()["is_enabled"], false);
+    other.get("/api/users/@me/").await.assert_ok();
 }
 
 /// Installs (or removes) a trigger that makes every `DELETE FROM sessions` fail.
