@@ -6,9 +6,11 @@
 //! that changes what a cached response shows appends to `cache_invalidations` in that transaction
 //! (see [`crate::cache`]), so other processes sharing the database learn about it.
 
+mod exec;
 pub mod postgres;
 mod records;
 mod row;
+mod scripts;
 mod sql;
 pub mod sqlite;
 
@@ -125,10 +127,6 @@ pub trait Store: Send + Sync + 'static {
     async fn user_by_email(&self, email: &str) -> StoreResult<Option<UserRecord>>;
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage>;
     async fn count_users(&self) -> StoreResult<i64>;
-    /// Writes every mutable column of `user` (`Unique(Email)` when the address is taken).
-    /// Deprecated in favour of [`Store::write_user`]: it writes back columns read earlier, so it
-    /// undoes concurrent changes to them.
-    async fn update_user(&self, user: &UserRecord) -> StoreResult<()>;
     /// Applies `write` in one transaction and returns the user as stored afterwards: only the
     /// columns `write.changes` names are written, then the other parts in [`UserWrite`]'s field
     /// order, and one invalidation row for the user (naming the session written, if any).

@@ -12,11 +12,12 @@ use tokio_postgres::types::{IsNull, ToSql, Type, to_sql_checked};
 use tokio_postgres::{NoTls, Row as PgRow};
 use uuid::Uuid;
 
-use super::row::{self, Row, json_text};
+use super::exec::{Exec, Param};
+use super::row::{self, Row};
+use super::scripts;
 use super::sql::{self, ColumnValue, FilterParam, ListCount, user_columns};
 use super::*;
-use crate::crypto;
-use crate::time::{Micros, system_now};
+use crate::time::Micros;
 
 mod embedded {
     refinery::embed_migrations!("migrations/postgres");
@@ -33,7 +34,7 @@ const MAX_CONNECT_RETRY: Duration = Duration::from_secs(5);
 /// Serialises migrations of replicas that start together.
 const MIGRATION_LOCK: i64 = 0x686f_676c_6574;
 
-type Param<'a> = &'a (dyn ToSql + Sync);
+type PgParam<'a> = &'a (dyn ToSql + Sync);
 
 pub struct PgStore {
     pool: Pool,
@@ -254,7 +255,11 @@ impl ToSql for FilterParam<'_> {
     to_sql_checked!();
 }
 
-async fn rows(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<Vec<PgRow>> {
+async fn rows(
+    c: &impl GenericClient,
+    sql: &str,
+    params: &[PgParam<'_>],
+) -> StoreResult<Vec<PgRow>> {
     let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
     c.query(&stmt, params).await.map_err(map_err)
 }
@@ -262,7 +267,7 @@ async fn rows(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreR
 async fn first<T>(
     c: &impl GenericClient,
     sql: &str,
-    params: &[Param<'_>],
+    params: &[PgParam<'_>],
     map: impl Fn(&PgRow) -> anyhow::Result<T>,
 ) -> StoreResult<Option<T>> {
     let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
@@ -273,7 +278,7 @@ async fn first<T>(
 async fn all<T>(
     c: &impl GenericClient,
     sql: &str,
-    params: &[Param<'_>],
+    params: &[PgParam<'_>],
     map: impl Fn(&PgRow) -> anyhow::Result<T>,
 ) -> StoreResult<Vec<T>> {
     rows(c, sql, params)
@@ -283,255 +288,95 @@ async fn all<T>(
         .collect()
 }
 
-async fn execute(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+async fn execute(c: &impl GenericClient, sql: &str, params: &[PgParam<'_>]) -> StoreResult<u64> {
     let stmt = c.prepare_cached(sql).await.map_err(map_err)?;
     c.execute(&stmt, params).await.map_err(map_err)
 }
 
-async fn count(c: &impl GenericClient, sql: &str, params: &[Param<'_>]) -> StoreResult<i64> {
+async fn count(c: &impl GenericClient, sql: &str, params: &[PgParam<'_>]) -> StoreResult<i64> {
     Ok(first(c, sql, params, |r| r.i64(0)).await?.unwrap_or(0))
 }
 
-async fn invalidate(
-    c: &impl GenericClient,
-    user: Option<i64>,
-    key_hash: Option<&str>,
-) -> StoreResult<()> {
-    execute(
-        c,
-        sql::INVALIDATION_INSERT,
-        &[&system_now(), &user, &key_hash],
-    )
-    .await?;
-    Ok(())
+impl ToSql for Param<'_> {
+    fn to_sql(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::I64(v) => v.to_sql(ty, out),
+            Param::Text(v) => v.to_sql(ty, out),
+            Param::Bool(v) => v.to_sql(ty, out),
+        }
+    }
+
+    fn accepts(ty: &Type) -> bool {
+        <Option<i64> as ToSql>::accepts(ty)
+            || <Option<&str> as ToSql>::accepts(ty)
+            || <Option<bool> as ToSql>::accepts(ty)
+    }
+
+    // Checked per variant, so a value of the wrong type for its column is refused instead of
+    // being sent in another type's encoding.
+    fn to_sql_checked(
+        &self,
+        ty: &Type,
+        out: &mut BytesMut,
+    ) -> Result<IsNull, Box<dyn std::error::Error + Sync + Send>> {
+        match *self {
+            Param::Null => Ok(IsNull::Yes),
+            Param::I64(v) => v.to_sql_checked(ty, out),
+            Param::Text(v) => v.to_sql_checked(ty, out),
+            Param::Bool(v) => v.to_sql_checked(ty, out),
+        }
+    }
 }
 
-async fn insert_mail(c: &impl GenericClient, mail: &NewMail) -> StoreResult<()> {
-    execute(
-        c,
-        sql::OUTBOX_INSERT,
-        &[
-            &mail.recipient,
-            &mail.subject,
-            &mail.sealed_body,
-            &mail.created_at,
-        ],
-    )
-    .await?;
-    Ok(())
+/// A Postgres transaction as the shared transaction scripts ([`super::scripts`]) use it.
+struct PgTransaction<'a>(&'a deadpool_postgres::Transaction<'a>);
+
+fn pg_params<'a>(params: &'a [Param<'a>]) -> Vec<PgParam<'a>> {
+    params.iter().map(|p| p as PgParam<'a>).collect()
 }
 
-/// Inserts a user row; returns its id.
-async fn insert_user_row(c: &impl GenericClient, user: &NewUser) -> StoreResult<i64> {
-    first(
-        c,
-        sql::USER_INSERT,
-        &[
-            &user.uuid.to_string(),
-            &user.email,
-            &sql::email_key(&user.email),
-            &user.password.0,
-            &user.first_name,
-            &user.last_name,
-            &user.distinct_id,
-            &user.is_staff,
-            &user.is_email_verified,
-            &user.role_at_organization,
-            &user.email_opt_in,
-            &user.date_joined,
-        ],
-        |r| r.i64(0),
-    )
-    .await?
-    .ok_or(StoreError::Missing("user"))
-}
+impl Exec for PgTransaction<'_> {
+    const BACKEND: Backend = Backend::Postgres;
 
-/// Locks the user's row for the rest of the transaction; `Missing` when there is no such user.
-async fn lock_user(c: &impl GenericClient, id: i64) -> StoreResult<()> {
-    first(c, sql::USER_LOCK, &[&id], |r| r.i64(0))
-        .await?
-        .map(|_| ())
-        .ok_or(StoreError::Missing("user"))
-}
+    async fn execute(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+        execute(self.0, sql, &pg_params(params)).await
+    }
 
-/// Keeps the team from going away until the transaction ends; `Missing` when there is none.
-async fn lock_team(c: &impl GenericClient, id: i64) -> StoreResult<()> {
-    first(c, sql::TEAM_SHARE_LOCK, &[&id], |r| r.i64(0))
-        .await?
-        .map(|_| ())
-        .ok_or(StoreError::Missing("team"))
-}
-
-/// The body of [`Store::write_user`], inside `tx`.
-async fn write_user_in_tx(
-    tx: &deadpool_postgres::Transaction<'_>,
-    user_id: i64,
-    w: &UserWrite,
-) -> StoreResult<UserRecord> {
-    lock_user(tx, user_id).await?;
-    if let Some((update, values)) = sql::user_update(&w.changes) {
-        let mut params: Vec<Param<'_>> = vec![&user_id];
-        params.extend(values.iter().map(|v| v as Param<'_>));
-        // Not `prepare_cached`: each set of columns is its own statement, callers choose the
-        // set, and the per-connection cache never forgets one.
-        tx.execute(update.as_str(), &params)
+    async fn execute_uncached(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+        self.0
+            .execute(sql, &pg_params(params))
             .await
-            .map_err(map_err)?;
+            .map_err(map_err)
     }
-    if let Some(keep) = &w.end_sessions {
-        let keep = keep.as_deref().unwrap_or_default();
-        execute(tx, sql::SESSIONS_DELETE_OF_USER, &[&user_id, &keep]).await?;
+
+    async fn query_opt<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        map: impl Fn(&dyn Row) -> anyhow::Result<T> + Send,
+    ) -> StoreResult<Option<T>> {
+        first(self.0, sql, &pg_params(params), |r| map(r)).await
     }
-    if w.remove_two_factor {
-        execute(tx, sql::TOTP_DELETE, &[&user_id]).await?;
-        execute(tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
-    }
-    if let Some(d) = &w.totp_device {
-        execute(
-            tx,
-            sql::TOTP_UPSERT,
-            &[
-                &user_id,
-                &d.secret,
-                &d.last_step,
-                &d.failures,
-                &d.throttled_until,
-                &d.created_at,
-            ],
-        )
-        .await?;
-    }
-    if let Some(hashes) = &w.backup_codes {
-        let now = system_now();
-        execute(tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
-        for hash in hashes {
-            execute(tx, sql::BACKUP_CODE_INSERT, &[&user_id, hash, &now]).await?;
-        }
-    }
-    if let Some(s) = &w.session {
-        execute(
-            tx,
-            sql::SESSION_UPSERT,
-            &[
-                &s.id,
-                &s.user_id,
-                &s.created_at,
-                &s.login_at,
-                &s.expires_at,
-                &s.csrf_token,
-                &s.two_factor_verified,
-                &s.pending_user_id,
-                &s.pending_at,
-                &s.totp_setup_secret,
-                &s.totp_setup_at,
-            ],
-        )
-        .await?;
-    }
-    for mail in &w.mail {
-        insert_mail(tx, mail).await?;
-    }
-    // One row covers the user's rendered views, keys and sessions; it also names the session
-    // written, whose cached entry may belong to no user yet (a pending login).
-    let session_key = w.session.as_ref().map(|s| format!("session${}", s.id));
-    invalidate(tx, Some(user_id), session_key.as_deref()).await?;
-    first(tx, sql::USER_BY_ID, &[&user_id], |r| {
-        row::user_from_row(r, 0)
-    })
-    .await?
-    .ok_or(StoreError::Missing("user"))
 }
 
-async fn organization_exists(c: &impl GenericClient, id: Uuid) -> StoreResult<bool> {
-    Ok(first(
-        c,
-        "SELECT id FROM organizations WHERE id = $1",
-        &[&id.to_string()],
-        |r| r.text(0),
-    )
-    .await?
-    .is_some())
-}
-
-async fn insert_team(
-    c: &impl GenericClient,
-    organization: Uuid,
-    name: &str,
-    now: Micros,
-) -> StoreResult<TeamRecord> {
-    let token = format!("phc_{}", crypto::random_token(35));
-    let id = first(
-        c,
-        sql::TEAM_INSERT,
-        &[
-            &Uuid::now_v7().to_string(),
-            &organization.to_string(),
-            &token,
-            &name,
-            &now,
-        ],
-        |r| r.i64(0),
-    )
-    .await?
-    .ok_or(StoreError::Missing("team"))?;
-    execute(
-        c,
-        sql::DASHBOARD_INSERT,
-        &[&id, &sql::DEFAULT_DASHBOARD_NAME, &now],
-    )
-    .await?;
-    first(c, sql::TEAM_BY_ID, &[&id], row::team_from_row)
-        .await?
-        .ok_or(StoreError::Missing("team"))
-}
-
-async fn insert_membership(
-    c: &impl GenericClient,
-    organization: Uuid,
-    user_id: i64,
-    level: MembershipLevel,
-    invited: bool,
-    now: Micros,
-) -> StoreResult<MembershipRecord> {
-    let id = Uuid::now_v7().to_string();
-    execute(
-        c,
-        sql::MEMBERSHIP_INSERT,
-        &[
-            &id,
-            &organization.to_string(),
-            &user_id,
-            &level.as_i64(),
-            &invited,
-            &now,
-        ],
-    )
-    .await?;
-    first(c, sql::MEMBERSHIP_BY_ID, &[&id], |r| {
-        row::membership_from_row(r)
-    })
-    .await?
-    .ok_or(StoreError::Missing("membership"))
-}
-
-/// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
-/// `ON CONFLICT DO NOTHING` waits for a concurrent insert of the same slug instead of failing,
-/// so organizations created at once with one name all succeed.
-async fn insert_organization(
-    c: &impl GenericClient,
-    id: &str,
-    name: &str,
-    now: Micros,
-) -> StoreResult<()> {
-    let base = sql::slugify(name);
-    let mut slug = base.clone();
-    for _ in 0..20 {
-        if execute(c, sql::ORGANIZATION_INSERT, &[&id, &name, &slug, &now]).await? == 1 {
-            return Ok(());
-        }
-        slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
-    }
-    Err(StoreError::Unique(Unique::Slug))
+/// Runs a transaction script in a transaction of its own, committed when the script succeeds
+/// (dropping an uncommitted transaction rolls it back).
+macro_rules! in_transaction {
+    ($store:expr, |$tx:ident| $script:expr) => {{
+        let mut client = $store.client().await?;
+        let transaction = client.transaction().await.map_err(map_err)?;
+        let out = {
+            let $tx = &PgTransaction(&transaction);
+            $script.await?
+        };
+        transaction.commit().await.map_err(map_err)?;
+        Ok(out)
+    }};
 }
 
 fn uuid_strings(ids: &[Uuid]) -> Vec<String> {
@@ -550,11 +395,7 @@ impl Store for PgStore {
     }
 
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
-        let c = self.client().await?;
-        execute(&c, sql::SETTING_INSERT, &[&key, &value]).await?;
-        first(&c, sql::SETTING_GET, &[&key], |r| r.text(0))
-            .await?
-            .ok_or(StoreError::Missing("setting"))
+        in_transaction!(self, |tx| scripts::setting_or_insert(tx, key, value))
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
@@ -568,11 +409,7 @@ impl Store for PgStore {
     }
 
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
-        let c = self.client().await?;
-        let id = insert_user_row(&c, &user).await?;
-        first(&c, sql::USER_BY_ID, &[&id], |r| row::user_from_row(r, 0))
-            .await?
-            .ok_or(StoreError::Missing("user"))
+        in_transaction!(self, |tx| scripts::insert_user(tx, &user))
     }
 
     async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
@@ -599,7 +436,7 @@ impl Store for PgStore {
     async fn list_users(&self, query: &UserQuery) -> StoreResult<UserPage> {
         let c = self.client().await?;
         let (filter, params) = sql::user_list_filter(query);
-        let mut all_params: Vec<Param<'_>> = params.iter().map(|p| p as Param<'_>).collect();
+        let mut all_params: Vec<PgParam<'_>> = params.iter().map(|p| p as PgParam<'_>).collect();
         let n = all_params.len();
         all_params.push(&query.limit);
         all_params.push(&query.offset);
@@ -626,58 +463,8 @@ impl Store for PgStore {
         count(&c, sql::USER_COUNT, &[]).await
     }
 
-    async fn update_user(&self, u: &UserRecord) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let changed = execute(
-            &tx,
-            sql::USER_UPDATE,
-            &[
-                &u.id,
-                &u.email,
-                &sql::email_key(&u.email),
-                &u.pending_email,
-                &u.password.0,
-                &u.first_name,
-                &u.last_name,
-                &u.is_active,
-                &u.is_staff,
-                &u.last_login,
-                &u.is_email_verified,
-                &u.requested_password_reset_at,
-                &u.current_organization_id.map(|o| o.to_string()),
-                &u.current_team_id,
-                &json_text(&u.partial_notification_settings),
-                &u.anonymize_data,
-                &u.allow_impersonation,
-                &u.toolbar_mode,
-                &u.theme_mode,
-                &json_text(&u.hedgehog_config),
-                &u.events_column_config.to_string(),
-                &json_text(&u.has_seen_product_intro_for),
-                &u.role_at_organization,
-                &u.allow_sidebar_suggestions,
-                &u.shortcut_position,
-                &u.passkeys_enabled_for_2fa,
-                &u.hide_mcp_hints,
-                &json_text(&u.ui_configuration),
-                &u.credentials_reviewed_at,
-            ],
-        )
-        .await?;
-        if changed == 0 {
-            return Err(StoreError::Missing("user"));
-        }
-        invalidate(&tx, Some(u.id), None).await?;
-        tx.commit().await.map_err(map_err)
-    }
-
     async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let user = write_user_in_tx(&tx, user_id, write).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(user)
+        in_transaction!(self, |tx| scripts::write_user(tx, user_id, write))
     }
 
     async fn set_current_context(
@@ -686,28 +473,16 @@ impl Store for PgStore {
         organization: Option<Uuid>,
         team: Option<i64>,
     ) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let org = organization.map(|o| o.to_string());
-        execute(&tx, sql::USER_SET_CONTEXT, &[&user_id, &org, &team]).await?;
-        invalidate(&tx, Some(user_id), None).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::set_current_context(
+            tx,
+            user_id,
+            organization,
+            team
+        ))
     }
 
     async fn delete_user(&self, id: i64) -> StoreResult<UserDeletion> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        match lock_user(&tx, id).await {
-            Err(StoreError::Missing(_)) => return Ok(UserDeletion::Missing),
-            other => other?,
-        }
-        if count(&tx, sql::USER_MEMBERSHIP_COUNT, &[&id]).await? > 0 {
-            return Ok(UserDeletion::HasMemberships);
-        }
-        execute(&tx, sql::USER_DELETE, &[&id]).await?;
-        invalidate(&tx, Some(id), None).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(UserDeletion::Deleted)
+        in_transaction!(self, |tx| scripts::delete_user(tx, id))
     }
 
     async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>> {
@@ -728,36 +503,7 @@ impl Store for PgStore {
         &self,
         new: NewOrganization,
     ) -> StoreResult<(OrganizationRecord, TeamRecord)> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let now = system_now();
-        lock_user(&tx, new.owner_id).await?;
-        let id = Uuid::now_v7().to_string();
-        insert_organization(&tx, &id, &new.name, now).await?;
-        let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&id], |r| {
-            row::organization_from_row(r, 0)
-        })
-        .await?
-        .ok_or(StoreError::Missing("organization"))?;
-        let team = insert_team(&tx, organization.id, &new.team_name, now).await?;
-        insert_membership(
-            &tx,
-            organization.id,
-            new.owner_id,
-            MembershipLevel::Owner,
-            false,
-            now,
-        )
-        .await?;
-        execute(
-            &tx,
-            sql::USER_SET_CONTEXT,
-            &[&new.owner_id, &organization.id.to_string(), &team.id],
-        )
-        .await?;
-        invalidate(&tx, Some(new.owner_id), None).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok((organization, team))
+        in_transaction!(self, |tx| scripts::create_organization(tx, &new))
     }
 
     async fn organization(&self, id: Uuid) -> StoreResult<Option<OrganizationRecord>> {
@@ -773,33 +519,7 @@ impl Store for PgStore {
         id: Uuid,
         changes: OrganizationChanges,
     ) -> StoreResult<Option<OrganizationRecord>> {
-        let id = id.to_string();
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let now = system_now();
-        let mut found = true;
-        if let Some(name) = &changes.name {
-            found &= execute(&tx, sql::ORGANIZATION_SET_NAME, &[&id, name, &now]).await? == 1;
-        }
-        if let Some(enforce) = changes.enforce_2fa {
-            found &= execute(
-                &tx,
-                sql::ORGANIZATION_SET_ENFORCE_2FA,
-                &[&id, &enforce, &now],
-            )
-            .await?
-                == 1;
-        }
-        if !found {
-            return Ok(None);
-        }
-        execute(&tx, sql::INVALIDATE_MEMBERS, &[&id, &now]).await?;
-        let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&id], |r| {
-            row::organization_from_row(r, 0)
-        })
-        .await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(organization)
+        in_transaction!(self, |tx| scripts::update_organization(tx, id, &changes))
     }
 
     async fn add_membership(
@@ -808,42 +528,16 @@ impl Store for PgStore {
         user_id: i64,
         level: MembershipLevel,
     ) -> StoreResult<MembershipRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let now = system_now();
-        lock_user(&tx, user_id).await?;
-        if !organization_exists(&tx, organization).await? {
-            return Err(StoreError::Missing("organization"));
-        }
-        let membership = insert_membership(&tx, organization, user_id, level, true, now).await?;
-        let first_team = first(
-            &tx,
-            "SELECT id FROM teams WHERE organization_id = $1 ORDER BY id LIMIT 1",
-            &[&organization.to_string()],
-            |r| r.i64(0),
-        )
-        .await?;
-        execute(
-            &tx,
-            sql::USER_SET_CONTEXT,
-            &[&user_id, &organization.to_string(), &first_team],
-        )
-        .await?;
-        invalidate(&tx, None, None).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(membership)
+        in_transaction!(self, |tx| scripts::add_membership(
+            tx,
+            organization,
+            user_id,
+            level
+        ))
     }
 
     async fn create_team(&self, new: NewTeam) -> StoreResult<TeamRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        if !organization_exists(&tx, new.organization_id).await? {
-            return Err(StoreError::Missing("organization"));
-        }
-        let team = insert_team(&tx, new.organization_id, &new.name, system_now()).await?;
-        invalidate(&tx, None, None).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(team)
+        in_transaction!(self, |tx| scripts::create_team(tx, &new))
     }
 
     async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>> {
@@ -902,20 +596,7 @@ impl Store for PgStore {
     }
 
     async fn create_dashboard(&self, team_id: i64, name: &str) -> StoreResult<DashboardRecord> {
-        // In a transaction, as SQLite's: the team checked is the team written to.
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        lock_team(&tx, team_id).await?;
-        let dashboard = first(
-            &tx,
-            sql::DASHBOARD_INSERT,
-            &[&team_id, &name, &system_now()],
-            row::dashboard_from_row,
-        )
-        .await?
-        .ok_or(StoreError::Missing("dashboard"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(dashboard)
+        in_transaction!(self, |tx| scripts::create_dashboard(tx, team_id, name))
     }
 
     async fn dashboard(&self, id: i64) -> StoreResult<Option<DashboardRecord>> {
@@ -940,79 +621,11 @@ impl Store for PgStore {
     }
 
     async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        lock_user(&tx, scene.user_id).await?;
-        let updated = match scene.team_id {
-            None => {
-                execute(
-                    &tx,
-                    sql::SCENE_UPDATE_NULL_TEAM,
-                    &[&scene.user_id, &scene.scene, &scene.dashboard_id],
-                )
-                .await?
-            }
-            Some(_) => 0,
-        };
-        if updated == 0 {
-            execute(
-                &tx,
-                sql::SCENE_UPSERT,
-                &[
-                    &scene.user_id,
-                    &scene.team_id,
-                    &scene.scene,
-                    &scene.dashboard_id,
-                    &system_now(),
-                ],
-            )
-            .await?;
-        }
-        invalidate(&tx, Some(scene.user_id), None).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::upsert_scene_personalisation(tx, &scene))
     }
 
     async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        lock_user(&tx, key.user_id).await?;
-        if count(&tx, sql::API_KEY_COUNT_FOR_USER, &[&key.user_id]).await? >= limit as i64 {
-            return Err(StoreError::Limit(limit));
-        }
-        let scopes = serde_json::to_string(&key.scopes).map_err(anyhow::Error::from)?;
-        let teams = key
-            .scoped_teams
-            .as_ref()
-            .map(|t| serde_json::json!(t).to_string());
-        let orgs = key
-            .scoped_organizations
-            .as_ref()
-            .map(|o| serde_json::json!(o).to_string());
-        execute(
-            &tx,
-            sql::API_KEY_INSERT,
-            &[
-                &key.id,
-                &key.user_id,
-                &key.label,
-                &key.secure_value,
-                &key.mask_value,
-                &key.created_at,
-                &scopes,
-                &teams,
-                &orgs,
-                &key.expires_at,
-            ],
-        )
-        .await?;
-        invalidate(&tx, Some(key.user_id), None).await?;
-        let record = first(&tx, sql::API_KEY_BY_ID, &[&key.id], |r| {
-            row::api_key_from_row(r)
-        })
-        .await?
-        .ok_or(StoreError::Missing("personal API key"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(record)
+        in_transaction!(self, |tx| scripts::insert_api_key(tx, &key, limit))
     }
 
     async fn api_key_by_secure_value(
@@ -1049,13 +662,7 @@ impl Store for PgStore {
         if used.is_empty() {
             return Ok(());
         }
-        // One transaction for the batch: all or nothing, and one commit instead of one per key.
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        for (id, at) in used {
-            execute(&tx, sql::API_KEY_TOUCH, &[id, at]).await?;
-        }
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::touch_api_keys(tx, used))
     }
 
     async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>> {
@@ -1072,59 +679,11 @@ impl Store for PgStore {
     }
 
     async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let before = first(&tx, sql::API_KEY_BY_ID_FOR_UPDATE, &[&id], |r| {
-            row::api_key_from_row(r)
-        })
-        .await?
-        .ok_or(StoreError::Missing("personal API key"))?;
-        let scopes = serde_json::to_string(&changes.scopes).map_err(anyhow::Error::from)?;
-        let teams = changes
-            .scoped_teams
-            .as_ref()
-            .map(|t| serde_json::json!(t).to_string());
-        let orgs = changes
-            .scoped_organizations
-            .as_ref()
-            .map(|o| serde_json::json!(o).to_string());
-        execute(
-            &tx,
-            sql::API_KEY_UPDATE,
-            &[
-                &id,
-                &changes.label,
-                &scopes,
-                &teams,
-                &orgs,
-                &changes.expires_at,
-            ],
-        )
-        .await?;
-        invalidate(&tx, None, Some(&before.secure_value)).await?;
-        let after = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
-            row::api_key_from_row(r)
-        })
-        .await?
-        .ok_or(StoreError::Missing("personal API key"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(after)
+        in_transaction!(self, |tx| scripts::update_api_key(tx, id, &changes))
     }
 
     async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let Some(before) = first(&tx, sql::API_KEY_BY_ID_FOR_UPDATE, &[&id], |r| {
-            row::api_key_from_row(r)
-        })
-        .await?
-        else {
-            return Ok(None);
-        };
-        execute(&tx, sql::API_KEY_DELETE, &[&id]).await?;
-        invalidate(&tx, Some(before.user_id), Some(&before.secure_value)).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(Some(before))
+        in_transaction!(self, |tx| scripts::delete_api_key(tx, id))
     }
 
     async fn roll_api_key(
@@ -1134,79 +693,20 @@ impl Store for PgStore {
         mask_value: &str,
         rolled_at: Micros,
     ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let Some(before) = first(&tx, sql::API_KEY_BY_ID_FOR_UPDATE, &[&id], |r| {
-            row::api_key_from_row(r)
-        })
-        .await?
-        else {
-            return Ok(None);
-        };
-        execute(
-            &tx,
-            sql::API_KEY_ROLL,
-            &[&id, &secure_value, &mask_value, &rolled_at],
-        )
-        .await?;
-        invalidate(&tx, None, Some(&before.secure_value)).await?;
-        let after = first(&tx, sql::API_KEY_BY_ID, &[&id], |r| {
-            row::api_key_from_row(r)
-        })
-        .await?
-        .ok_or(StoreError::Missing("personal API key"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(Some((before, after)))
+        in_transaction!(self, |tx| scripts::roll_api_key(
+            tx,
+            id,
+            secure_value,
+            mask_value,
+            rolled_at
+        ))
     }
 
     async fn signup(
         &self,
         signup: NewSignup,
     ) -> StoreResult<(UserRecord, OrganizationRecord, TeamRecord)> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let now = system_now();
-        // Serialises sign-ups so "the first user becomes staff" holds under concurrency.
-        execute(&tx, "LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE", &[]).await?;
-        let first_user = count(&tx, sql::USER_COUNT, &[]).await? == 0;
-        if signup.only_first_user && !first_user {
-            return Err(StoreError::Unique(Unique::FirstUser));
-        }
-        let user = NewUser {
-            is_staff: first_user,
-            ..signup.user
-        };
-        let user_id = insert_user_row(&tx, &user).await?;
-        let org_id = Uuid::now_v7().to_string();
-        insert_organization(&tx, &org_id, &signup.organization_name, now).await?;
-        let organization = first(&tx, sql::ORGANIZATION_BY_ID, &[&org_id], |r| {
-            row::organization_from_row(r, 0)
-        })
-        .await?
-        .ok_or(StoreError::Missing("organization"))?;
-        let team = insert_team(&tx, organization.id, &signup.team_name, now).await?;
-        insert_membership(
-            &tx,
-            organization.id,
-            user_id,
-            MembershipLevel::Owner,
-            false,
-            now,
-        )
-        .await?;
-        execute(
-            &tx,
-            sql::USER_SET_CONTEXT,
-            &[&user_id, &organization.id.to_string(), &team.id],
-        )
-        .await?;
-        let user = first(&tx, sql::USER_BY_ID, &[&user_id], |r| {
-            row::user_from_row(r, 0)
-        })
-        .await?
-        .ok_or(StoreError::Missing("user"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok((user, organization, team))
+        in_transaction!(self, |tx| scripts::signup(tx, signup))
     }
 
     async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
@@ -1238,45 +738,15 @@ impl Store for PgStore {
     }
 
     async fn update_session(&self, s: &SessionRecord) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        execute(
-            &tx,
-            sql::SESSION_UPDATE,
-            &[
-                &s.id,
-                &s.user_id,
-                &s.login_at,
-                &s.expires_at,
-                &s.csrf_token,
-                &s.two_factor_verified,
-                &s.pending_user_id,
-                &s.pending_at,
-                &s.totp_setup_secret,
-                &s.totp_setup_at,
-            ],
-        )
-        .await?;
-        invalidate(&tx, None, Some(&format!("session${}", s.id))).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::update_session(tx, s))
     }
 
     async fn delete_session(&self, id: &str) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        execute(&tx, sql::SESSION_DELETE, &[&id]).await?;
-        invalidate(&tx, None, Some(&format!("session${id}"))).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::delete_session(tx, id))
     }
 
     async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let keep = keep.unwrap_or_default();
-        let n = execute(&tx, sql::SESSIONS_DELETE_OF_USER, &[&user_id, &keep]).await?;
-        invalidate(&tx, Some(user_id), None).await?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(n)
+        in_transaction!(self, |tx| scripts::delete_sessions_of(tx, user_id, keep))
     }
 
     async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64> {
@@ -1298,23 +768,7 @@ impl Store for PgStore {
     }
 
     async fn put_totp_device(&self, d: &TotpDeviceRecord) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        execute(
-            &tx,
-            sql::TOTP_UPSERT,
-            &[
-                &d.user_id,
-                &d.secret,
-                &d.last_step,
-                &d.failures,
-                &d.throttled_until,
-                &d.created_at,
-            ],
-        )
-        .await?;
-        invalidate(&tx, Some(d.user_id), None).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::put_totp_device(tx, d))
     }
 
     async fn advance_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool> {
@@ -1342,23 +796,13 @@ impl Store for PgStore {
     }
 
     async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        execute(&tx, sql::TOTP_DELETE, &[&user_id]).await?;
-        execute(&tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
-        invalidate(&tx, Some(user_id), None).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::delete_two_factor(tx, user_id))
     }
 
     async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        let now = system_now();
-        execute(&tx, sql::BACKUP_CODES_DELETE, &[&user_id]).await?;
-        for hash in hashes {
-            execute(&tx, sql::BACKUP_CODE_INSERT, &[&user_id, hash, &now]).await?;
-        }
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::replace_backup_codes(
+            tx, user_id, hashes
+        ))
     }
 
     async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool> {
@@ -1447,32 +891,7 @@ impl Store for PgStore {
         &self,
         new: NewUserIntegration,
     ) -> StoreResult<UserIntegrationRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        execute(
-            &tx,
-            sql::USER_INTEGRATION_UPSERT,
-            &[
-                &Uuid::now_v7().to_string(),
-                &new.user_id,
-                &new.kind,
-                &new.integration_id,
-                &new.config.to_string(),
-                &new.sensitive_config,
-                &new.now,
-            ],
-        )
-        .await?;
-        let record = first(
-            &tx,
-            sql::USER_INTEGRATION_BY_KEY,
-            &[&new.user_id, &new.kind, &new.integration_id],
-            row::user_integration_from_row,
-        )
-        .await?
-        .ok_or(StoreError::Missing("user_integration"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(record)
+        in_transaction!(self, |tx| scripts::upsert_user_integration(tx, &new))
     }
 
     async fn update_user_integration_secrets(
@@ -1522,34 +941,7 @@ impl Store for PgStore {
         &self,
         new: NewTeamIntegration,
     ) -> StoreResult<TeamIntegrationRecord> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        lock_team(&tx, new.team_id).await?;
-        let id = first(
-            &tx,
-            sql::TEAM_INTEGRATION_UPSERT,
-            &[
-                &new.team_id,
-                &new.kind,
-                &new.integration_id,
-                &new.config.to_string(),
-                &new.created_by_id,
-                &new.now,
-            ],
-            |r| r.i64(0),
-        )
-        .await?
-        .ok_or(StoreError::Missing("team_integration"))?;
-        let record = first(
-            &tx,
-            sql::TEAM_INTEGRATION_BY_ID,
-            &[&id],
-            row::team_integration_from_row,
-        )
-        .await?
-        .ok_or(StoreError::Missing("team_integration"))?;
-        tx.commit().await.map_err(map_err)?;
-        Ok(record)
+        in_transaction!(self, |tx| scripts::upsert_team_integration(tx, &new))
     }
 
     async fn team_integrations_of(
@@ -1594,26 +986,16 @@ impl Store for PgStore {
         requested_at: Micros,
         mail: NewMail,
     ) -> StoreResult<()> {
-        let mut c = self.client().await?;
-        let tx = c.transaction().await.map_err(map_err)?;
-        if execute(
-            &tx,
-            sql::USER_SET_RESET_REQUESTED,
-            &[&user_id, &requested_at],
-        )
-        .await?
-            == 0
-        {
-            return Err(StoreError::Missing("user"));
-        }
-        invalidate(&tx, Some(user_id), None).await?;
-        insert_mail(&tx, &mail).await?;
-        tx.commit().await.map_err(map_err)
+        in_transaction!(self, |tx| scripts::request_password_reset(
+            tx,
+            user_id,
+            requested_at,
+            &mail
+        ))
     }
 
     async fn enqueue_mail(&self, mail: NewMail) -> StoreResult<()> {
-        let c = self.client().await?;
-        insert_mail(&c, &mail).await
+        in_transaction!(self, |tx| scripts::enqueue_mail(tx, &mail))
     }
 
     async fn outbox_status(&self, now: Micros) -> StoreResult<OutboxStatus> {

@@ -80,7 +80,7 @@ impl Row for tokio_postgres::Row {
 }
 
 /// Reads [`super::sql::USER_COLUMNS`] starting at column `at`.
-pub(crate) fn user_from_row(r: &impl Row, at: usize) -> anyhow::Result<UserRecord> {
+pub(crate) fn user_from_row(r: &(impl Row + ?Sized), at: usize) -> anyhow::Result<UserRecord> {
     let c = |i: usize| at + i;
     Ok(UserRecord {
         id: r.i64(c(0))?,
@@ -118,7 +118,10 @@ pub(crate) fn user_from_row(r: &impl Row, at: usize) -> anyhow::Result<UserRecor
     })
 }
 
-pub(crate) fn organization_from_row(r: &impl Row, at: usize) -> anyhow::Result<OrganizationRecord> {
+pub(crate) fn organization_from_row(
+    r: &(impl Row + ?Sized),
+    at: usize,
+) -> anyhow::Result<OrganizationRecord> {
     let c = |i: usize| at + i;
     Ok(OrganizationRecord {
         id: r.uuid(c(0))?,
@@ -144,7 +147,7 @@ pub(crate) fn organization_from_row(r: &impl Row, at: usize) -> anyhow::Result<O
     })
 }
 
-pub(crate) fn team_from_row(r: &impl Row) -> anyhow::Result<TeamRecord> {
+pub(crate) fn team_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<TeamRecord> {
     let id = r.i64(0)?;
     Ok(TeamRecord {
         id,
@@ -165,7 +168,7 @@ pub(crate) fn team_from_row(r: &impl Row) -> anyhow::Result<TeamRecord> {
 }
 
 /// Reads [`super::sql::MEMBERSHIP_COLUMNS`] starting at column 0.
-pub(crate) fn membership_from_row(r: &impl Row) -> anyhow::Result<MembershipRecord> {
+pub(crate) fn membership_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<MembershipRecord> {
     let level = r.i64(3)?;
     Ok(MembershipRecord {
         id: r.uuid(0)?,
@@ -181,14 +184,16 @@ pub(crate) fn membership_from_row(r: &impl Row) -> anyhow::Result<MembershipReco
 
 pub(crate) const MEMBERSHIP_COLUMN_COUNT: usize = 7;
 
-pub(crate) fn membership_with_org_from_row(r: &impl Row) -> anyhow::Result<MembershipWithOrg> {
+pub(crate) fn membership_with_org_from_row(
+    r: &(impl Row + ?Sized),
+) -> anyhow::Result<MembershipWithOrg> {
     Ok(MembershipWithOrg {
         membership: membership_from_row(r)?,
         organization: organization_from_row(r, MEMBERSHIP_COLUMN_COUNT)?,
     })
 }
 
-pub(crate) fn dashboard_from_row(r: &impl Row) -> anyhow::Result<DashboardRecord> {
+pub(crate) fn dashboard_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<DashboardRecord> {
     Ok(DashboardRecord {
         id: r.i64(0)?,
         team_id: r.i64(1)?,
@@ -197,7 +202,7 @@ pub(crate) fn dashboard_from_row(r: &impl Row) -> anyhow::Result<DashboardRecord
     })
 }
 
-pub(crate) fn scene_from_row(r: &impl Row) -> anyhow::Result<SceneRecord> {
+pub(crate) fn scene_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<SceneRecord> {
     Ok(SceneRecord {
         user_id: r.i64(0)?,
         team_id: r.opt_i64(1)?,
@@ -206,7 +211,7 @@ pub(crate) fn scene_from_row(r: &impl Row) -> anyhow::Result<SceneRecord> {
     })
 }
 
-pub(crate) fn api_key_from_row(r: &impl Row) -> anyhow::Result<ApiKeyRecord> {
+pub(crate) fn api_key_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<ApiKeyRecord> {
     let list = |idx: usize| -> anyhow::Result<Option<Value>> { r.opt_json(idx) };
     Ok(ApiKeyRecord {
         id: r.text(0)?,
@@ -238,7 +243,7 @@ fn key_scopes(stored: Option<Value>) -> anyhow::Result<Vec<String>> {
     })
 }
 
-pub(crate) fn invalidation_from_row(r: &impl Row) -> anyhow::Result<InvalidationRecord> {
+pub(crate) fn invalidation_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<InvalidationRecord> {
     Ok(InvalidationRecord {
         seq: r.i64(0)?,
         created_at: r.i64(1)?,
@@ -247,7 +252,7 @@ pub(crate) fn invalidation_from_row(r: &impl Row) -> anyhow::Result<Invalidation
     })
 }
 
-pub(crate) fn user_facts_from_row(r: &impl Row) -> anyhow::Result<UserFacts> {
+pub(crate) fn user_facts_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<UserFacts> {
     Ok(UserFacts {
         user_id: r.i64(0)?,
         has_api_keys: r.bool(1)?,
@@ -255,12 +260,7 @@ pub(crate) fn user_facts_from_row(r: &impl Row) -> anyhow::Result<UserFacts> {
     })
 }
 
-/// JSON text of an optional value, as both backends store it.
-pub(crate) fn json_text(value: &Option<Value>) -> Option<String> {
-    value.as_ref().map(Value::to_string)
-}
-
-pub(crate) fn session_from_row(r: &impl Row) -> anyhow::Result<SessionRecord> {
+pub(crate) fn session_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<SessionRecord> {
     Ok(SessionRecord {
         id: r.text(0)?,
         user_id: r.opt_i64(1)?,
@@ -276,7 +276,7 @@ pub(crate) fn session_from_row(r: &impl Row) -> anyhow::Result<SessionRecord> {
     })
 }
 
-pub(crate) fn totp_from_row(r: &impl Row) -> anyhow::Result<TotpDeviceRecord> {
+pub(crate) fn totp_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<TotpDeviceRecord> {
     Ok(TotpDeviceRecord {
         user_id: r.i64(0)?,
         secret: r.text(1)?,
@@ -287,7 +287,9 @@ pub(crate) fn totp_from_row(r: &impl Row) -> anyhow::Result<TotpDeviceRecord> {
     })
 }
 
-pub(crate) fn signal_autonomy_from_row(r: &impl Row) -> anyhow::Result<SignalAutonomyRecord> {
+pub(crate) fn signal_autonomy_from_row(
+    r: &(impl Row + ?Sized),
+) -> anyhow::Result<SignalAutonomyRecord> {
     Ok(SignalAutonomyRecord {
         id: r.uuid(0)?,
         user_id: r.i64(1)?,
@@ -297,7 +299,9 @@ pub(crate) fn signal_autonomy_from_row(r: &impl Row) -> anyhow::Result<SignalAut
     })
 }
 
-pub(crate) fn user_integration_from_row(r: &impl Row) -> anyhow::Result<UserIntegrationRecord> {
+pub(crate) fn user_integration_from_row(
+    r: &(impl Row + ?Sized),
+) -> anyhow::Result<UserIntegrationRecord> {
     Ok(UserIntegrationRecord {
         id: r.uuid(0)?,
         user_id: r.i64(1)?,
@@ -312,7 +316,9 @@ pub(crate) fn user_integration_from_row(r: &impl Row) -> anyhow::Result<UserInte
     })
 }
 
-pub(crate) fn team_integration_from_row(r: &impl Row) -> anyhow::Result<TeamIntegrationRecord> {
+pub(crate) fn team_integration_from_row(
+    r: &(impl Row + ?Sized),
+) -> anyhow::Result<TeamIntegrationRecord> {
     Ok(TeamIntegrationRecord {
         id: r.i64(0)?,
         team_id: r.i64(1)?,
@@ -325,7 +331,7 @@ pub(crate) fn team_integration_from_row(r: &impl Row) -> anyhow::Result<TeamInte
 }
 
 /// `id, recipient, subject, body, attempts, locked_until` of a claim.
-pub(crate) fn claimed_mail_from_row(r: &impl Row) -> anyhow::Result<ClaimedMail> {
+pub(crate) fn claimed_mail_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<ClaimedMail> {
     Ok(ClaimedMail {
         id: r.i64(0)?,
         recipient: r.text(1)?,

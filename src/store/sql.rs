@@ -156,15 +156,6 @@ pub fn user_list_count(q: &super::UserQuery, rows: usize) -> ListCount {
     })
 }
 
-pub const USER_UPDATE: &str = "UPDATE users SET email = $2, email_lower = $3, pending_email = $4, \
-     password = $5, first_name = $6, last_name = $7, is_active = $8, is_staff = $9, last_login = $10, \
-     is_email_verified = $11, requested_password_reset_at = $12, current_organization_id = $13, \
-     current_team_id = $14, partial_notification_settings = $15, anonymize_data = $16, \
-     allow_impersonation = $17, toolbar_mode = $18, theme_mode = $19, hedgehog_config = $20, \
-     events_column_config = $21, has_seen_product_intro_for = $22, role_at_organization = $23, \
-     allow_sidebar_suggestions = $24, shortcut_position = $25, passkeys_enabled_for_2fa = $26, \
-     hide_mcp_hints = $27, ui_configuration = $28, credentials_reviewed_at = $29 WHERE id = $1";
-
 /// A value bound to one column of a statement built at run time; `None` binds NULL.
 #[derive(Debug)]
 pub enum ColumnValue {
@@ -266,21 +257,42 @@ pub fn user_update(changes: &super::UserChanges) -> Option<(String, Vec<ColumnVa
     Some((sql, values))
 }
 
-/// SQLite's `lock_user`: whether the user exists. Its single writer holds the database's write
-/// lock until commit, so the answer holds as long as Postgres' row lock does.
-pub const USER_EXISTS: &str = "SELECT id FROM users WHERE id = $1";
-/// Postgres' `lock_user`: locks the user's row for the rest of the transaction.
-pub const USER_LOCK: &str = "SELECT id FROM users WHERE id = $1 FOR UPDATE";
-/// SQLite: whether the team exists (held until commit, as above).
-pub const TEAM_EXISTS: &str = "SELECT id FROM teams WHERE id = $1";
-/// Postgres: keeps the team from being deleted until the transaction ends.
-pub const TEAM_SHARE_LOCK: &str = "SELECT id FROM teams WHERE id = $1 FOR SHARE";
+/// A statement whose text differs between the dialects (in a fragment, mostly); a script takes
+/// its backend's text with [`super::exec::Exec::pick`].
+pub struct Dialects<T = &'static str> {
+    pub sqlite: T,
+    pub postgres: T,
+}
+
+/// `lock_user`: on Postgres, locks the user's row for the rest of the transaction; on SQLite,
+/// whether the user exists, which holds as long because its single writer holds the database's
+/// write lock until commit.
+pub const USER_LOCK: Dialects = Dialects {
+    sqlite: "SELECT id FROM users WHERE id = $1",
+    postgres: "SELECT id FROM users WHERE id = $1 FOR UPDATE",
+};
+/// `lock_team`: on Postgres, keeps the team from being deleted until the transaction ends; on
+/// SQLite, whether the team exists (held until commit, as above).
+pub const TEAM_LOCK: Dialects = Dialects {
+    sqlite: "SELECT id FROM teams WHERE id = $1",
+    postgres: "SELECT id FROM teams WHERE id = $1 FOR SHARE",
+};
+/// Serialises sign-ups so "the first user becomes staff" holds under concurrency; SQLite's single
+/// writer already does.
+pub const SIGNUP_LOCK: Dialects<Option<&str>> = Dialects {
+    sqlite: None,
+    postgres: Some("LOCK TABLE users IN SHARE ROW EXCLUSIVE MODE"),
+};
 
 pub const USER_SET_CONTEXT: &str =
     "UPDATE users SET current_organization_id = $2, current_team_id = $3 WHERE id = $1";
 pub const USER_MEMBERSHIP_COUNT: &str =
     "SELECT count(*) FROM organization_memberships WHERE user_id = $1";
 pub const USER_DELETE: &str = "DELETE FROM users WHERE id = $1";
+pub const ORGANIZATION_EXISTS: &str = "SELECT id FROM organizations WHERE id = $1";
+/// The team joining an organization makes current (its first).
+pub const FIRST_TEAM_OF_ORGANIZATION: &str =
+    "SELECT id FROM teams WHERE organization_id = $1 ORDER BY id LIMIT 1";
 
 /// Writes nothing when the slug is taken (also by a concurrent, not yet committed insert, which
 /// Postgres waits for), so the caller retries with another slug instead of failing.
@@ -332,13 +344,16 @@ pub const API_KEY_BY_ID: &str = concat!(
     api_key_columns!(),
     " FROM personal_api_keys k WHERE k.id = $1"
 );
-/// Postgres only (SQLite's writer already runs one write at a time): locks the row so
-/// concurrent deletes and rolls of one key each see the state the previous one left.
-pub const API_KEY_BY_ID_FOR_UPDATE: &str = concat!(
-    "SELECT ",
-    api_key_columns!(),
-    " FROM personal_api_keys k WHERE k.id = $1 FOR UPDATE"
-);
+/// The key a write starts from. Postgres locks the row so concurrent deletes and rolls of one
+/// key each see the state the previous one left (SQLite's writer runs one write at a time).
+pub const API_KEY_BEFORE_WRITE: Dialects = Dialects {
+    sqlite: API_KEY_BY_ID,
+    postgres: concat!(
+        "SELECT ",
+        api_key_columns!(),
+        " FROM personal_api_keys k WHERE k.id = $1 FOR UPDATE"
+    ),
+};
 pub const API_KEY_BY_SECURE_VALUE: &str = concat!(
     "SELECT ",
     api_key_columns!(),

@@ -22,10 +22,11 @@ use rusqlite::types::ToSqlOutput;
 use rusqlite::{Connection, OpenFlags, TransactionBehavior, params};
 use uuid::Uuid;
 
-use super::row::{self, Row, json_text};
+use super::exec::{Exec, Param};
+use super::row::{self, Row};
+use super::scripts;
 use super::sql::{self, ColumnValue, FilterParam, ListCount, user_columns};
 use super::*;
-use crate::crypto;
 use crate::time::Micros;
 
 mod embedded {
@@ -393,205 +394,55 @@ fn id_list<T: serde::Serialize>(ids: &[T]) -> String {
     serde_json::to_string(ids).unwrap_or_else(|_| "[]".into())
 }
 
-fn invalidate(tx: &Connection, user: Option<i64>, key_hash: Option<&str>) -> StoreResult<()> {
-    prepare(tx, sql::INVALIDATION_INSERT)
-        .and_then(|mut s| s.execute(params![crate::time::system_now(), user, key_hash]))
-        .map_err(map_err)?;
-    Ok(())
+/// Runs a transaction script on the writer thread. Every step of a script on SQLite completes
+/// at once (rusqlite is synchronous), so one poll finishes it: no executor, no thread hop.
+fn run_now<T>(script: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
+    let mut script = std::pin::pin!(script);
+    let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+    match script.as_mut().poll(&mut cx) {
+        std::task::Poll::Ready(result) => result,
+        std::task::Poll::Pending => Err(StoreError::Other(anyhow::anyhow!(
+            "a SQLite transaction script waited on something other than SQLite"
+        ))),
+    }
 }
 
-fn insert_mail(tx: &Connection, mail: &NewMail) -> StoreResult<()> {
-    exec(
-        tx,
-        sql::OUTBOX_INSERT,
-        params![
-            mail.recipient,
-            mail.subject,
-            mail.sealed_body,
-            mail.created_at
-        ],
-    )?;
-    Ok(())
-}
-
-/// Inserts a user row; returns its id.
-fn insert_user_row(tx: &Connection, user: &NewUser) -> StoreResult<i64> {
-    Ok(prepare(tx, sql::USER_INSERT)?.query_row(
-        params![
-            user.uuid.to_string(),
-            user.email,
-            sql::email_key(&user.email),
-            user.password.0,
-            user.first_name,
-            user.last_name,
-            user.distinct_id,
-            user.is_staff,
-            user.is_email_verified,
-            user.role_at_organization,
-            user.email_opt_in,
-            user.date_joined
-        ],
-        |r| r.get(0),
-    )?)
-}
-
-fn user_in_tx(tx: &Connection, id: i64) -> StoreResult<Option<UserRecord>> {
-    first(tx, sql::USER_BY_ID, [id], |r| row::user_from_row(r, 0)).map_err(map_anyhow)
-}
-
-/// `Missing("user")` unless the user exists. The writer holds the database's write lock until
-/// commit, so, like Postgres' row lock of the same name, the answer holds for the transaction.
-fn lock_user(tx: &Connection, id: i64) -> StoreResult<()> {
-    first(tx, sql::USER_EXISTS, [id], |r| r.i64(0))
-        .map_err(map_anyhow)?
-        .map(|_| ())
-        .ok_or(StoreError::Missing("user"))
-}
-
-/// `Missing("team")` unless the team exists (held until commit, as [`lock_user`]).
-fn lock_team(tx: &Connection, id: i64) -> StoreResult<()> {
-    first(tx, sql::TEAM_EXISTS, [id], |r| r.i64(0))
-        .map_err(map_anyhow)?
-        .map(|_| ())
-        .ok_or(StoreError::Missing("team"))
-}
-
-/// The body of [`Store::write_user`], inside the writer's transaction.
-fn write_user_in_tx(tx: &Connection, user_id: i64, w: &UserWrite) -> StoreResult<UserRecord> {
-    lock_user(tx, user_id)?;
-    if let Some((update, values)) = sql::user_update(&w.changes) {
-        let mut params: Vec<&dyn rusqlite::ToSql> = vec![&user_id];
-        params.extend(values.iter().map(|v| v as &dyn rusqlite::ToSql));
-        // Not cached: each set of columns is its own statement, and callers choose the set.
-        tx.prepare(&positional(&update))
-            .and_then(|mut s| s.execute(params.as_slice()))
-            .map_err(map_err)?;
-    }
-    if let Some(keep) = &w.end_sessions {
-        let keep = keep.as_deref().unwrap_or_default();
-        exec(tx, sql::SESSIONS_DELETE_OF_USER, params![user_id, keep])?;
-    }
-    if w.remove_two_factor {
-        exec(tx, sql::TOTP_DELETE, [user_id])?;
-        exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
-    }
-    if let Some(d) = &w.totp_device {
-        exec(
-            tx,
-            sql::TOTP_UPSERT,
-            params![
-                user_id,
-                d.secret,
-                d.last_step,
-                d.failures,
-                d.throttled_until,
-                d.created_at
-            ],
-        )?;
-    }
-    if let Some(hashes) = &w.backup_codes {
-        let now = crate::time::system_now();
-        exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
-        for hash in hashes {
-            exec(tx, sql::BACKUP_CODE_INSERT, params![user_id, hash, now])?;
-        }
-    }
-    if let Some(s) = &w.session {
-        exec(
-            tx,
-            sql::SESSION_UPSERT,
-            params![
-                s.id,
-                s.user_id,
-                s.created_at,
-                s.login_at,
-                s.expires_at,
-                s.csrf_token,
-                s.two_factor_verified,
-                s.pending_user_id,
-                s.pending_at,
-                s.totp_setup_secret,
-                s.totp_setup_at
-            ],
-        )?;
-    }
-    for mail in &w.mail {
-        insert_mail(tx, mail)?;
-    }
-    // One row covers the user's rendered views, keys and sessions; it also names the session
-    // written, whose cached entry may belong to no user yet (a pending login).
-    let session_key = w.session.as_ref().map(|s| format!("session${}", s.id));
-    invalidate(tx, Some(user_id), session_key.as_deref())?;
-    user_in_tx(tx, user_id)?.ok_or(StoreError::Missing("user"))
-}
-
-fn insert_team(
-    tx: &Connection,
-    organization: Uuid,
-    name: &str,
-    now: Micros,
-) -> StoreResult<TeamRecord> {
-    let id: i64 = prepare(tx, sql::TEAM_INSERT)
-        .and_then(|mut s| {
-            s.query_row(
-                params![
-                    Uuid::now_v7().to_string(),
-                    organization.to_string(),
-                    format!("phc_{}", crypto::random_token(35)),
-                    name,
-                    now
-                ],
-                |r| r.get(0),
-            )
+impl rusqlite::ToSql for Param<'_> {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match *self {
+            Param::Null => ToSqlOutput::Owned(rusqlite::types::Value::Null),
+            Param::I64(v) => ToSqlOutput::from(v),
+            Param::Text(v) => ToSqlOutput::from(v),
+            Param::Bool(v) => ToSqlOutput::from(v),
         })
-        .map_err(map_err)?;
-    prepare(tx, sql::DASHBOARD_INSERT)
-        .and_then(|mut s| s.query_row(params![id, sql::DEFAULT_DASHBOARD_NAME, now], |_| Ok(())))
-        .map_err(map_err)?;
-    first(tx, sql::TEAM_BY_ID, [id], |r| row::team_from_row(r))
-        .map_err(map_anyhow)?
-        .ok_or(StoreError::Missing("team"))
-}
-
-fn insert_membership(
-    tx: &Connection,
-    organization: Uuid,
-    user_id: i64,
-    level: MembershipLevel,
-    invited: bool,
-    now: Micros,
-) -> StoreResult<MembershipRecord> {
-    let id = Uuid::now_v7().to_string();
-    exec(
-        tx,
-        sql::MEMBERSHIP_INSERT,
-        params![
-            id,
-            organization.to_string(),
-            user_id,
-            level.as_i64(),
-            invited,
-            now
-        ],
-    )?;
-    first(tx, sql::MEMBERSHIP_BY_ID, [&id], |r| {
-        row::membership_from_row(r)
-    })
-    .map_err(map_anyhow)?
-    .ok_or(StoreError::Missing("membership"))
-}
-
-/// Inserts the organization under its name's slug, or the slug with a random suffix when taken.
-fn insert_organization(tx: &Connection, id: &str, name: &str, now: Micros) -> StoreResult<()> {
-    let base = sql::slugify(name);
-    let mut slug = base.clone();
-    for _ in 0..20 {
-        if exec(tx, sql::ORGANIZATION_INSERT, params![id, name, slug, now])? == 1 {
-            return Ok(());
-        }
-        slug = format!("{base}-{}", crypto::random_alphanumeric(4).to_lowercase());
     }
-    Err(StoreError::Unique(Unique::Slug))
+}
+
+impl Exec for Connection {
+    const BACKEND: Backend = Backend::Sqlite;
+
+    async fn execute(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+        prepare(self, sql)
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+            .map(|n| n as u64)
+            .map_err(map_err)
+    }
+
+    async fn execute_uncached(&self, sql: &str, params: &[Param<'_>]) -> StoreResult<u64> {
+        self.prepare(&positional(sql))
+            .and_then(|mut s| s.execute(rusqlite::params_from_iter(params)))
+            .map(|n| n as u64)
+            .map_err(map_err)
+    }
+
+    async fn query_opt<T>(
+        &self,
+        sql: &str,
+        params: &[Param<'_>],
+        map: impl Fn(&dyn Row) -> anyhow::Result<T> + Send,
+    ) -> StoreResult<Option<T>> {
+        first(self, sql, rusqlite::params_from_iter(params), |r| map(r)).map_err(map_anyhow)
+    }
 }
 
 #[async_trait]
@@ -606,13 +457,8 @@ impl Store for SqliteStore {
 
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
         let (key, value) = (key.to_string(), value.to_string());
-        self.write(move |tx| {
-            exec(tx, sql::SETTING_INSERT, params![key, value])?;
-            first(tx, sql::SETTING_GET, [&key], |r| r.text(0))
-                .map_err(map_anyhow)?
-                .ok_or(StoreError::Missing("setting"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::setting_or_insert(tx, &key, &value)))
+            .await
     }
 
     async fn setting(&self, key: &str) -> StoreResult<Option<String>> {
@@ -626,11 +472,8 @@ impl Store for SqliteStore {
     }
 
     async fn insert_user(&self, user: NewUser) -> StoreResult<UserRecord> {
-        self.write(move |tx| {
-            let id = insert_user_row(tx, &user)?;
-            user_in_tx(tx, id)?.ok_or(StoreError::Missing("user"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::insert_user(tx, &user)))
+            .await
     }
 
     async fn user_by_id(&self, id: i64) -> StoreResult<Option<UserRecord>> {
@@ -689,53 +532,9 @@ impl Store for SqliteStore {
         self.read(|c| count(c, sql::USER_COUNT, []))
     }
 
-    async fn update_user(&self, user: &UserRecord) -> StoreResult<()> {
-        let u = user.clone();
-        self.write(move |tx| {
-            let changed = prepare(tx, sql::USER_UPDATE).and_then(|mut s| {
-                s.execute(params![
-                    u.id,
-                    u.email,
-                    sql::email_key(&u.email),
-                    u.pending_email,
-                    u.password.0,
-                    u.first_name,
-                    u.last_name,
-                    u.is_active,
-                    u.is_staff,
-                    u.last_login,
-                    u.is_email_verified,
-                    u.requested_password_reset_at,
-                    u.current_organization_id.map(|o| o.to_string()),
-                    u.current_team_id,
-                    json_text(&u.partial_notification_settings),
-                    u.anonymize_data,
-                    u.allow_impersonation,
-                    u.toolbar_mode,
-                    u.theme_mode,
-                    json_text(&u.hedgehog_config),
-                    u.events_column_config.to_string(),
-                    json_text(&u.has_seen_product_intro_for),
-                    u.role_at_organization,
-                    u.allow_sidebar_suggestions,
-                    u.shortcut_position,
-                    u.passkeys_enabled_for_2fa,
-                    u.hide_mcp_hints,
-                    json_text(&u.ui_configuration),
-                    u.credentials_reviewed_at
-                ])
-            })?;
-            if changed == 0 {
-                return Err(StoreError::Missing("user"));
-            }
-            invalidate(tx, Some(u.id), None)
-        })
-        .await
-    }
-
     async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord> {
         let write = write.clone();
-        self.write(move |tx| write_user_in_tx(tx, user_id, &write))
+        self.write(move |tx| run_now(scripts::write_user(tx, user_id, &write)))
             .await
     }
 
@@ -746,28 +545,19 @@ impl Store for SqliteStore {
         team: Option<i64>,
     ) -> StoreResult<()> {
         self.write(move |tx| {
-            prepare(tx, sql::USER_SET_CONTEXT).and_then(|mut s| {
-                s.execute(params![user_id, organization.map(|o| o.to_string()), team])
-            })?;
-            invalidate(tx, Some(user_id), None)
+            run_now(scripts::set_current_context(
+                tx,
+                user_id,
+                organization,
+                team,
+            ))
         })
         .await
     }
 
     async fn delete_user(&self, id: i64) -> StoreResult<UserDeletion> {
-        self.write(move |tx| {
-            match lock_user(tx, id) {
-                Err(StoreError::Missing(_)) => return Ok(UserDeletion::Missing),
-                other => other?,
-            }
-            if count(tx, sql::USER_MEMBERSHIP_COUNT, [id]).map_err(map_anyhow)? > 0 {
-                return Ok(UserDeletion::HasMemberships);
-            }
-            exec(tx, sql::USER_DELETE, [id])?;
-            invalidate(tx, Some(id), None)?;
-            Ok(UserDeletion::Deleted)
-        })
-        .await
+        self.write(move |tx| run_now(scripts::delete_user(tx, id)))
+            .await
     }
 
     async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>> {
@@ -788,34 +578,8 @@ impl Store for SqliteStore {
         &self,
         new: NewOrganization,
     ) -> StoreResult<(OrganizationRecord, TeamRecord)> {
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            lock_user(tx, new.owner_id)?;
-            let id = Uuid::now_v7().to_string();
-            insert_organization(tx, &id, &new.name, now)?;
-            let organization = first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
-                row::organization_from_row(r, 0)
-            })
-            .map_err(map_anyhow)?
-            .ok_or(StoreError::Missing("organization"))?;
-            let team = insert_team(tx, organization.id, &new.team_name, now)?;
-            insert_membership(
-                tx,
-                organization.id,
-                new.owner_id,
-                MembershipLevel::Owner,
-                false,
-                now,
-            )?;
-            exec(
-                tx,
-                sql::USER_SET_CONTEXT,
-                params![new.owner_id, organization.id.to_string(), team.id],
-            )?;
-            invalidate(tx, Some(new.owner_id), None)?;
-            Ok((organization, team))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::create_organization(tx, &new)))
+            .await
     }
 
     async fn organization(&self, id: Uuid) -> StoreResult<Option<OrganizationRecord>> {
@@ -831,30 +595,8 @@ impl Store for SqliteStore {
         id: Uuid,
         changes: OrganizationChanges,
     ) -> StoreResult<Option<OrganizationRecord>> {
-        let id = id.to_string();
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            let mut found = true;
-            if let Some(name) = &changes.name {
-                found &= exec(tx, sql::ORGANIZATION_SET_NAME, params![id, name, now])? == 1;
-            }
-            if let Some(enforce) = changes.enforce_2fa {
-                found &= exec(
-                    tx,
-                    sql::ORGANIZATION_SET_ENFORCE_2FA,
-                    params![id, enforce, now],
-                )? == 1;
-            }
-            if !found {
-                return Ok(None);
-            }
-            exec(tx, sql::INVALIDATE_MEMBERS, params![id, now])?;
-            first(tx, sql::ORGANIZATION_BY_ID, [&id], |r| {
-                row::organization_from_row(r, 0)
-            })
-            .map_err(map_anyhow)
-        })
-        .await
+        self.write(move |tx| run_now(scripts::update_organization(tx, id, &changes)))
+            .await
     }
 
     async fn add_membership(
@@ -863,58 +605,13 @@ impl Store for SqliteStore {
         user_id: i64,
         level: MembershipLevel,
     ) -> StoreResult<MembershipRecord> {
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            lock_user(tx, user_id)?;
-            let exists = first(
-                tx,
-                sql::ORGANIZATION_BY_ID,
-                [organization.to_string()],
-                |r| r.text(0),
-            )
-            .map_err(map_anyhow)?;
-            if exists.is_none() {
-                return Err(StoreError::Missing("organization"));
-            }
-            let membership = insert_membership(tx, organization, user_id, level, true, now)?;
-            // Joining makes the organization (and its first team) current, as PostHog's `join`.
-            let first_team = first(
-                tx,
-                "SELECT id FROM teams WHERE organization_id = $1 ORDER BY id LIMIT 1",
-                [organization.to_string()],
-                |r| r.i64(0),
-            )
-            .map_err(map_anyhow)?;
-            exec(
-                tx,
-                sql::USER_SET_CONTEXT,
-                params![user_id, organization.to_string(), first_team],
-            )?;
-            // Every member's view of the organization (member count) changed.
-            invalidate(tx, None, None)?;
-            Ok(membership)
-        })
-        .await
+        self.write(move |tx| run_now(scripts::add_membership(tx, organization, user_id, level)))
+            .await
     }
 
     async fn create_team(&self, new: NewTeam) -> StoreResult<TeamRecord> {
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            let exists = first(
-                tx,
-                sql::ORGANIZATION_BY_ID,
-                [new.organization_id.to_string()],
-                |r| r.text(0),
-            )
-            .map_err(map_anyhow)?;
-            if exists.is_none() {
-                return Err(StoreError::Missing("organization"));
-            }
-            let team = insert_team(tx, new.organization_id, &new.name, now)?;
-            invalidate(tx, None, None)?;
-            Ok(team)
-        })
-        .await
+        self.write(move |tx| run_now(scripts::create_team(tx, &new)))
+            .await
     }
 
     async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>> {
@@ -976,19 +673,8 @@ impl Store for SqliteStore {
 
     async fn create_dashboard(&self, team_id: i64, name: &str) -> StoreResult<DashboardRecord> {
         let name = name.to_string();
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            lock_team(tx, team_id)?;
-            first(
-                tx,
-                sql::DASHBOARD_INSERT,
-                params![team_id, name, now],
-                |r| row::dashboard_from_row(r),
-            )
-            .map_err(map_anyhow)?
-            .ok_or(StoreError::Missing("dashboard"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::create_dashboard(tx, team_id, &name)))
+            .await
     }
 
     async fn dashboard(&self, id: i64) -> StoreResult<Option<DashboardRecord>> {
@@ -1013,67 +699,13 @@ impl Store for SqliteStore {
     }
 
     async fn upsert_scene_personalisation(&self, scene: NewScene) -> StoreResult<()> {
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            lock_user(tx, scene.user_id)?;
-            let updated = match scene.team_id {
-                None => exec(
-                    tx,
-                    sql::SCENE_UPDATE_NULL_TEAM,
-                    params![scene.user_id, scene.scene, scene.dashboard_id],
-                )?,
-                Some(_) => 0,
-            };
-            if updated == 0 {
-                exec(
-                    tx,
-                    sql::SCENE_UPSERT,
-                    params![
-                        scene.user_id,
-                        scene.team_id,
-                        scene.scene,
-                        scene.dashboard_id,
-                        now
-                    ],
-                )?;
-            }
-            invalidate(tx, Some(scene.user_id), None)
-        })
-        .await
+        self.write(move |tx| run_now(scripts::upsert_scene_personalisation(tx, &scene)))
+            .await
     }
 
     async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
-        self.write(move |tx| {
-            lock_user(tx, key.user_id)?;
-            let existing =
-                count(tx, sql::API_KEY_COUNT_FOR_USER, [key.user_id]).map_err(map_anyhow)?;
-            if existing >= limit as i64 {
-                return Err(StoreError::Limit(limit));
-            }
-            exec(
-                tx,
-                sql::API_KEY_INSERT,
-                params![
-                    key.id,
-                    key.user_id,
-                    key.label,
-                    key.secure_value,
-                    key.mask_value,
-                    key.created_at,
-                    serde_json::to_string(&key.scopes).map_err(anyhow::Error::from)?,
-                    key.scoped_teams.as_ref().map(|t| id_list(t)),
-                    key.scoped_organizations.as_ref().map(|o| id_list(o)),
-                    key.expires_at
-                ],
-            )?;
-            invalidate(tx, Some(key.user_id), None)?;
-            first(tx, sql::API_KEY_BY_ID, [&key.id], |r| {
-                row::api_key_from_row(r)
-            })
-            .map_err(map_anyhow)?
-            .ok_or(StoreError::Missing("personal API key"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::insert_api_key(tx, &key, limit)))
+            .await
     }
 
     async fn api_key_by_secure_value(
@@ -1109,15 +741,12 @@ impl Store for SqliteStore {
     }
 
     async fn touch_api_keys(&self, used: &[(String, Micros)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
         let used = used.to_vec();
-        self.write(move |tx| {
-            let mut stmt = prepare(tx, sql::API_KEY_TOUCH).map_err(map_err)?;
-            for (id, at) in &used {
-                stmt.execute(params![id, at]).map_err(map_err)?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx| run_now(scripts::touch_api_keys(tx, &used)))
+            .await
     }
 
     async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>> {
@@ -1134,43 +763,14 @@ impl Store for SqliteStore {
 
     async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
         let id = id.to_string();
-        self.write(move |tx| {
-            let before = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
-                .map_err(map_anyhow)?
-                .ok_or(StoreError::Missing("personal API key"))?;
-            exec(
-                tx,
-                sql::API_KEY_UPDATE,
-                params![
-                    id,
-                    changes.label,
-                    serde_json::to_string(&changes.scopes).map_err(anyhow::Error::from)?,
-                    changes.scoped_teams.as_ref().map(|t| id_list(t)),
-                    changes.scoped_organizations.as_ref().map(|o| id_list(o)),
-                    changes.expires_at
-                ],
-            )?;
-            invalidate(tx, None, Some(&before.secure_value))?;
-            first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
-                .map_err(map_anyhow)?
-                .ok_or(StoreError::Missing("personal API key"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::update_api_key(tx, &id, &changes)))
+            .await
     }
 
     async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
         let id = id.to_string();
-        self.write(move |tx| {
-            let Some(before) = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
-                .map_err(map_anyhow)?
-            else {
-                return Ok(None);
-            };
-            exec(tx, sql::API_KEY_DELETE, [&id])?;
-            invalidate(tx, Some(before.user_id), Some(&before.secure_value))?;
-            Ok(Some(before))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::delete_api_key(tx, &id)))
+            .await
     }
 
     async fn roll_api_key(
@@ -1186,21 +786,13 @@ impl Store for SqliteStore {
             mask_value.to_string(),
         );
         self.write(move |tx| {
-            let Some(before) = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
-                .map_err(map_anyhow)?
-            else {
-                return Ok(None);
-            };
-            exec(
+            run_now(scripts::roll_api_key(
                 tx,
-                sql::API_KEY_ROLL,
-                params![id, secure_value, mask_value, rolled_at],
-            )?;
-            invalidate(tx, None, Some(&before.secure_value))?;
-            let after = first(tx, sql::API_KEY_BY_ID, [&id], |r| row::api_key_from_row(r))
-                .map_err(map_anyhow)?
-                .ok_or(StoreError::Missing("personal API key"))?;
-            Ok(Some((before, after)))
+                &id,
+                &secure_value,
+                &mask_value,
+                rolled_at,
+            ))
         })
         .await
     }
@@ -1209,42 +801,8 @@ impl Store for SqliteStore {
         &self,
         signup: NewSignup,
     ) -> StoreResult<(UserRecord, OrganizationRecord, TeamRecord)> {
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            let first_user = count(tx, sql::USER_COUNT, []).map_err(map_anyhow)? == 0;
-            if signup.only_first_user && !first_user {
-                return Err(StoreError::Unique(Unique::FirstUser));
-            }
-            let user = NewUser {
-                is_staff: first_user,
-                ..signup.user
-            };
-            let user_id = insert_user_row(tx, &user)?;
-            let org_id = Uuid::now_v7().to_string();
-            insert_organization(tx, &org_id, &signup.organization_name, now)?;
-            let organization = first(tx, sql::ORGANIZATION_BY_ID, [&org_id], |r| {
-                row::organization_from_row(r, 0)
-            })
-            .map_err(map_anyhow)?
-            .ok_or(StoreError::Missing("organization"))?;
-            let team = insert_team(tx, organization.id, &signup.team_name, now)?;
-            insert_membership(
-                tx,
-                organization.id,
-                user_id,
-                MembershipLevel::Owner,
-                false,
-                now,
-            )?;
-            exec(
-                tx,
-                sql::USER_SET_CONTEXT,
-                params![user_id, organization.id.to_string(), team.id],
-            )?;
-            let user = user_in_tx(tx, user_id)?.ok_or(StoreError::Missing("user"))?;
-            Ok((user, organization, team))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::signup(tx, signup)))
+            .await
     }
 
     async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
@@ -1277,46 +835,21 @@ impl Store for SqliteStore {
     }
 
     async fn update_session(&self, session: &SessionRecord) -> StoreResult<()> {
-        let s = session.clone();
-        self.write(move |tx| {
-            exec(
-                tx,
-                sql::SESSION_UPDATE,
-                params![
-                    s.id,
-                    s.user_id,
-                    s.login_at,
-                    s.expires_at,
-                    s.csrf_token,
-                    s.two_factor_verified,
-                    s.pending_user_id,
-                    s.pending_at,
-                    s.totp_setup_secret,
-                    s.totp_setup_at
-                ],
-            )?;
-            invalidate(tx, None, Some(&format!("session${}", s.id)))
-        })
-        .await
+        let session = session.clone();
+        self.write(move |tx| run_now(scripts::update_session(tx, &session)))
+            .await
     }
 
     async fn delete_session(&self, id: &str) -> StoreResult<()> {
         let id = id.to_string();
-        self.write(move |tx| {
-            exec(tx, sql::SESSION_DELETE, [&id])?;
-            invalidate(tx, None, Some(&format!("session${id}")))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::delete_session(tx, &id)))
+            .await
     }
 
     async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64> {
-        let keep = keep.unwrap_or_default().to_string();
-        self.write(move |tx| {
-            let n = exec(tx, sql::SESSIONS_DELETE_OF_USER, params![user_id, keep])?;
-            invalidate(tx, Some(user_id), None)?;
-            Ok(n as u64)
-        })
-        .await
+        let keep = keep.map(str::to_string);
+        self.write(move |tx| run_now(scripts::delete_sessions_of(tx, user_id, keep.as_deref())))
+            .await
     }
 
     async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64> {
@@ -1336,23 +869,9 @@ impl Store for SqliteStore {
     }
 
     async fn put_totp_device(&self, device: &TotpDeviceRecord) -> StoreResult<()> {
-        let d = device.clone();
-        self.write(move |tx| {
-            exec(
-                tx,
-                sql::TOTP_UPSERT,
-                params![
-                    d.user_id,
-                    d.secret,
-                    d.last_step,
-                    d.failures,
-                    d.throttled_until,
-                    d.created_at
-                ],
-            )?;
-            invalidate(tx, Some(d.user_id), None)
-        })
-        .await
+        let device = device.clone();
+        self.write(move |tx| run_now(scripts::put_totp_device(tx, &device)))
+            .await
     }
 
     async fn advance_totp_step(&self, user_id: i64, step: i64) -> StoreResult<bool> {
@@ -1380,25 +899,14 @@ impl Store for SqliteStore {
     }
 
     async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()> {
-        self.write(move |tx| {
-            exec(tx, sql::TOTP_DELETE, [user_id])?;
-            exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
-            invalidate(tx, Some(user_id), None)
-        })
-        .await
+        self.write(move |tx| run_now(scripts::delete_two_factor(tx, user_id)))
+            .await
     }
 
     async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()> {
         let hashes = hashes.to_vec();
-        self.write(move |tx| {
-            let now = crate::time::system_now();
-            exec(tx, sql::BACKUP_CODES_DELETE, [user_id])?;
-            for hash in &hashes {
-                exec(tx, sql::BACKUP_CODE_INSERT, params![user_id, hash, now])?;
-            }
-            Ok(())
-        })
-        .await
+        self.write(move |tx| run_now(scripts::replace_backup_codes(tx, user_id, &hashes)))
+            .await
     }
 
     async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool> {
@@ -1480,30 +988,8 @@ impl Store for SqliteStore {
         &self,
         new: NewUserIntegration,
     ) -> StoreResult<UserIntegrationRecord> {
-        self.write(move |tx| {
-            exec(
-                tx,
-                sql::USER_INTEGRATION_UPSERT,
-                params![
-                    Uuid::now_v7().to_string(),
-                    new.user_id,
-                    new.kind,
-                    new.integration_id,
-                    new.config.to_string(),
-                    new.sensitive_config,
-                    new.now
-                ],
-            )?;
-            first(
-                tx,
-                sql::USER_INTEGRATION_BY_KEY,
-                params![new.user_id, new.kind, new.integration_id],
-                |r| row::user_integration_from_row(r),
-            )
-            .map_err(map_anyhow)?
-            .ok_or(StoreError::Missing("user_integration"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::upsert_user_integration(tx, &new)))
+            .await
     }
 
     async fn update_user_integration_secrets(
@@ -1552,30 +1038,8 @@ impl Store for SqliteStore {
         &self,
         new: NewTeamIntegration,
     ) -> StoreResult<TeamIntegrationRecord> {
-        self.write(move |tx| {
-            lock_team(tx, new.team_id)?;
-            let id: i64 = prepare(tx, sql::TEAM_INTEGRATION_UPSERT)
-                .and_then(|mut s| {
-                    s.query_row(
-                        params![
-                            new.team_id,
-                            new.kind,
-                            new.integration_id,
-                            new.config.to_string(),
-                            new.created_by_id,
-                            new.now
-                        ],
-                        |r| r.get(0),
-                    )
-                })
-                .map_err(map_err)?;
-            first(tx, sql::TEAM_INTEGRATION_BY_ID, [id], |r| {
-                row::team_integration_from_row(r)
-            })
-            .map_err(map_anyhow)?
-            .ok_or(StoreError::Missing("team_integration"))
-        })
-        .await
+        self.write(move |tx| run_now(scripts::upsert_team_integration(tx, &new)))
+            .await
     }
 
     async fn team_integrations_of(
@@ -1621,22 +1085,19 @@ impl Store for SqliteStore {
         mail: NewMail,
     ) -> StoreResult<()> {
         self.write(move |tx| {
-            if exec(
+            run_now(scripts::request_password_reset(
                 tx,
-                sql::USER_SET_RESET_REQUESTED,
-                params![user_id, requested_at],
-            )? == 0
-            {
-                return Err(StoreError::Missing("user"));
-            }
-            invalidate(tx, Some(user_id), None)?;
-            insert_mail(tx, &mail)
+                user_id,
+                requested_at,
+                &mail,
+            ))
         })
         .await
     }
 
     async fn enqueue_mail(&self, mail: NewMail) -> StoreResult<()> {
-        self.write(move |tx| insert_mail(tx, &mail)).await
+        self.write(move |tx| run_now(scripts::enqueue_mail(tx, &mail)))
+            .await
     }
 
     async fn outbox_status(&self, now: Micros) -> StoreResult<OutboxStatus> {

@@ -945,7 +945,7 @@ async fn django_password_hashes_are_accepted_and_upgraded(db: Db) {
         "somesalt",
         1000,
     ));
-    app.store.update_user(&record).await.unwrap();
+    app.store_user(&record).await;
     let browser = Browser::new(&app);
     browser
         .login("legacy@example.com", "not it")

@@ -462,7 +462,15 @@ impl TestApp {
 
     /// Writes a user row directly, bypassing the API (to set up states the API cannot reach).
     pub async fn store_user(&self, user: &hoglet::store::UserRecord) {
-        self.store.update_user(user).await.expect("user updated");
+        let before = self.user_record(user.id).await;
+        let write = hoglet::store::UserWrite {
+            changes: hoglet::store::UserChanges::between(&before, user),
+            ..Default::default()
+        };
+        self.store
+            .write_user(user.id, &write)
+            .await
+            .expect("user updated");
     }
 }
 

@@ -53,13 +53,9 @@ async fn two_replicas_share_revocation_and_limits() {
     let email = format!("replica-{}@example.com", uuid::Uuid::new_v4().simple());
     let user = a.create_user(&email, false).await;
     a.create_org("Replicas", &email).await;
-    hoglet::store::Store::update_user(&*a.store, &{
-        let mut u = a.store.user_by_id(user.id).await.unwrap().unwrap();
-        u.is_email_verified = Some(true);
-        u
-    })
-    .await
-    .unwrap();
+    let mut verified = a.user_record(user.id).await;
+    verified.is_email_verified = Some(true);
+    a.store_user(&verified).await;
     let browser = Browser::new(&a);
     browser.login(&email, PASSWORD).await.assert_ok();
     let created = browser

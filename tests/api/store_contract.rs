@@ -212,8 +212,23 @@ async fn reload(store: &DynStore, id: i64) -> UserRecord {
 async fn set_active(store: &DynStore, id: i64, active: bool) -> UserRecord {
     let mut user = reload(store, id).await;
     user.is_active = active;
-    store.update_user(&user).await.expect("user updated");
+    save_user(store, &user).await.expect("user updated");
     user
+}
+
+/// Writes the columns in which `after` differs from the stored user, the way a use case writes.
+async fn save_user(store: &DynStore, after: &UserRecord) -> StoreResult<UserRecord> {
+    let before = store.user_by_id(after.id).await.unwrap();
+    let changes = UserChanges::between(before.as_ref().unwrap_or(after), after);
+    store
+        .write_user(
+            after.id,
+            &UserWrite {
+                changes,
+                ..UserWrite::default()
+            },
+        )
+        .await
 }
 
 async fn add_org(store: &DynStore, owner: i64, name: &str) -> (OrganizationRecord, TeamRecord) {
@@ -647,13 +662,13 @@ async fn email_is_unique_case_insensitively(db: Db) {
     );
     assert_eq!(store.count_users().await.unwrap(), 1);
 
-    // update_user refuses an address another user holds in any case, and changes nothing.
+    // write_user refuses an address another user holds in any case, and changes nothing.
     let bob = add_user(store, "bob@example.com").await;
     let mark = feed_mark(store).await;
     let mut renamed = bob.clone();
     renamed.email = "Alice@EXAMPLE.com".into();
     renamed.first_name = "Robert".into();
-    assert_err(store.update_user(&renamed).await, "Unique(Email)");
+    assert_err(save_user(store, &renamed).await, "Unique(Email)");
     assert_same_user(&reload(store, bob.id).await, &bob);
     assert_eq!(
         store
@@ -673,7 +688,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
     // Changing the case of one's own address is not a conflict.
     let mut shouting = alice.clone();
     shouting.email = "ALICE@example.com".into();
-    store.update_user(&shouting).await.expect("own address");
+    save_user(store, &shouting).await.expect("own address");
     let found = store
         .user_by_email("alice@EXAMPLE.com")
         .await
@@ -687,7 +702,7 @@ async fn email_is_unique_case_insensitively(db: Db) {
     // An address given up is free again.
     let mut robert = bob.clone();
     robert.email = "robert@example.com".into();
-    store.update_user(&robert).await.expect("rename");
+    save_user(store, &robert).await.expect("rename");
     assert!(
         store
             .user_by_email("bob@example.com")
@@ -946,7 +961,7 @@ async fn update_user_round_trips_every_mutable_column(db: Db) {
     changed.credentials_reviewed_at = Some(T0 + 99);
 
     let mark = feed_mark(store).await;
-    store.update_user(&changed).await.expect("update");
+    save_user(store, &changed).await.expect("update");
     assert_same_user(&reload(store, original.id).await, &changed);
     assert_eq!(feed_after(store, mark).await, vec![user_entry(original.id)]);
 
@@ -975,20 +990,18 @@ async fn update_user_round_trips_every_mutable_column(db: Db) {
     cleared.credentials_reviewed_at = None;
     cleared.is_active = true;
     cleared.is_email_verified = Some(false);
-    store.update_user(&cleared).await.expect("update to nulls");
+    save_user(store, &cleared).await.expect("update to nulls");
     assert_same_user(&reload(store, original.id).await, &cleared);
 
-    // Identity columns are not the caller's to change through update_user.
+    // Identity columns cannot be written at all (UserChanges has no field for them).
     let mut forged = cleared.clone();
     forged.uuid = Uuid::new_v4();
-    forged.distinct_id = Some("forged".into());
     forged.date_joined = 1;
     forged.first_name = "Amazing Grace".into();
-    store.update_user(&forged).await.expect("update");
+    save_user(store, &forged).await.expect("update");
     let stored = reload(store, original.id).await;
     assert_eq!(stored.first_name, "Amazing Grace");
     assert_eq!(stored.uuid, original.uuid);
-    assert_eq!(stored.distinct_id, original.distinct_id);
     assert_eq!(stored.date_joined, original.date_joined);
 
     // Unknown id: Missing, and nothing recorded.
@@ -996,7 +1009,7 @@ async fn update_user_round_trips_every_mutable_column(db: Db) {
     let mut ghost = stored.clone();
     ghost.id = original.id + 1000;
     ghost.email = "ghost@example.com".into();
-    assert_err(store.update_user(&ghost).await, "Missing(user)");
+    assert_err(save_user(store, &ghost).await, "Missing(user)");
     assert!(
         store
             .user_by_email("ghost@example.com")
@@ -2867,7 +2880,7 @@ async fn invalidation_feed_orders_filters_and_prunes(db: Db) {
     );
 
     let (org, _) = add_org(store, a.id, "Feed").await; // a
-    store.update_user(&reload(store, b.id).await).await.unwrap(); // b
+    save_user(store, &reload(store, b.id).await).await.unwrap(); // b
     store.set_current_context(a.id, None, None).await.unwrap(); // a
     add_team(store, org.id, "Everything").await; // everything
     store.insert_api_key(new_key(b.id), LIMIT).await.unwrap(); // b
@@ -2958,7 +2971,7 @@ async fn writes_are_visible_through_a_second_store(db: Db) {
     first.setting_or_insert("secret_key", "kept").await.unwrap();
     let mut edited = reload(&first, user.id).await;
     edited.hedgehog_config = Some(json!({"color": "blue"}));
-    first.update_user(&edited).await.unwrap();
+    save_user(&first, &edited).await.unwrap();
 
     // A second store (another process: an admin command beside the server) sees it all.
     let second = env.reopen().await;
@@ -3321,9 +3334,9 @@ async fn list_counts_follow_every_change(db: Db) {
     assert_eq!(counts().await, (2, 1, 1));
     let mut a2 = reload(store, a.id).await;
     a2.is_staff = true;
-    store.update_user(&a2).await.unwrap();
+    save_user(store, &a2).await.unwrap();
     assert_eq!(counts().await, (2, 2, 0));
-    store.update_user(&a2).await.unwrap();
+    save_user(store, &a2).await.unwrap();
     assert_eq!(
         counts().await,
         (2, 2, 0),
@@ -4149,7 +4162,7 @@ async fn request_password_reset_writes_one_column_and_its_mail_together(db: Db) 
     let user = add_user(store, "reset@example.com").await;
     let mut before = user.clone();
     before.first_name = "Edited".into();
-    store.update_user(&before).await.unwrap();
+    save_user(store, &before).await.unwrap();
     let mark = feed_mark(store).await;
 
     store
