@@ -488,14 +488,9 @@ impl Store for PgStore {
     async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>> {
         let c = self.client().await?;
         let ids = user_ids.to_vec();
-        all(
-            &c,
-            "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
-             EXISTS (SELECT 1 FROM totp_devices d WHERE d.user_id = u.id) \
-             FROM users u WHERE u.id = ANY($1)",
-            &[&ids],
-            row::user_facts_from_row,
-        )
+        all(&c, sql::USER_FACTS.postgres, &[&ids], |r| {
+            row::user_facts_from_row(r)
+        })
         .await
     }
 
@@ -548,50 +543,27 @@ impl Store for PgStore {
     async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>> {
         let c = self.client().await?;
         let ids = user_ids.to_vec();
-        all(
-            &c,
-            concat!(
-                "SELECT ",
-                sql::membership_columns!(),
-                ", ",
-                sql::organization_columns!(),
-                " FROM organization_memberships m \
-                 JOIN organizations o ON o.id = m.organization_id \
-                 WHERE m.user_id = ANY($1) ORDER BY m.joined_at, m.id"
-            ),
-            &[&ids],
-            row::membership_with_org_from_row,
-        )
+        all(&c, sql::MEMBERSHIPS_OF_USERS.postgres, &[&ids], |r| {
+            row::membership_with_org_from_row(r)
+        })
         .await
     }
 
     async fn teams_of(&self, organizations: &[Uuid]) -> StoreResult<Vec<TeamRecord>> {
         let c = self.client().await?;
         let ids = uuid_strings(organizations);
-        all(
-            &c,
-            concat!(
-                "SELECT ",
-                sql::team_columns!(),
-                " FROM teams t WHERE t.organization_id = ANY($1) ORDER BY t.id"
-            ),
-            &[&ids],
-            row::team_from_row,
-        )
+        all(&c, sql::TEAMS_OF_ORGANIZATIONS.postgres, &[&ids], |r| {
+            row::team_from_row(r)
+        })
         .await
     }
 
     async fn member_counts(&self, organizations: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>> {
         let c = self.client().await?;
         let ids = uuid_strings(organizations);
-        all(
-            &c,
-            "SELECT m.organization_id, count(*) FROM organization_memberships m \
-             JOIN users u ON u.id = m.user_id \
-             WHERE u.is_active = TRUE AND m.organization_id = ANY($1) GROUP BY m.organization_id",
-            &[&ids],
-            |r| Ok((r.uuid(0)?, r.i64(1)?)),
-        )
+        all(&c, sql::MEMBER_COUNTS.postgres, &[&ids], |r| {
+            Ok((r.uuid(0)?, r.i64(1)?))
+        })
         .await
     }
 
@@ -610,13 +582,9 @@ impl Store for PgStore {
     async fn scene_personalisations_of(&self, user_ids: &[i64]) -> StoreResult<Vec<SceneRecord>> {
         let c = self.client().await?;
         let ids = user_ids.to_vec();
-        all(
-            &c,
-            "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations \
-             WHERE user_id = ANY($1) ORDER BY id",
-            &[&ids],
-            row::scene_from_row,
-        )
+        all(&c, sql::SCENES_OF_USERS.postgres, &[&ids], |r| {
+            row::scene_from_row(r)
+        })
         .await
     }
 
@@ -953,12 +921,7 @@ impl Store for PgStore {
         let ids = team_ids.to_vec();
         all(
             &c,
-            concat!(
-                "SELECT ",
-                sql::team_integration_columns!(),
-                " FROM team_integrations ti WHERE ti.team_id = ANY($1) AND ti.kind = $2 \
-                  ORDER BY ti.id"
-            ),
+            sql::TEAM_INTEGRATIONS_OF_TEAMS.postgres,
             &[&ids, &kind],
             row::team_integration_from_row,
         )

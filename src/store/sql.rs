@@ -69,9 +69,7 @@ macro_rules! team_integration_columns {
     };
 }
 
-pub(crate) use {
-    membership_columns, organization_columns, team_columns, team_integration_columns, user_columns,
-};
+pub(crate) use user_columns;
 
 pub const PING: &str = "SELECT 1";
 
@@ -263,6 +261,68 @@ pub struct Dialects<T = &'static str> {
     pub sqlite: T,
     pub postgres: T,
 }
+
+/// A statement that filters `$column` on a list of ids bound as `$1`: SQLite binds the list as a
+/// JSON array and expands it with `json_each`, Postgres binds an array and uses `= ANY`.
+macro_rules! in_id_list {
+    ($before:expr, $column:literal, $after:literal) => {
+        Dialects {
+            sqlite: concat!(
+                $before,
+                $column,
+                " IN (SELECT value FROM json_each($1))",
+                $after
+            ),
+            postgres: concat!($before, $column, " = ANY($1)", $after),
+        }
+    };
+}
+
+/// Per user: whether they have personal API keys, whether they have a TOTP device.
+pub const USER_FACTS: Dialects = in_id_list!(
+    "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
+     EXISTS (SELECT 1 FROM totp_devices d WHERE d.user_id = u.id) FROM users u WHERE ",
+    "u.id",
+    ""
+);
+pub const MEMBERSHIPS_OF_USERS: Dialects = in_id_list!(
+    concat!(
+        "SELECT ",
+        membership_columns!(),
+        ", ",
+        organization_columns!(),
+        " FROM organization_memberships m JOIN organizations o ON o.id = m.organization_id WHERE "
+    ),
+    "m.user_id",
+    " ORDER BY m.joined_at, m.id"
+);
+pub const TEAMS_OF_ORGANIZATIONS: Dialects = in_id_list!(
+    concat!("SELECT ", team_columns!(), " FROM teams t WHERE "),
+    "t.organization_id",
+    " ORDER BY t.id"
+);
+/// Active members per organization.
+pub const MEMBER_COUNTS: Dialects = in_id_list!(
+    "SELECT m.organization_id, count(*) FROM organization_memberships m \
+     JOIN users u ON u.id = m.user_id WHERE u.is_active = TRUE AND ",
+    "m.organization_id",
+    " GROUP BY m.organization_id"
+);
+pub const SCENES_OF_USERS: Dialects = in_id_list!(
+    "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations WHERE ",
+    "user_id",
+    " ORDER BY id"
+);
+/// The integrations of one kind (`$2`) of the teams listed.
+pub const TEAM_INTEGRATIONS_OF_TEAMS: Dialects = in_id_list!(
+    concat!(
+        "SELECT ",
+        team_integration_columns!(),
+        " FROM team_integrations ti WHERE "
+    ),
+    "ti.team_id",
+    " AND ti.kind = $2 ORDER BY ti.id"
+);
 
 /// `lock_user`: on Postgres, locks the user's row for the rest of the transaction; on SQLite,
 /// whether the user exists, which holds as long because its single writer holds the database's

@@ -563,14 +563,9 @@ impl Store for SqliteStore {
     async fn user_facts(&self, user_ids: &[i64]) -> StoreResult<Vec<UserFacts>> {
         let ids = id_list(user_ids);
         self.read(|c| {
-            collect(
-                c,
-                "SELECT u.id, EXISTS (SELECT 1 FROM personal_api_keys k WHERE k.user_id = u.id), \
-                 EXISTS (SELECT 1 FROM totp_devices d WHERE d.user_id = u.id) \
-                 FROM users u WHERE u.id IN (SELECT value FROM json_each($1))",
-                [ids],
-                |r| row::user_facts_from_row(r),
-            )
+            collect(c, sql::USER_FACTS.sqlite, [ids], |r| {
+                row::user_facts_from_row(r)
+            })
         })
     }
 
@@ -621,53 +616,27 @@ impl Store for SqliteStore {
     async fn memberships_of(&self, user_ids: &[i64]) -> StoreResult<Vec<MembershipWithOrg>> {
         let ids = id_list(user_ids);
         self.read(|c| {
-            collect(
-                c,
-                concat!(
-                    "SELECT ",
-                    sql::membership_columns!(),
-                    ", ",
-                    sql::organization_columns!(),
-                    " FROM organization_memberships m \
-                     JOIN organizations o ON o.id = m.organization_id \
-                     WHERE m.user_id IN (SELECT value FROM json_each($1)) \
-                     ORDER BY m.joined_at, m.id"
-                ),
-                [ids],
-                |r| row::membership_with_org_from_row(r),
-            )
+            collect(c, sql::MEMBERSHIPS_OF_USERS.sqlite, [ids], |r| {
+                row::membership_with_org_from_row(r)
+            })
         })
     }
 
     async fn teams_of(&self, organizations: &[Uuid]) -> StoreResult<Vec<TeamRecord>> {
         let ids = id_list(organizations);
         self.read(|c| {
-            collect(
-                c,
-                concat!(
-                    "SELECT ",
-                    sql::team_columns!(),
-                    " FROM teams t WHERE t.organization_id IN (SELECT value FROM json_each($1)) \
-                     ORDER BY t.id"
-                ),
-                [ids],
-                |r| row::team_from_row(r),
-            )
+            collect(c, sql::TEAMS_OF_ORGANIZATIONS.sqlite, [ids], |r| {
+                row::team_from_row(r)
+            })
         })
     }
 
     async fn member_counts(&self, organizations: &[Uuid]) -> StoreResult<Vec<(Uuid, i64)>> {
         let ids = id_list(organizations);
         self.read(|c| {
-            collect(
-                c,
-                "SELECT m.organization_id, count(*) FROM organization_memberships m \
-                 JOIN users u ON u.id = m.user_id \
-                 WHERE u.is_active = TRUE AND m.organization_id IN (SELECT value FROM json_each($1)) \
-                 GROUP BY m.organization_id",
-                [ids],
-                |r| Ok((r.uuid(0)?, r.i64(1)?)),
-            )
+            collect(c, sql::MEMBER_COUNTS.sqlite, [ids], |r| {
+                Ok((r.uuid(0)?, r.i64(1)?))
+            })
         })
     }
 
@@ -688,13 +657,9 @@ impl Store for SqliteStore {
     async fn scene_personalisations_of(&self, user_ids: &[i64]) -> StoreResult<Vec<SceneRecord>> {
         let ids = id_list(user_ids);
         self.read(|c| {
-            collect(
-                c,
-                "SELECT user_id, team_id, scene, dashboard_id FROM scene_personalisations \
-                 WHERE user_id IN (SELECT value FROM json_each($1)) ORDER BY id",
-                [ids],
-                |r| row::scene_from_row(r),
-            )
+            collect(c, sql::SCENES_OF_USERS.sqlite, [ids], |r| {
+                row::scene_from_row(r)
+            })
         })
     }
 
@@ -1051,12 +1016,7 @@ impl Store for SqliteStore {
         self.read(|c| {
             collect(
                 c,
-                concat!(
-                    "SELECT ",
-                    sql::team_integration_columns!(),
-                    " FROM team_integrations ti WHERE ti.team_id IN (SELECT value FROM json_each($1)) \
-                      AND ti.kind = $2 ORDER BY ti.id"
-                ),
+                sql::TEAM_INTEGRATIONS_OF_TEAMS.sqlite,
                 params![ids, kind],
                 |r| row::team_integration_from_row(r),
             )

@@ -11,9 +11,9 @@ use hoglet::config::DatabaseUrl;
 use hoglet::store::{
     self, ApiKeyChanges, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MailFailure,
     MembershipLevel, MembershipWithOrg, NewApiKey, NewMail, NewOrganization, NewScene, NewSignup,
-    NewTeam, NewUser, OrganizationRecord, OutboxStatus, PasswordHash, SessionRecord, StoreError,
-    StoreResult, TeamRecord, TotpDeviceRecord, Unique, UserChanges, UserDeletion, UserFacts,
-    UserQuery, UserRecord, UserWrite,
+    NewTeam, NewUser, OrganizationChanges, OrganizationRecord, OutboxStatus, PasswordHash,
+    SessionRecord, StoreError, StoreResult, TeamRecord, TotpDeviceRecord, Unique, UserChanges,
+    UserDeletion, UserFacts, UserQuery, UserRecord, UserWrite,
 };
 use hoglet::time::{Micros, SECOND, system_now};
 use serde_json::json;
@@ -71,6 +71,9 @@ db_tests!(
     outbox_claims_lease_retry_give_up_and_delete,
     prune_dead_mail_deletes_only_old_dead_letters,
     concurrent_claims_never_share_a_message,
+    update_organization_writes_only_the_given_settings,
+    api_keys_of_lists_one_users_keys_newest_first,
+    totp_attempts_are_claimed_once_per_backoff_window,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -4402,4 +4405,208 @@ async fn prune_dead_mail_deletes_only_old_dead_letters(db: Db) {
     // The waiting message is not a dead letter, however old.
     assert_eq!(store.prune_dead_mail(i64::MAX).await.unwrap(), 0);
     assert_eq!(store.outbox_status(T0).await.unwrap(), status(1, 1));
+}
+
+async fn update_organization_writes_only_the_given_settings(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "org-owner@example.com").await;
+    let member = add_user(store, "org-member@example.com").await;
+    let outsider = add_user(store, "org-outsider@example.com").await;
+    let (org, _) = add_org(store, owner.id, "Settings").await;
+    store
+        .add_membership(org.id, member.id, MembershipLevel::Member)
+        .await
+        .unwrap();
+    let (other, _) = add_org(store, outsider.id, "Elsewhere").await;
+
+    // A name only: enforce_2fa keeps its value, every member's views are told, no one else's.
+    let mark = feed_mark(store).await;
+    let renamed = store
+        .update_organization(
+            org.id,
+            OrganizationChanges {
+                name: Some("Renamed".into()),
+                enforce_2fa: None,
+            },
+        )
+        .await
+        .unwrap()
+        .expect("organization exists");
+    assert_eq!(renamed.name, "Renamed");
+    assert_eq!(renamed.enforce_2fa, org.enforce_2fa);
+    assert_eq!(renamed.slug, org.slug, "the slug stays");
+    assert!(renamed.updated_at >= org.updated_at);
+    let mut told = feed_after(store, mark).await;
+    told.sort();
+    let mut members = vec![user_entry(owner.id), user_entry(member.id)];
+    members.sort();
+    assert_eq!(told, members);
+
+    // enforce_2fa only: the name stays.
+    let enforced = store
+        .update_organization(
+            org.id,
+            OrganizationChanges {
+                name: None,
+                enforce_2fa: Some(true),
+            },
+        )
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (enforced.name.as_str(), enforced.enforce_2fa),
+        ("Renamed", Some(true))
+    );
+    assert_eq!(
+        store
+            .organization(org.id)
+            .await
+            .unwrap()
+            .unwrap()
+            .enforce_2fa,
+        Some(true)
+    );
+
+    // The other organization is untouched; an unknown one is None and records nothing.
+    let untouched = store.organization(other.id).await.unwrap().unwrap();
+    assert_eq!(
+        (untouched.name.as_str(), untouched.enforce_2fa),
+        ("Elsewhere", other.enforce_2fa)
+    );
+    let mark = feed_mark(store).await;
+    let missing = store
+        .update_organization(
+            Uuid::new_v4(),
+            OrganizationChanges {
+                name: Some("Ghost".into()),
+                enforce_2fa: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    assert!(missing.is_none());
+    assert_eq!(feed_after(store, mark).await, vec![]);
+}
+
+async fn api_keys_of_lists_one_users_keys_newest_first(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "keys-owner@example.com").await;
+    let other = add_user(store, "keys-other@example.com").await;
+    assert!(store.api_keys_of(owner.id).await.unwrap().is_empty());
+
+    let mut inserted = Vec::new();
+    for (i, created_at) in [T0 + 10, T0 + 30, T0 + 20].into_iter().enumerate() {
+        let key = store
+            .insert_api_key(
+                NewApiKey {
+                    label: format!("key {i}"),
+                    created_at,
+                    ..new_key(owner.id)
+                },
+                LIMIT,
+            )
+            .await
+            .unwrap();
+        inserted.push(key);
+    }
+    store
+        .insert_api_key(new_key(other.id), LIMIT)
+        .await
+        .unwrap();
+
+    let listed = store.api_keys_of(owner.id).await.unwrap();
+    let labels: Vec<&str> = listed.iter().map(|k| k.label.as_str()).collect();
+    assert_eq!(labels, ["key 1", "key 2", "key 0"]);
+    assert!(listed.iter().all(|k| k.user_id == owner.id));
+    assert_eq!(listed[0].secure_value, inserted[1].secure_value);
+    assert_eq!(store.api_keys_of(other.id).await.unwrap().len(), 1);
+}
+
+async fn totp_attempts_are_claimed_once_per_backoff_window(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "claims@example.com").await;
+    let other = add_user(store, "claims-other@example.com").await;
+    assert!(
+        store
+            .claim_totp_attempt(user.id, T0)
+            .await
+            .unwrap()
+            .is_none(),
+        "no device, nothing to claim"
+    );
+    // The fixture has 3 failures and is throttled until T0 + 8.
+    store
+        .put_totp_device(&totp_device(user.id, 100))
+        .await
+        .unwrap();
+    store
+        .put_totp_device(&totp_device(other.id, 100))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .claim_totp_attempt(user.id, T0 + 7)
+            .await
+            .unwrap()
+            .is_none(),
+        "still throttled"
+    );
+
+    // A claim counts the miss twice and throttles for 2^(old failures + 1) seconds.
+    let claimed = store
+        .claim_totp_attempt(user.id, T0 + 8)
+        .await
+        .unwrap()
+        .expect("claimable once the throttle is over");
+    assert_eq!(claimed.failures, 5);
+    assert_eq!(claimed.throttled_until, T0 + 8 + 16 * SECOND);
+    assert_eq!(claimed.last_step, 100);
+    assert_eq!(
+        store.totp_device(user.id).await.unwrap().unwrap().failures,
+        5
+    );
+    assert!(
+        store
+            .claim_totp_attempt(user.id, T0 + 8 + 16 * SECOND - 1)
+            .await
+            .unwrap()
+            .is_none(),
+        "one claim per window"
+    );
+
+    // The back-off stops growing at 4096 s.
+    let mut worn = totp_device(user.id, 100);
+    worn.failures = 40;
+    worn.throttled_until = 0;
+    store.put_totp_device(&worn).await.unwrap();
+    let capped = store
+        .claim_totp_attempt(user.id, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(capped.throttled_until, T0 + 4096 * SECOND);
+
+    // Clearing forgets the count and the throttle, for this user only.
+    store.clear_totp_throttle(user.id).await.unwrap();
+    let cleared = store.totp_device(user.id).await.unwrap().unwrap();
+    assert_eq!((cleared.failures, cleared.throttled_until), (0, 0));
+    assert_eq!(
+        (cleared.last_step, cleared.secret.as_str()),
+        (100, worn.secret.as_str())
+    );
+    let untouched = store.totp_device(other.id).await.unwrap().unwrap();
+    assert_eq!((untouched.failures, untouched.throttled_until), (3, T0 + 8));
+    let again = store
+        .claim_totp_attempt(user.id, T0)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (again.failures, again.throttled_until),
+        (2, T0 + 2 * SECOND)
+    );
 }
