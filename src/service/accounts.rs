@@ -384,15 +384,16 @@ pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedI
     };
     state.limiter.backoff_clear(ACCOUNT_LOCKOUT, &account).await;
     if verified == Verified::YesButUpgrade {
-        // A Django PBKDF2 hash: store Argon2id from now on (that column only).
-        let write = UserWrite {
-            changes: UserChanges {
-                password: Some(hash_password(state, password).await?),
-                ..UserChanges::default()
-            },
-            ..UserWrite::default()
-        };
-        user = commit(state, user.id, &write, Outgoing::default()).await?;
+        // A Django PBKDF2 hash: store Argon2id from now on, unless the password was changed
+        // since it was read (that change wins).
+        let upgraded = hash_password(state, password).await?;
+        if state
+            .store
+            .upgrade_password_hash(user.id, &user.password, &upgraded)
+            .await?
+        {
+            user.password = upgraded;
+        }
     }
     if state.mailer.is_configured() && user.is_email_verified != Some(true) {
         emails::send_verification(state, &user).await?;

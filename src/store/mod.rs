@@ -133,6 +133,14 @@ pub trait Store: Send + Sync + 'static {
     /// `Missing("user")` (nothing written) when the user does not exist; `Unique(Email)` (nothing
     /// written) when the new email is taken.
     async fn write_user(&self, user_id: i64, write: &UserWrite) -> StoreResult<UserRecord>;
+    /// Replaces the password hash by `to` only while it is still `from`, so rehashing at login
+    /// never undoes a password change that landed after the login read the user; whether it did.
+    async fn upgrade_password_hash(
+        &self,
+        user_id: i64,
+        from: &PasswordHash,
+        to: &PasswordHash,
+    ) -> StoreResult<bool>;
     /// Sets the current organization and team without touching anything else.
     async fn set_current_context(
         &self,

@@ -467,6 +467,17 @@ impl Store for PgStore {
         in_transaction!(self, |tx| scripts::write_user(tx, user_id, write))
     }
 
+    async fn upgrade_password_hash(
+        &self,
+        user_id: i64,
+        from: &PasswordHash,
+        to: &PasswordHash,
+    ) -> StoreResult<bool> {
+        in_transaction!(self, |tx| scripts::upgrade_password_hash(
+            tx, user_id, from, to
+        ))
+    }
+
     async fn set_current_context(
         &self,
         user_id: i64,

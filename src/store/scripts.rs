@@ -323,6 +323,23 @@ pub(crate) async fn write_user(
     user_by_id(tx, user_id).await
 }
 
+/// [`Store::upgrade_password_hash`].
+pub(crate) async fn upgrade_password_hash(
+    tx: &impl Exec,
+    user_id: i64,
+    from: &PasswordHash,
+    to: &PasswordHash,
+) -> StoreResult<bool> {
+    let upgraded = tx
+        .execute(sql::USER_UPGRADE_PASSWORD, args![user_id, &from.0, &to.0])
+        .await?
+        == 1;
+    if upgraded {
+        invalidate(tx, Some(user_id), None).await?;
+    }
+    Ok(upgraded)
+}
+
 pub(crate) async fn set_current_context(
     tx: &impl Exec,
     user_id: i64,

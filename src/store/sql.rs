@@ -502,6 +502,9 @@ pub const BACKUP_CODE_CONSUME: &str =
     "DELETE FROM backup_codes WHERE user_id = $1 AND code_hash = $2";
 pub const BACKUP_CODE_COUNT: &str = "SELECT count(*) FROM backup_codes WHERE user_id = $1";
 
+/// Rehashes only a password nobody changed since it was read.
+pub const USER_UPGRADE_PASSWORD: &str =
+    "UPDATE users SET password = $3 WHERE id = $1 AND password = $2";
 pub const USER_SET_RESET_REQUESTED: &str =
     "UPDATE users SET requested_password_reset_at = $2 WHERE id = $1";
 

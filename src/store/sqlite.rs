@@ -538,6 +538,17 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn upgrade_password_hash(
+        &self,
+        user_id: i64,
+        from: &PasswordHash,
+        to: &PasswordHash,
+    ) -> StoreResult<bool> {
+        let (from, to) = (from.clone(), to.clone());
+        self.write(move |tx| run_now(scripts::upgrade_password_hash(tx, user_id, &from, &to)))
+            .await
+    }
+
     async fn set_current_context(
         &self,
         user_id: i64,

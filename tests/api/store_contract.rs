@@ -74,6 +74,7 @@ db_tests!(
     update_organization_writes_only_the_given_settings,
     api_keys_of_lists_one_users_keys_newest_first,
     totp_attempts_are_claimed_once_per_backoff_window,
+    upgrade_password_hash_replaces_only_the_hash_it_read,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -4608,5 +4609,66 @@ async fn totp_attempts_are_claimed_once_per_backoff_window(db: Db) {
     assert_eq!(
         (again.failures, again.throttled_until),
         (2, T0 + 2 * SECOND)
+    );
+}
+
+async fn upgrade_password_hash_replaces_only_the_hash_it_read(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let user = add_user(store, "rehash@example.com").await;
+    let other = add_user(store, "rehash-other@example.com").await;
+    let legacy = PasswordHash("pbkdf2_sha256$1000$salt$legacy".into());
+    let mut stored = reload(store, user.id).await;
+    stored.password = legacy.clone();
+    save_user(store, &stored).await.unwrap();
+    let argon = PasswordHash("argon2id$upgraded".into());
+
+    // The hash read is still there: replaced, the rest of the row kept, the user's views told.
+    let mark = feed_mark(store).await;
+    assert!(
+        store
+            .upgrade_password_hash(user.id, &legacy, &argon)
+            .await
+            .unwrap()
+    );
+    let after = reload(store, user.id).await;
+    assert_eq!(after.password, argon);
+    assert_same_user(
+        &after,
+        &UserRecord {
+            password: argon.clone(),
+            ..stored.clone()
+        },
+    );
+    assert_eq!(feed_after(store, mark).await, vec![user_entry(user.id)]);
+    assert_eq!(reload(store, other.id).await.password, other.password);
+
+    // A password changed since the read wins: nothing written, nothing recorded.
+    let changed = PasswordHash("argon2id$changed-by-the-user".into());
+    save_user(
+        store,
+        &UserRecord {
+            password: changed.clone(),
+            ..after.clone()
+        },
+    )
+    .await
+    .unwrap();
+    let mark = feed_mark(store).await;
+    assert!(
+        !store
+            .upgrade_password_hash(user.id, &legacy, &argon)
+            .await
+            .unwrap()
+    );
+    assert_eq!(reload(store, user.id).await.password, changed);
+    assert_eq!(feed_after(store, mark).await, vec![]);
+
+    // No such user: nothing.
+    assert!(
+        !store
+            .upgrade_password_hash(user.id + 1000, &legacy, &argon)
+            .await
+            .unwrap()
     );
 }
