@@ -71,7 +71,15 @@ pub fn service(state: AppState) -> Service {
             "/api/schema/",
             axum::routing::get(move || async move { axum::Json(document) }),
         )
-        .fallback(|| async { ApiError::NotFound("Endpoint not found.".into()) })
+        .merge(crate::web::router())
+        // Under `/api/` a miss is the JSON envelope; anywhere else it is a page.
+        .fallback(|uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/api/") {
+                ApiError::NotFound("Endpoint not found.".into()).into_response()
+            } else {
+                crate::web::not_found()
+            }
+        })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(method.to_string()).into_response()
         })
