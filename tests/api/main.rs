@@ -27,3 +27,4 @@ mod users;
 mod users_actions;
 mod users_list;
 mod users_update;
+mod web_pages;
