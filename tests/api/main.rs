@@ -27,4 +27,5 @@ mod users;
 mod users_actions;
 mod users_list;
 mod users_update;
+mod web_browser;
 mod web_pages;
