@@ -141,7 +141,15 @@ impl FromRequestParts<AppState> for Visitor {
     type Rejection = PageError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, PageError> {
-        let caller = session::authenticate(parts, state).await?;
+        let caller = match session::authenticate(parts, state).await {
+            // A session held back by its organization's 2FA rule (its CSRF token already
+            // checked) browses the sign-in pages as a visitor.
+            Err(ApiError::PermissionDenied {
+                code: "two_factor_setup_required" | "two_factor_verification_required",
+                ..
+            }) => return Ok(Visitor(None)),
+            other => other?,
+        };
         if caller.is_none() {
             session::check_double_submit(parts)?;
         }

@@ -26,6 +26,7 @@ db_tests!(
     password_reset_from_the_mailed_link,
     settings_need_a_session_and_save_the_profile,
     an_old_session_is_asked_for_its_password_before_a_change,
+    pages_follow_the_users_theme,
 );
 
 const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
@@ -728,4 +729,33 @@ async fn an_old_session_is_asked_for_its_password_before_a_change(db: Db) {
             .await,
         "/settings/user?notice=profile_saved",
     );
+}
+
+async fn pages_follow_the_users_theme(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_user("theme@example.com", false).await;
+    let browser = Browser::new(&app);
+    let login = browser.get("/login").await;
+    assert!(
+        login
+            .text
+            .contains("<html lang=\"en\" data-theme=\"system\">")
+    );
+    browser
+        .login("theme@example.com", PASSWORD)
+        .await
+        .assert_ok();
+    for (mode, theme) in [("dark", "dark"), ("light", "light"), ("system", "system")] {
+        browser
+            .patch("/api/users/@me/", json!({"theme_mode": mode}))
+            .await
+            .assert_ok();
+        let page = browser.get("/settings/user").await;
+        assert!(
+            page.text
+                .contains(&format!("<html lang=\"en\" data-theme=\"{theme}\">")),
+            "{mode}: {}",
+            page.text
+        );
+    }
 }
