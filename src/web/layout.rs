@@ -69,6 +69,8 @@ pub fn notice(query: Option<&str>) -> Option<&'static str> {
         "verified" => "Your email address is verified. Log in to continue.",
         "logged_out" => "You are logged out.",
         "profile_saved" => "Your profile is saved.",
+        "two_factor_disabled" => "Two-factor authentication is off.",
+        "key_deleted" => "The key is deleted. It no longer works.",
         _ => return None,
     })
 }

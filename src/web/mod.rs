@@ -7,9 +7,11 @@
 //! (see [`crate::http::paths`]). None of them is in the OpenAPI document.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod assets;
 pub mod layout;
 pub mod settings;
+pub mod two_factor;
 
 use axum::Router;
 use axum::extract::{FromRequestParts, Request};
@@ -52,6 +54,22 @@ pub fn router() -> Router<AppState> {
         )
         .route("/settings/user/", get(settings::user_page))
         .route("/settings/user/profile/", post(settings::profile))
+        .route("/settings/user-2fa/", get(two_factor::page))
+        .route("/settings/user-2fa/enable/", post(two_factor::enable))
+        .route(
+            "/settings/user-2fa/backup-codes/",
+            post(two_factor::backup_codes),
+        )
+        .route("/settings/user-2fa/disable/", post(two_factor::disable))
+        .route(
+            "/settings/user-api-keys/",
+            get(api_keys::page).post(api_keys::create),
+        )
+        .route("/settings/user-api-keys/{id}/roll/", post(api_keys::roll))
+        .route(
+            "/settings/user-api-keys/{id}/delete/",
+            post(api_keys::delete),
+        )
         .layer(axum::middleware::from_fn(page_headers))
         .route("/static/{file}/", get(assets::serve))
 }

@@ -26,7 +26,7 @@ const USER_PAGE: &str = "/settings/user";
 
 /// The login page that comes back to `path`; with `reauth`, it asks a signed-in user to confirm
 /// their password.
-fn login_then(path: &str, reauth: bool) -> Response {
+pub(crate) fn login_then(path: &str, reauth: bool) -> Response {
     let next = redirect::query_value(path);
     see_other(&if reauth {
         format!("/login?next={next}&reauth=1")
@@ -37,7 +37,7 @@ fn login_then(path: &str, reauth: bool) -> Response {
 
 /// The session's caller, or the way to the login page (or, for a sensitive change on an old
 /// session, the password prompt) that comes back to `path`.
-fn authorized(
+pub(crate) fn authorized(
     auth: Result<Authenticated<SessionOnly>, ApiError>,
     path: &str,
     check: impl FnOnce(Authenticated<SessionOnly>) -> Result<Caller, ApiError>,

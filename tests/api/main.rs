@@ -29,3 +29,4 @@ mod users_list;
 mod users_update;
 mod web_browser;
 mod web_pages;
+mod web_settings;
