@@ -71,6 +71,7 @@ pub fn notice(query: Option<&str>) -> Option<&'static str> {
         "profile_saved" => "Your profile is saved.",
         "two_factor_disabled" => "Two-factor authentication is off.",
         "key_deleted" => "The key is deleted. It no longer works.",
+        "github_disconnected" => "The GitHub integration is removed.",
         _ => return None,
     })
 }

@@ -9,6 +9,7 @@
 pub mod accounts;
 pub mod api_keys;
 pub mod assets;
+pub mod integrations;
 pub mod layout;
 pub mod settings;
 pub mod two_factor;
@@ -69,6 +70,22 @@ pub fn router() -> Router<AppState> {
         .route(
             "/settings/user-api-keys/{id}/delete/",
             post(api_keys::delete),
+        )
+        .route(
+            "/settings/user-personal-integrations/",
+            get(integrations::page),
+        )
+        .route(
+            "/settings/user-personal-integrations/github/",
+            post(integrations::connect),
+        )
+        .route(
+            "/settings/user-personal-integrations/github/{installation_id}/delete/",
+            post(integrations::disconnect),
+        )
+        .route(
+            "/account-connected/github-integration/",
+            get(integrations::account_connected),
         )
         .layer(axum::middleware::from_fn(page_headers))
         .route("/static/{file}/", get(assets::serve))
