@@ -7,6 +7,7 @@
 //! (see [`crate::http::paths`]). None of them is in the OpenAPI document.
 
 pub mod accounts;
+pub mod api_docs;
 pub mod api_keys;
 pub mod assets;
 pub mod integrations;
@@ -89,6 +90,9 @@ pub fn router() -> Router<AppState> {
         )
         .layer(axum::middleware::from_fn(page_headers))
         .route("/static/{file}/", get(assets::serve))
+        .route("/static/docs/{file}/", get(api_docs::serve))
+        .route("/api/schema/swagger-ui/", get(api_docs::swagger_ui))
+        .route("/api/schema/redoc/", get(api_docs::redoc))
 }
 
 /// `Content-Security-Policy` of every page: only this origin, no inline script or style, never

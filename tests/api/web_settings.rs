@@ -14,6 +14,7 @@ db_tests!(
     api_key_created_in_the_page_works_then_rolls_and_deletes,
     api_key_form_errors_use_the_apis_words_and_keep_the_input,
     settings_pages_need_a_session,
+    api_docs_viewers_are_served_from_the_binary,
 );
 
 async fn app_with_clock(db: Db) -> (TestApp, Clock) {
@@ -401,4 +402,71 @@ async fn settings_pages_need_a_session(db: Db) {
     let key = app.create_key("nobody@example.com", &["*"]).await;
     let reply = app.get("/settings/user-api-keys", &key).await;
     assert_eq!(reply.status.as_u16(), 303, "{}", reply.text);
+}
+
+async fn api_docs_viewers_are_served_from_the_binary(db: Db) {
+    let (app, _) = app_with_clock(db).await;
+    let client = reqwest::Client::new();
+    for (path, mount) in [
+        ("/api/schema/swagger-ui/", "swagger-ui"),
+        ("/api/schema/redoc/", "redoc"),
+    ] {
+        let page = client.get(app.url(path)).send().await.unwrap();
+        assert_eq!(page.status(), 200, "{path}");
+        let csp = page.headers()["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        assert!(csp.contains("script-src 'self';"), "{csp}");
+        assert!(csp.contains("frame-ancestors 'none'"), "{csp}");
+        let html = page.text().await.unwrap();
+        assert!(
+            html.contains(&format!("<div id=\"{mount}\"></div>")),
+            "{html}"
+        );
+        assert!(!html.contains("<script>"), "no inline script");
+        let mut assets: Vec<String> = html
+            .split("src=\"")
+            .chain(html.split("href=\""))
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .filter(|url| url.starts_with("/static/docs/"))
+            .map(str::to_string)
+            .collect();
+        assets.sort();
+        assets.dedup();
+        assert!(assets.len() >= 2, "{html}");
+        for asset in assets {
+            let reply = client
+                .get(app.url(&asset))
+                .header("accept-encoding", "gzip, deflate")
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(reply.status(), 200, "{asset}");
+            assert_eq!(
+                reply.headers()["cache-control"],
+                "public, max-age=31536000, immutable"
+            );
+            let body = reply.bytes().await.unwrap();
+            assert!(body.len() > 100, "{asset}");
+            if asset.contains("bundle") || asset.contains("standalone") || asset.ends_with(".css") {
+                // The vendored builds are sent gzip-compressed; a client that refuses gzip is told.
+                assert_eq!(&body[..2], &[0x1f, 0x8b], "{asset} is gzip");
+                let refused = client
+                    .get(app.url(&asset))
+                    .header("accept-encoding", "identity")
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(refused.status(), 406, "{asset}");
+            }
+        }
+    }
+    let missing = client
+        .get(app.url("/static/docs/swagger-ui-bundle.000000000000.js"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 }
