@@ -11,6 +11,9 @@ use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chromiumoxide::cdp::browser_protocol::emulation::{
+    MediaFeature, SetDeviceMetricsOverrideParams,
+};
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::{Browser as Chrome, BrowserConfig, Page};
 use futures_util::{FutureExt, StreamExt};
@@ -25,6 +28,7 @@ db_tests!(
     login_after_a_failed_login_showing_the_error,
     password_reset_from_the_mailed_link,
     keyboard_only_login,
+    pages_fit_a_narrow_screen_in_light_and_dark,
 );
 
 /// Where the browser binary is looked for, after `$CHROME`.
@@ -347,4 +351,67 @@ async fn key_in(page: &Page, text: &str) {
         .type_str(text)
         .await
         .expect("typed");
+}
+
+/// A value the page computes.
+async fn evaluate<T: serde::de::DeserializeOwned>(page: &Page, expression: &str) -> T {
+    page.evaluate(expression)
+        .await
+        .expect("evaluated")
+        .into_value::<T>()
+        .expect("a value of the expected type")
+}
+
+async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_user("narrow@example.com", false).await;
+    in_browser("pages_fit_a_narrow_screen", db, |page| async move {
+        page.execute(SetDeviceMetricsOverrideParams::new(360, 740, 2.0, true))
+            .await
+            .expect("a 360 px screen");
+        let background = "getComputedStyle(document.body).backgroundColor";
+        for path in ["/login", "/signup", "/reset"] {
+            open(&page, &app, path).await;
+            let (scroll, client): (i64, i64) = (
+                evaluate(&page, "document.documentElement.scrollWidth").await,
+                evaluate(&page, "document.documentElement.clientWidth").await,
+            );
+            assert!(
+                scroll <= client,
+                "{path} scrolls sideways: {scroll} > {client}"
+            );
+        }
+        let light: String = evaluate(&page, background).await;
+        page.emulate_media_features(vec![MediaFeature::new("prefers-color-scheme", "dark")])
+            .await
+            .expect("dark mode");
+        let dark: String = evaluate(&page, background).await;
+        assert_ne!(light, dark, "the page ignores prefers-color-scheme");
+        // A signed-in user's theme_mode wins over the browser's preference.
+        open(&page, &app, "/login").await;
+        fill(&page, "email", "narrow@example.com").await;
+        fill(&page, "password", PASSWORD).await;
+        press(&page, "Log in").await;
+        wait_for_path(&page, &app, "/settings/user").await;
+        let user = app
+            .store
+            .user_by_email("narrow@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(user.theme_mode, None);
+        assert_eq!(evaluate::<String>(&page, background).await, dark);
+        let api = crate::browser::Browser::new(&app);
+        api.login("narrow@example.com", PASSWORD).await.assert_ok();
+        api.patch(
+            "/api/users/@me/",
+            serde_json::json!({"theme_mode": "light"}),
+        )
+        .await
+        .assert_ok();
+        page.reload().await.expect("reloaded");
+        wait_for_text(&page, "#account-email", "narrow@example.com").await;
+        assert_eq!(evaluate::<String>(&page, background).await, light);
+    })
+    .await;
 }
