@@ -20,6 +20,7 @@ db_tests!(
     login_shows_the_api_error_and_signs_in,
     login_follows_only_safe_next_paths,
     login_lockout_is_shown_with_its_wait,
+    login_throttle_and_unverified_accounts_are_shown,
     login_with_two_factor_goes_through_the_code_page,
     signup_without_email_signs_in_and_follows_the_policy,
     signup_with_email_asks_to_verify_and_get_never_uses_the_token,
@@ -320,6 +321,57 @@ async fn login_lockout_is_shown_with_its_wait(db: Db) {
     );
 }
 
+async fn login_throttle_and_unverified_accounts_are_shown(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = mail_app(db, dir.path()).await;
+    app.create_user("guessed@example.com", false).await;
+    let browser = visitor(&app).await;
+    for _ in 0..10 {
+        let wrong = browser
+            .submit(
+                "/login",
+                &[("email", "guessed@example.com"), ("password", "wrong")],
+            )
+            .await;
+        assert_page(&wrong, 400);
+    }
+    let throttled = browser
+        .submit(
+            "/login",
+            &[("email", "guessed@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_page(&throttled, 429);
+    assert_eq!(throttled.header("retry-after"), Some("30"));
+    assert_form_error(
+        &throttled,
+        "Request was throttled. Expected available in 30 seconds.",
+    );
+    // Signed up but not verified yet, while email is configured.
+    browser
+        .submit(
+            "/signup",
+            &[
+                ("first_name", "New"),
+                ("email", "new@example.com"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    let unverified = browser
+        .submit(
+            "/login",
+            &[("email", "new@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_page(&unverified, 400);
+    assert_form_error(
+        &unverified,
+        "Your account is awaiting verification. Please check your email for a verification link.",
+    );
+    assert!(browser.cookie("sessionid").is_none());
+}
+
 fn totp_code(secret_b32: &str, clock: &Clock) -> String {
     let secret = data_encoding::BASE32_NOPAD
         .decode(secret_b32.as_bytes())
@@ -541,6 +593,26 @@ async fn signup_with_email_asks_to_verify_and_get_never_uses_the_token(db: Db) {
         .submit(&format!("/verify_email/{}/", user.uuid), &[])
         .await;
     assert_page(&resent, 200);
+    // Asking again and again meets the API's daily limit, shown with its wait.
+    let mut throttled = None;
+    for _ in 0..10 {
+        let reply = again
+            .submit(&format!("/verify_email/{}/", user.uuid), &[])
+            .await;
+        if reply.status.as_u16() == 429 {
+            throttled = Some(reply);
+            break;
+        }
+        assert_page(&reply, 200);
+    }
+    let throttled = throttled.expect("the resend limit");
+    assert_page(&throttled, 429);
+    assert!(throttled.header("retry-after").is_some());
+    assert!(
+        throttled
+            .text
+            .contains("role=\"alert\">Request was throttled. Expected available in ")
+    );
     // The API's sign-up `redirect_url` is a page too.
     assert_page(
         &again.get(&format!("/verify_email/{}", user.uuid)).await,
