@@ -902,3 +902,42 @@ fn tokens_in_page_paths_are_not_logged() {
     assert!(stderr.contains("/reset/{uuid}/{token}/"), "{stderr}");
     assert!(stderr.contains("/verify_email/{uuid}/{token}/"), "{stderr}");
 }
+
+/// When the database goes away, a page answers an HTML error page (with the page headers) and
+/// the API its JSON envelope. Postgres only: its database can be dropped under the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_is_an_html_error_page() {
+    let Some(server) = crate::helpers::postgres_url() else {
+        eprintln!(
+            "HOGLET_TEST_POSTGRES_URL is not set: a_failing_database_is_an_html_error_page not run"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = mail_app(Db::Postgres, dir.path()).await;
+    let browser = visitor(&app).await;
+    let hoglet::config::DatabaseUrl::Postgres(url) = &app.db.url else {
+        unreachable!("a Postgres test database")
+    };
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    task.abort();
+    let page = browser
+        .submit("/reset", &[("email", "someone@example.com")])
+        .await;
+    assert!(page.status.is_server_error(), "{}", page.text);
+    assert_page(&page, page.status.as_u16());
+    assert!(page.text.contains("Something went wrong"), "{}", page.text);
+    let api = browser
+        .post("/api/reset/", json!({"email": "someone@example.com"}))
+        .await;
+    assert!(api.status.is_server_error());
+    assert_eq!(api.header("content-type"), Some("application/json"));
+}
