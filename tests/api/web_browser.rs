@@ -7,6 +7,7 @@
 //! they print `SKIPPED: no browser at …` and return, never silently.
 
 use std::future::Future;
+use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -69,7 +70,10 @@ where
             "no browser at {looked}: CI (or HOGLET_REQUIRE_BROWSER=1) needs the browser tests; \
              install Debian's chromium-headless-shell"
         );
-        eprintln!(
+        // Straight to the process's stderr, past the test harness's capture, so `cargo test`
+        // shows it; nextest shows these tests' output too (`.config/nextest.toml`).
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: no browser at {looked}; {test} did not run \
              (apt-get install chromium-headless-shell, or set CHROME)"
         );
