@@ -68,7 +68,7 @@ pub async fn home(Visitor(caller): Visitor) -> Response {
 // --- login ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "login.html")]
+#[template(path = "login.html", whitespace = "minimize")]
 pub struct LoginPage {
     layout: Layout,
     errors: Errors,
@@ -157,7 +157,7 @@ fn is_internal(e: &ApiError) -> bool {
 // --- the second factor ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "login_2fa.html")]
+#[template(path = "login_2fa.html", whitespace = "minimize")]
 pub struct SecondFactorPage {
     layout: Layout,
     errors: Errors,
@@ -233,7 +233,7 @@ pub async fn second_factor(
 // --- sign-up ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "signup.html")]
+#[template(path = "signup.html", whitespace = "minimize")]
 pub struct SignupPage {
     layout: Layout,
     errors: Errors,
@@ -266,7 +266,7 @@ pub async fn signup_page(State(state): State<AppState>, headers: HeaderMap) -> P
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "message.html")]
+#[template(path = "message.html", whitespace = "minimize")]
 pub struct MessagePage {
     layout: Layout,
     heading: &'static str,
@@ -340,7 +340,7 @@ fn check_inbox(layout: Layout, email: &str, uuid: String) -> MessagePage {
 // --- email verification ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "verify.html")]
+#[template(path = "verify.html", whitespace = "minimize")]
 pub struct VerifyPage {
     layout: Layout,
     errors: Errors,
@@ -443,7 +443,7 @@ pub async fn verify(
 // --- password reset ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "reset.html")]
+#[template(path = "reset.html", whitespace = "minimize")]
 pub struct ResetPage {
     layout: Layout,
     errors: Errors,
@@ -500,7 +500,7 @@ pub async fn reset(
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "reset_confirm.html")]
+#[template(path = "reset_confirm.html", whitespace = "minimize")]
 pub struct NewPasswordPage {
     layout: Layout,
     errors: Errors,

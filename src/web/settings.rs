@@ -58,7 +58,7 @@ fn authorized(
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "settings_user.html")]
+#[template(path = "settings_user.html", whitespace = "minimize")]
 pub struct UserPage {
     layout: Layout,
     errors: Errors,
