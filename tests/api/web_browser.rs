@@ -166,11 +166,7 @@ async fn wait_for_text(page: &Page, selector: &str, wanted: &str) -> String {
 
 /// Clicks into the input `#id` and types `text`.
 async fn fill(page: &Page, id: &str, text: &str) {
-    let input = eventually(&format!("#{id}"), STEP_DEADLINE, || {
-        let page = page.clone();
-        async move { page.find_element(format!("#{id}")).await.ok() }
-    })
-    .await;
+    let input = element(page, &format!("#{id}")).await;
     input
         .click()
         .await
@@ -199,18 +195,26 @@ async fn press(page: &Page, label: &str) {
 
 /// The id of the focused element.
 async fn focused_id(page: &Page) -> String {
-    page.evaluate("document.activeElement ? document.activeElement.id : ''")
-        .await
-        .expect("evaluated")
-        .into_value::<String>()
-        .unwrap_or_default()
+    evaluate(
+        page,
+        "document.activeElement ? document.activeElement.id : ''",
+    )
+    .await
+}
+
+/// An element of the current document, once there is one.
+async fn element(page: &Page, selector: &str) -> chromiumoxide::Element {
+    eventually(selector, STEP_DEADLINE, || {
+        let page = page.clone();
+        async move { page.find_element(selector).await.ok() }
+    })
+    .await
 }
 
 /// Presses a key on whatever has the focus.
 async fn key(page: &Page, name: &str) {
-    page.find_element("body")
+    element(page, "body")
         .await
-        .expect("a body")
         .press_key(name)
         .await
         .expect("key pressed");
@@ -290,9 +294,8 @@ async fn password_reset_from_the_mailed_link(db: Db) {
     app.create_user("barbara@example.com", false).await;
     in_browser("password_reset", db, |page| async move {
         open(&page, &app, "/login").await;
-        page.find_element("a[href=\"/reset\"]")
+        element(&page, "a[href=\"/reset\"]")
             .await
-            .expect("a reset link")
             .click()
             .await
             .expect("clicked");
@@ -349,21 +352,41 @@ async fn keyboard_only_login(db: Db) {
 
 /// Types `text` into whatever has the focus.
 async fn key_in(page: &Page, text: &str) {
-    page.find_element("body")
+    element(page, "body")
         .await
-        .expect("a body")
         .type_str(text)
         .await
         .expect("typed");
 }
 
-/// A value the page computes.
+/// A value the page computes, once it can (right after a navigation the new document may not
+/// have a body yet).
 async fn evaluate<T: serde::de::DeserializeOwned>(page: &Page, expression: &str) -> T {
-    page.evaluate(expression)
-        .await
-        .expect("evaluated")
-        .into_value::<T>()
-        .expect("a value of the expected type")
+    eventually(
+        &format!("the page to compute {expression}"),
+        STEP_DEADLINE,
+        || {
+            let page = page.clone();
+            async move { page.evaluate(expression).await.ok()?.into_value::<T>().ok() }
+        },
+    )
+    .await
+}
+
+/// Waits until `expression` computes `wanted` (styles apply once the stylesheet has loaded).
+async fn wait_for_value(page: &Page, expression: &str, wanted: &str) {
+    eventually(
+        &format!("{expression} to be {wanted}"),
+        STEP_DEADLINE,
+        || {
+            let page = page.clone();
+            async move {
+                let value: String = page.evaluate(expression).await.ok()?.into_value().ok()?;
+                (value == wanted).then_some(())
+            }
+        },
+    )
+    .await
 }
 
 async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
@@ -374,8 +397,11 @@ async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
             .await
             .expect("a 360 px screen");
         let background = "getComputedStyle(document.body).backgroundColor";
+        let (light, dark) = ("rgb(247, 247, 244)", "rgb(21, 23, 28)");
         for path in ["/login", "/signup", "/reset"] {
             open(&page, &app, path).await;
+            // Measured once the stylesheet applies.
+            wait_for_value(&page, background, light).await;
             let (scroll, client): (i64, i64) = (
                 evaluate(&page, "document.documentElement.scrollWidth").await,
                 evaluate(&page, "document.documentElement.clientWidth").await,
@@ -385,12 +411,10 @@ async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
                 "{path} scrolls sideways: {scroll} > {client}"
             );
         }
-        let light: String = evaluate(&page, background).await;
         page.emulate_media_features(vec![MediaFeature::new("prefers-color-scheme", "dark")])
             .await
             .expect("dark mode");
-        let dark: String = evaluate(&page, background).await;
-        assert_ne!(light, dark, "the page ignores prefers-color-scheme");
+        wait_for_value(&page, background, dark).await;
         // A signed-in user's theme_mode wins over the browser's preference.
         open(&page, &app, "/login").await;
         fill(&page, "email", "narrow@example.com").await;
@@ -404,7 +428,8 @@ async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
             .unwrap()
             .unwrap();
         assert_eq!(user.theme_mode, None);
-        assert_eq!(evaluate::<String>(&page, background).await, dark);
+        wait_for_text(&page, "#account-email", "narrow@example.com").await;
+        wait_for_value(&page, background, dark).await;
         let api = crate::browser::Browser::new(&app);
         api.login("narrow@example.com", PASSWORD).await.assert_ok();
         api.patch(
@@ -414,8 +439,7 @@ async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
         .await
         .assert_ok();
         page.reload().await.expect("reloaded");
-        wait_for_text(&page, "#account-email", "narrow@example.com").await;
-        assert_eq!(evaluate::<String>(&page, background).await, light);
+        wait_for_value(&page, background, light).await;
     })
     .await;
 }
