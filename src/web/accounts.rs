@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use serde_json::{Map, Value};
 
 use super::layout::{Errors, Layout, notice};
-use super::{PageError, Visitor, see_other, text};
+use super::{PageError, Visitor, failed, see_other, text};
 use crate::auth::session::{self, SetCookies};
 use crate::domain::redirect;
 use crate::error::ApiError;
@@ -68,7 +68,7 @@ pub async fn home(Visitor(caller): Visitor) -> Response {
 // --- login ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "login.html")]
+#[template(path = "login.html", whitespace = "minimize")]
 pub struct LoginPage {
     layout: Layout,
     errors: Errors,
@@ -144,7 +144,7 @@ pub async fn login(
                 next: next.unwrap_or_default(),
                 reauth,
             };
-            Ok(with_cookies((e.status(), page).into_response(), cookies))
+            Ok(with_cookies(failed(&e, page), cookies))
         }
     }
 }
@@ -157,7 +157,7 @@ fn is_internal(e: &ApiError) -> bool {
 // --- the second factor ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "login_2fa.html")]
+#[template(path = "login_2fa.html", whitespace = "minimize")]
 pub struct SecondFactorPage {
     layout: Layout,
     errors: Errors,
@@ -225,7 +225,7 @@ pub async fn second_factor(
                 errors: Errors::of(&e, &["token"]),
                 next: next.unwrap_or_default(),
             };
-            Ok(with_cookies((e.status(), page).into_response(), cookies))
+            Ok(with_cookies(failed(&e, page), cookies))
         }
     }
 }
@@ -233,7 +233,7 @@ pub async fn second_factor(
 // --- sign-up ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "signup.html")]
+#[template(path = "signup.html", whitespace = "minimize")]
 pub struct SignupPage {
     layout: Layout,
     errors: Errors,
@@ -266,11 +266,13 @@ pub async fn signup_page(State(state): State<AppState>, headers: HeaderMap) -> P
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "message.html")]
+#[template(path = "message.html", whitespace = "minimize")]
 pub struct MessagePage {
     layout: Layout,
     heading: &'static str,
     text: String,
+    /// Whether `text` is an error.
+    alert: bool,
     /// A link onwards: (href, label).
     link: Option<(&'static str, &'static str)>,
     /// A button that asks for another verification link for this user uuid.
@@ -317,7 +319,7 @@ pub async fn signup(
                 email: text(&form, "email"),
                 organization_name: text(&form, "organization_name"),
             };
-            Ok(with_cookies((e.status(), page).into_response(), cookies))
+            Ok(with_cookies(failed(&e, page), cookies))
         }
     }
 }
@@ -329,6 +331,7 @@ fn check_inbox(layout: Layout, email: &str, uuid: String) -> MessagePage {
         text: format!(
             "We sent a link to {email}. Open it to verify your address, then you are signed in."
         ),
+        alert: false,
         link: None,
         resend: Some(uuid),
     }
@@ -337,7 +340,7 @@ fn check_inbox(layout: Layout, email: &str, uuid: String) -> MessagePage {
 // --- email verification ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "verify.html")]
+#[template(path = "verify.html", whitespace = "minimize")]
 pub struct VerifyPage {
     layout: Layout,
     errors: Errors,
@@ -356,6 +359,7 @@ pub async fn verify_pending_page(
         layout: Layout::anonymous("Check your inbox", csrf),
         heading: "Check your inbox",
         text: "Open the link we emailed you to verify your address.".into(),
+        alert: false,
         link: None,
         resend: Some(uuid),
     };
@@ -371,22 +375,25 @@ pub async fn resend_verification(
     Path(uuid): Path<String>,
 ) -> PageResult {
     let (csrf, cookies) = session::page_csrf_token(&state, &headers);
-    let (status, text) = match accounts::request_email_verification(&state, &uuid).await {
-        Ok(()) => (
-            StatusCode::OK,
-            "If this account is waiting for verification, a new link is on its way.".to_string(),
-        ),
-        Err(e) if is_internal(&e) => return Err(e.into()),
-        Err(e) => (e.status(), e.detail()),
-    };
-    let page = MessagePage {
+    let outcome = accounts::request_email_verification(&state, &uuid).await;
+    let page = |text: String, alert: bool| MessagePage {
         layout: Layout::anonymous("Check your inbox", csrf),
         heading: "Check your inbox",
         text,
+        alert,
         link: None,
         resend: None,
     };
-    Ok(with_cookies((status, page).into_response(), cookies))
+    let response = match outcome {
+        Ok(()) => page(
+            "If this account is waiting for verification, a new link is on its way.".into(),
+            false,
+        )
+        .into_response(),
+        Err(e) if is_internal(&e) => return Err(e.into()),
+        Err(e) => failed(&e, page(e.detail(), true)),
+    };
+    Ok(with_cookies(response, cookies))
 }
 
 /// `GET /verify_email/{uuid}/{token}`: one button. Opening the link never uses the token (mail
@@ -428,7 +435,7 @@ pub async fn verify(
                 errors: Errors::of(&e, &[]),
                 uuid,
             };
-            Ok(with_cookies((e.status(), page).into_response(), cookies))
+            Ok(with_cookies(failed(&e, page), cookies))
         }
     }
 }
@@ -436,7 +443,7 @@ pub async fn verify(
 // --- password reset ---
 
 #[derive(Template, WebTemplate)]
-#[template(path = "reset.html")]
+#[template(path = "reset.html", whitespace = "minimize")]
 pub struct ResetPage {
     layout: Layout,
     errors: Errors,
@@ -474,6 +481,7 @@ pub async fn reset(
                 layout: Layout::anonymous("Check your inbox", csrf),
                 heading: "Check your inbox",
                 text: "If an account exists for this address, a link to reset its password is on its way.".into(),
+                alert: false,
                 link: Some(("/login", "Back to log in")),
                 resend: None,
             };
@@ -486,13 +494,13 @@ pub async fn reset(
                 errors: Errors::of(&e, &["email"]),
                 email: text(&form, "email"),
             };
-            Ok(with_cookies((e.status(), page).into_response(), cookies))
+            Ok(with_cookies(failed(&e, page), cookies))
         }
     }
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "reset_confirm.html")]
+#[template(path = "reset_confirm.html", whitespace = "minimize")]
 pub struct NewPasswordPage {
     layout: Layout,
     errors: Errors,

@@ -127,7 +127,7 @@ impl Errors {
 
 /// An error shown as a page of its own.
 #[derive(Template, WebTemplate)]
-#[template(path = "error.html")]
+#[template(path = "error.html", whitespace = "minimize")]
 pub struct ErrorPage {
     pub layout: Layout,
     pub status: u16,

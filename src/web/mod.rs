@@ -196,6 +196,17 @@ impl FromRequestParts<AppState> for Visitor {
     }
 }
 
+/// A form shown again with the error `e`: its status, and `Retry-After` when it is a throttle.
+pub fn failed(e: &ApiError, page: impl IntoResponse) -> Response {
+    let mut response = (e.status(), page).into_response();
+    if let ApiError::Throttled(wait) = e {
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(*wait));
+    }
+    response
+}
+
 /// A 303 to `location` (after a form, the browser follows with a GET).
 pub fn see_other(location: &str) -> Response {
     let mut response = StatusCode::SEE_OTHER.into_response();

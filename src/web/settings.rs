@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::layout::{Errors, Layout, notice};
-use super::{PageError, see_other};
+use super::{PageError, failed, see_other};
 use crate::auth::session;
 use crate::auth::{Authenticated, Caller, Freshness, SessionOnly};
 use crate::domain::redirect;
@@ -58,7 +58,7 @@ pub(crate) fn authorized(
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "settings_user.html")]
+#[template(path = "settings_user.html", whitespace = "minimize")]
 pub struct UserPage {
     layout: Layout,
     errors: Errors,
@@ -142,7 +142,7 @@ pub async fn profile(
                 last_name: value("last_name"),
                 email: user.email.clone(),
             };
-            let mut response = (e.status(), page).into_response();
+            let mut response = failed(&e, page);
             cookies.apply(response.headers_mut());
             Ok(response)
         }

@@ -7,10 +7,14 @@
 //! they print `SKIPPED: no browser at …` and return, never silently.
 
 use std::future::Future;
+use std::io::Write;
 use std::panic::AssertUnwindSafe;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chromiumoxide::cdp::browser_protocol::emulation::{
+    MediaFeature, SetDeviceMetricsOverrideParams,
+};
 use chromiumoxide::page::ScreenshotParams;
 use chromiumoxide::{Browser as Chrome, BrowserConfig, Page};
 use futures_util::{FutureExt, StreamExt};
@@ -25,6 +29,7 @@ db_tests!(
     login_after_a_failed_login_showing_the_error,
     password_reset_from_the_mailed_link,
     keyboard_only_login,
+    pages_fit_a_narrow_screen_in_light_and_dark,
 );
 
 /// Where the browser binary is looked for, after `$CHROME`.
@@ -65,7 +70,10 @@ where
             "no browser at {looked}: CI (or HOGLET_REQUIRE_BROWSER=1) needs the browser tests; \
              install Debian's chromium-headless-shell"
         );
-        eprintln!(
+        // Straight to the process's stderr, past the test harness's capture, so `cargo test`
+        // shows it; nextest shows these tests' output too (`.config/nextest.toml`).
+        let _ = writeln!(
+            std::io::stderr(),
             "SKIPPED: no browser at {looked}; {test} did not run \
              (apt-get install chromium-headless-shell, or set CHROME)"
         );
@@ -158,11 +166,7 @@ async fn wait_for_text(page: &Page, selector: &str, wanted: &str) -> String {
 
 /// Clicks into the input `#id` and types `text`.
 async fn fill(page: &Page, id: &str, text: &str) {
-    let input = eventually(&format!("#{id}"), STEP_DEADLINE, || {
-        let page = page.clone();
-        async move { page.find_element(format!("#{id}")).await.ok() }
-    })
-    .await;
+    let input = element(page, &format!("#{id}")).await;
     input
         .click()
         .await
@@ -191,18 +195,26 @@ async fn press(page: &Page, label: &str) {
 
 /// The id of the focused element.
 async fn focused_id(page: &Page) -> String {
-    page.evaluate("document.activeElement ? document.activeElement.id : ''")
-        .await
-        .expect("evaluated")
-        .into_value::<String>()
-        .unwrap_or_default()
+    evaluate(
+        page,
+        "document.activeElement ? document.activeElement.id : ''",
+    )
+    .await
+}
+
+/// An element of the current document, once there is one.
+async fn element(page: &Page, selector: &str) -> chromiumoxide::Element {
+    eventually(selector, STEP_DEADLINE, || {
+        let page = page.clone();
+        async move { page.find_element(selector).await.ok() }
+    })
+    .await
 }
 
 /// Presses a key on whatever has the focus.
 async fn key(page: &Page, name: &str) {
-    page.find_element("body")
+    element(page, "body")
         .await
-        .expect("a body")
         .press_key(name)
         .await
         .expect("key pressed");
@@ -282,9 +294,8 @@ async fn password_reset_from_the_mailed_link(db: Db) {
     app.create_user("barbara@example.com", false).await;
     in_browser("password_reset", db, |page| async move {
         open(&page, &app, "/login").await;
-        page.find_element("a[href=\"/reset\"]")
+        element(&page, "a[href=\"/reset\"]")
             .await
-            .expect("a reset link")
             .click()
             .await
             .expect("clicked");
@@ -341,10 +352,94 @@ async fn keyboard_only_login(db: Db) {
 
 /// Types `text` into whatever has the focus.
 async fn key_in(page: &Page, text: &str) {
-    page.find_element("body")
+    element(page, "body")
         .await
-        .expect("a body")
         .type_str(text)
         .await
         .expect("typed");
+}
+
+/// A value the page computes, once it can (right after a navigation the new document may not
+/// have a body yet).
+async fn evaluate<T: serde::de::DeserializeOwned>(page: &Page, expression: &str) -> T {
+    eventually(
+        &format!("the page to compute {expression}"),
+        STEP_DEADLINE,
+        || {
+            let page = page.clone();
+            async move { page.evaluate(expression).await.ok()?.into_value::<T>().ok() }
+        },
+    )
+    .await
+}
+
+/// Waits until `expression` computes `wanted` (styles apply once the stylesheet has loaded).
+async fn wait_for_value(page: &Page, expression: &str, wanted: &str) {
+    eventually(
+        &format!("{expression} to be {wanted}"),
+        STEP_DEADLINE,
+        || {
+            let page = page.clone();
+            async move {
+                let value: String = page.evaluate(expression).await.ok()?.into_value().ok()?;
+                (value == wanted).then_some(())
+            }
+        },
+    )
+    .await
+}
+
+async fn pages_fit_a_narrow_screen_in_light_and_dark(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_user("narrow@example.com", false).await;
+    in_browser("pages_fit_a_narrow_screen", db, |page| async move {
+        page.execute(SetDeviceMetricsOverrideParams::new(360, 740, 2.0, true))
+            .await
+            .expect("a 360 px screen");
+        let background = "getComputedStyle(document.body).backgroundColor";
+        let (light, dark) = ("rgb(247, 247, 244)", "rgb(21, 23, 28)");
+        for path in ["/login", "/signup", "/reset"] {
+            open(&page, &app, path).await;
+            // Measured once the stylesheet applies.
+            wait_for_value(&page, background, light).await;
+            let (scroll, client): (i64, i64) = (
+                evaluate(&page, "document.documentElement.scrollWidth").await,
+                evaluate(&page, "document.documentElement.clientWidth").await,
+            );
+            assert!(
+                scroll <= client,
+                "{path} scrolls sideways: {scroll} > {client}"
+            );
+        }
+        page.emulate_media_features(vec![MediaFeature::new("prefers-color-scheme", "dark")])
+            .await
+            .expect("dark mode");
+        wait_for_value(&page, background, dark).await;
+        // A signed-in user's theme_mode wins over the browser's preference.
+        open(&page, &app, "/login").await;
+        fill(&page, "email", "narrow@example.com").await;
+        fill(&page, "password", PASSWORD).await;
+        press(&page, "Log in").await;
+        wait_for_path(&page, &app, "/settings/user").await;
+        let user = app
+            .store
+            .user_by_email("narrow@example.com")
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(user.theme_mode, None);
+        wait_for_text(&page, "#account-email", "narrow@example.com").await;
+        wait_for_value(&page, background, dark).await;
+        let api = crate::browser::Browser::new(&app);
+        api.login("narrow@example.com", PASSWORD).await.assert_ok();
+        api.patch(
+            "/api/users/@me/",
+            serde_json::json!({"theme_mode": "light"}),
+        )
+        .await
+        .assert_ok();
+        page.reload().await.expect("reloaded");
+        wait_for_value(&page, background, light).await;
+    })
+    .await;
 }

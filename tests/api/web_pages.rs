@@ -20,6 +20,7 @@ db_tests!(
     login_shows_the_api_error_and_signs_in,
     login_follows_only_safe_next_paths,
     login_lockout_is_shown_with_its_wait,
+    login_throttle_and_unverified_accounts_are_shown,
     login_with_two_factor_goes_through_the_code_page,
     signup_without_email_signs_in_and_follows_the_policy,
     signup_with_email_asks_to_verify_and_get_never_uses_the_token,
@@ -320,6 +321,57 @@ async fn login_lockout_is_shown_with_its_wait(db: Db) {
     );
 }
 
+async fn login_throttle_and_unverified_accounts_are_shown(db: Db) {
+    let dir = tempfile::tempdir().unwrap();
+    let app = mail_app(db, dir.path()).await;
+    app.create_user("guessed@example.com", false).await;
+    let browser = visitor(&app).await;
+    for _ in 0..10 {
+        let wrong = browser
+            .submit(
+                "/login",
+                &[("email", "guessed@example.com"), ("password", "wrong")],
+            )
+            .await;
+        assert_page(&wrong, 400);
+    }
+    let throttled = browser
+        .submit(
+            "/login",
+            &[("email", "guessed@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_page(&throttled, 429);
+    assert_eq!(throttled.header("retry-after"), Some("30"));
+    assert_form_error(
+        &throttled,
+        "Request was throttled. Expected available in 30 seconds.",
+    );
+    // Signed up but not verified yet, while email is configured.
+    browser
+        .submit(
+            "/signup",
+            &[
+                ("first_name", "New"),
+                ("email", "new@example.com"),
+                ("password", PASSWORD),
+            ],
+        )
+        .await;
+    let unverified = browser
+        .submit(
+            "/login",
+            &[("email", "new@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    assert_page(&unverified, 400);
+    assert_form_error(
+        &unverified,
+        "Your account is awaiting verification. Please check your email for a verification link.",
+    );
+    assert!(browser.cookie("sessionid").is_none());
+}
+
 fn totp_code(secret_b32: &str, clock: &Clock) -> String {
     let secret = data_encoding::BASE32_NOPAD
         .decode(secret_b32.as_bytes())
@@ -541,6 +593,26 @@ async fn signup_with_email_asks_to_verify_and_get_never_uses_the_token(db: Db) {
         .submit(&format!("/verify_email/{}/", user.uuid), &[])
         .await;
     assert_page(&resent, 200);
+    // Asking again and again meets the API's daily limit, shown with its wait.
+    let mut throttled = None;
+    for _ in 0..10 {
+        let reply = again
+            .submit(&format!("/verify_email/{}/", user.uuid), &[])
+            .await;
+        if reply.status.as_u16() == 429 {
+            throttled = Some(reply);
+            break;
+        }
+        assert_page(&reply, 200);
+    }
+    let throttled = throttled.expect("the resend limit");
+    assert_page(&throttled, 429);
+    assert!(throttled.header("retry-after").is_some());
+    assert!(
+        throttled
+            .text
+            .contains("role=\"alert\">Request was throttled. Expected available in ")
+    );
     // The API's sign-up `redirect_url` is a page too.
     assert_page(
         &again.get(&format!("/verify_email/{}", user.uuid)).await,
@@ -758,4 +830,114 @@ async fn pages_follow_the_users_theme(db: Db) {
             page.text
         );
     }
+}
+
+/// The real binary with every request logged: a token in a page's path (the emailed links) never
+/// reaches the log; the line names the route instead.
+#[test]
+fn tokens_in_page_paths_are_not_logged() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::{Command, Stdio};
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("pages.db").display());
+    let hoglet = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hoglet"));
+        command
+            .env("HOGLET_DATABASE_URL", &url)
+            .env("HOGLET_LOG", "warn,hoglet::access=debug")
+            .env_remove("HOGLET_REDIS_URL")
+            .env_remove("HOGLET_BIND")
+            .env_remove("HOGLET_SITE_URL");
+        command
+    };
+    let mut server = hoglet()
+        .args(["serve", "--bind", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(server.stdout.take().unwrap());
+    let mut line = String::new();
+    let base = loop {
+        line.clear();
+        assert!(
+            stdout.read_line(&mut line).unwrap() > 0,
+            "hoglet did not start"
+        );
+        if let Some(base) = line.trim().strip_prefix("hoglet listening on ") {
+            break base.to_string();
+        }
+    };
+    let uuid = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
+    let token = "sekrit-token-4242";
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::new();
+        for path in [
+            format!("/reset/{uuid}/{token}"),
+            format!("/verify_email/{uuid}/{token}"),
+        ] {
+            let reply = client.get(format!("{base}{path}")).send().await.unwrap();
+            assert!(reply.status().as_u16() < 500, "{path}");
+        }
+    });
+    let stopped = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(stopped.success());
+    let mut stderr = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    server.wait().unwrap();
+    assert!(!stderr.contains(token), "a token was logged: {stderr}");
+    assert!(stderr.contains("/reset/{uuid}/{token}/"), "{stderr}");
+    assert!(stderr.contains("/verify_email/{uuid}/{token}/"), "{stderr}");
+}
+
+/// When the database goes away, a page answers an HTML error page (with the page headers) and
+/// the API its JSON envelope. Postgres only: its database can be dropped under the server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_database_is_an_html_error_page() {
+    let Some(server) = crate::helpers::postgres_url() else {
+        eprintln!(
+            "HOGLET_TEST_POSTGRES_URL is not set: a_failing_database_is_an_html_error_page not run"
+        );
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let app = mail_app(Db::Postgres, dir.path()).await;
+    let browser = visitor(&app).await;
+    let hoglet::config::DatabaseUrl::Postgres(url) = &app.db.url else {
+        unreachable!("a Postgres test database")
+    };
+    let name = url.rsplit('/').next().unwrap().split('?').next().unwrap();
+    let (client, connection) = tokio_postgres::connect(&server, tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    let task = tokio::spawn(connection);
+    client
+        .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+        .await
+        .unwrap();
+    task.abort();
+    let page = browser
+        .submit("/reset", &[("email", "someone@example.com")])
+        .await;
+    assert!(page.status.is_server_error(), "{}", page.text);
+    assert_page(&page, page.status.as_u16());
+    assert!(page.text.contains("Something went wrong"), "{}", page.text);
+    let api = browser
+        .post("/api/reset/", json!({"email": "someone@example.com"}))
+        .await;
+    assert!(api.status.is_server_error());
+    assert_eq!(api.header("content-type"), Some("application/json"));
 }
