@@ -105,7 +105,7 @@ fn assets() -> [&'static DocAsset; 5] {
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "api_docs.html")]
+#[template(path = "api_docs.html", whitespace = "minimize")]
 struct DocsPage {
     title: &'static str,
     mount: &'static str,

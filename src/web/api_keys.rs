@@ -67,7 +67,7 @@ pub struct NewValue {
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "settings_api_keys.html")]
+#[template(path = "settings_api_keys.html", whitespace = "minimize")]
 pub struct ApiKeysPage {
     layout: Layout,
     errors: Errors,

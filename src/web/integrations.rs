@@ -95,7 +95,7 @@ impl IntegrationRow {
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "settings_integrations.html")]
+#[template(path = "settings_integrations.html", whitespace = "minimize")]
 pub struct IntegrationsPage {
     layout: Layout,
     errors: Errors,
@@ -183,7 +183,7 @@ pub async fn disconnect(
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "account_connected.html")]
+#[template(path = "account_connected.html", whitespace = "minimize")]
 pub struct ConnectedPage {
     layout: Layout,
     error: Option<&'static str>,

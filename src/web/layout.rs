@@ -69,6 +69,12 @@ pub fn notice(query: Option<&str>) -> Option<&'static str> {
         "verified" => "Your email address is verified. Log in to continue.",
         "logged_out" => "You are logged out.",
         "profile_saved" => "Your profile is saved.",
+        "email_change_requested" => {
+            "Check your inbox: the change takes effect when you open the link sent to the new address."
+        }
+        "email_changed" => "Your email address is changed.",
+        "email_change_cancelled" => "The email change is cancelled.",
+        "password_changed" => "Your password is changed. Your other sessions are signed out.",
         "two_factor_disabled" => "Two-factor authentication is off.",
         "key_deleted" => "The key is deleted. It no longer works.",
         "github_disconnected" => "The GitHub integration is removed.",

@@ -56,6 +56,9 @@ pub fn router() -> Router<AppState> {
         )
         .route("/settings/user/", get(settings::user_page))
         .route("/settings/user/profile/", post(settings::profile))
+        .route("/settings/user/email/", post(settings::email))
+        .route("/settings/user/email/cancel/", post(settings::cancel_email))
+        .route("/settings/user/password/", post(settings::password))
         .route("/settings/user-2fa/", get(two_factor::page))
         .route("/settings/user-2fa/enable/", post(two_factor::enable))
         .route(

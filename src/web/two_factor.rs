@@ -36,7 +36,7 @@ pub struct SetupView {
 }
 
 #[derive(Template, WebTemplate)]
-#[template(path = "settings_2fa.html")]
+#[template(path = "settings_2fa.html", whitespace = "minimize")]
 pub struct TwoFactorPage {
     layout: Layout,
     errors: Errors,

@@ -4,9 +4,13 @@
 use hoglet::BuildOptions;
 use hoglet::time::{Clock, SECOND};
 
-use crate::browser::Browser;
+use hoglet::config::EmailDelivery;
+
+use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
-use crate::helpers::{Db, PASSWORD, Reply, TestApp, TestDatabase, start};
+use crate::helpers::{
+    Db, PASSWORD, Reply, TestApp, TestDatabase, spawn_app, spawn_app_with, start,
+};
 
 db_tests!(
     two_factor_setup_shows_the_secret_and_qr_then_backup_codes_once,
@@ -15,6 +19,10 @@ db_tests!(
     api_key_form_errors_use_the_apis_words_and_keep_the_input,
     settings_pages_need_a_session,
     api_docs_viewers_are_served_from_the_binary,
+    email_change_waits_for_the_link_and_can_be_cancelled,
+    email_change_without_email_is_immediate_and_refuses_a_taken_address,
+    password_change_needs_the_current_one_and_ends_other_sessions,
+    an_old_session_is_asked_for_its_password_before_an_email_change,
 );
 
 async fn app_with_clock(db: Db) -> (TestApp, Clock) {
@@ -469,4 +477,164 @@ async fn api_docs_viewers_are_served_from_the_binary(db: Db) {
         .await
         .unwrap();
     assert_eq!(missing.status(), 404);
+}
+
+async fn email_change_waits_for_the_link_and_can_be_cancelled(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let dir = mail.path().to_path_buf();
+    let app = spawn_app_with(db, move |c| c.email = EmailDelivery::Directory(dir)).await;
+    let user = app.create_user("before@example.com", false).await;
+    let mut verified = app.user_record(user.id).await;
+    verified.is_email_verified = Some(true);
+    app.store_user(&verified).await;
+    let browser = Browser::new(&app);
+    browser.get("/login").await;
+    browser
+        .submit(
+            "/login",
+            &[("email", "before@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+
+    let requested = browser
+        .submit("/settings/user/email", &[("email", "after@example.com")])
+        .await;
+    assert_see_other(&requested, "/settings/user?notice=email_change_requested");
+    let page = browser
+        .get("/settings/user?notice=email_change_requested")
+        .await;
+    assert!(page.text.contains("Check your inbox"), "{}", page.text);
+    let pending = element_text(&page.text, "pending-email").unwrap_or_default();
+    assert!(page.text.contains("id=\"pending-email\""), "{pending}");
+    assert!(page.text.contains("<strong>after@example.com</strong>"));
+    let stored = app.user_record(user.id).await;
+    assert_eq!(
+        (stored.email.as_str(), stored.pending_email.as_deref()),
+        ("before@example.com", Some("after@example.com"))
+    );
+    let sent = wait_for_mail(mail.path(), "the verification mail", |m| {
+        m.to == "after@example.com"
+    })
+    .await;
+    assert!(sent.link("http").is_some(), "{}", sent.body);
+
+    let cancelled = browser.submit("/settings/user/email/cancel", &[]).await;
+    assert_see_other(&cancelled, "/settings/user?notice=email_change_cancelled");
+    let page = browser.get("/settings/user").await;
+    assert!(!page.text.contains("id=\"pending-email\""));
+    assert_eq!(app.user_record(user.id).await.pending_email, None);
+    // Cancelling again ends the same way.
+    let again = browser.submit("/settings/user/email/cancel", &[]).await;
+    assert_see_other(&again, "/settings/user?notice=email_change_cancelled");
+}
+
+async fn email_change_without_email_is_immediate_and_refuses_a_taken_address(db: Db) {
+    let app = spawn_app(db).await;
+    app.create_user("taken@example.com", false).await;
+    let browser = signed_in(&app, "mover@example.com").await;
+    let refused = browser
+        .submit("/settings/user/email", &[("email", "TAKEN@example.com")])
+        .await;
+    assert_eq!(refused.status.as_u16(), 400, "{}", refused.text);
+    assert!(refused.text.contains("aria-describedby=\"email-error\""));
+    assert!(refused.text.contains("value=\"TAKEN@example.com\""), "kept");
+    let changed = browser
+        .submit("/settings/user/email", &[("email", "moved@example.com")])
+        .await;
+    assert_see_other(&changed, "/settings/user?notice=email_changed");
+    let page = browser.get("/settings/user?notice=email_changed").await;
+    assert_eq!(
+        element_text(&page.text, "account-email").as_deref(),
+        Some("moved@example.com")
+    );
+    assert!(
+        app.store
+            .user_by_email("mover@example.com")
+            .await
+            .unwrap()
+            .is_none()
+    );
+}
+
+async fn password_change_needs_the_current_one_and_ends_other_sessions(db: Db) {
+    let app = spawn_app(db).await;
+    let browser = signed_in(&app, "changer@example.com").await;
+    let other = Browser::new(&app);
+    other
+        .login("changer@example.com", PASSWORD)
+        .await
+        .assert_ok();
+    assert_eq!(other.get("/api/users/@me/").await.status.as_u16(), 200);
+
+    let wrong = browser
+        .submit(
+            "/settings/user/password",
+            &[
+                ("current_password", "not the password"),
+                ("password", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_eq!(wrong.status.as_u16(), 400, "{}", wrong.text);
+    assert!(
+        wrong
+            .text
+            .contains("aria-describedby=\"current_password-error\"")
+    );
+    assert!(!wrong.text.contains("not the password"), "never echoed");
+    assert_eq!(other.get("/api/users/@me/").await.status.as_u16(), 200);
+
+    let changed = browser
+        .submit(
+            "/settings/user/password",
+            &[
+                ("current_password", PASSWORD),
+                ("password", "a brand new passphrase"),
+            ],
+        )
+        .await;
+    assert_see_other(&changed, "/settings/user?notice=password_changed");
+    assert_eq!(
+        browser.get("/settings/user").await.status.as_u16(),
+        200,
+        "this session goes on"
+    );
+    let ended = other.get("/api/users/@me/").await;
+    assert!(
+        matches!(ended.status.as_u16(), 401 | 403),
+        "the other session ended: {}",
+        ended.text
+    );
+    let again = Browser::new(&app);
+    again
+        .login("changer@example.com", "a brand new passphrase")
+        .await
+        .assert_ok();
+}
+
+async fn an_old_session_is_asked_for_its_password_before_an_email_change(db: Db) {
+    let (app, clock) = app_with_clock(db).await;
+    let browser = signed_in(&app, "stale@example.com").await;
+    clock.advance(3 * 3600 * SECOND);
+    let change = browser
+        .submit("/settings/user/email", &[("email", "fresh@example.com")])
+        .await;
+    assert_see_other(&change, "/login?next=/settings/user&reauth=1");
+    let password = browser
+        .submit(
+            "/settings/user/password",
+            &[
+                ("current_password", PASSWORD),
+                ("password", "another passphrase"),
+            ],
+        )
+        .await;
+    assert_see_other(&password, "/login?next=/settings/user&reauth=1");
+    assert!(
+        app.store
+            .user_by_email("stale@example.com")
+            .await
+            .unwrap()
+            .is_some()
+    );
 }
