@@ -58,7 +58,7 @@ fn browser_required() -> bool {
 
 /// Runs `flow` on a new tab of a fresh headless Chromium; on failure saves a screenshot of the
 /// tab, then fails as the flow did.
-async fn in_browser<F, Fut>(test: &str, db: Db, flow: F)
+pub(crate) async fn in_browser<F, Fut>(test: &str, db: Db, flow: F)
 where
     F: FnOnce(Page) -> Fut,
     Fut: Future<Output = ()>,
@@ -118,13 +118,13 @@ where
 }
 
 /// Opens `path` of the app.
-async fn open(page: &Page, app: &TestApp, path: &str) {
+pub(crate) async fn open(page: &Page, app: &TestApp, path: &str) {
     page.goto(app.url(path)).await.expect("navigates");
     wait_for_path(page, app, path).await;
 }
 
 /// Waits until the tab shows `path` (with its query) of the app.
-async fn wait_for_path(page: &Page, app: &TestApp, path: &str) {
+pub(crate) async fn wait_for_path(page: &Page, app: &TestApp, path: &str) {
     let want = app.url(path);
     let deadline = tokio::time::Instant::now() + STEP_DEADLINE;
     loop {
@@ -142,7 +142,7 @@ async fn wait_for_path(page: &Page, app: &TestApp, path: &str) {
 
 /// The text of the first element matching `selector`, once there is one whose text contains
 /// `wanted`.
-async fn wait_for_text(page: &Page, selector: &str, wanted: &str) -> String {
+pub(crate) async fn wait_for_text(page: &Page, selector: &str, wanted: &str) -> String {
     eventually(
         &format!("{selector} to say {wanted:?}"),
         STEP_DEADLINE,
@@ -165,7 +165,7 @@ async fn wait_for_text(page: &Page, selector: &str, wanted: &str) -> String {
 }
 
 /// Clicks into the input `#id` and types `text`.
-async fn fill(page: &Page, id: &str, text: &str) {
+pub(crate) async fn fill(page: &Page, id: &str, text: &str) {
     let input = element(page, &format!("#{id}")).await;
     input
         .click()
@@ -177,7 +177,7 @@ async fn fill(page: &Page, id: &str, text: &str) {
 }
 
 /// Clicks the button whose text is `label`.
-async fn press(page: &Page, label: &str) {
+pub(crate) async fn press(page: &Page, label: &str) {
     let button = eventually(&format!("a {label:?} button"), STEP_DEADLINE, || {
         let page = page.clone();
         async move {
@@ -203,7 +203,7 @@ async fn focused_id(page: &Page) -> String {
 }
 
 /// An element of the current document, once there is one.
-async fn element(page: &Page, selector: &str) -> chromiumoxide::Element {
+pub(crate) async fn element(page: &Page, selector: &str) -> chromiumoxide::Element {
     eventually(selector, STEP_DEADLINE, || {
         let page = page.clone();
         async move { page.find_element(selector).await.ok() }
@@ -361,7 +361,7 @@ async fn key_in(page: &Page, text: &str) {
 
 /// A value the page computes, once it can (right after a navigation the new document may not
 /// have a body yet).
-async fn evaluate<T: serde::de::DeserializeOwned>(page: &Page, expression: &str) -> T {
+pub(crate) async fn evaluate<T: serde::de::DeserializeOwned>(page: &Page, expression: &str) -> T {
     eventually(
         &format!("the page to compute {expression}"),
         STEP_DEADLINE,
