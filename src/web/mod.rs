@@ -17,7 +17,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use crate::auth::Caller;
 use crate::auth::session;
@@ -51,7 +51,10 @@ pub fn router() -> Router<AppState> {
             get(accounts::new_password_page).post(accounts::new_password),
         )
         .route("/settings/user/", get(settings::user_page))
-        .route("/settings/user/profile/", post(settings::profile))
+        .route(
+            "/settings/user/profile/",
+            get(|| async { see_other(settings::USER_PAGE) }).post(settings::profile),
+        )
         .layer(axum::middleware::from_fn(page_headers))
         .route("/static/{file}/", get(assets::serve))
 }

@@ -763,6 +763,11 @@ async fn settings_need_a_session_and_save_the_profile(db: Db) {
             .text
             .contains("aria-describedby=\"first_name-error\"")
     );
+    // The form's address, opened again, leads back to the page.
+    assert_see_other(
+        &browser.get("/settings/user/profile").await,
+        "/settings/user",
+    );
     let user = app
         .store
         .user_by_email("profile@example.com")
