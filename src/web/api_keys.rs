@@ -24,7 +24,7 @@ use crate::time::iso_z;
 
 type PageResult = Result<Response, PageError>;
 
-const PAGE: &str = "/settings/user-api-keys";
+pub const PAGE: &str = "/settings/user-api-keys";
 /// The form's inputs, for tying an error to its field.
 const INPUTS: &[&str] = &["label", "scopes", "expires_at"];
 

@@ -24,7 +24,7 @@ use crate::time::iso_z;
 
 type PageResult = Result<Response, PageError>;
 
-const PAGE: &str = "/settings/user-personal-integrations";
+pub const PAGE: &str = "/settings/user-personal-integrations";
 
 /// The words for a `github_link_error` reason (hoglet's and PostHog's callback reasons).
 pub fn link_error_words(reason: &str) -> &'static str {

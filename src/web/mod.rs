@@ -21,7 +21,7 @@ use axum::http::request::Parts;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::get;
 
 use crate::auth::Caller;
 use crate::auth::session;
@@ -55,25 +55,47 @@ pub fn router() -> Router<AppState> {
             get(accounts::new_password_page).post(accounts::new_password),
         )
         .route("/settings/user/", get(settings::user_page))
-        .route("/settings/user/profile/", post(settings::profile))
-        .route("/settings/user/email/", post(settings::email))
-        .route("/settings/user/email/cancel/", post(settings::cancel_email))
-        .route("/settings/user/password/", post(settings::password))
+        // A form's address reopened (after a refused change, say) leads back to its page.
+        .route(
+            "/settings/user/profile/",
+            back_to(settings::USER_PAGE).post(settings::profile),
+        )
+        .route(
+            "/settings/user/email/",
+            back_to(settings::USER_PAGE).post(settings::email),
+        )
+        .route(
+            "/settings/user/email/cancel/",
+            back_to(settings::USER_PAGE).post(settings::cancel_email),
+        )
+        .route(
+            "/settings/user/password/",
+            back_to(settings::USER_PAGE).post(settings::password),
+        )
         .route("/settings/user-2fa/", get(two_factor::page))
-        .route("/settings/user-2fa/enable/", post(two_factor::enable))
+        .route(
+            "/settings/user-2fa/enable/",
+            back_to(two_factor::PAGE).post(two_factor::enable),
+        )
         .route(
             "/settings/user-2fa/backup-codes/",
-            post(two_factor::backup_codes),
+            back_to(two_factor::PAGE).post(two_factor::backup_codes),
         )
-        .route("/settings/user-2fa/disable/", post(two_factor::disable))
+        .route(
+            "/settings/user-2fa/disable/",
+            back_to(two_factor::PAGE).post(two_factor::disable),
+        )
         .route(
             "/settings/user-api-keys/",
             get(api_keys::page).post(api_keys::create),
         )
-        .route("/settings/user-api-keys/{id}/roll/", post(api_keys::roll))
+        .route(
+            "/settings/user-api-keys/{id}/roll/",
+            back_to(api_keys::PAGE).post(api_keys::roll),
+        )
         .route(
             "/settings/user-api-keys/{id}/delete/",
-            post(api_keys::delete),
+            back_to(api_keys::PAGE).post(api_keys::delete),
         )
         .route(
             "/settings/user-personal-integrations/",
@@ -81,11 +103,11 @@ pub fn router() -> Router<AppState> {
         )
         .route(
             "/settings/user-personal-integrations/github/",
-            post(integrations::connect),
+            back_to(integrations::PAGE).post(integrations::connect),
         )
         .route(
             "/settings/user-personal-integrations/github/{installation_id}/delete/",
-            post(integrations::disconnect),
+            back_to(integrations::PAGE).post(integrations::disconnect),
         )
         .route(
             "/account-connected/github-integration/",
@@ -96,6 +118,11 @@ pub fn router() -> Router<AppState> {
         .route("/static/docs/{file}/", get(api_docs::serve))
         .route("/api/schema/swagger-ui/", get(api_docs::swagger_ui))
         .route("/api/schema/redoc/", get(api_docs::redoc))
+}
+
+/// A GET of a form's address: a 303 to the page the form is on.
+fn back_to(page: &'static str) -> axum::routing::MethodRouter<AppState> {
+    get(move || async move { see_other(page) })
 }
 
 /// `Content-Security-Policy` of every page: only this origin, no inline script or style, never

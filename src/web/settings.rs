@@ -23,8 +23,9 @@ use crate::store::UserRecord;
 
 type PageResult = Result<Response, PageError>;
 
-/// The page's own path, where a login or a re-authentication comes back to.
-const USER_PAGE: &str = "/settings/user";
+/// The page's own path, where a login or a re-authentication comes back to (and where a form's
+/// address, opened again after a refused change, leads).
+pub const USER_PAGE: &str = "/settings/user";
 
 /// The login page that comes back to `path`; with `reauth`, it asks a signed-in user to confirm
 /// their password.

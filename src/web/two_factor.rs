@@ -26,7 +26,7 @@ use crate::store::UserRecord;
 
 type PageResult = Result<Response, PageError>;
 
-const PAGE: &str = "/settings/user-2fa";
+pub const PAGE: &str = "/settings/user-2fa";
 
 /// The secret of a setup in progress, as text and as a QR code.
 pub struct SetupView {

@@ -16,7 +16,9 @@ use hoglet::time::{Clock, SECOND};
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, start};
-use crate::web_browser::{element, evaluate, fill, in_browser, open, press, wait_for_path, wait_for_text};
+use crate::web_browser::{
+    element, evaluate, fill, in_browser, open, press, wait_for_path, wait_for_text,
+};
 
 db_tests!(
     two_factor_setup_then_sign_in_with_a_code_and_a_backup_code,
@@ -168,7 +170,11 @@ async fn a_remembered_device_skips_the_second_factor(db: Db) {
         log_in(&page, &app, "remember@example.com", PASSWORD).await;
         wait_for_path(&page, &app, "/login/2fa").await;
         fill(&page, "token", &totp_code(&secret, &clock)).await;
-        element(&page, "#remember").await.click().await.expect("checked");
+        element(&page, "#remember")
+            .await
+            .click()
+            .await
+            .expect("checked");
         press(&page, "Verify").await;
         wait_for_path(&page, &app, "/settings/user").await;
         log_out(&page, &app).await;
@@ -205,16 +211,26 @@ async fn api_key_create_use_roll_and_delete(db: Db) {
 
         press(&page, "Roll").await;
         wait_for_text(&page, "#new-key-heading", "laptop").await;
-        let rolled: String = evaluate(&page, "document.getElementById('new-key-value').value").await;
+        let rolled: String =
+            evaluate(&page, "document.getElementById('new-key-value').value").await;
         assert_ne!(rolled, value);
-        assert_eq!(app.get("/api/users/@me/", &value).await.status.as_u16(), 401);
-        assert_eq!(app.get("/api/users/@me/", &rolled).await.status.as_u16(), 200);
+        assert_eq!(
+            app.get("/api/users/@me/", &value).await.status.as_u16(),
+            401
+        );
+        assert_eq!(
+            app.get("/api/users/@me/", &rolled).await.status.as_u16(),
+            200
+        );
 
         press(&page, "Delete").await;
         wait_for_text(&page, "#confirm-heading", "Delete the key").await;
         press(&page, "Delete the key").await;
         wait_for_text(&page, "#no-keys", "no personal API keys").await;
-        assert_eq!(app.get("/api/users/@me/", &rolled).await.status.as_u16(), 401);
+        assert_eq!(
+            app.get("/api/users/@me/", &rolled).await.status.as_u16(),
+            401
+        );
     })
     .await;
 }
@@ -241,7 +257,8 @@ async fn email_change_shows_pending_and_cancels(db: Db) {
         .await;
         press(&page, "Cancel the change").await;
         wait_for_text(&page, "[role=status]", "The email change is cancelled.").await;
-        let pending: bool = evaluate(&page, "document.getElementById('pending-email') !== null").await;
+        let pending: bool =
+            evaluate(&page, "document.getElementById('pending-email') !== null").await;
         assert!(!pending);
         assert_eq!(app.user_record(user.id).await.pending_email, None);
     })
@@ -253,7 +270,10 @@ async fn password_change_ends_another_session(db: Db) {
         let (app, _) = app_with_clock(db, None).await;
         app.create_user("pw@example.com", false).await;
         let elsewhere = Browser::new(&app);
-        elsewhere.login("pw@example.com", PASSWORD).await.assert_ok();
+        elsewhere
+            .login("pw@example.com", PASSWORD)
+            .await
+            .assert_ok();
         log_in(&page, &app, "pw@example.com", PASSWORD).await;
         wait_for_path(&page, &app, "/settings/user").await;
         fill(&page, "current_password", PASSWORD).await;
@@ -299,7 +319,8 @@ async fn main_pages_render_to_screenshots(db: Db) {
         let dir = if std::env::var("HOGLET_UPDATE_SCREENSHOTS").is_ok_and(|v| v == "1") {
             root.join("docs/screenshots")
         } else {
-            root.join("target/screenshots").join(format!("{db:?}").to_lowercase())
+            root.join("target/screenshots")
+                .join(format!("{db:?}").to_lowercase())
         };
         std::fs::create_dir_all(&dir).unwrap();
         let shoot = |name: &'static str| {

@@ -459,6 +459,24 @@ async fn login_with_two_factor_goes_through_the_code_page(db: Db) {
         "remember was checked"
     );
     assert_page(&browser.get("/settings/user").await, 200);
+    // Unchecked, `remember` leaves no device cookie.
+    clock.advance(60 * SECOND);
+    let other = visitor(&app).await;
+    other.submit("/login", &login[..2]).await;
+    let code = totp_code(&secret, &clock);
+    assert_see_other(
+        &other
+            .submit("/login/2fa", &[("token", code.as_str())])
+            .await,
+        "/settings/user",
+    );
+    assert!(
+        !other
+            .cookie_names()
+            .iter()
+            .any(|n| n.starts_with("remember-cookie_")),
+        "remember was not checked"
+    );
     // Without a login waiting, the page says so.
     let fresh = visitor(&app).await;
     let expired = fresh.get("/login/2fa").await;
@@ -744,6 +762,11 @@ async fn settings_need_a_session_and_save_the_profile(db: Db) {
         refused
             .text
             .contains("aria-describedby=\"first_name-error\"")
+    );
+    // The form's address, opened again, leads back to the page.
+    assert_see_other(
+        &browser.get("/settings/user/profile").await,
+        "/settings/user",
     );
     let user = app
         .store
