@@ -15,7 +15,7 @@ use hoglet::time::{Clock, SECOND};
 
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
-use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, start};
+use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, eventually, start};
 use crate::web_browser::{
     element, evaluate, fill, in_browser, open, press, wait_for_path, wait_for_text,
 };
@@ -29,6 +29,9 @@ db_tests!(
     an_old_session_confirms_the_password_then_returns,
     main_pages_render_to_screenshots,
 );
+
+/// How long a step may take in the browser.
+const STEP: std::time::Duration = std::time::Duration::from_secs(15);
 
 const AXE: &str = include_str!("fixtures/axe/axe.min.js");
 
@@ -210,10 +213,19 @@ async fn api_key_create_use_roll_and_delete(db: Db) {
         assert_eq!(me.status.as_u16(), 200, "{}", me.text);
 
         press(&page, "Roll").await;
-        wait_for_text(&page, "#new-key-heading", "laptop").await;
-        let rolled: String =
-            evaluate(&page, "document.getElementById('new-key-value').value").await;
-        assert_ne!(rolled, value);
+        let rolled = eventually("the rolled value", STEP, || {
+            let (page, value) = (page.clone(), value.clone());
+            async move {
+                let shown: String = page
+                    .evaluate("document.getElementById('new-key-value')?.value ?? ''")
+                    .await
+                    .ok()?
+                    .into_value()
+                    .ok()?;
+                (shown.starts_with("phx_") && shown != value).then_some(shown)
+            }
+        })
+        .await;
         assert_eq!(
             app.get("/api/users/@me/", &value).await.status.as_u16(),
             401
@@ -300,6 +312,10 @@ async fn an_old_session_confirms_the_password_then_returns(db: Db) {
         press(&page, "Change email address").await;
         wait_for_path(&page, &app, "/login?next=/settings/user&reauth=1").await;
         assert_accessible(&page, "re-authentication").await;
+        let email: String = evaluate(&page, "document.getElementById('email').value").await;
+        if email.is_empty() {
+            fill(&page, "email", "reauth@example.com").await;
+        }
         fill(&page, "password", PASSWORD).await;
         press(&page, "Log in").await;
         wait_for_path(&page, &app, "/settings/user").await;
@@ -327,6 +343,23 @@ async fn main_pages_render_to_screenshots(db: Db) {
             let page = page.clone();
             let file = dir.join(format!("{name}.png"));
             async move {
+                // A full-page shot needs the new document laid out.
+                eventually(&format!("{name} laid out"), STEP, || {
+                    let page = page.clone();
+                    async move {
+                        let ready: bool = page
+                            .evaluate(
+                                "document.readyState === 'complete' && document.body !== null \
+                                 && document.body.scrollWidth > 0",
+                            )
+                            .await
+                            .ok()?
+                            .into_value()
+                            .ok()?;
+                        ready.then_some(())
+                    }
+                })
+                .await;
                 page.save_screenshot(ScreenshotParams::builder().full_page(true).build(), &file)
                     .await
                     .expect("screenshot");
