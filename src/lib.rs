@@ -27,6 +27,7 @@ pub mod state;
 pub mod store;
 pub mod telemetry;
 pub mod time;
+pub mod web;
 
 pub use config::Config;
 pub use serve::{App, BuildOptions};

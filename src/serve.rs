@@ -24,6 +24,7 @@ use crate::redis_link::RedisLink;
 use crate::state::{AppState, Inner};
 use crate::store::DynStore;
 use crate::time::Clock;
+use crate::web;
 
 /// A built application bound to its listener, ready to serve.
 pub struct App {
@@ -120,7 +121,7 @@ impl App {
             stop_rx.clone(),
         ));
         let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx));
-        let service = http::service(self.state.clone());
+        let service = http::service(self.state.clone(), web::router(), web::not_found);
         let server = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
         on_ready(addr);
         let served = server.await;

@@ -245,6 +245,36 @@ fn check_csrf(parts: &Parts, expected: &str) -> ApiResult<()> {
     }
 }
 
+/// The token a page puts in its forms' `csrfmiddlewaretoken`: the browser's `posthog_csrftoken`
+/// cookie, or a new one set with the page. Forms of visitors without a logged-in session are then
+/// checked by [`check_double_submit`]; a logged-in session's are checked by [`authenticate`].
+pub fn page_csrf_token(state: &AppState, headers: &HeaderMap) -> (String, SetCookies) {
+    let mut cookies = SetCookies::default();
+    if let Some(token) = cookie(headers, CSRF_COOKIE).filter(|t| !t.is_empty()) {
+        return (token.to_string(), cookies);
+    }
+    let token = crypto::random_alphanumeric(64);
+    cookies.push(
+        site_cookie(state, CSRF_COOKIE, token.clone(), SameSite::Lax)
+            .max_age(Duration::seconds(CSRF_COOKIE_AGE_SECONDS))
+            .build(),
+    );
+    (token, cookies)
+}
+
+/// The double-submit check for unsafe requests without a logged-in session (the pre-login forms):
+/// the form's `csrfmiddlewaretoken` (or the `X-CSRFToken` header) must equal the
+/// `posthog_csrftoken` cookie, with Django's messages.
+pub fn check_double_submit(parts: &Parts) -> ApiResult<()> {
+    if !is_unsafe(&parts.method) {
+        return Ok(());
+    }
+    match cookie(&parts.headers, CSRF_COOKIE).filter(|t| !t.is_empty()) {
+        Some(expected) => check_csrf(parts, expected),
+        None => Err(ApiError::forbidden("CSRF Failed: CSRF cookie not set.")),
+    }
+}
+
 /// The session named by the request's cookie, logged in or not (for the 2FA login step and
 /// pending 2FA setup), if it has not expired.
 pub async fn current_record(

@@ -110,8 +110,88 @@ fn required(body: &Map<String, Value>, attr: &'static str) -> ApiResult<Value> {
 }
 
 /// The id of the session the browser holds (logged in or not), if it is still current.
-async fn browser_session(state: &AppState, headers: &HeaderMap) -> ApiResult<Option<String>> {
+pub(crate) async fn browser_session(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> ApiResult<Option<String>> {
     Ok(session::current_record(headers, state).await?.map(|s| s.id))
+}
+
+/// Sign-up's fields read by DRF's rules, in field order (the address is checked for a taken
+/// account before the password); shared by the API and the sign-up page.
+pub(crate) async fn signup_input(
+    state: &AppState,
+    body: &Map<String, Value>,
+) -> ApiResult<accounts::SignupInput> {
+    let first_name = fields::char_field(&required(body, "first_name")?, Chars::new().max(128))
+        .map_err(field("first_name"))?
+        .unwrap_or_default();
+    let last_name = match body.get("last_name") {
+        Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok())
+            .map_err(field("last_name"))?
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let email = fields::email_field(&required(body, "email")?).map_err(field("email"))?;
+    // DRF reports the first failing field: the address and password rules run in field order.
+    accounts::check_signup_email(state, &email).await?;
+    let password = fields::char_field(
+        &required(body, "password")?,
+        Chars::new().max(72).null_ok().controls_ok(),
+    )
+    .map_err(field("password"))?;
+    if let Some(password) = &password {
+        accounts::check_new_password(password, None, true)?;
+    }
+    let organization_name = match body.get("organization_name") {
+        Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok().null_ok())
+            .map_err(field("organization_name"))?
+            .unwrap_or_default(),
+        None => String::new(),
+    };
+    let role_at_organization = match body.get("role_at_organization") {
+        Some(v) => fields::choice_field(v, ROLES_AT_ORGANIZATION, true, true)
+            .map_err(field("role_at_organization"))?
+            .filter(|r| !r.is_empty()),
+        None => None,
+    };
+    let email_opt_in = match body.get("email_opt_in") {
+        Some(v) => fields::bool_field(v, true).map_err(field("email_opt_in"))?,
+        None => Some(true),
+    };
+    Ok(accounts::SignupInput {
+        first_name,
+        last_name,
+        email,
+        password: password.map(SecretString::from),
+        organization_name,
+        role_at_organization,
+        email_opt_in,
+    })
+}
+
+/// The login form's `email` and `password`, by the API's field rules.
+pub(crate) fn login_fields(body: &Map<String, Value>) -> ApiResult<(String, String)> {
+    let email = fields::email_field(&required(body, "email")?).map_err(field("email"))?;
+    let password = fields::char_field(&required(body, "password")?, Chars::new().controls_ok())
+        .map_err(field("password"))?
+        .unwrap_or_default();
+    Ok((email, password))
+}
+
+/// A body's `email` (password reset), by the API's field rule.
+pub(crate) fn email_of(body: &Map<String, Value>) -> ApiResult<String> {
+    fields::email_field(&required(body, "email")?).map_err(field("email"))
+}
+
+/// A new password from a reset form, by the API's field rule.
+pub(crate) fn reset_password_of(body: &Map<String, Value>) -> ApiResult<String> {
+    Ok(fields::char_field(
+        &required(body, "password")?,
+        Chars::new().max(128).controls_ok(),
+    )
+    .map_err(field("password"))?
+    .unwrap_or_default())
 }
 
 /// Sign up
@@ -137,52 +217,7 @@ async fn signup(
     body: Body,
 ) -> ApiResult<Response> {
     accounts::ensure_signup_open(&state).await?;
-    let body = body.object()?;
-    let first_name = fields::char_field(&required(&body, "first_name")?, Chars::new().max(128))
-        .map_err(field("first_name"))?
-        .unwrap_or_default();
-    let last_name = match body.get("last_name") {
-        Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok())
-            .map_err(field("last_name"))?
-            .unwrap_or_default(),
-        None => String::new(),
-    };
-    let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
-    // DRF reports the first failing field: the address and password rules run in field order.
-    accounts::check_signup_email(&state, &email).await?;
-    let password = fields::char_field(
-        &required(&body, "password")?,
-        Chars::new().max(72).null_ok().controls_ok(),
-    )
-    .map_err(field("password"))?;
-    if let Some(password) = &password {
-        accounts::check_new_password(password, None, true)?;
-    }
-    let organization_name = match body.get("organization_name") {
-        Some(v) => fields::char_field(v, Chars::new().max(128).blank_ok().null_ok())
-            .map_err(field("organization_name"))?
-            .unwrap_or_default(),
-        None => String::new(),
-    };
-    let role_at_organization = match body.get("role_at_organization") {
-        Some(v) => fields::choice_field(v, ROLES_AT_ORGANIZATION, true, true)
-            .map_err(field("role_at_organization"))?
-            .filter(|r| !r.is_empty()),
-        None => None,
-    };
-    let email_opt_in = match body.get("email_opt_in") {
-        Some(v) => fields::bool_field(v, true).map_err(field("email_opt_in"))?,
-        None => Some(true),
-    };
-    let input = accounts::SignupInput {
-        first_name,
-        last_name,
-        email,
-        password: password.map(SecretString::from),
-        organization_name,
-        role_at_organization,
-        email_opt_in,
-    };
+    let input = signup_input(&state, &body.object()?).await?;
     let previous = browser_session(&state, &headers).await?;
     let (user, done) = accounts::signup(&state, input, previous.as_deref()).await?;
     let (cookies, redirect_url) = match done {
@@ -236,11 +271,7 @@ async fn login(
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
-    let body = body.object()?;
-    let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
-    let password = fields::char_field(&required(&body, "password")?, Chars::new().controls_ok())
-        .map_err(field("password"))?
-        .unwrap_or_default();
+    let (email, password) = login_fields(&body.object()?)?;
     let previous = browser_session(&state, &headers).await?;
     let input = accounts::LoginInput {
         email,
@@ -417,8 +448,7 @@ async fn request_password_reset(
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
     body: Body,
 ) -> ApiResult<StatusCode> {
-    let body = body.object()?;
-    let email = fields::email_field(&required(&body, "email")?).map_err(field("email"))?;
+    let email = email_of(&body.object()?)?;
     accounts::request_reset(&state, &email).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -472,12 +502,7 @@ async fn complete_password_reset(
     let body = body.object()?;
     let token =
         fields::char_field(&required(&body, "token")?, Chars::new()).map_err(field("token"))?;
-    let password = fields::char_field(
-        &required(&body, "password")?,
-        Chars::new().max(128).controls_ok(),
-    )
-    .map_err(field("password"))?
-    .unwrap_or_default();
+    let password = reset_password_of(&body)?;
     let user = accounts::complete_reset(
         &state,
         &user_uuid,

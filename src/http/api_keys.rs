@@ -135,6 +135,22 @@ struct KeyInput {
     expires_at: Option<Option<i64>>,
 }
 
+/// A new key's fields, checked with the API's rules and messages (also the web page's form).
+pub async fn new_key(
+    state: &AppState,
+    caller: &Caller,
+    body: Map<String, Value>,
+) -> ApiResult<api_keys::NewKey> {
+    let input = read_input(state, caller, body, false).await?;
+    Ok(api_keys::NewKey {
+        label: input.label.unwrap_or_default(),
+        scopes: input.scopes.unwrap_or_default(),
+        scoped_teams: input.scoped_teams.flatten(),
+        scoped_organizations: input.scoped_organizations.flatten(),
+        expires_at: input.expires_at.flatten(),
+    })
+}
+
 async fn read_input(
     state: &AppState,
     caller: &Caller,
@@ -347,14 +363,7 @@ async fn create(
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
-    let input = read_input(&state, &caller, body.object()?, false).await?;
-    let key = api_keys::NewKey {
-        label: input.label.unwrap_or_default(),
-        scopes: input.scopes.unwrap_or_default(),
-        scoped_teams: input.scoped_teams.flatten(),
-        scoped_organizations: input.scoped_organizations.flatten(),
-        expires_at: input.expires_at.flatten(),
-    };
+    let key = new_key(&state, &caller, body.object()?).await?;
     let (record, value) = api_keys::create(&state, caller.user_id, key).await?;
     Ok((StatusCode::CREATED, axum::Json(view(&record, Some(value)))).into_response())
 }

@@ -42,10 +42,17 @@ pub async fn parse_body(state: &AppState, request: Request) -> Result<Request, R
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
         .to_string();
-    let parsed = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
-        Ok(bytes) => parse(&content_type, &bytes).await,
+    let bytes = match axum::body::to_bytes(body, state.config.max_body_bytes).await {
+        Ok(bytes) => bytes,
         Err(_) => return Err(ApiError::PayloadTooLarge.into_response()),
     };
+    let parsed = parse(&content_type, &bytes).await;
+    if let ParsedBody::Fields(_) = &parsed
+        && is_form(&content_type)
+        && let Ok(pairs) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
+    {
+        parts.extensions.insert(FormLists(pairs));
+    }
     if let ParsedBody::Fields(fields) = &parsed {
         parts
             .extensions
@@ -53,6 +60,42 @@ pub async fn parse_body(state: &AppState, request: Request) -> Result<Request, R
     }
     parts.extensions.insert(parsed);
     Ok(Request::from_parts(parts, AxumBody::empty()))
+}
+
+/// Every value of a form-encoded body in order, repeated names included: the fields map keeps
+/// the last value of a name (as DRF's `QueryDict.get`), a list field (the web pages' scope
+/// checkboxes) reads them all.
+#[derive(Clone, Debug)]
+pub struct FormLists(Vec<(String, String)>);
+
+impl FormLists {
+    /// Every value given for `name`, in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for FormLists {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<FormLists>()
+            .cloned()
+            .unwrap_or(FormLists(Vec::new())))
+    }
+}
+
+fn is_form(content_type: &str) -> bool {
+    content_type.split(';').next().is_some_and(|t| {
+        t.trim()
+            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+    })
 }
 
 /// Whether the headers announce a non-empty body (`Content-Length` > 0, or chunked).

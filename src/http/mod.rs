@@ -63,15 +63,28 @@ pub type Service = axum::extract::connect_info::IntoMakeServiceWithConnectInfo<
     std::net::SocketAddr,
 >;
 
-/// The complete service: routes, fallbacks, middleware, path normalisation and request ids.
-pub fn service(state: AppState) -> Service {
+/// The complete service: the API's routes and `pages` (the web pages, outside `/api/`),
+/// fallbacks, middleware, path normalisation and request ids. A path nothing matches answers the
+/// JSON envelope under `/api/`, and `page_not_found` anywhere else.
+pub fn service(
+    state: AppState,
+    pages: Router<AppState>,
+    page_not_found: fn() -> axum::response::Response,
+) -> Service {
     let (router, document) = routes_and_document();
     let router = router
         .route(
             "/api/schema/",
             axum::routing::get(move || async move { axum::Json(document) }),
         )
-        .fallback(|| async { ApiError::NotFound("Endpoint not found.".into()) })
+        .merge(pages)
+        .fallback(move |uri: axum::http::Uri| async move {
+            if uri.path().starts_with("/api/") {
+                ApiError::NotFound("Endpoint not found.".into()).into_response()
+            } else {
+                page_not_found()
+            }
+        })
         .method_not_allowed_fallback(|method: Method| async move {
             ApiError::MethodNotAllowed(method.to_string()).into_response()
         })

@@ -39,7 +39,13 @@ pub async fn observe(State(state): State<AppState>, request: Request, next: Next
         .metrics
         .record(&method, route, status, elapsed.as_secs_f64());
     let micros = elapsed.as_micros() as u64;
-    let path = uri.path();
+    // A path that carries a token (the emailed verification and reset links) is logged as its
+    // route: the token is a credential.
+    let path = if route.contains("{token}") {
+        route
+    } else {
+        uri.path()
+    };
     if let Some(cause) = response.extensions().get::<ErrorCause>() {
         tracing::error!(target: "hoglet::access", %method, path, route, status, micros, cause = %cause.0, "request failed");
     } else if status >= 400 {

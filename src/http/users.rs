@@ -24,9 +24,9 @@ use crate::state::AppState;
 use crate::store::UserQuery;
 
 const USER_READ: ScopeNeed = ScopeNeed::Read("user");
-const USER_WRITE: ScopeNeed = ScopeNeed::Write("user");
+pub(crate) const USER_WRITE: ScopeNeed = ScopeNeed::Write("user");
 /// A stale session may still change only these (PostHog's `time_sensitive_allow_if_only_fields`).
-const RECENT_LOGIN_EXEMPT_FIELDS: &[&str] = &[
+pub(crate) const RECENT_LOGIN_EXEMPT_FIELDS: &[&str] = &[
     "theme_mode",
     "set_current_organization",
     "set_current_team",

@@ -59,6 +59,28 @@ pub async fn start_setup(state: &AppState, caller: &Caller, user: &UserRecord) -
     })
 }
 
+/// The setup started in the caller's session, while it is still fresh (a page shown again keeps
+/// the secret the user may have scanned already).
+pub async fn pending_setup(
+    state: &AppState,
+    caller: &Caller,
+    user: &UserRecord,
+) -> ApiResult<Option<Setup>> {
+    let session = session_of(state, caller).await?;
+    let now = state.clock.now();
+    let fresh = session
+        .totp_setup_at
+        .is_some_and(|at| now - at <= TOTP_SETUP_AGE);
+    let Some(sealed) = session.totp_setup_secret.filter(|_| fresh) else {
+        return Ok(None);
+    };
+    let secret = accounts::open_totp_secret(state, &sealed)?;
+    Ok(Some(Setup {
+        secret_base32: totp::secret_base32(&secret),
+        otpauth_uri: totp::otpauth_uri(&secret, &issuer(state), &user.email),
+    }))
+}
+
 /// Completes the setup started in the caller's session with a first code: the device, this
 /// session marked as having passed it, the end of every other session and the notice commit
 /// together.

@@ -125,6 +125,24 @@ impl Browser {
         Reply::read(request.send().await.expect("request sent")).await
     }
 
+    /// Submits an HTML form as a browser does: form-encoded `fields` plus the
+    /// `csrfmiddlewaretoken` field from the `posthog_csrftoken` cookie (no header).
+    pub async fn submit(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let token = self.cookie("posthog_csrftoken").unwrap_or_default();
+        let mut all: Vec<(&str, &str)> = fields.to_vec();
+        all.push(("csrfmiddlewaretoken", &token));
+        self.submit_exactly(path, &all).await
+    }
+
+    /// Submits exactly these form fields (no CSRF token unless listed).
+    pub async fn submit_exactly(&self, path: &str, fields: &[(&str, &str)]) -> Reply {
+        let request = self
+            .client
+            .post(self.base.join(path).expect("url"))
+            .form(fields);
+        Reply::read(request.send().await.expect("request sent")).await
+    }
+
     pub async fn login(&self, email: &str, password: &str) -> Reply {
         self.post("/api/login/", json!({"email": email, "password": password}))
             .await

@@ -160,6 +160,7 @@ crate::db_tests!(
     installation_token_lifecycle_and_app_configuration,
     github_login_resolution,
     authentication_scopes_and_routing,
+    the_integrations_page_connects_and_disconnects_github,
 );
 
 async fn link_list_repositories_branches_delete(db: Db) {
@@ -1770,4 +1771,122 @@ async fn link_state_is_shared_through_redis() {
         "31337"
     );
     fake.assert_clean();
+}
+
+/// The web page: "Connect GitHub" goes to the App's install page, GitHub's answer lands back on
+/// the page with the outcome in words, and "Disconnect" removes the integration.
+async fn the_integrations_page_connects_and_disconnects_github(db: Db) {
+    let fake = FakeGithub::start().await;
+    let clock = Clock::manual();
+    let app = github_app(TestDatabase::create(db).await, &fake, &clock).await;
+    let (user, _key, browser) = member(&app, "pages@example.com", &["user:read"]).await;
+
+    let empty = browser.get("/settings/user-personal-integrations").await;
+    assert_eq!(empty.status, 200, "{}", empty.text);
+    assert_eq!(empty.header("cache-control"), Some("no-store"));
+    assert!(empty.text.contains("id=\"no-integrations\""));
+
+    let connect = browser
+        .submit("/settings/user-personal-integrations/github", &[])
+        .await;
+    assert_eq!(connect.status, 303, "{}", connect.text);
+    let install_url = connect.header("location").unwrap().to_string();
+    assert!(
+        install_url.starts_with(&format!(
+            "{}/apps/{APP_SLUG}/installations/new?state=",
+            fake.url
+        )),
+        "{install_url}"
+    );
+    let state = state_of(&install_url);
+    fake.add_code("page-code", "ghu_page", 77, "pagecat");
+    let back = callback(
+        &browser,
+        &[
+            ("code", "page-code"),
+            ("installation_id", "5151"),
+            ("setup_action", "install"),
+            ("state", state.as_str()),
+        ],
+    )
+    .await;
+    assert_eq!(back, WEB_SUCCESS);
+    let linked = browser.get(&back).await;
+    assert_eq!(linked.status, 200, "{}", linked.text);
+    assert!(linked.text.contains("GitHub is connected."));
+    assert!(linked.text.contains("<code>5151</code>"));
+    assert_eq!(
+        app.store
+            .user_integrations(user.id, "github")
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+
+    // GitHub's refusals are shown in words, never as the raw reason.
+    for (reason, words) in [
+        ("access_denied", "You cancelled the connection on GitHub."),
+        (
+            "invalid_state",
+            "This connection attempt expired or was already used.",
+        ),
+        ("<script>", "GitHub could not be connected."),
+    ] {
+        let query = serde_urlencoded::to_string([("github_link_error", reason)]).unwrap();
+        let page = browser
+            .get(&format!("/settings/user-personal-integrations?{query}"))
+            .await;
+        assert!(page.text.contains(words), "{reason}: {}", page.text);
+        assert!(!page.text.contains("<script>"));
+    }
+
+    // Without the form's token nothing is removed; with it, the integration goes.
+    let forged = browser
+        .submit_exactly(
+            "/settings/user-personal-integrations/github/5151/delete",
+            &[],
+        )
+        .await;
+    assert_eq!(forged.status, 403, "{}", forged.text);
+    let removed = browser
+        .submit(
+            "/settings/user-personal-integrations/github/5151/delete",
+            &[],
+        )
+        .await;
+    assert_eq!(removed.status, 303, "{}", removed.text);
+    assert_eq!(
+        removed.header("location"),
+        Some("/settings/user-personal-integrations?notice=github_disconnected")
+    );
+    assert!(
+        app.store
+            .user_integrations(user.id, "github")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let again = browser
+        .submit(
+            "/settings/user-personal-integrations/github/5151/delete",
+            &[],
+        )
+        .await;
+    assert_eq!(again.status, 404, "{}", again.text);
+
+    // PostHog Code's landing page.
+    let done = browser
+        .get("/account-connected/github-integration?provider=github")
+        .await;
+    assert_eq!(done.status, 200);
+    assert!(done.text.contains("GitHub is connected"));
+    let failed = browser
+        .get("/account-connected/github-integration?provider=github&error=access_denied")
+        .await;
+    assert!(
+        failed
+            .text
+            .contains("You cancelled the connection on GitHub.")
+    );
 }

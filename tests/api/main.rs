@@ -27,3 +27,7 @@ mod users;
 mod users_actions;
 mod users_list;
 mod users_update;
+mod web_browser;
+mod web_browser_flows;
+mod web_pages;
+mod web_settings;
