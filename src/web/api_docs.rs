@@ -113,20 +113,14 @@ struct DocsPage {
     scripts: Vec<&'static str>,
 }
 
+/// A viewer page: the pages' security headers, with the viewers' own policy, and revalidated
+/// (it shows no secret, but names the assets of this build).
 fn docs_page(page: DocsPage) -> Response {
-    let mut response = page.into_response();
+    let mut response = super::secure(page.into_response());
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_SECURITY_POLICY,
         HeaderValue::from_static(DOCS_CONTENT_SECURITY_POLICY),
-    );
-    headers.insert(
-        header::REFERRER_POLICY,
-        HeaderValue::from_static("same-origin"),
-    );
-    headers.insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
     );
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response

@@ -9,15 +9,14 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
 use super::layout::{Errors, Layout, notice};
-use super::settings::authorized;
 use super::{PageError, see_other, text};
 use crate::auth::session;
-use crate::auth::{Authenticated, Caller, SessionOnly};
+use crate::auth::{Authenticated, SessionOnly};
 use crate::domain::scope::SCOPE_OBJECTS;
 use crate::error::ApiError;
 use crate::http::api_keys::new_key;
 use crate::http::body::{Body, FormLists};
-use crate::service::{api_keys, users};
+use crate::service::api_keys;
 use crate::state::AppState;
 use crate::store::{ApiKeyRecord, UserRecord};
 use crate::time::iso_z;
@@ -136,18 +135,6 @@ async fn render(
     })
 }
 
-async fn caller_and_user(
-    state: &AppState,
-    auth: Result<Authenticated<SessionOnly>, ApiError>,
-) -> Result<Result<(Caller, UserRecord), Response>, PageError> {
-    let caller = match authorized(auth, PAGE, Authenticated::authorize_unscoped) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(Err(*done)),
-    };
-    let user = users::load_caller(state, &caller).await?;
-    Ok(Ok((caller, user)))
-}
-
 /// `GET /settings/user-api-keys`.
 pub async fn page(
     State(state): State<AppState>,
@@ -155,10 +142,7 @@ pub async fn page(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> PageResult {
-    let (_, user) = match caller_and_user(&state, auth).await? {
-        Ok(found) => found,
-        Err(done) => return Ok(done),
-    };
+    let (_, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     let shown = Shown::default();
     let page = render(&state, &user, &headers, notice(query.as_deref()), shown).await?;
     Ok(page.into_response())
@@ -192,10 +176,7 @@ pub async fn create(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     let form = body?.object()?;
-    let (caller, user) = match caller_and_user(&state, auth).await? {
-        Ok(found) => found,
-        Err(done) => return Ok(done),
-    };
+    let (caller, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     let label = text(&form, "label");
     let expires_at = text(&form, "expires_at").trim().to_string();
     let checked = lists.all("scopes");
@@ -251,10 +232,7 @@ pub async fn roll(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     body?;
-    let (caller, user) = match caller_and_user(&state, auth).await? {
-        Ok(found) => found,
-        Err(done) => return Ok(done),
-    };
+    let (caller, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     let key = api_keys::own(&state, caller.user_id, &id).await?;
     let (after, value) = api_keys::roll(&state, &key).await?;
     let shown = Shown {
@@ -278,10 +256,7 @@ pub async fn delete(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     let form = body?.object()?;
-    let (caller, user) = match caller_and_user(&state, auth).await? {
-        Ok(found) => found,
-        Err(done) => return Ok(done),
-    };
+    let (caller, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     let key = api_keys::own(&state, caller.user_id, &id).await?;
     if text(&form, "confirm") != "yes" {
         let shown = Shown {

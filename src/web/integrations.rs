@@ -17,7 +17,7 @@ use crate::auth::session;
 use crate::auth::{Authenticated, SessionOnly};
 use crate::error::ApiError;
 use crate::http::body::Body;
-use crate::service::{github, users};
+use crate::service::github;
 use crate::state::AppState;
 use crate::store::{UserIntegrationRecord, UserRecord};
 use crate::time::iso_z;
@@ -129,11 +129,7 @@ pub async fn page(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> PageResult {
-    let caller = match authorized(auth, PAGE, Authenticated::authorize_unscoped) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (_, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     let page = render(&state, &user, &headers, query.as_deref(), Errors::none()).await?;
     Ok(page.into_response())
 }
@@ -147,11 +143,7 @@ pub async fn connect(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     body?;
-    let caller = match authorized(auth, PAGE, Authenticated::authorize_unscoped) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (_, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     match github::start(&state, &user, &Map::new()).await {
         Ok(link) => Ok(see_other(&link.install_url)),
         Err(e) if e.status().is_server_error() => Err(e.into()),

@@ -6,6 +6,17 @@
 //! Every route is registered with a trailing slash, as the router adds one before routing
 //! (see [`crate::http::paths`]). None of them is in the OpenAPI document.
 
+/// `let (caller, user) = signed_in!(&state, auth, PAGE, check);` in a page handler: the
+/// signed-in caller and user, or the handler returns what [`settings::signed_in`] answers instead.
+macro_rules! signed_in {
+    ($state:expr, $auth:expr, $page:expr, $check:expr) => {
+        match $crate::web::settings::signed_in($state, $auth, $page, $check).await {
+            Ok(found) => found,
+            Err(done) => return done,
+        }
+    };
+}
+
 pub mod accounts;
 pub mod api_docs;
 pub mod api_keys;

@@ -60,6 +60,21 @@ pub(crate) fn authorized(
     }
 }
 
+/// The signed-in caller and their user, authorised by `check`; otherwise what the page answers
+/// instead (the way to log in or to confirm the password, back to `path`, or an error page).
+pub(crate) async fn signed_in(
+    state: &AppState,
+    auth: Result<Authenticated<SessionOnly>, ApiError>,
+    path: &str,
+    check: impl FnOnce(Authenticated<SessionOnly>) -> Result<Caller, ApiError>,
+) -> Result<(Caller, UserRecord), PageResult> {
+    let caller = authorized(auth, path, check).map_err(|done| Ok(*done))?;
+    let user = users::load_caller(state, &caller)
+        .await
+        .map_err(|e| Err(e.into()))?;
+    Ok((caller, user))
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "settings_user.html", whitespace = "minimize")]
 pub struct UserPage {
@@ -116,11 +131,7 @@ pub async fn user_page(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> PageResult {
-    let caller = match authorized(auth, USER_PAGE, Authenticated::authorize_unscoped) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (_, user) = signed_in!(&state, auth, USER_PAGE, Authenticated::authorize_unscoped);
     let (csrf, cookies) = session::page_csrf_token(&state, &headers);
     let layout = Layout::user("Your account", csrf, &user).with_notice(notice(query.as_deref()));
     let mut response = user_page_of(&user, layout).into_response();

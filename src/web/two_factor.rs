@@ -12,7 +12,6 @@ use qrcode::QrCode;
 use qrcode::render::svg;
 
 use super::layout::{Errors, Layout, notice};
-use super::settings::authorized;
 use super::{PageError, see_other, text};
 use crate::auth::session;
 use crate::auth::{Authenticated, Caller, SessionOnly};
@@ -20,7 +19,6 @@ use crate::domain::scope::ScopeNeed;
 use crate::error::ApiError;
 use crate::http::body::Body;
 use crate::service::two_factor::{self, Setup};
-use crate::service::users;
 use crate::state::AppState;
 use crate::store::UserRecord;
 
@@ -47,12 +45,6 @@ pub struct TwoFactorPage {
     backup_codes: Option<Vec<String>>,
     /// The codes as a `data:` URL for the download link.
     download_href: String,
-}
-
-fn session_caller(
-    auth: Result<Authenticated<SessionOnly>, ApiError>,
-) -> Result<Caller, Box<Response>> {
-    authorized(auth, PAGE, |auth| auth.authorize(ScopeNeed::NoKeyAccess))
 }
 
 /// The QR code of an `otpauth://` URI as an inline `<svg>` (dark on light in either theme, so
@@ -127,11 +119,8 @@ pub async fn page(
     headers: HeaderMap,
     RawQuery(query): RawQuery,
 ) -> PageResult {
-    let caller = match session_caller(auth) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (caller, user) = signed_in!(&state, auth, PAGE, |auth| auth
+        .authorize(ScopeNeed::NoKeyAccess));
     let notice = notice(query.as_deref());
     let page = render(
         &state,
@@ -155,11 +144,8 @@ pub async fn enable(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     let form = body?.object()?;
-    let caller = match session_caller(auth) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (caller, user) = signed_in!(&state, auth, PAGE, |auth| auth
+        .authorize(ScopeNeed::NoKeyAccess));
     let token = Some(text(&form, "token").trim().to_string()).filter(|t| !t.is_empty());
     match two_factor::enable(&state, &caller, &user, token).await {
         Ok(()) => {
@@ -194,11 +180,8 @@ pub async fn backup_codes(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     body?;
-    let caller = match session_caller(auth) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (caller, user) = signed_in!(&state, auth, PAGE, |auth| auth
+        .authorize(ScopeNeed::NoKeyAccess));
     if !two_factor::status(&state, &user).await?.has_totp {
         return Ok(see_other(PAGE));
     }
@@ -223,11 +206,8 @@ pub async fn disable(
     body: Result<Body, ApiError>,
 ) -> PageResult {
     body?;
-    let caller = match session_caller(auth) {
-        Ok(caller) => caller,
-        Err(done) => return Ok(*done),
-    };
-    let user = users::load_caller(&state, &caller).await?;
+    let (_, user) = signed_in!(&state, auth, PAGE, |auth| auth
+        .authorize(ScopeNeed::NoKeyAccess));
     two_factor::disable(&state, &user).await?;
     Ok(see_other("/settings/user-2fa?notice=two_factor_disabled"))
 }

@@ -12,7 +12,9 @@ use serde_json::json;
 use crate::browser::{Browser, logged_in_member};
 use crate::browser::{Mail, read_mails, wait_for_mail};
 use crate::db_tests;
-use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, eventually, spawn_app, start};
+use crate::helpers::{
+    Db, PASSWORD, TestApp, TestDatabase, eventually, spawn_app, start, totp_code,
+};
 
 db_tests!(
     empty_scope_lists_are_refused_and_legacy_empty_keys_act_as_star,
@@ -194,13 +196,6 @@ async fn reset_token(dir: &Path) -> String {
     .link("/reset/")
     .and_then(|link| link.rsplit('/').next().map(str::to_string))
     .expect("a reset link")
-}
-
-fn totp_code(secret_b32: &str, clock: &Clock) -> String {
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(secret_b32.as_bytes())
-        .unwrap();
-    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
 }
 
 /// Turns on TOTP for the browser's user; returns the base32 secret.

@@ -195,6 +195,31 @@ pub async fn spawn_app_with(db: Db, configure: impl FnOnce(&mut Config)) -> Test
     start(database, configure, BuildOptions::default()).await
 }
 
+/// An app on a manual clock (`configure` adjusts its configuration), and the clock.
+pub async fn spawn_app_on_clock(
+    db: Db,
+    configure: impl FnOnce(&mut Config),
+) -> (TestApp, hoglet::time::Clock) {
+    let clock = hoglet::time::Clock::manual();
+    let app = start(
+        TestDatabase::create(db).await,
+        configure,
+        BuildOptions {
+            clock: Some(clock.clone()),
+        },
+    )
+    .await;
+    (app, clock)
+}
+
+/// The TOTP code of a base32 secret at the clock's time.
+pub fn totp_code(secret_b32: &str, clock: &hoglet::time::Clock) -> String {
+    let secret = data_encoding::BASE32_NOPAD
+        .decode(secret_b32.trim().as_bytes())
+        .expect("a base32 secret");
+    hoglet::domain::totp::code_at(&secret, clock.now_secs()).expect("a code")
+}
+
 pub async fn start(
     database: TestDatabase,
     configure: impl FnOnce(&mut Config),

@@ -15,7 +15,8 @@ use serde_json::json;
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{
-    Db, PASSWORD, TestApp, TestDatabase, eventually, postgres_url, spawn_app, spawn_app_with, start,
+    Db, PASSWORD, TestApp, TestDatabase, eventually, postgres_url, spawn_app, spawn_app_with,
+    start, totp_code,
 };
 
 db_tests!(
@@ -151,13 +152,6 @@ async fn postgres_needs_a_key_and_never_generates_one() {
         "a-key-shared-by-every-replica"
     );
     assert_eq!(app.state().store.setting("secret_key").await.unwrap(), None);
-}
-
-fn totp_code(secret_b32: &str, clock: &Clock) -> String {
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(secret_b32.as_bytes())
-        .unwrap();
-    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
 }
 
 /// A database as an earlier hoglet left it: a user with TOTP and a reset link, both made with a

@@ -1,41 +1,20 @@
 //! TOTP setup, login with the second factor, backup codes, replay protection and throttling.
 
-use hoglet::BuildOptions;
-use hoglet::time::{Clock, SECOND};
+use hoglet::time::SECOND;
 use reqwest::Method;
 use serde_json::json;
 
 use crate::browser::Browser;
 use crate::db_tests;
-use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, start};
+use crate::helpers::{Db, PASSWORD, spawn_app_on_clock, totp_code};
 
 db_tests!(
     totp_setup_login_backup_codes_and_disable,
     keys_cannot_manage_two_factor
 );
 
-fn code(secret_b32: &str, clock: &Clock) -> String {
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(secret_b32.as_bytes())
-        .unwrap();
-    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
-}
-
-async fn app_with_clock(db: Db) -> (TestApp, Clock) {
-    let clock = Clock::manual();
-    let app = start(
-        TestDatabase::create(db).await,
-        |_| {},
-        BuildOptions {
-            clock: Some(clock.clone()),
-        },
-    )
-    .await;
-    (app, clock)
-}
-
 async fn totp_setup_login_backup_codes_and_disable(db: Db) {
-    let (app, clock) = app_with_clock(db).await;
+    let (app, clock) = spawn_app_on_clock(db, |_| {}).await;
     app.create_user("tfa@example.com", false).await;
     app.create_org("TFA", "tfa@example.com").await;
     let browser = Browser::new(&app);
@@ -98,7 +77,7 @@ async fn totp_setup_login_backup_codes_and_disable(db: Db) {
     let validated = browser
         .post(
             "/api/users/@me/two_factor_validate/",
-            json!({"token": code(&secret, &clock)}),
+            json!({"token": totp_code(&secret, &clock)}),
         )
         .await;
     assert_eq!(validated.json, json!({"success": true}));
@@ -136,7 +115,10 @@ async fn totp_setup_login_backup_codes_and_disable(db: Db) {
     assert_eq!(other.get("/api/users/@me/").await.status.as_u16(), 401);
     // The code used to enable 2FA was accepted once; it is never accepted again.
     other
-        .post("/api/login/token/", json!({"token": code(&secret, &clock)}))
+        .post(
+            "/api/login/token/",
+            json!({"token": totp_code(&secret, &clock)}),
+        )
         .await
         .assert_error(
             400,
@@ -158,7 +140,10 @@ async fn totp_setup_login_backup_codes_and_disable(db: Db) {
         );
     clock.advance(60 * SECOND);
     let ok = other
-        .post("/api/login/token/", json!({"token": code(&secret, &clock)}))
+        .post(
+            "/api/login/token/",
+            json!({"token": totp_code(&secret, &clock)}),
+        )
         .await;
     assert_eq!(ok.json, json!({"success": true}), "{}", ok.text);
     assert_eq!(other.get("/api/users/@me/").await.status.as_u16(), 200);
@@ -249,7 +234,7 @@ async fn totp_setup_login_backup_codes_and_disable(db: Db) {
 }
 
 async fn keys_cannot_manage_two_factor(db: Db) {
-    let (app, _clock) = app_with_clock(db).await;
+    let (app, _clock) = spawn_app_on_clock(db, |_| {}).await;
     let (_, key) = app.user_with_key("k@example.com", false, &["*"]).await;
     for (method, path) in [
         (Method::GET, "/api/users/@me/two_factor_start_setup/"),

@@ -9,13 +9,12 @@ use std::path::{Path, PathBuf};
 
 use chromiumoxide::Page;
 use chromiumoxide::page::ScreenshotParams;
-use hoglet::BuildOptions;
 use hoglet::config::EmailDelivery;
 use hoglet::time::{Clock, SECOND};
 
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
-use crate::helpers::{Db, PASSWORD, TestApp, TestDatabase, eventually, start};
+use crate::helpers::{Db, PASSWORD, TestApp, eventually, spawn_app_on_clock, totp_code};
 use crate::web_browser::{
     element, evaluate, fill, in_browser, open, press, wait_for_path, wait_for_text,
 };
@@ -55,27 +54,12 @@ async fn assert_accessible(page: &Page, what: &str) {
 }
 
 async fn app_with_clock(db: Db, email_dir: Option<PathBuf>) -> (TestApp, Clock) {
-    let clock = Clock::manual();
-    let app = start(
-        TestDatabase::create(db).await,
-        move |c| {
-            if let Some(dir) = email_dir {
-                c.email = EmailDelivery::Directory(dir);
-            }
-        },
-        BuildOptions {
-            clock: Some(clock.clone()),
-        },
-    )
-    .await;
-    (app, clock)
-}
-
-fn totp_code(secret_b32: &str, clock: &Clock) -> String {
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(secret_b32.trim().as_bytes())
-        .unwrap();
-    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
+    spawn_app_on_clock(db, move |c| {
+        if let Some(dir) = email_dir {
+            c.email = EmailDelivery::Directory(dir);
+        }
+    })
+    .await
 }
 
 /// Signs in through the login page and waits for the account page.

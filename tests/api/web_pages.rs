@@ -9,7 +9,7 @@ use serde_json::json;
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{
-    Db, PASSWORD, Reply, TestApp, TestDatabase, spawn_app, spawn_app_with, start,
+    Db, PASSWORD, Reply, TestApp, TestDatabase, spawn_app, spawn_app_with, start, totp_code,
 };
 
 db_tests!(
@@ -370,13 +370,6 @@ async fn login_throttle_and_unverified_accounts_are_shown(db: Db) {
         "Your account is awaiting verification. Please check your email for a verification link.",
     );
     assert!(browser.cookie("sessionid").is_none());
-}
-
-fn totp_code(secret_b32: &str, clock: &Clock) -> String {
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(secret_b32.as_bytes())
-        .unwrap();
-    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
 }
 
 async fn login_with_two_factor_goes_through_the_code_page(db: Db) {

@@ -1,15 +1,14 @@
 //! The 2FA and personal API key settings pages through HTTP, as a browser without JavaScript
 //! uses them, on both databases.
 
-use hoglet::BuildOptions;
-use hoglet::time::{Clock, SECOND};
+use hoglet::time::SECOND;
 
 use hoglet::config::EmailDelivery;
 
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{
-    Db, PASSWORD, Reply, TestApp, TestDatabase, spawn_app, spawn_app_with, start,
+    Db, PASSWORD, Reply, TestApp, spawn_app, spawn_app_on_clock, spawn_app_with, totp_code,
 };
 
 db_tests!(
@@ -24,26 +23,6 @@ db_tests!(
     password_change_needs_the_current_one_and_ends_other_sessions,
     an_old_session_is_asked_for_its_password_before_an_email_change,
 );
-
-async fn app_with_clock(db: Db) -> (TestApp, Clock) {
-    let clock = Clock::manual();
-    let app = start(
-        TestDatabase::create(db).await,
-        |_| {},
-        BuildOptions {
-            clock: Some(clock.clone()),
-        },
-    )
-    .await;
-    (app, clock)
-}
-
-fn totp_code(secret_b32: &str, clock: &Clock) -> String {
-    let secret = data_encoding::BASE32_NOPAD
-        .decode(secret_b32.as_bytes())
-        .unwrap();
-    hoglet::domain::totp::code_at(&secret, clock.now_secs()).unwrap()
-}
 
 #[track_caller]
 fn assert_secret_page(reply: &Reply, status: u16) {
@@ -109,7 +88,7 @@ async fn signed_in(app: &TestApp, email: &str) -> Browser {
 }
 
 async fn two_factor_setup_shows_the_secret_and_qr_then_backup_codes_once(db: Db) {
-    let (app, clock) = app_with_clock(db).await;
+    let (app, clock) = spawn_app_on_clock(db, |_| {}).await;
     let browser = signed_in(&app, "tfa-page@example.com").await;
 
     let setup = browser.get("/settings/user-2fa").await;
@@ -194,7 +173,7 @@ async fn two_factor_setup_shows_the_secret_and_qr_then_backup_codes_once(db: Db)
 }
 
 async fn two_factor_regenerate_and_disable_from_the_status_page(db: Db) {
-    let (app, clock) = app_with_clock(db).await;
+    let (app, clock) = spawn_app_on_clock(db, |_| {}).await;
     let browser = signed_in(&app, "tfa-status@example.com").await;
     let setup = browser.get("/settings/user-2fa").await;
     let secret = element_text(&setup.text, "totp-secret").unwrap();
@@ -240,7 +219,7 @@ async fn two_factor_regenerate_and_disable_from_the_status_page(db: Db) {
 }
 
 async fn api_key_created_in_the_page_works_then_rolls_and_deletes(db: Db) {
-    let (app, _) = app_with_clock(db).await;
+    let (app, _) = spawn_app_on_clock(db, |_| {}).await;
     let browser = signed_in(&app, "keys-page@example.com").await;
     let empty = browser.get("/settings/user-api-keys").await;
     assert_secret_page(&empty, 200);
@@ -343,7 +322,7 @@ async fn api_key_created_in_the_page_works_then_rolls_and_deletes(db: Db) {
 }
 
 async fn api_key_form_errors_use_the_apis_words_and_keep_the_input(db: Db) {
-    let (app, _) = app_with_clock(db).await;
+    let (app, _) = spawn_app_on_clock(db, |_| {}).await;
     let browser = signed_in(&app, "keys-errors@example.com").await;
     let no_scopes = browser
         .submit("/settings/user-api-keys", &[("label", "nothing")])
@@ -389,7 +368,7 @@ async fn api_key_form_errors_use_the_apis_words_and_keep_the_input(db: Db) {
 }
 
 async fn settings_pages_need_a_session(db: Db) {
-    let (app, _) = app_with_clock(db).await;
+    let (app, _) = spawn_app_on_clock(db, |_| {}).await;
     app.create_user("nobody@example.com", false).await;
     let browser = Browser::new(&app);
     browser.get("/login").await;
@@ -413,7 +392,7 @@ async fn settings_pages_need_a_session(db: Db) {
 }
 
 async fn api_docs_viewers_are_served_from_the_binary(db: Db) {
-    let (app, _) = app_with_clock(db).await;
+    let (app, _) = spawn_app_on_clock(db, |_| {}).await;
     let client = reqwest::Client::new();
     for (path, mount) in [
         ("/api/schema/swagger-ui/", "swagger-ui"),
@@ -613,7 +592,7 @@ async fn password_change_needs_the_current_one_and_ends_other_sessions(db: Db) {
 }
 
 async fn an_old_session_is_asked_for_its_password_before_an_email_change(db: Db) {
-    let (app, clock) = app_with_clock(db).await;
+    let (app, clock) = spawn_app_on_clock(db, |_| {}).await;
     let browser = signed_in(&app, "stale@example.com").await;
     clock.advance(3 * 3600 * SECOND);
     let change = browser
