@@ -112,6 +112,27 @@ async fn render(
     })
 }
 
+/// Makes new backup codes (the old ones stop working) and shows them, this once.
+async fn new_backup_codes(
+    state: &AppState,
+    caller: &Caller,
+    user: &UserRecord,
+    headers: &HeaderMap,
+) -> PageResult {
+    let codes = two_factor::regenerate_backup_codes(state, user).await?;
+    let page = render(
+        state,
+        caller,
+        user,
+        headers,
+        None,
+        Errors::none(),
+        Some(codes),
+    )
+    .await?;
+    Ok(page.into_response())
+}
+
 /// `GET /settings/user-2fa`: the status, or the setup when 2FA is off.
 pub async fn page(
     State(state): State<AppState>,
@@ -148,20 +169,7 @@ pub async fn enable(
         .authorize(ScopeNeed::NoKeyAccess));
     let token = Some(text(&form, "token").trim().to_string()).filter(|t| !t.is_empty());
     match two_factor::enable(&state, &caller, &user, token).await {
-        Ok(()) => {
-            let codes = two_factor::regenerate_backup_codes(&state, &user).await?;
-            let page = render(
-                &state,
-                &caller,
-                &user,
-                &headers,
-                None,
-                Errors::none(),
-                Some(codes),
-            )
-            .await?;
-            Ok(page.into_response())
-        }
+        Ok(()) => new_backup_codes(&state, &caller, &user, &headers).await,
         Err(e) if e.status().is_server_error() => Err(e.into()),
         Err(e) => {
             let errors = Errors::of(&e, &["token"]);
@@ -185,18 +193,7 @@ pub async fn backup_codes(
     if !two_factor::status(&state, &user).await?.has_totp {
         return Ok(see_other(PAGE));
     }
-    let codes = two_factor::regenerate_backup_codes(&state, &user).await?;
-    let page = render(
-        &state,
-        &caller,
-        &user,
-        &headers,
-        None,
-        Errors::none(),
-        Some(codes),
-    )
-    .await?;
-    Ok(page.into_response())
+    new_backup_codes(&state, &caller, &user, &headers).await
 }
 
 /// `POST /settings/user-2fa/disable`.
