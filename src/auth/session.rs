@@ -190,6 +190,13 @@ pub const TWO_FACTOR_ALLOWED_PATHS: &[&str] = &[
     "/_health/",
 ];
 const TWO_FACTOR_ALLOWED_PREFIXES: &[&str] = &["/static/", "/uploaded_media/"];
+/// hoglet's own pages for setting the second factor up (PostHog's app does it within the paths
+/// above), open to a member who has none yet — not to a session that has yet to pass one.
+const TWO_FACTOR_SETUP_PAGES: &[&str] = &[
+    "/settings/user-2fa",
+    "/settings/user-2fa/enable",
+    "/settings/user-2fa/backup-codes",
+];
 
 /// users.md §2.8: a session of a member of an organization that enforces 2FA reaches only the
 /// paths that let them set it up or log out, until it has passed the second factor. `path` is
@@ -213,6 +220,11 @@ fn enforce_two_factor(entry: &SessionEntry, path: &str, now: Micros) -> ApiResul
         return Ok(());
     }
     let path = percent_encoding::percent_decode_str(path).decode_utf8_lossy();
+    if matches!(entry.two_factor, TwoFactorGate::SetupRequired)
+        && TWO_FACTOR_SETUP_PAGES.contains(&path.strip_suffix('/').unwrap_or(&path))
+    {
+        return Ok(());
+    }
     if TWO_FACTOR_ALLOWED_PATHS.contains(&path.as_ref())
         || TWO_FACTOR_ALLOWED_PREFIXES
             .iter()

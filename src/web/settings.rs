@@ -48,6 +48,11 @@ pub(crate) fn authorized(
     let auth = match auth {
         Ok(auth) => auth,
         Err(ApiError::NotAuthenticated(_)) => return Err(Box::new(login_then(path, false))),
+        // A member of an organization that enforces 2FA, without it yet: to its set-up page.
+        Err(ApiError::PermissionDenied {
+            code: "two_factor_setup_required",
+            ..
+        }) => return Err(Box::new(see_other(super::two_factor::PAGE))),
         Err(e) => return Err(Box::new(PageError(e).into_response())),
     };
     match check(auth) {

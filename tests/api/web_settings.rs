@@ -22,6 +22,7 @@ db_tests!(
     email_change_without_email_is_immediate_and_refuses_a_taken_address,
     password_change_needs_the_current_one_and_ends_other_sessions,
     an_old_session_is_asked_for_its_password_before_an_email_change,
+    an_organization_that_enforces_two_factor_sends_members_to_set_it_up,
 );
 
 #[track_caller]
@@ -616,4 +617,55 @@ async fn an_old_session_is_asked_for_its_password_before_an_email_change(db: Db)
             .unwrap()
             .is_some()
     );
+}
+
+async fn an_organization_that_enforces_two_factor_sends_members_to_set_it_up(db: Db) {
+    let (app, clock) = spawn_app_on_clock(db, |_| {}).await;
+    app.create_user("member@example.com", false).await;
+    let (org, _team) = app.create_org("Strict", "member@example.com").await;
+    let org_id = uuid::Uuid::parse_str(&org).unwrap();
+    app.store
+        .update_organization(
+            org_id,
+            hoglet::store::OrganizationChanges {
+                name: None,
+                enforce_2fa: Some(true),
+            },
+        )
+        .await
+        .unwrap();
+    let browser = Browser::new(&app);
+    browser.get("/login").await;
+    browser
+        .submit(
+            "/login",
+            &[("email", "member@example.com"), ("password", PASSWORD)],
+        )
+        .await;
+    // Every account page leads to the set-up, which is open; the API stays closed.
+    for path in ["/settings/user", "/settings/user-api-keys"] {
+        assert_see_other(&browser.get(path).await, "/settings/user-2fa");
+    }
+    assert_eq!(
+        browser
+            .get("/api/users/@me/hedgehog_config/")
+            .await
+            .status
+            .as_u16(),
+        403
+    );
+    let setup = browser.get("/settings/user-2fa").await;
+    assert_secret_page(&setup, 200);
+    let secret = element_text(&setup.text, "totp-secret").unwrap();
+    let enabled = browser
+        .submit(
+            "/settings/user-2fa/enable",
+            &[("token", totp_code(&secret, &clock).as_str())],
+        )
+        .await;
+    assert_secret_page(&enabled, 200);
+    assert_eq!(backup_codes(&enabled.text).len(), 10);
+    // With the second factor passed in this session, the rest opens.
+    let account = browser.get("/settings/user").await;
+    assert_eq!(account.status.as_u16(), 200, "{}", account.text);
 }
