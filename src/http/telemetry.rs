@@ -64,13 +64,19 @@ async fn run_guarded(next: Next, request: Request) -> Response {
         .await
     {
         Ok(response) => response,
-        Err(panic) => {
-            let message = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_else(|| "panic".into());
-            ApiError::internal(anyhow::anyhow!("handler panicked: {message}")).into_response()
-        }
+        Err(panic) => ApiError::internal(anyhow::anyhow!(
+            "handler panicked: {}",
+            panic_message(panic.as_ref())
+        ))
+        .into_response(),
     }
+}
+
+/// What a caught panic said.
+pub fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into())
 }

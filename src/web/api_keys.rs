@@ -81,6 +81,8 @@ pub struct ApiKeysPage {
     common_scopes: Vec<ScopeBox>,
     /// Every other scope.
     other_scopes: Vec<ScopeBox>,
+    /// The script behind the "Copy" button (the page works without it).
+    copy_script: &'static str,
 }
 
 fn scope_boxes(checked: &[String]) -> (Vec<ScopeBox>, Vec<ScopeBox>) {
@@ -132,6 +134,7 @@ async fn render(
         expires_at: shown.expires_at,
         common_scopes,
         other_scopes,
+        copy_script: &super::assets::COPY_SCRIPT.url,
     })
 }
 

@@ -33,6 +33,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use futures_util::FutureExt;
 
 use crate::auth::Caller;
 use crate::auth::session;
@@ -126,7 +127,6 @@ pub fn router() -> Router<AppState> {
         )
         .layer(axum::middleware::from_fn(page_headers))
         .route("/static/{file}/", get(assets::serve))
-        .route("/static/docs/{file}/", get(api_docs::serve))
         .route("/api/schema/swagger-ui/", get(api_docs::swagger_ui))
         .route("/api/schema/redoc/", get(api_docs::redoc))
 }
@@ -160,8 +160,21 @@ pub fn secure(mut response: Response) -> Response {
     response
 }
 
+/// Every page's headers; a page handler that panics answers the 500 page (the API's own
+/// layer would answer JSON), with the cause kept for the request log.
 async fn page_headers(request: Request, next: Next) -> Response {
-    secure(next.run(request).await)
+    let response = match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => PageError(ApiError::internal(anyhow::anyhow!(
+            "page handler panicked: {}",
+            crate::http::telemetry::panic_message(panic.as_ref())
+        )))
+        .into_response(),
+    };
+    secure(response)
 }
 
 /// The HTML answer for a path no route matches (outside `/api/`).
@@ -263,4 +276,46 @@ pub fn text(form: &serde_json::Map<String, serde_json::Value>, name: &str) -> St
         .and_then(serde_json::Value::as_str)
         .unwrap_or_default()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    use super::*;
+
+    /// A panic in a page handler is the HTML 500 page with the pages' headers, and the cause is
+    /// kept for the request log. (No page panics on purpose, so this drives the page layer with
+    /// a handler that does.)
+    async fn boom() -> Response {
+        panic!("on purpose")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_page_answers_the_500_page() {
+        let pages = Router::new()
+            .route("/boom/", get(boom))
+            .layer(axum::middleware::from_fn(page_headers));
+        let response = pages
+            .oneshot(Request::get("/boom/").body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(
+            response.headers()[header::CONTENT_SECURITY_POLICY],
+            CONTENT_SECURITY_POLICY
+        );
+        assert!(
+            response.extensions().get::<ErrorCause>().is_some(),
+            "the cause is kept for the log"
+        );
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let html = String::from_utf8(body.to_vec()).unwrap();
+        assert!(html.starts_with("<!doctype html>"), "{html}");
+        assert!(html.contains("Something went wrong"), "{html}");
+        assert!(!html.contains("on purpose"), "the cause is not shown");
+    }
 }

@@ -193,6 +193,14 @@ async fn api_key_create_use_roll_and_delete(db: Db) {
         };
         assert!(value.starts_with("phx_"), "{value}");
         assert_accessible(&page, "new key").await;
+        // With JavaScript the Copy button shows (without it the field can be selected).
+        let copy_shown: bool = evaluate(
+            &page,
+            "document.querySelector('button[data-copy]') !== null \
+             && !document.querySelector('button[data-copy]').hidden",
+        )
+        .await;
+        assert!(copy_shown);
         let me = app.get("/api/users/@me/", &value).await;
         assert_eq!(me.status.as_u16(), 200, "{}", me.text);
 
