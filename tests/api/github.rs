@@ -161,6 +161,7 @@ crate::db_tests!(
     github_login_resolution,
     authentication_scopes_and_routing,
     the_integrations_page_connects_and_disconnects_github,
+    connect_and_disconnect_github_in_the_browser,
 );
 
 async fn link_list_repositories_branches_delete(db: Db) {
@@ -1889,4 +1890,71 @@ async fn the_integrations_page_connects_and_disconnects_github(db: Db) {
             .text
             .contains("You cancelled the connection on GitHub.")
     );
+}
+
+/// The same in headless Chromium: "Connect GitHub" leaves for the App's install page (the fake
+/// GitHub), GitHub's redirect back lands on the page with the outcome, "Disconnect" removes it.
+async fn connect_and_disconnect_github_in_the_browser(db: Db) {
+    crate::web_browser::in_browser("github", db, |page| async move {
+        use crate::web_browser::{element, open, press, wait_for_path, wait_for_text};
+        use crate::web_browser_flows::{assert_accessible, log_in};
+        let fake = FakeGithub::start().await;
+        let clock = Clock::manual();
+        let app = github_app(TestDatabase::create(db).await, &fake, &clock).await;
+        let user = app.create_user("octo@example.com", false).await;
+        log_in(&page, &app, "octo@example.com", PASSWORD).await;
+        wait_for_path(&page, &app, "/settings/user").await;
+        open(&page, &app, "/settings/user-personal-integrations").await;
+        wait_for_text(&page, "#no-integrations", "No GitHub account").await;
+        assert_accessible(&page, "integrations").await;
+
+        press(&page, "Connect GitHub").await;
+        let install = format!("{}/apps/{APP_SLUG}/installations/new?state=", fake.url);
+        let at_github = crate::helpers::eventually(
+            "the browser at GitHub's install page",
+            std::time::Duration::from_secs(15),
+            || {
+                let (page, install) = (page.clone(), install.clone());
+                async move {
+                    let url = page.url().await.ok().flatten()?;
+                    url.starts_with(&install).then_some(url)
+                }
+            },
+        )
+        .await;
+        // GitHub sends the browser back after the installation.
+        fake.add_code("browser-code", "ghu_browser", 99, "octocat");
+        let back = serde_urlencoded::to_string([
+            ("code", "browser-code"),
+            ("installation_id", "6161"),
+            ("setup_action", "install"),
+            ("state", state_of(&at_github).as_str()),
+        ])
+        .unwrap();
+        page.goto(app.url(&format!("/complete/github-link/?{back}")))
+            .await
+            .expect("navigates");
+        wait_for_path(&page, &app, WEB_SUCCESS).await;
+        wait_for_text(&page, "#github-link-success", "GitHub is connected.").await;
+        wait_for_text(&page, "#integrations", "6161").await;
+        assert_accessible(&page, "integration listed").await;
+
+        element(
+            &page,
+            "button[aria-label='Disconnect the installation 6161']",
+        )
+        .await
+        .click()
+        .await
+        .expect("clicked");
+        wait_for_text(&page, "#no-integrations", "No GitHub account").await;
+        assert!(
+            app.store
+                .user_integrations(user.id, "github")
+                .await
+                .unwrap()
+                .is_empty()
+        );
+    })
+    .await;
 }

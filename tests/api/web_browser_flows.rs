@@ -35,7 +35,7 @@ const STEP: std::time::Duration = std::time::Duration::from_secs(15);
 const AXE: &str = include_str!("fixtures/axe/axe.min.js");
 
 /// Runs axe-core on the current document; fails on any serious or critical violation.
-async fn assert_accessible(page: &Page, what: &str) {
+pub(crate) async fn assert_accessible(page: &Page, what: &str) {
     let loaded: bool = evaluate(page, "typeof window.axe !== 'undefined'").await;
     if !loaded {
         page.evaluate(AXE).await.expect("axe-core injected");
@@ -63,7 +63,7 @@ async fn app_with_clock(db: Db, email_dir: Option<PathBuf>) -> (TestApp, Clock) 
 }
 
 /// Signs in through the login page and waits for the account page.
-async fn log_in(page: &Page, app: &TestApp, email: &str, password: &str) {
+pub(crate) async fn log_in(page: &Page, app: &TestApp, email: &str, password: &str) {
     open(page, app, "/login").await;
     fill(page, "email", email).await;
     fill(page, "password", password).await;
