@@ -46,12 +46,9 @@ pub async fn parse_body(state: &AppState, request: Request) -> Result<Request, R
         Ok(bytes) => bytes,
         Err(_) => return Err(ApiError::PayloadTooLarge.into_response()),
     };
-    let parsed = parse(&content_type, &bytes).await;
-    if let ParsedBody::Fields(_) = &parsed
-        && is_form(&content_type)
-        && let Ok(pairs) = serde_urlencoded::from_bytes::<Vec<(String, String)>>(&bytes)
-    {
-        parts.extensions.insert(FormLists(pairs));
+    let (parsed, form_lists) = parse(&content_type, &bytes).await;
+    if let Some(lists) = form_lists {
+        parts.extensions.insert(lists);
     }
     if let ParsedBody::Fields(fields) = &parsed {
         parts
@@ -91,13 +88,6 @@ impl<S: Send + Sync> FromRequestParts<S> for FormLists {
     }
 }
 
-fn is_form(content_type: &str) -> bool {
-    content_type.split(';').next().is_some_and(|t| {
-        t.trim()
-            .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-    })
-}
-
 /// Whether the headers announce a non-empty body (`Content-Length` > 0, or chunked).
 fn declares_body(headers: &axum::http::HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
@@ -108,7 +98,8 @@ fn declares_body(headers: &axum::http::HeaderMap) -> bool {
             .is_some_and(|n| n > 0)
 }
 
-async fn parse(content_type: &str, bytes: &[u8]) -> ParsedBody {
+/// The body, and for a form its values in order with repeated names (see [`FormLists`]).
+async fn parse(content_type: &str, bytes: &[u8]) -> (ParsedBody, Option<FormLists>) {
     let media_type = content_type
         .split(';')
         .next()
@@ -116,9 +107,10 @@ async fn parse(content_type: &str, bytes: &[u8]) -> ParsedBody {
         .trim()
         .to_ascii_lowercase();
     if bytes.iter().all(u8::is_ascii_whitespace) && !media_type.starts_with("multipart/") {
-        return ParsedBody::Fields(Map::new());
+        return (ParsedBody::Fields(Map::new()), None);
     }
-    match media_type.as_str() {
+    let mut form_lists = None;
+    let parsed = match media_type.as_str() {
         "application/json" | "" => match serde_json::from_slice::<Value>(bytes) {
             Ok(Value::Object(map)) => ParsedBody::Fields(map),
             Ok(other) => ParsedBody::OtherJson(other),
@@ -131,18 +123,21 @@ async fn parse(content_type: &str, bytes: &[u8]) -> ParsedBody {
         },
         "application/x-www-form-urlencoded" => {
             match serde_urlencoded::from_bytes::<Vec<(String, String)>>(bytes) {
-                Ok(pairs) => ParsedBody::Fields(
-                    pairs
-                        .into_iter()
-                        .map(|(k, v)| (k, Value::String(v)))
-                        .collect(),
-                ),
+                Ok(pairs) => {
+                    let fields = pairs
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+                        .collect();
+                    form_lists = Some(FormLists(pairs));
+                    ParsedBody::Fields(fields)
+                }
                 Err(e) => invalid(ApiError::Parse(format!("Form parse error - {e}").into())),
             }
         }
         "multipart/form-data" => parse_multipart(content_type, bytes).await,
         _ => invalid(ApiError::UnsupportedMediaType(media_type)),
-    }
+    };
+    (parsed, form_lists)
 }
 
 async fn parse_multipart(content_type: &str, bytes: &[u8]) -> ParsedBody {

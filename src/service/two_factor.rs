@@ -53,9 +53,23 @@ pub async fn start_setup(state: &AppState, caller: &Caller, user: &UserRecord) -
     session.totp_setup_secret = Some(accounts::seal_totp_secret(state, &secret)?);
     session.totp_setup_at = Some(state.clock.now());
     state.store.update_session(&session).await?;
-    Ok(Setup {
-        secret_base32: totp::secret_base32(&secret),
-        otpauth_uri: totp::otpauth_uri(&secret, &issuer(state), &user.email),
+    Ok(setup_of(state, &secret, user))
+}
+
+fn setup_of(state: &AppState, secret: &[u8], user: &UserRecord) -> Setup {
+    Setup {
+        secret_base32: totp::secret_base32(secret),
+        otpauth_uri: totp::otpauth_uri(secret, &issuer(state), &user.email),
+    }
+}
+
+/// The sealed secret of the setup started in `session`, unless none was or it is older than
+/// [`TOTP_SETUP_AGE`].
+fn fresh_setup_secret(session: &SessionRecord, now: crate::time::Micros) -> Option<String> {
+    session.totp_setup_secret.clone().filter(|_| {
+        session
+            .totp_setup_at
+            .is_some_and(|at| now - at <= TOTP_SETUP_AGE)
     })
 }
 
@@ -67,18 +81,11 @@ pub async fn pending_setup(
     user: &UserRecord,
 ) -> ApiResult<Option<Setup>> {
     let session = session_of(state, caller).await?;
-    let now = state.clock.now();
-    let fresh = session
-        .totp_setup_at
-        .is_some_and(|at| now - at <= TOTP_SETUP_AGE);
-    let Some(sealed) = session.totp_setup_secret.filter(|_| fresh) else {
+    let Some(sealed) = fresh_setup_secret(&session, state.clock.now()) else {
         return Ok(None);
     };
     let secret = accounts::open_totp_secret(state, &sealed)?;
-    Ok(Some(Setup {
-        secret_base32: totp::secret_base32(&secret),
-        otpauth_uri: totp::otpauth_uri(&secret, &issuer(state), &user.email),
-    }))
+    Ok(Some(setup_of(state, &secret, user)))
 }
 
 /// Completes the setup started in the caller's session with a first code: the device, this
@@ -92,20 +99,12 @@ pub async fn enable(
 ) -> ApiResult<()> {
     let mut session = session_of(state, caller).await?;
     let now = state.clock.now();
-    let pending = session
-        .totp_setup_secret
-        .clone()
-        .filter(|_| {
-            session
-                .totp_setup_at
-                .is_some_and(|at| now - at <= TOTP_SETUP_AGE)
-        })
-        .ok_or_else(|| {
-            ApiError::non_field(
-                "setup_expired",
-                "2FA setup session expired. Please start setup again.",
-            )
-        })?;
+    let pending = fresh_setup_secret(&session, now).ok_or_else(|| {
+        ApiError::non_field(
+            "setup_expired",
+            "2FA setup session expired. Please start setup again.",
+        )
+    })?;
     let invalid = || ApiError::non_field("token_invalid", "Token is not valid");
     let token = token.ok_or_else(invalid)?;
     let secret = accounts::open_totp_secret(state, &pending)?;

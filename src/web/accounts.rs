@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use secrecy::SecretString;
 use serde_json::{Map, Value};
 
-use super::layout::{Errors, Layout, notice};
+use super::layout::{Errors, Layout, notice, query_param};
 use super::{PageError, Visitor, failed, see_other, text};
 use crate::auth::session::{self, SetCookies};
 use crate::domain::redirect;
@@ -29,15 +29,6 @@ pub const HOME: &str = "/settings/user";
 fn with_cookies(mut response: Response, cookies: SetCookies) -> Response {
     cookies.apply(response.headers_mut());
     response
-}
-
-/// A query parameter's value (the first one).
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query?)
-        .ok()?
-        .into_iter()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
 }
 
 /// `next` when it is a safe same-site path (see [`redirect::safe_next`]), else nothing.

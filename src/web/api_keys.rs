@@ -8,7 +8,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::layout::{Errors, Layout, notice};
+use super::layout::{Errors, Layout, day, notice};
 use super::{PageError, see_other, text};
 use crate::auth::session;
 use crate::auth::{Authenticated, SessionOnly};
@@ -19,7 +19,6 @@ use crate::http::body::{Body, FormLists};
 use crate::service::api_keys;
 use crate::state::AppState;
 use crate::store::{ApiKeyRecord, UserRecord};
-use crate::time::iso_z;
 
 type PageResult = Result<Response, PageError>;
 
@@ -40,7 +39,6 @@ pub struct KeyRow {
 
 impl KeyRow {
     fn of(key: &ApiKeyRecord) -> Self {
-        let day = |at: i64| iso_z(at).chars().take(10).collect::<String>();
         Self {
             id: key.id.clone(),
             label: key.label.clone(),

@@ -10,7 +10,7 @@ use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use super::layout::{Errors, Layout, notice};
+use super::layout::{Errors, Layout, day, notice, query_param};
 use super::settings::authorized;
 use super::{PageError, see_other};
 use crate::auth::session;
@@ -20,7 +20,6 @@ use crate::http::body::Body;
 use crate::service::github;
 use crate::state::AppState;
 use crate::store::{UserIntegrationRecord, UserRecord};
-use crate::time::iso_z;
 
 type PageResult = Result<Response, PageError>;
 
@@ -54,16 +53,6 @@ pub fn link_error_words(reason: &str) -> &'static str {
     }
 }
 
-/// The value of `name` in a query string (the last one, as DRF reads it).
-fn query_value(query: Option<&str>, name: &str) -> Option<String> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
-    pairs
-        .into_iter()
-        .rev()
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v)
-}
-
 /// An integration as the table shows it.
 pub struct IntegrationRow {
     pub installation_id: String,
@@ -89,7 +78,7 @@ impl IntegrationRow {
             installation_id: record.integration_id.clone(),
             account,
             repositories,
-            connected: iso_z(record.created_at).chars().take(10).collect(),
+            connected: day(record.created_at),
         }
     }
 }
@@ -117,8 +106,8 @@ async fn render(
         layout: Layout::user("Integrations", csrf, user).with_notice(notice(query)),
         errors,
         rows: rows.iter().map(IntegrationRow::of).collect(),
-        linked: query_value(query, "github_link_success").is_some(),
-        link_error: query_value(query, "github_link_error").map(|r| link_error_words(&r)),
+        linked: query_param(query, "github_link_success").is_some(),
+        link_error: query_param(query, "github_link_error").map(|r| link_error_words(&r)),
     })
 }
 
@@ -186,7 +175,7 @@ pub struct ConnectedPage {
 pub async fn account_connected(RawQuery(query): RawQuery) -> Response {
     let page = ConnectedPage {
         layout: Layout::anonymous("GitHub", String::new()),
-        error: query_value(query.as_deref(), "error").map(|r| link_error_words(&r)),
+        error: query_param(query.as_deref(), "error").map(|r| link_error_words(&r)),
     };
     page.into_response()
 }

@@ -59,11 +59,25 @@ pub fn theme(mode: Option<&str>) -> &'static str {
     }
 }
 
+/// A query parameter's value: the first one, as a browser's `URLSearchParams.get` reads it
+/// (PostHog's app reads these parameters in the browser).
+pub fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    serde_urlencoded::from_str::<Vec<(String, String)>>(query?)
+        .ok()?
+        .into_iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v)
+}
+
+/// The day (`YYYY-MM-DD`, UTC) of a timestamp, as the tables show dates.
+pub fn day(at: crate::time::Micros) -> String {
+    crate::time::iso_z(at).chars().take(10).collect()
+}
+
 /// The notice a redirect asks for with `?notice=KEY` (only these fixed texts: nothing from the
 /// query is shown).
 pub fn notice(query: Option<&str>) -> Option<&'static str> {
-    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(query?).ok()?;
-    let key = pairs.into_iter().find(|(k, _)| k == "notice")?.1;
+    let key = query_param(query, "notice")?;
     Some(match key.as_str() {
         "password_reset" => "Your password has been changed. Log in with the new one.",
         "verified" => "Your email address is verified. Log in to continue.",

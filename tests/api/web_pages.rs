@@ -33,7 +33,7 @@ db_tests!(
 const CSP: &str = "default-src 'self'; frame-ancestors 'none'";
 
 #[track_caller]
-fn assert_page(reply: &Reply, status: u16) {
+pub(crate) fn assert_page(reply: &Reply, status: u16) {
     assert_eq!(reply.status.as_u16(), status, "{}", reply.text);
     assert_eq!(
         reply.header("content-type"),
@@ -46,7 +46,7 @@ fn assert_page(reply: &Reply, status: u16) {
 }
 
 #[track_caller]
-fn assert_see_other(reply: &Reply, location: &str) {
+pub(crate) fn assert_see_other(reply: &Reply, location: &str) {
     assert_eq!(reply.status.as_u16(), 303, "{}", reply.text);
     assert_eq!(reply.header("location"), Some(location));
 }

@@ -10,6 +10,7 @@ use crate::db_tests;
 use crate::helpers::{
     Db, PASSWORD, Reply, TestApp, spawn_app, spawn_app_on_clock, spawn_app_with, totp_code,
 };
+use crate::web_pages::{assert_page, assert_see_other};
 
 db_tests!(
     two_factor_setup_shows_the_secret_and_qr_then_backup_codes_once,
@@ -27,23 +28,8 @@ db_tests!(
 
 #[track_caller]
 fn assert_secret_page(reply: &Reply, status: u16) {
-    assert_eq!(reply.status.as_u16(), status, "{}", reply.text);
-    assert_eq!(
-        reply.header("content-type"),
-        Some("text/html; charset=utf-8")
-    );
-    assert_eq!(reply.header("cache-control"), Some("no-store"));
-    assert_eq!(
-        reply.header("content-security-policy"),
-        Some("default-src 'self'; frame-ancestors 'none'")
-    );
+    assert_page(reply, status);
     assert!(!reply.text.contains("<script>"), "no inline script");
-}
-
-#[track_caller]
-fn assert_see_other(reply: &Reply, location: &str) {
-    assert_eq!(reply.status.as_u16(), 303, "{}", reply.text);
-    assert_eq!(reply.header("location"), Some(location));
 }
 
 /// The text of the element with `id` (its first child text, up to the next tag).
