@@ -580,3 +580,58 @@ impl Reply {
         &self.json
     }
 }
+
+/// The real binary serving on a free port of 127.0.0.1 with its stderr (the logs) captured.
+pub struct BinaryServer {
+    child: std::process::Child,
+    /// `http://127.0.0.1:PORT`, as the server printed it.
+    pub base: String,
+}
+
+impl BinaryServer {
+    /// Runs `command` (the binary with its environment) as `serve --bind 127.0.0.1:0`, once it
+    /// prints that it listens.
+    pub fn start(mut command: std::process::Command) -> Self {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = command
+            .args(["serve", "--bind", "127.0.0.1:0"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("hoglet started");
+        let mut stdout = std::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        let base = loop {
+            line.clear();
+            assert!(
+                stdout.read_line(&mut line).expect("stdout read") > 0,
+                "hoglet did not start"
+            );
+            if let Some(base) = line.trim().strip_prefix("hoglet listening on ") {
+                break base.to_string();
+            }
+        };
+        Self { child, base }
+    }
+
+    /// Stops the server with SIGTERM (it drains and flushes its log) and returns what it wrote
+    /// on stderr.
+    pub fn stop(mut self) -> String {
+        use std::io::Read;
+        let stopped = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill ran");
+        assert!(stopped.success());
+        let mut stderr = String::new();
+        self.child
+            .stderr
+            .take()
+            .expect("stderr")
+            .read_to_string(&mut stderr)
+            .expect("stderr read");
+        self.child.wait().expect("hoglet stopped");
+        stderr
+    }
+}

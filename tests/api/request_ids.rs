@@ -2,13 +2,12 @@
 //! echoed on every answer and carried by every log line of the request. Also the cookies a
 //! login writes, attribute by attribute.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use reqwest::Method;
 use serde_json::{Value, json};
 
-use crate::helpers::{Db, PASSWORD, spawn_app, spawn_app_with};
+use crate::helpers::{BinaryServer, Db, PASSWORD, spawn_app, spawn_app_with};
 
 const HEADER: &str = "x-request-id";
 
@@ -122,24 +121,8 @@ fn the_log_lines_of_a_request_carry_its_id() {
     };
     let migrated = hoglet().arg("migrate").output().unwrap();
     assert!(migrated.status.success(), "{migrated:?}");
-    let mut server = hoglet()
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(server.stdout.take().unwrap());
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "hoglet did not start"
-        );
-        if let Some(base) = line.trim().strip_prefix("hoglet listening on ") {
-            break base.to_string();
-        }
-    };
+    let server = BinaryServer::start(hoglet());
+    let base = server.base.clone();
 
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -167,19 +150,7 @@ fn the_log_lines_of_a_request_carry_its_id() {
     });
 
     // SIGTERM: the server stops gracefully and flushes its log.
-    let stopped = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let mut stderr = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    server.wait().unwrap();
+    let stderr = server.stop();
 
     let lines: Vec<Value> = stderr
         .lines()

@@ -852,8 +852,9 @@ async fn pages_follow_the_users_theme(db: Db) {
 /// reaches the log; the line names the route instead.
 #[test]
 fn tokens_in_page_paths_are_not_logged() {
-    use std::io::{BufRead, BufReader, Read};
-    use std::process::{Command, Stdio};
+    use std::process::Command;
+
+    use crate::helpers::BinaryServer;
 
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("pages.db").display());
@@ -867,24 +868,8 @@ fn tokens_in_page_paths_are_not_logged() {
             .env_remove("HOGLET_SITE_URL");
         command
     };
-    let mut server = hoglet()
-        .args(["serve", "--bind", "127.0.0.1:0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdout = BufReader::new(server.stdout.take().unwrap());
-    let mut line = String::new();
-    let base = loop {
-        line.clear();
-        assert!(
-            stdout.read_line(&mut line).unwrap() > 0,
-            "hoglet did not start"
-        );
-        if let Some(base) = line.trim().strip_prefix("hoglet listening on ") {
-            break base.to_string();
-        }
-    };
+    let server = BinaryServer::start(hoglet());
+    let base = server.base.clone();
     let uuid = "0190a1b2-c3d4-7e5f-8a9b-0c1d2e3f4a5b";
     let token = "sekrit-token-4242";
     let runtime = tokio::runtime::Builder::new_current_thread()
@@ -901,19 +886,7 @@ fn tokens_in_page_paths_are_not_logged() {
             assert!(reply.status().as_u16() < 500, "{path}");
         }
     });
-    let stopped = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(stopped.success());
-    let mut stderr = String::new();
-    server
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut stderr)
-        .unwrap();
-    server.wait().unwrap();
+    let stderr = server.stop();
     assert!(!stderr.contains(token), "a token was logged: {stderr}");
     assert!(stderr.contains("/reset/{uuid}/{token}/"), "{stderr}");
     assert!(stderr.contains("/verify_email/{uuid}/{token}/"), "{stderr}");
