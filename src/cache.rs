@@ -48,6 +48,8 @@ const STRIPES: usize = 4096;
 #[derive(Debug)]
 pub struct KeyEntry {
     pub id: String,
+    /// Names the key as an actor in the activity log.
+    pub label: String,
     pub user_id: i64,
     pub scopes: Vec<String>,
     pub expires_at: Option<Micros>,
@@ -61,6 +63,7 @@ impl KeyEntry {
         let check = |need| check_key_scopes(&record.scopes, need);
         Self {
             id: record.id.clone(),
+            label: record.label.clone(),
             user_id: record.user_id,
             scopes: record.scopes.clone(),
             expires_at: record.expires_at,

@@ -269,6 +269,15 @@ pub struct ServeArgs {
         value_parser = setting(config::parse_positive)
     )]
     pub janitor_interval_seconds: u64,
+    /// Days an entry of the activity log is kept before the janitor deletes it.
+    #[arg(
+        long,
+        env = "HOGLET_ACTIVITY_RETENTION_DAYS",
+        value_name = "DAYS",
+        default_value_t = config::DEFAULT_ACTIVITY_RETENTION_DAYS,
+        value_parser = setting(config::parse_positive)
+    )]
+    pub activity_retention_days: u64,
     /// The organization.metadata.instance_tag of every organization (PostHog's INSTANCE_TAG).
     #[arg(
         long,
@@ -392,6 +401,7 @@ impl ServeArgs {
             rate_limit_keys: self.rate_limit_keys,
             trusted_proxies: self.trusted_proxies,
             janitor_interval: Duration::from_secs(self.janitor_interval_seconds),
+            activity_retention: Duration::from_secs(self.activity_retention_days * 86_400),
         }
     }
 }

@@ -208,6 +208,8 @@ pub struct Config {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// How often expired sessions, abandoned logins and old dead mail are deleted while serving.
     pub janitor_interval: Duration,
+    /// How long the activity log keeps an entry.
+    pub activity_retention: Duration,
 }
 
 /// `HOGLET_DATABASE_URL`'s default.
@@ -230,6 +232,8 @@ pub const DEFAULT_EMAIL_FROM: &str = "hoglet <noreply@hoglet.invalid>";
 pub const DEFAULT_LOGIN_FAILURE_LIMIT: u64 = 30;
 /// `HOGLET_JANITOR_INTERVAL_SECONDS`'s default.
 pub const DEFAULT_JANITOR_INTERVAL: Duration = Duration::from_secs(300);
+/// `HOGLET_ACTIVITY_RETENTION_DAYS`'s default.
+pub const DEFAULT_ACTIVITY_RETENTION_DAYS: u64 = 365;
 
 impl Config {
     /// A configuration for the given database with every other setting at its default.
@@ -256,6 +260,7 @@ impl Config {
             rate_limit_keys: true,
             trusted_proxies: Vec::new(),
             janitor_interval: DEFAULT_JANITOR_INTERVAL,
+            activity_retention: Duration::from_secs(DEFAULT_ACTIVITY_RETENTION_DAYS * 86_400),
         }
     }
 

@@ -1,5 +1,5 @@
-//! Prometheus metrics: request counts and latency by method, route and status, and the mail
-//! outbox (depth, deliveries, failed attempts, messages given up).
+//! Prometheus metrics: request counts and latency by method, route and status, the mail
+//! outbox (depth, deliveries, failed attempts, messages given up) and the activity log's events.
 //!
 //! The handles of each (route, method, status) are created once and cached, so recording a
 //! request costs two atomic updates and a read-locked lookup, without allocating.
@@ -23,6 +23,12 @@ struct RequestLabels {
     status: u16,
 }
 
+/// The label of `hoglet_security_events_total`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ActivityLabels {
+    pub activity: String,
+}
+
 type Handles = (Counter, Histogram);
 /// route → (method, status) → handles.
 type HandleCache = HashMap<String, HashMap<(Method, u16), Handles>>;
@@ -34,6 +40,8 @@ pub struct Metrics {
     durations: Family<RequestLabels, Histogram>,
     handles: Arc<RwLock<HandleCache>>,
     pub mail: MailMetrics,
+    /// Entries of the activity log recorded by this process, by activity.
+    pub security_events: Family<ActivityLabels, Counter>,
 }
 
 /// Kept by the outbox worker ([`crate::outbox`]); the depth is read at each scrape.
@@ -94,12 +102,19 @@ impl Metrics {
             "Mail messages given up after the last attempt",
             mail.dead.clone(),
         );
+        let security_events = Family::<ActivityLabels, Counter>::default();
+        registry.register(
+            "security_events",
+            "Entries of the activity log recorded (logins, failures, 2FA and key changes, …), by activity",
+            security_events.clone(),
+        );
         Self {
             registry: Arc::new(registry),
             requests,
             durations,
             handles: Arc::default(),
             mail,
+            security_events,
         }
     }
 

@@ -117,7 +117,10 @@ impl App {
         let janitor = tokio::spawn(run_janitor(
             self.state.store.clone(),
             self.state.clock.clone(),
-            self.state.config.janitor_interval,
+            Janitor {
+                every: self.state.config.janitor_interval,
+                activity_retention: self.state.config.activity_retention,
+            },
             stop_rx.clone(),
         ));
         let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx));
@@ -133,19 +136,27 @@ impl App {
     }
 }
 
+/// How often the janitor runs and what it keeps.
+struct Janitor {
+    every: Duration,
+    activity_retention: Duration,
+}
+
 /// Deletes what is over every `every` until `stop`: expired sessions, abandoned second-factor
-/// logins, and mail given up more than [`outbox::DEAD_MAIL_KEPT`] ago.
+/// logins, mail given up more than [`outbox::DEAD_MAIL_KEPT`] ago, and activity-log entries
+/// older than the retention.
 async fn run_janitor(
     store: DynStore,
     clock: Clock,
-    every: Duration,
+    janitor: Janitor,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     // Each kind warns once when it starts failing, not at every round.
-    let mut failing = [false; 2];
+    let mut failing = [false; 3];
+    let retention = janitor.activity_retention.as_micros() as i64;
     loop {
         tokio::select! {
-            _ = tokio::time::sleep(every) => {}
+            _ = tokio::time::sleep(janitor.every) => {}
             _ = stop.changed() => break,
         }
         let now = clock.now();
@@ -155,6 +166,10 @@ async fn run_janitor(
             (
                 "dead mail",
                 store.prune_dead_mail(now - outbox::DEAD_MAIL_KEPT).await,
+            ),
+            (
+                "activity-log entries",
+                store.prune_activity(now - retention).await,
             ),
         ];
         for ((what, result), failing) in rounds.into_iter().zip(&mut failing) {

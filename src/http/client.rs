@@ -11,6 +11,7 @@ use axum::http::request::Parts;
 use ipnet::IpNet;
 
 use crate::error::ApiError;
+use crate::service::activity::Origin;
 use crate::state::AppState;
 
 /// The client's address, as far as hoglet can trust it.
@@ -31,6 +32,21 @@ impl FromRequestParts<AppState> for ClientIp {
             &parts.headers,
             &state.config.trusted_proxies,
         )))
+    }
+}
+
+/// Where the request came from, as the activity log records it: the trusted client address and
+/// the `User-Agent`.
+impl FromRequestParts<AppState> for Origin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ClientIp(ip) = ClientIp::from_request_parts(parts, state).await?;
+        let user_agent = parts
+            .headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        Ok(Origin::new(Some(ip), user_agent))
     }
 }
 

@@ -166,7 +166,7 @@ pub enum SignedUp {
     /// Email is configured: a verification link went out; no session yet.
     VerificationSent,
     /// Logged in at once.
-    LoggedIn(StartedSession),
+    LoggedIn(Box<StartedSession>),
 }
 
 /// Refuses sign-up unless `HOGLET_SIGNUP` allows a new user now (checked before the body).
@@ -246,7 +246,7 @@ pub async fn signup(
         return Ok((user, SignedUp::VerificationSent));
     }
     let (user, session) = start_login(state, &user, previous, false).await?;
-    Ok((user, SignedUp::LoggedIn(session)))
+    Ok((user, SignedUp::LoggedIn(Box::new(session))))
 }
 
 // --- accounts an operator creates ---
@@ -632,7 +632,7 @@ pub async fn request_email_verification(state: &AppState, uuid: &str) -> ApiResu
 /// What verifying an address did.
 pub enum EmailVerified {
     /// The browser is logged in with this new session.
-    LoggedIn(StartedSession),
+    LoggedIn(Box<StartedSession>),
     /// The user has 2FA: they still log in with it.
     SecondFactorNeeded,
 }
@@ -697,7 +697,7 @@ pub async fn verify_email(
         return Ok(EmailVerified::SecondFactorNeeded);
     }
     let (_, session) = start_login(state, &user, previous, false).await?;
-    Ok(EmailVerified::LoggedIn(session))
+    Ok(EmailVerified::LoggedIn(Box::new(session)))
 }
 
 /// Drops the caller's staged email change.

@@ -91,6 +91,7 @@ pub async fn insert(
                 created_at: now,
             },
             api_key::MAX_KEYS_PER_USER,
+            &[],
         )
         .await
         .map_err(|e| match e {
@@ -148,14 +149,17 @@ pub async fn update(
             .unwrap_or(current.scoped_organizations.clone()),
         expires_at: changes.expires_at.unwrap_or(current.expires_at),
     };
-    let updated = state.store.update_api_key(&current.id, changes).await?;
+    let updated = state
+        .store
+        .update_api_key(&current.id, changes, &[])
+        .await?;
     state.caches.invalidate_key(&current.secure_value);
     Ok(updated)
 }
 
 /// Deletes the key; it stops working at once.
 pub async fn delete(state: &AppState, key: &ApiKeyRecord) -> ApiResult<()> {
-    state.store.delete_api_key(&key.id).await?;
+    state.store.delete_api_key(&key.id, &[]).await?;
     state.caches.invalidate_key(&key.secure_value);
     state.caches.invalidate_user(key.user_id);
     Ok(())
@@ -172,6 +176,7 @@ pub async fn roll(state: &AppState, key: &ApiKeyRecord) -> ApiResult<(ApiKeyReco
             &api_key::secure_value(&value),
             &api_key::mask(&value),
             state.clock.now(),
+            &[],
         )
         .await?
         .ok_or_else(ApiError::not_found)?;

@@ -116,7 +116,7 @@ pub async fn send_password_reset(state: &AppState, user: &UserRecord) -> ApiResu
     let mail = outbox::seal(state, &email).map_err(ApiError::internal)?;
     match state
         .store
-        .request_password_reset(user.id, requested_at, mail)
+        .request_password_reset(user.id, requested_at, mail, &[])
         .await
     {
         Ok(()) => {

@@ -322,7 +322,7 @@ async fn usable_user_token(
     let drop_row = async |integration: &Integration| {
         if let Err(e) = state
             .store
-            .delete_user_integration(integration.record.id)
+            .delete_user_integration(integration.record.id, &[])
             .await
         {
             tracing::warn!(error = %e, "could not delete a GitHub integration with dead tokens");
@@ -1184,14 +1184,17 @@ async fn link_installations(
             .map_err(|_| "integration_create_failed")?;
         state
             .store
-            .upsert_user_integration(NewUserIntegration {
-                user_id: user.id,
-                kind: KIND.into(),
-                integration_id: id.clone(),
-                config: Value::Object(config),
-                sensitive_config: sealed,
-                now: state.clock.now(),
-            })
+            .upsert_user_integration(
+                NewUserIntegration {
+                    user_id: user.id,
+                    kind: KIND.into(),
+                    integration_id: id.clone(),
+                    config: Value::Object(config),
+                    sensitive_config: sealed,
+                    now: state.clock.now(),
+                },
+                &[],
+            )
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "storing a GitHub integration failed");
@@ -1257,7 +1260,7 @@ pub async fn personal_integrations(
 pub async fn unlink(state: &AppState, integration: &Integration) -> ApiResult<()> {
     if state
         .store
-        .delete_user_integration(integration.record.id)
+        .delete_user_integration(integration.record.id, &[])
         .await?
     {
         Ok(())

@@ -1,6 +1,7 @@
 //! Business rules behind the HTTP handlers; no axum types beyond the error.
 
 pub mod accounts;
+pub mod activity;
 pub mod api_keys;
 pub mod caller;
 pub mod emails;

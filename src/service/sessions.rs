@@ -6,7 +6,7 @@ use secrecy::SecretString;
 use crate::crypto;
 use crate::error::ApiResult;
 use crate::state::AppState;
-use crate::store::SessionRecord;
+use crate::store::{SessionClient, SessionRecord};
 use crate::time::{Micros, SECOND};
 
 /// Django's `SESSION_COOKIE_AGE`: 14 days.
@@ -62,6 +62,8 @@ pub async fn start(
         pending_at,
         totp_setup_secret: None,
         totp_setup_at: None,
+        client: SessionClient::default(),
+        last_activity_at: None,
     };
     state.store.insert_session(&record).await?;
     Ok(StartedSession {
@@ -72,7 +74,7 @@ pub async fn start(
 
 /// Ends a session.
 pub async fn end(state: &AppState, id: &str) -> ApiResult<()> {
-    state.store.delete_session(id).await?;
+    state.store.delete_session(id, &[]).await?;
     state.caches.invalidate_session(id);
     Ok(())
 }

@@ -191,7 +191,12 @@ pub trait Store: Send + Sync + 'static {
 
     // --- personal API keys ---
     /// Inserts the key unless the user already has `limit` keys.
-    async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord>;
+    async fn insert_api_key(
+        &self,
+        key: NewApiKey,
+        limit: usize,
+        log: &[NewActivity],
+    ) -> StoreResult<ApiKeyRecord>;
     /// The key with this `secure_value`, if its user is active.
     async fn api_key_by_secure_value(
         &self,
@@ -209,9 +214,18 @@ pub trait Store: Send + Sync + 'static {
     /// The user's keys, newest first.
     async fn api_keys_of(&self, user_id: i64) -> StoreResult<Vec<ApiKeyRecord>>;
     async fn api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
-    async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord>;
+    async fn update_api_key(
+        &self,
+        id: &str,
+        changes: ApiKeyChanges,
+        log: &[NewActivity],
+    ) -> StoreResult<ApiKeyRecord>;
     /// Deletes the key; returns what was deleted.
-    async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>>;
+    async fn delete_api_key(
+        &self,
+        id: &str,
+        log: &[NewActivity],
+    ) -> StoreResult<Option<ApiKeyRecord>>;
     /// Replaces the key's hash and mask; returns the old record and the new one.
     async fn roll_api_key(
         &self,
@@ -219,6 +233,7 @@ pub trait Store: Send + Sync + 'static {
         secure_value: &str,
         mask_value: &str,
         rolled_at: Micros,
+        log: &[NewActivity],
     ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>>;
 
     // --- sign-up ---
@@ -234,10 +249,16 @@ pub trait Store: Send + Sync + 'static {
     async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
     /// Writes every mutable column of the session.
     async fn update_session(&self, session: &SessionRecord) -> StoreResult<()>;
-    async fn delete_session(&self, id: &str) -> StoreResult<()>;
+    /// Ends the session; whether there was one (`log` is written only then).
+    async fn delete_session(&self, id: &str, log: &[NewActivity]) -> StoreResult<bool>;
     /// Ends every session of the user except `keep`, pending second-factor logins included;
     /// returns how many ended.
-    async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64>;
+    async fn delete_sessions_of(
+        &self,
+        user_id: i64,
+        keep: Option<&str>,
+        log: &[NewActivity],
+    ) -> StoreResult<u64>;
     /// Deletes every session over at `now` (`expires_at <= now`, as authentication decides), and
     /// sessions that only wait for a second factor (no user logged in) whose login started before
     /// `pending_before`; returns how many.
@@ -298,6 +319,7 @@ pub trait Store: Send + Sync + 'static {
     async fn upsert_user_integration(
         &self,
         new: NewUserIntegration,
+        log: &[NewActivity],
     ) -> StoreResult<UserIntegrationRecord>;
     /// Replaces config and secrets of the row (after a token refresh); false when it is gone.
     async fn update_user_integration_secrets(
@@ -315,7 +337,7 @@ pub trait Store: Send + Sync + 'static {
         synced_at: Micros,
     ) -> StoreResult<()>;
     /// Deletes the row (and with it its tokens); false when there was none.
-    async fn delete_user_integration(&self, id: Uuid) -> StoreResult<bool>;
+    async fn delete_user_integration(&self, id: Uuid, log: &[NewActivity]) -> StoreResult<bool>;
 
     // --- project-level integrations ---
     /// Creates the integration or replaces its config (`Missing("team")` for an unknown team).
@@ -344,6 +366,7 @@ pub trait Store: Send + Sync + 'static {
         user_id: i64,
         requested_at: Micros,
         mail: NewMail,
+        log: &[NewActivity],
     ) -> StoreResult<()>;
     /// Queues one message, due at once.
     async fn enqueue_mail(&self, mail: NewMail) -> StoreResult<()>;
@@ -371,6 +394,14 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes messages given up before `before`; returns how many.
     async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64>;
+
+    // --- the activity log ---
+    /// Writes entries that go with no other write (a failed login).
+    async fn record_activity(&self, log: &[NewActivity]) -> StoreResult<()>;
+    /// A page of one user's log (see [`ActivityQuery`]), newest first.
+    async fn activity(&self, query: &ActivityQuery) -> StoreResult<Vec<ActivityRecord>>;
+    /// Deletes entries recorded before `before`; returns how many.
+    async fn prune_activity(&self, before: Micros) -> StoreResult<u64>;
 
     // --- cross-process cache invalidation feed ---
     /// Invalidations recorded after `since` (microseconds), newest first, at most 10,000.

@@ -603,8 +603,13 @@ impl Store for PgStore {
         in_transaction!(self, |tx| scripts::upsert_scene_personalisation(tx, &scene))
     }
 
-    async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
-        in_transaction!(self, |tx| scripts::insert_api_key(tx, &key, limit))
+    async fn insert_api_key(
+        &self,
+        key: NewApiKey,
+        limit: usize,
+        log: &[NewActivity],
+    ) -> StoreResult<ApiKeyRecord> {
+        in_transaction!(self, |tx| scripts::insert_api_key(tx, &key, limit, log))
     }
 
     async fn api_key_by_secure_value(
@@ -657,12 +662,21 @@ impl Store for PgStore {
         first(&c, sql::API_KEY_BY_ID, &[&id], row::api_key_from_row).await
     }
 
-    async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
-        in_transaction!(self, |tx| scripts::update_api_key(tx, id, &changes))
+    async fn update_api_key(
+        &self,
+        id: &str,
+        changes: ApiKeyChanges,
+        log: &[NewActivity],
+    ) -> StoreResult<ApiKeyRecord> {
+        in_transaction!(self, |tx| scripts::update_api_key(tx, id, &changes, log))
     }
 
-    async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        in_transaction!(self, |tx| scripts::delete_api_key(tx, id))
+    async fn delete_api_key(
+        &self,
+        id: &str,
+        log: &[NewActivity],
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        in_transaction!(self, |tx| scripts::delete_api_key(tx, id, log))
     }
 
     async fn roll_api_key(
@@ -671,13 +685,15 @@ impl Store for PgStore {
         secure_value: &str,
         mask_value: &str,
         rolled_at: Micros,
+        log: &[NewActivity],
     ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
         in_transaction!(self, |tx| scripts::roll_api_key(
             tx,
             id,
             secure_value,
             mask_value,
-            rolled_at
+            rolled_at,
+            log
         ))
     }
 
@@ -689,26 +705,7 @@ impl Store for PgStore {
     }
 
     async fn insert_session(&self, s: &SessionRecord) -> StoreResult<()> {
-        let c = self.client().await?;
-        execute(
-            &c,
-            sql::SESSION_INSERT,
-            &[
-                &s.id,
-                &s.user_id,
-                &s.created_at,
-                &s.login_at,
-                &s.expires_at,
-                &s.csrf_token,
-                &s.two_factor_verified,
-                &s.pending_user_id,
-                &s.pending_at,
-                &s.totp_setup_secret,
-                &s.totp_setup_at,
-            ],
-        )
-        .await
-        .map(|_| ())
+        in_transaction!(self, |tx| scripts::insert_session(tx, s))
     }
 
     async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
@@ -720,17 +717,48 @@ impl Store for PgStore {
         in_transaction!(self, |tx| scripts::update_session(tx, s))
     }
 
-    async fn delete_session(&self, id: &str) -> StoreResult<()> {
-        in_transaction!(self, |tx| scripts::delete_session(tx, id))
+    async fn delete_session(&self, id: &str, log: &[NewActivity]) -> StoreResult<bool> {
+        in_transaction!(self, |tx| scripts::delete_session(tx, id, log))
     }
 
-    async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64> {
-        in_transaction!(self, |tx| scripts::delete_sessions_of(tx, user_id, keep))
+    async fn delete_sessions_of(
+        &self,
+        user_id: i64,
+        keep: Option<&str>,
+        log: &[NewActivity],
+    ) -> StoreResult<u64> {
+        in_transaction!(self, |tx| scripts::delete_sessions_of(
+            tx, user_id, keep, log
+        ))
     }
 
     async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64> {
         let c = self.client().await?;
         execute(&c, sql::SESSIONS_PRUNE, &[&now, &pending_before]).await
+    }
+
+    async fn record_activity(&self, log: &[NewActivity]) -> StoreResult<()> {
+        in_transaction!(self, |tx| scripts::record(tx, log))
+    }
+
+    async fn activity(&self, query: &ActivityQuery) -> StoreResult<Vec<ActivityRecord>> {
+        let page = sql::ActivityPage::of(query);
+        let kind = query.activity.as_deref().unwrap_or_default();
+        let c = self.client().await?;
+        let mut rows = all(
+            &c,
+            page.statement,
+            &[&query.user_id, &kind, &page.cursor, &page.limit],
+            row::activity_from_row,
+        )
+        .await?;
+        page.newest_first(&mut rows);
+        Ok(rows)
+    }
+
+    async fn prune_activity(&self, before: Micros) -> StoreResult<u64> {
+        let c = self.client().await?;
+        execute(&c, sql::ACTIVITY_PRUNE, &[&before]).await
     }
 
     async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64> {
@@ -869,8 +897,9 @@ impl Store for PgStore {
     async fn upsert_user_integration(
         &self,
         new: NewUserIntegration,
+        log: &[NewActivity],
     ) -> StoreResult<UserIntegrationRecord> {
-        in_transaction!(self, |tx| scripts::upsert_user_integration(tx, &new))
+        in_transaction!(self, |tx| scripts::upsert_user_integration(tx, &new, log))
     }
 
     async fn update_user_integration_secrets(
@@ -911,9 +940,9 @@ impl Store for PgStore {
         Ok(())
     }
 
-    async fn delete_user_integration(&self, id: Uuid) -> StoreResult<bool> {
-        let c = self.client().await?;
-        Ok(execute(&c, sql::USER_INTEGRATION_DELETE, &[&id.to_string()]).await? > 0)
+    async fn delete_user_integration(&self, id: Uuid, log: &[NewActivity]) -> StoreResult<bool> {
+        let id = id.to_string();
+        in_transaction!(self, |tx| scripts::delete_user_integration(tx, &id, log))
     }
 
     async fn upsert_team_integration(
@@ -959,12 +988,14 @@ impl Store for PgStore {
         user_id: i64,
         requested_at: Micros,
         mail: NewMail,
+        log: &[NewActivity],
     ) -> StoreResult<()> {
         in_transaction!(self, |tx| scripts::request_password_reset(
             tx,
             user_id,
             requested_at,
-            &mail
+            &mail,
+            log
         ))
     }
 

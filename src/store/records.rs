@@ -181,6 +181,8 @@ pub struct UserWrite {
     pub session: Option<SessionRecord>,
     /// Queue these mails in the same transaction (notices, verification links).
     pub mail: Vec<NewMail>,
+    /// Record these entries of the activity log in the same transaction.
+    pub activity: Vec<NewActivity>,
 }
 
 // By hand: backup-code hashes and session ids are not for logs.
@@ -200,6 +202,7 @@ impl std::fmt::Debug for UserWrite {
             .field("backup_codes", &self.backup_codes.as_ref().map(Vec::len))
             .field("session", &self.session)
             .field("mail", &self.mail)
+            .field("activity", &self.activity)
             .finish()
     }
 }
@@ -458,6 +461,19 @@ pub struct SessionRecord {
     /// An encrypted TOTP secret waiting for `two_factor_validate`.
     pub totp_setup_secret: Option<String>,
     pub totp_setup_at: Option<Micros>,
+    /// Where and how the session signed in (set when it is created, never changed).
+    pub client: SessionClient,
+    /// When the session was last used, written at most once a minute.
+    pub last_activity_at: Option<Micros>,
+}
+
+/// The client a session signed in from: its address, its `User-Agent` (cut to 512 characters)
+/// and how it proved who it is (`password`, `totp`, `backup_code`, `remembered_device`, …).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionClient {
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub login_method: Option<String>,
 }
 
 impl std::fmt::Debug for SessionRecord {
@@ -659,4 +675,50 @@ pub enum MailFailure {
 pub struct OutboxStatus {
     pub pending: i64,
     pub due: i64,
+}
+
+/// Who performed a recorded action: `user`, `personal_api_key`, `cli` or `system`, with an id
+/// and a label to show (the user's email, the key's label).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActorRecord {
+    pub kind: String,
+    pub id: Option<String>,
+    pub label: Option<String>,
+}
+
+/// One entry of the activity log to write. `user_id` is `None` for a failed login that named
+/// no account. `detail` never holds a secret.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NewActivity {
+    pub user_id: Option<i64>,
+    pub activity: String,
+    pub created_at: Micros,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub actor: ActorRecord,
+    pub detail: Value,
+}
+
+/// One stored entry of the activity log.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ActivityRecord {
+    pub id: i64,
+    pub user_id: Option<i64>,
+    pub activity: String,
+    pub created_at: Micros,
+    pub ip: Option<String>,
+    pub user_agent: Option<String>,
+    pub actor: ActorRecord,
+    pub detail: Value,
+}
+
+/// A page of one user's activity log, newest first: entries with an id below `before` (or above
+/// `after`, then still returned newest first), of the given kind if any.
+#[derive(Clone, Debug, Default)]
+pub struct ActivityQuery {
+    pub user_id: i64,
+    pub activity: Option<String>,
+    pub before: Option<i64>,
+    pub after: Option<i64>,
+    pub limit: usize,
 }

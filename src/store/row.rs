@@ -273,6 +273,29 @@ pub(crate) fn session_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<Sessio
         pending_at: r.opt_i64(8)?,
         totp_setup_secret: r.opt_text(9)?,
         totp_setup_at: r.opt_i64(10)?,
+        client: SessionClient {
+            ip: r.opt_text(11)?,
+            user_agent: r.opt_text(12)?,
+            login_method: r.opt_text(13)?,
+        },
+        last_activity_at: r.opt_i64(14)?,
+    })
+}
+
+pub(crate) fn activity_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<ActivityRecord> {
+    Ok(ActivityRecord {
+        id: r.i64(0)?,
+        user_id: r.opt_i64(1)?,
+        activity: r.text(2)?,
+        created_at: r.i64(3)?,
+        ip: r.opt_text(4)?,
+        user_agent: r.opt_text(5)?,
+        actor: ActorRecord {
+            kind: r.text(6)?,
+            id: r.opt_text(7)?,
+            label: r.opt_text(8)?,
+        },
+        detail: r.json(9)?,
     })
 }
 

@@ -52,6 +52,29 @@ pub(crate) async fn enqueue_mail(tx: &impl Exec, mail: &NewMail) -> StoreResult<
     Ok(())
 }
 
+/// Writes entries of the activity log, in the transaction of the action they record.
+pub(crate) async fn record(tx: &impl Exec, log: &[NewActivity]) -> StoreResult<()> {
+    for entry in log {
+        let detail = entry.detail.to_string();
+        tx.execute(
+            sql::ACTIVITY_INSERT,
+            args![
+                entry.user_id,
+                entry.activity.as_str(),
+                entry.created_at,
+                &entry.ip,
+                &entry.user_agent,
+                entry.actor.kind.as_str(),
+                &entry.actor.id,
+                &entry.actor.label,
+                detail.as_str()
+            ],
+        )
+        .await?;
+    }
+    Ok(())
+}
+
 /// `Missing("user")` unless the user exists; the answer holds until commit (see
 /// [`sql::USER_LOCK`]).
 async fn lock_user(tx: &impl Exec, id: i64) -> StoreResult<()> {
@@ -308,7 +331,11 @@ pub(crate) async fn write_user(
                 s.pending_user_id,
                 s.pending_at,
                 &s.totp_setup_secret,
-                s.totp_setup_at
+                s.totp_setup_at,
+                &s.client.ip,
+                &s.client.user_agent,
+                &s.client.login_method,
+                s.last_activity_at
             ],
         )
         .await?;
@@ -316,6 +343,7 @@ pub(crate) async fn write_user(
     for mail in &w.mail {
         enqueue_mail(tx, mail).await?;
     }
+    record(tx, &w.activity).await?;
     // One row covers the user's rendered views, keys and sessions; it also names the session
     // written, whose cached entry may belong to no user yet (a pending login).
     let session = w.session.as_ref().map(|s| session_key(&s.id));
@@ -530,6 +558,7 @@ pub(crate) async fn insert_api_key(
     tx: &impl Exec,
     key: &NewApiKey,
     limit: usize,
+    log: &[NewActivity],
 ) -> StoreResult<ApiKeyRecord> {
     lock_user(tx, key.user_id).await?;
     if count(tx, sql::API_KEY_COUNT_FOR_USER, args![key.user_id]).await? >= limit as i64 {
@@ -555,6 +584,7 @@ pub(crate) async fn insert_api_key(
     )
     .await?;
     invalidate(tx, Some(key.user_id), None).await?;
+    record(tx, log).await?;
     api_key_by_id(tx, sql::API_KEY_BY_ID, &key.id)
         .await?
         .ok_or(StoreError::Missing("personal API key"))
@@ -572,6 +602,7 @@ pub(crate) async fn update_api_key(
     tx: &impl Exec,
     id: &str,
     changes: &ApiKeyChanges,
+    log: &[NewActivity],
 ) -> StoreResult<ApiKeyRecord> {
     let before = api_key_by_id(tx, tx.pick(&sql::API_KEY_BEFORE_WRITE), id)
         .await?
@@ -596,17 +627,23 @@ pub(crate) async fn update_api_key(
     )
     .await?;
     invalidate(tx, None, Some(&before.secure_value)).await?;
+    record(tx, log).await?;
     api_key_by_id(tx, sql::API_KEY_BY_ID, id)
         .await?
         .ok_or(StoreError::Missing("personal API key"))
 }
 
-pub(crate) async fn delete_api_key(tx: &impl Exec, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
+pub(crate) async fn delete_api_key(
+    tx: &impl Exec,
+    id: &str,
+    log: &[NewActivity],
+) -> StoreResult<Option<ApiKeyRecord>> {
     let Some(before) = api_key_by_id(tx, tx.pick(&sql::API_KEY_BEFORE_WRITE), id).await? else {
         return Ok(None);
     };
     tx.execute(sql::API_KEY_DELETE, args![id]).await?;
     invalidate(tx, Some(before.user_id), Some(&before.secure_value)).await?;
+    record(tx, log).await?;
     Ok(Some(before))
 }
 
@@ -616,6 +653,7 @@ pub(crate) async fn roll_api_key(
     secure_value: &str,
     mask_value: &str,
     rolled_at: Micros,
+    log: &[NewActivity],
 ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
     let Some(before) = api_key_by_id(tx, tx.pick(&sql::API_KEY_BEFORE_WRITE), id).await? else {
         return Ok(None);
@@ -626,6 +664,7 @@ pub(crate) async fn roll_api_key(
     )
     .await?;
     invalidate(tx, None, Some(&before.secure_value)).await?;
+    record(tx, log).await?;
     let after = api_key_by_id(tx, sql::API_KEY_BY_ID, id)
         .await?
         .ok_or(StoreError::Missing("personal API key"))?;
@@ -633,6 +672,31 @@ pub(crate) async fn roll_api_key(
 }
 
 // --- sessions and two-factor authentication ----------------------------------------------------
+
+pub(crate) async fn insert_session(tx: &impl Exec, s: &SessionRecord) -> StoreResult<()> {
+    tx.execute(
+        sql::SESSION_INSERT,
+        args![
+            &s.id,
+            s.user_id,
+            s.created_at,
+            s.login_at,
+            s.expires_at,
+            &s.csrf_token,
+            s.two_factor_verified,
+            s.pending_user_id,
+            s.pending_at,
+            &s.totp_setup_secret,
+            s.totp_setup_at,
+            &s.client.ip,
+            &s.client.user_agent,
+            &s.client.login_method,
+            s.last_activity_at
+        ],
+    )
+    .await?;
+    Ok(())
+}
 
 pub(crate) async fn update_session(tx: &impl Exec, s: &SessionRecord) -> StoreResult<()> {
     tx.execute(
@@ -654,21 +718,32 @@ pub(crate) async fn update_session(tx: &impl Exec, s: &SessionRecord) -> StoreRe
     invalidate(tx, None, Some(&session_key(&s.id))).await
 }
 
-pub(crate) async fn delete_session(tx: &impl Exec, id: &str) -> StoreResult<()> {
-    tx.execute(sql::SESSION_DELETE, args![id]).await?;
-    invalidate(tx, None, Some(&session_key(id))).await
+/// Deletes the session; whether there was one (`log` is written only then).
+pub(crate) async fn delete_session(
+    tx: &impl Exec,
+    id: &str,
+    log: &[NewActivity],
+) -> StoreResult<bool> {
+    let deleted = tx.execute(sql::SESSION_DELETE, args![id]).await? > 0;
+    invalidate(tx, None, Some(&session_key(id))).await?;
+    if deleted {
+        record(tx, log).await?;
+    }
+    Ok(deleted)
 }
 
 pub(crate) async fn delete_sessions_of(
     tx: &impl Exec,
     user_id: i64,
     keep: Option<&str>,
+    log: &[NewActivity],
 ) -> StoreResult<u64> {
     let keep = keep.unwrap_or_default();
     let n = tx
         .execute(sql::SESSIONS_DELETE_OF_USER, args![user_id, keep])
         .await?;
     invalidate(tx, Some(user_id), None).await?;
+    record(tx, log).await?;
     Ok(n)
 }
 
@@ -723,6 +798,7 @@ pub(crate) async fn replace_backup_codes(
 pub(crate) async fn upsert_user_integration(
     tx: &impl Exec,
     new: &NewUserIntegration,
+    log: &[NewActivity],
 ) -> StoreResult<UserIntegrationRecord> {
     let id = Uuid::now_v7().to_string();
     let config = new.config.to_string();
@@ -739,6 +815,7 @@ pub(crate) async fn upsert_user_integration(
         ],
     )
     .await?;
+    record(tx, log).await?;
     tx.query_opt(
         sql::USER_INTEGRATION_BY_KEY,
         args![new.user_id, &new.kind, &new.integration_id],
@@ -746,6 +823,20 @@ pub(crate) async fn upsert_user_integration(
     )
     .await?
     .ok_or(StoreError::Missing("user_integration"))
+}
+
+/// Deletes the integration (and with it its tokens); whether there was one (`log` is written
+/// only then).
+pub(crate) async fn delete_user_integration(
+    tx: &impl Exec,
+    id: &str,
+    log: &[NewActivity],
+) -> StoreResult<bool> {
+    let deleted = tx.execute(sql::USER_INTEGRATION_DELETE, args![id]).await? > 0;
+    if deleted {
+        record(tx, log).await?;
+    }
+    Ok(deleted)
 }
 
 pub(crate) async fn upsert_team_integration(
@@ -783,6 +874,7 @@ pub(crate) async fn request_password_reset(
     user_id: i64,
     requested_at: Micros,
     mail: &NewMail,
+    log: &[NewActivity],
 ) -> StoreResult<()> {
     if tx
         .execute(sql::USER_SET_RESET_REQUESTED, args![user_id, requested_at])
@@ -792,5 +884,6 @@ pub(crate) async fn request_password_reset(
         return Err(StoreError::Missing("user"));
     }
     invalidate(tx, Some(user_id), None).await?;
+    record(tx, log).await?;
     enqueue_mail(tx, mail).await
 }

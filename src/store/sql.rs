@@ -52,7 +52,8 @@ macro_rules! api_key_columns {
 macro_rules! session_columns {
     () => {
         "s.id, s.user_id, s.created_at, s.login_at, s.expires_at, s.csrf_token, \
-         s.two_factor_verified, s.pending_user_id, s.pending_at, s.totp_setup_secret, s.totp_setup_at"
+         s.two_factor_verified, s.pending_user_id, s.pending_at, s.totp_setup_secret, s.totp_setup_at, \
+         s.ip, s.user_agent, s.login_method, s.last_activity_at"
     };
 }
 
@@ -448,7 +449,8 @@ pub const API_KEY_ROLL: &str = "UPDATE personal_api_keys SET secure_value = $2, 
 
 pub const SESSION_INSERT: &str = "INSERT INTO sessions (id, user_id, created_at, login_at, \
      expires_at, csrf_token, two_factor_verified, pending_user_id, pending_at, totp_setup_secret, \
-     totp_setup_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)";
+     totp_setup_at, ip, user_agent, login_method, last_activity_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)";
 pub const SESSION_BY_ID: &str = concat!(
     "SELECT ",
     session_columns!(),
@@ -457,10 +459,12 @@ pub const SESSION_BY_ID: &str = concat!(
 pub const SESSION_UPDATE: &str = "UPDATE sessions SET user_id = $2, login_at = $3, \
      expires_at = $4, csrf_token = $5, two_factor_verified = $6, pending_user_id = $7, \
      pending_at = $8, totp_setup_secret = $9, totp_setup_at = $10 WHERE id = $1";
-/// Writes a session row whole: every mutable column of an existing row, or a new row.
+/// Writes a session row whole: every mutable column of an existing row (where and how it signed
+/// in are not mutable), or a new row.
 pub const SESSION_UPSERT: &str = "INSERT INTO sessions (id, user_id, created_at, login_at, \
      expires_at, csrf_token, two_factor_verified, pending_user_id, pending_at, totp_setup_secret, \
-     totp_setup_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11) ON CONFLICT (id) DO UPDATE \
+     totp_setup_at, ip, user_agent, login_method, last_activity_at) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15) ON CONFLICT (id) DO UPDATE \
      SET user_id = excluded.user_id, login_at = excluded.login_at, \
      expires_at = excluded.expires_at, csrf_token = excluded.csrf_token, \
      two_factor_verified = excluded.two_factor_verified, pending_user_id = excluded.pending_user_id, \
@@ -529,6 +533,64 @@ pub const OUTBOX_RETRY: &str = "UPDATE outbox SET next_attempt_at = $3, last_err
 pub const OUTBOX_GIVE_UP: &str = "UPDATE outbox SET dead_at = $3, last_error = $4, body = NULL, \
      locked_until = NULL WHERE id = $1 AND locked_until = $2";
 
+pub const ACTIVITY_INSERT: &str = "INSERT INTO activity_log (user_id, activity, created_at, ip, \
+     user_agent, actor_type, actor_id, actor_label, detail) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+macro_rules! activity_columns {
+    () => {
+        "id, user_id, activity, created_at, ip, user_agent, actor_type, actor_id, actor_label, detail"
+    };
+}
+/// A page of one user's log below a cursor (`$3`), newest first; `$2` filters by kind when set.
+pub const ACTIVITY_BEFORE: &str = concat!(
+    "SELECT ",
+    activity_columns!(),
+    " FROM activity_log WHERE user_id = $1 AND ($2 = '' OR activity = $2) AND id < $3 \
+     ORDER BY id DESC LIMIT $4"
+);
+/// The page above a cursor (`$3`), oldest first (the caller reverses it).
+pub const ACTIVITY_AFTER: &str = concat!(
+    "SELECT ",
+    activity_columns!(),
+    " FROM activity_log WHERE user_id = $1 AND ($2 = '' OR activity = $2) AND id > $3 \
+     ORDER BY id ASC LIMIT $4"
+);
+/// How one page of [`super::Store::activity`] is read.
+pub struct ActivityPage {
+    pub statement: &'static str,
+    pub cursor: i64,
+    pub limit: i64,
+    ascending: bool,
+}
+
+impl ActivityPage {
+    pub fn of(q: &super::ActivityQuery) -> Self {
+        let limit = q.limit as i64;
+        match (q.after, q.before) {
+            (Some(after), _) => ActivityPage {
+                statement: ACTIVITY_AFTER,
+                cursor: after,
+                limit,
+                ascending: true,
+            },
+            (None, before) => ActivityPage {
+                statement: ACTIVITY_BEFORE,
+                cursor: before.unwrap_or(i64::MAX),
+                limit,
+                ascending: false,
+            },
+        }
+    }
+
+    /// Puts the rows read newest first.
+    pub fn newest_first<T>(&self, rows: &mut [T]) {
+        if self.ascending {
+            rows.reverse();
+        }
+    }
+}
+
+pub const ACTIVITY_PRUNE: &str = "DELETE FROM activity_log WHERE created_at < $1";
 pub const INVALIDATION_INSERT: &str =
     "INSERT INTO cache_invalidations (created_at, user_id, key_hash) VALUES ($1, $2, $3)";
 pub const INVALIDATIONS_SINCE: &str = "SELECT seq, created_at, user_id, key_hash \

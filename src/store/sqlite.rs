@@ -679,8 +679,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn insert_api_key(&self, key: NewApiKey, limit: usize) -> StoreResult<ApiKeyRecord> {
-        self.write(move |tx| run_now(scripts::insert_api_key(tx, &key, limit)))
+    async fn insert_api_key(
+        &self,
+        key: NewApiKey,
+        limit: usize,
+        log: &[NewActivity],
+    ) -> StoreResult<ApiKeyRecord> {
+        let log = log.to_vec();
+        self.write(move |tx| run_now(scripts::insert_api_key(tx, &key, limit, &log)))
             .await
     }
 
@@ -737,15 +743,24 @@ impl Store for SqliteStore {
         self.read(|c| first(c, sql::API_KEY_BY_ID, [id], |r| row::api_key_from_row(r)))
     }
 
-    async fn update_api_key(&self, id: &str, changes: ApiKeyChanges) -> StoreResult<ApiKeyRecord> {
-        let id = id.to_string();
-        self.write(move |tx| run_now(scripts::update_api_key(tx, &id, &changes)))
+    async fn update_api_key(
+        &self,
+        id: &str,
+        changes: ApiKeyChanges,
+        log: &[NewActivity],
+    ) -> StoreResult<ApiKeyRecord> {
+        let (id, log) = (id.to_string(), log.to_vec());
+        self.write(move |tx| run_now(scripts::update_api_key(tx, &id, &changes, &log)))
             .await
     }
 
-    async fn delete_api_key(&self, id: &str) -> StoreResult<Option<ApiKeyRecord>> {
-        let id = id.to_string();
-        self.write(move |tx| run_now(scripts::delete_api_key(tx, &id)))
+    async fn delete_api_key(
+        &self,
+        id: &str,
+        log: &[NewActivity],
+    ) -> StoreResult<Option<ApiKeyRecord>> {
+        let (id, log) = (id.to_string(), log.to_vec());
+        self.write(move |tx| run_now(scripts::delete_api_key(tx, &id, &log)))
             .await
     }
 
@@ -755,11 +770,13 @@ impl Store for SqliteStore {
         secure_value: &str,
         mask_value: &str,
         rolled_at: Micros,
+        log: &[NewActivity],
     ) -> StoreResult<Option<(ApiKeyRecord, ApiKeyRecord)>> {
-        let (id, secure_value, mask_value) = (
+        let (id, secure_value, mask_value, log) = (
             id.to_string(),
             secure_value.to_string(),
             mask_value.to_string(),
+            log.to_vec(),
         );
         self.write(move |tx| {
             run_now(scripts::roll_api_key(
@@ -768,6 +785,7 @@ impl Store for SqliteStore {
                 &secure_value,
                 &mask_value,
                 rolled_at,
+                &log,
             ))
         })
         .await
@@ -783,27 +801,8 @@ impl Store for SqliteStore {
 
     async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()> {
         let s = session.clone();
-        self.write(move |tx| {
-            exec(
-                tx,
-                sql::SESSION_INSERT,
-                params![
-                    s.id,
-                    s.user_id,
-                    s.created_at,
-                    s.login_at,
-                    s.expires_at,
-                    s.csrf_token,
-                    s.two_factor_verified,
-                    s.pending_user_id,
-                    s.pending_at,
-                    s.totp_setup_secret,
-                    s.totp_setup_at
-                ],
-            )?;
-            Ok(())
-        })
-        .await
+        self.write(move |tx| run_now(scripts::insert_session(tx, &s)))
+            .await
     }
 
     async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>> {
@@ -816,16 +815,28 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn delete_session(&self, id: &str) -> StoreResult<()> {
-        let id = id.to_string();
-        self.write(move |tx| run_now(scripts::delete_session(tx, &id)))
+    async fn delete_session(&self, id: &str, log: &[NewActivity]) -> StoreResult<bool> {
+        let (id, log) = (id.to_string(), log.to_vec());
+        self.write(move |tx| run_now(scripts::delete_session(tx, &id, &log)))
             .await
     }
 
-    async fn delete_sessions_of(&self, user_id: i64, keep: Option<&str>) -> StoreResult<u64> {
-        let keep = keep.map(str::to_string);
-        self.write(move |tx| run_now(scripts::delete_sessions_of(tx, user_id, keep.as_deref())))
-            .await
+    async fn delete_sessions_of(
+        &self,
+        user_id: i64,
+        keep: Option<&str>,
+        log: &[NewActivity],
+    ) -> StoreResult<u64> {
+        let (keep, log) = (keep.map(str::to_string), log.to_vec());
+        self.write(move |tx| {
+            run_now(scripts::delete_sessions_of(
+                tx,
+                user_id,
+                keep.as_deref(),
+                &log,
+            ))
+        })
+        .await
     }
 
     async fn prune_sessions(&self, now: Micros, pending_before: Micros) -> StoreResult<u64> {
@@ -833,6 +844,32 @@ impl Store for SqliteStore {
             exec(tx, sql::SESSIONS_PRUNE, params![now, pending_before]).map(|n| n as u64)
         })
         .await
+    }
+
+    async fn record_activity(&self, log: &[NewActivity]) -> StoreResult<()> {
+        let log = log.to_vec();
+        self.write(move |tx| run_now(scripts::record(tx, &log)))
+            .await
+    }
+
+    async fn activity(&self, query: &ActivityQuery) -> StoreResult<Vec<ActivityRecord>> {
+        let page = sql::ActivityPage::of(query);
+        let kind = query.activity.as_deref().unwrap_or_default();
+        let mut rows = self.read(|c| {
+            collect(
+                c,
+                page.statement,
+                params![query.user_id, kind, page.cursor, page.limit],
+                |r| row::activity_from_row(r),
+            )
+        })?;
+        page.newest_first(&mut rows);
+        Ok(rows)
+    }
+
+    async fn prune_activity(&self, before: Micros) -> StoreResult<u64> {
+        self.write(move |tx| exec(tx, sql::ACTIVITY_PRUNE, params![before]).map(|n| n as u64))
+            .await
     }
 
     async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64> {
@@ -963,8 +1000,10 @@ impl Store for SqliteStore {
     async fn upsert_user_integration(
         &self,
         new: NewUserIntegration,
+        log: &[NewActivity],
     ) -> StoreResult<UserIntegrationRecord> {
-        self.write(move |tx| run_now(scripts::upsert_user_integration(tx, &new)))
+        let log = log.to_vec();
+        self.write(move |tx| run_now(scripts::upsert_user_integration(tx, &new, &log)))
             .await
     }
 
@@ -1005,8 +1044,9 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn delete_user_integration(&self, id: Uuid) -> StoreResult<bool> {
-        self.write(move |tx| Ok(exec(tx, sql::USER_INTEGRATION_DELETE, [id.to_string()])? > 0))
+    async fn delete_user_integration(&self, id: Uuid, log: &[NewActivity]) -> StoreResult<bool> {
+        let (id, log) = (id.to_string(), log.to_vec());
+        self.write(move |tx| run_now(scripts::delete_user_integration(tx, &id, &log)))
             .await
     }
 
@@ -1054,13 +1094,16 @@ impl Store for SqliteStore {
         user_id: i64,
         requested_at: Micros,
         mail: NewMail,
+        log: &[NewActivity],
     ) -> StoreResult<()> {
+        let log = log.to_vec();
         self.write(move |tx| {
             run_now(scripts::request_password_reset(
                 tx,
                 user_id,
                 requested_at,
                 &mail,
+                &log,
             ))
         })
         .await

@@ -327,6 +327,7 @@ async fn keys_created_after_start_work_at_once(db: Db) {
                 created_at: hoglet::time::system_now(),
             },
             10,
+            &[],
         )
         .await
         .unwrap();
@@ -431,6 +432,7 @@ async fn legacy_pbkdf2_keys_authenticate_and_are_upgraded(db: Db) {
                 created_at: hoglet::time::system_now(),
             },
             10,
+            &[],
         )
         .await
         .unwrap();
@@ -506,6 +508,7 @@ async fn read_scopes_on_every_route(db: Db) {
                 created_at: hoglet::time::system_now(),
             },
             10,
+            &[],
         )
         .await
         .unwrap();

@@ -399,6 +399,7 @@ impl TestApp {
                     created_at: hoglet::time::system_now(),
                 },
                 api_key::MAX_KEYS_PER_USER,
+                &[],
             )
             .await
             .expect("key stored");

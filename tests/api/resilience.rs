@@ -367,6 +367,8 @@ async fn expired_sessions_are_pruned_while_serving(db: Db) {
         pending_at,
         totp_setup_secret: None,
         totp_setup_at: None,
+        client: Default::default(),
+        last_activity_at: None,
     };
     let day = 86_400 * SECOND;
     for record in [

@@ -9,9 +9,10 @@ use std::time::Duration;
 
 use hoglet::config::DatabaseUrl;
 use hoglet::store::{
-    self, ApiKeyChanges, ApiKeyRecord, Backend, DynStore, InvalidationRecord, MailFailure,
-    MembershipLevel, MembershipWithOrg, NewApiKey, NewMail, NewOrganization, NewScene, NewSignup,
-    NewTeam, NewUser, OrganizationChanges, OrganizationRecord, OutboxStatus, PasswordHash,
+    self, ActivityQuery, ActivityRecord, ActorRecord, ApiKeyChanges, ApiKeyRecord, Backend,
+    DynStore, InvalidationRecord, MailFailure, MembershipLevel, MembershipWithOrg, NewActivity,
+    NewApiKey, NewMail, NewOrganization, NewScene, NewSignup, NewTeam, NewUser,
+    OrganizationChanges, OrganizationRecord, OutboxStatus, PasswordHash, SessionClient,
     SessionRecord, StoreError, StoreResult, TeamRecord, TotpDeviceRecord, Unique, UserChanges,
     UserDeletion, UserFacts, UserQuery, UserRecord, UserWrite,
 };
@@ -75,6 +76,7 @@ db_tests!(
     api_keys_of_lists_one_users_keys_newest_first,
     totp_attempts_are_claimed_once_per_backoff_window,
     upgrade_password_hash_replaces_only_the_hash_it_read,
+    activity_is_written_with_each_write_paged_filtered_and_pruned,
 );
 
 // ---------------------------------------------------------------------------------------------
@@ -1412,6 +1414,7 @@ async fn write_user_applies_every_part_together(db: Db) {
                     new_mail("ann@example.com", T0),
                     new_mail("ann-too@example.com", T0),
                 ],
+                activity: vec![activity_entry(Some(ann.id), "password_changed", T0)],
             },
         )
         .await
@@ -1437,6 +1440,10 @@ async fn write_user_applies_every_part_together(db: Db) {
     assert_eq!(
         feed_after(store, mark).await,
         vec![(Some(ann.id), Some("session$ann-1".to_string()))]
+    );
+    assert_eq!(
+        activities_of(store, ann.id).await,
+        vec!["password_changed".to_string()]
     );
 
     // `Some(None)` ends every session; removing two factors leaves none; a session row that
@@ -1583,7 +1590,7 @@ async fn delete_user_outcomes_and_cascades(db: Db) {
     let leaver = add_user(store, "leaver@example.com").await;
     let keys = [new_key(leaver.id), new_key(leaver.id)];
     for key in &keys {
-        store.insert_api_key(key.clone(), LIMIT).await.unwrap();
+        store.insert_api_key(key.clone(), LIMIT, &[]).await.unwrap();
     }
     for scene in ["insights", "dashboards"] {
         store
@@ -1683,7 +1690,7 @@ async fn user_facts_report_keys(db: Db) {
     let with_key = add_user(store, "keyed@example.com").await;
     let without = add_user(store, "plain@example.com").await;
     store
-        .insert_api_key(new_key(with_key.id), LIMIT)
+        .insert_api_key(new_key(with_key.id), LIMIT, &[])
         .await
         .unwrap();
 
@@ -2466,7 +2473,7 @@ async fn api_keys_insert_and_lookup(db: Db) {
         ..new_key(user.id)
     };
     let mark = feed_mark(store).await;
-    let key = store.insert_api_key(new.clone(), LIMIT).await.unwrap();
+    let key = store.insert_api_key(new.clone(), LIMIT, &[]).await.unwrap();
     assert_eq!(key.id, new.id);
     assert_eq!(key.user_id, user.id);
     assert_eq!(key.label, "CI — deploys");
@@ -2489,7 +2496,10 @@ async fn api_keys_insert_and_lookup(db: Db) {
         scoped_organizations: None,
         ..new_key(user.id)
     };
-    let stored = store.insert_api_key(plain.clone(), LIMIT).await.unwrap();
+    let stored = store
+        .insert_api_key(plain.clone(), LIMIT, &[])
+        .await
+        .unwrap();
     assert_eq!(stored.scopes, vec!["*"]);
     assert_eq!(stored.scoped_teams, Some(vec![]));
     assert_eq!(stored.scoped_organizations, None);
@@ -2505,12 +2515,14 @@ async fn api_keys_insert_and_lookup(db: Db) {
     let mark = feed_mark(store).await;
     assert_err(
         store
-            .insert_api_key(key_with_hash(user.id, &new.secure_value), LIMIT)
+            .insert_api_key(key_with_hash(user.id, &new.secure_value), LIMIT, &[])
             .await,
         "Unique(ApiKey)",
     );
     assert_err(
-        store.insert_api_key(new_key(user.id + 1000), LIMIT).await,
+        store
+            .insert_api_key(new_key(user.id + 1000), LIMIT, &[])
+            .await,
         "Missing(user)",
     );
     assert_eq!(feed_after(store, mark).await, vec![]);
@@ -2529,12 +2541,15 @@ async fn api_key_limit_is_per_user(db: Db) {
     let user = add_user(store, "limit@example.com").await;
     let other = add_user(store, "other-limit@example.com").await;
     for _ in 0..LIMIT {
-        store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+        store
+            .insert_api_key(new_key(user.id), LIMIT, &[])
+            .await
+            .unwrap();
     }
     let mark = feed_mark(store).await;
     let eleventh = new_key(user.id);
     assert_err(
-        store.insert_api_key(eleventh.clone(), LIMIT).await,
+        store.insert_api_key(eleventh.clone(), LIMIT, &[]).await,
         "Limit(10)",
     );
     assert!(key_by_value(store, &eleventh.secure_value).await.is_none());
@@ -2543,11 +2558,17 @@ async fn api_key_limit_is_per_user(db: Db) {
 
     // Another user has a limit of their own; the limit is the caller's.
     store
-        .insert_api_key(new_key(other.id), LIMIT)
+        .insert_api_key(new_key(other.id), LIMIT, &[])
         .await
         .unwrap();
-    store.insert_api_key(new_key(other.id), 2).await.unwrap();
-    assert_err(store.insert_api_key(new_key(other.id), 2).await, "Limit(2)");
+    store
+        .insert_api_key(new_key(other.id), 2, &[])
+        .await
+        .unwrap();
+    assert_err(
+        store.insert_api_key(new_key(other.id), 2, &[]).await,
+        "Limit(2)",
+    );
     assert_eq!(key_count(&env, other.id).await, 2);
 
     // Deleting the user frees nothing for others, and their keys go with them.
@@ -2569,7 +2590,7 @@ async fn concurrent_api_key_inserts_never_exceed_the_limit(db: Db) {
         let (a, b, user_id) = (env.store.clone(), second.clone(), user.id);
         in_parallel((0..n).map(move |i| {
             let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-            async move { store.insert_api_key(new_key(user_id), LIMIT).await }
+            async move { store.insert_api_key(new_key(user_id), LIMIT, &[]).await }
         }))
     };
     let outcomes = |results: Vec<StoreResult<ApiKeyRecord>>| {
@@ -2589,14 +2610,14 @@ async fn concurrent_api_key_inserts_never_exceed_the_limit(db: Db) {
     let user2 = add_user(&env.store, "race2@example.com").await;
     for _ in 0..8 {
         env.store
-            .insert_api_key(new_key(user2.id), LIMIT)
+            .insert_api_key(new_key(user2.id), LIMIT, &[])
             .await
             .unwrap();
     }
     let (a, b, user_id) = (env.store.clone(), second.clone(), user2.id);
     let results = in_parallel((0..6).map(move |i| {
         let store = if i % 2 == 0 { a.clone() } else { b.clone() };
-        async move { store.insert_api_key(new_key(user_id), LIMIT).await }
+        async move { store.insert_api_key(new_key(user_id), LIMIT, &[]).await }
     }))
     .await;
     assert_eq!(outcomes(results), 2);
@@ -2612,20 +2633,27 @@ async fn legacy_api_key_helpers(db: Db) {
     let p390 = hoglet::domain::api_key::legacy_prefix(390_000);
     assert_eq!(p260, "pbkdf2_sha256$260000$posthog_personal_api_key$");
 
-    store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
     assert!(!store.has_legacy_api_keys().await.unwrap());
     assert!(store.legacy_api_keys(&p260).await.unwrap().is_empty());
 
     let l260 = store
-        .insert_api_key(key_with_hash(user.id, &format!("{p260}AAAA=")), LIMIT)
+        .insert_api_key(key_with_hash(user.id, &format!("{p260}AAAA=")), LIMIT, &[])
         .await
         .unwrap();
     let l390 = store
-        .insert_api_key(key_with_hash(user.id, &format!("{p390}BBBB=")), LIMIT)
+        .insert_api_key(key_with_hash(user.id, &format!("{p390}BBBB=")), LIMIT, &[])
         .await
         .unwrap();
     let l260_inactive = store
-        .insert_api_key(key_with_hash(inactive.id, &format!("{p260}CCCC=")), LIMIT)
+        .insert_api_key(
+            key_with_hash(inactive.id, &format!("{p260}CCCC=")),
+            LIMIT,
+            &[],
+        )
         .await
         .unwrap();
     // Look-alikes: the prefix is literal (no LIKE wildcards, no case folding).
@@ -2634,7 +2662,7 @@ async fn legacy_api_key_helpers(db: Db) {
         "PBKDF2_SHA256$260000$POSTHOG_PERSONAL_API_KEY$EEEE=",
     ] {
         store
-            .insert_api_key(key_with_hash(user.id, lookalike), LIMIT)
+            .insert_api_key(key_with_hash(user.id, lookalike), LIMIT, &[])
             .await
             .unwrap();
     }
@@ -2699,8 +2727,14 @@ async fn touch_api_keys_only_moves_forward(db: Db) {
     let env = Env::new(db).await;
     let store = &env.store;
     let user = add_user(store, "touch@example.com").await;
-    let k1 = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
-    let k2 = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let k1 = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
+    let k2 = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
     let used = |k: &ApiKeyRecord| {
         let value = k.secure_value.clone();
         async move { key_by_value(store, &value).await.unwrap().last_used_at }
@@ -2887,7 +2921,10 @@ async fn invalidation_feed_orders_filters_and_prunes(db: Db) {
     save_user(store, &reload(store, b.id).await).await.unwrap(); // b
     store.set_current_context(a.id, None, None).await.unwrap(); // a
     add_team(store, org.id, "Everything").await; // everything
-    store.insert_api_key(new_key(b.id), LIMIT).await.unwrap(); // b
+    store
+        .insert_api_key(new_key(b.id), LIMIT, &[])
+        .await
+        .unwrap(); // b
     store.delete_user(b.id).await.unwrap(); // b
     let after = system_now();
 
@@ -2971,7 +3008,10 @@ async fn writes_are_visible_through_a_second_store(db: Db) {
     let first = env.store.clone();
     let user = add_user(&first, "durable@example.com").await;
     let (org, team) = add_org(&first, user.id, "Durable").await;
-    let key = first.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let key = first
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
     first.setting_or_insert("secret_key", "kept").await.unwrap();
     let mut edited = reload(&first, user.id).await;
     edited.hedgehog_config = Some(json!({"color": "blue"}));
@@ -3009,7 +3049,7 @@ async fn writes_are_visible_through_a_second_store(db: Db) {
         .await
         .unwrap();
     let second_key = second
-        .insert_api_key(new_key(newcomer.id), LIMIT)
+        .insert_api_key(new_key(newcomer.id), LIMIT, &[])
         .await
         .unwrap();
     assert_same_user(
@@ -3148,7 +3188,7 @@ async fn user_integrations_upsert_replace_secrets_and_keep_the_cache(db: Db) {
         }
     };
     let first = store
-        .upsert_user_integration(new("1", json!({"a": 1}), "v1:one", T0))
+        .upsert_user_integration(new("1", json!({"a": 1}), "v1:one", T0), &[])
         .await
         .unwrap();
     assert_eq!(first.config, json!({"a": 1}));
@@ -3162,7 +3202,7 @@ async fn user_integrations_upsert_replace_secrets_and_keep_the_cache(db: Db) {
         .unwrap();
     // Reconnecting replaces config and secrets wholesale and keeps id, cache and creation time.
     let again = store
-        .upsert_user_integration(new("1", json!({"b": 2}), "v1:two", T0 + 10))
+        .upsert_user_integration(new("1", json!({"b": 2}), "v1:two", T0 + 10), &[])
         .await
         .unwrap();
     assert_eq!(again.id, first.id);
@@ -3173,7 +3213,7 @@ async fn user_integrations_upsert_replace_secrets_and_keep_the_cache(db: Db) {
     assert_eq!((again.created_at, again.updated_at), (T0, T0 + 10));
 
     let second = store
-        .upsert_user_integration(new("2", json!({}), "", T0 + 20))
+        .upsert_user_integration(new("2", json!({}), "", T0 + 20), &[])
         .await
         .unwrap();
     let listed: Vec<String> = store
@@ -3216,8 +3256,8 @@ async fn user_integrations_upsert_replace_secrets_and_keep_the_cache(db: Db) {
     );
     assert_eq!(updated.updated_at, T0 + 30);
 
-    assert!(store.delete_user_integration(second.id).await.unwrap());
-    assert!(!store.delete_user_integration(second.id).await.unwrap());
+    assert!(store.delete_user_integration(second.id, &[]).await.unwrap());
+    assert!(!store.delete_user_integration(second.id, &[]).await.unwrap());
     assert!(
         !store
             .update_user_integration_secrets(second.id, &json!({}), "", T0)
@@ -3384,7 +3424,45 @@ fn session_row(id: &str, user_id: Option<i64>, expires_at: Micros) -> SessionRec
         pending_at: None,
         totp_setup_secret: None,
         totp_setup_at: None,
+        client: SessionClient {
+            ip: Some("203.0.113.7".into()),
+            user_agent: Some(format!("agent of {id}")),
+            login_method: user_id.map(|_| "password".into()),
+        },
+        last_activity_at: None,
     }
+}
+
+/// An entry of the activity log as a use case would write it.
+fn activity_entry(user_id: Option<i64>, activity: &str, at: Micros) -> NewActivity {
+    NewActivity {
+        user_id,
+        activity: activity.into(),
+        created_at: at,
+        ip: Some("198.51.100.4".into()),
+        user_agent: Some("contract".into()),
+        actor: ActorRecord {
+            kind: "user".into(),
+            id: user_id.map(|id| id.to_string()),
+            label: None,
+        },
+        detail: serde_json::json!({"n": 1}),
+    }
+}
+
+/// The kinds of the user's whole log, newest first.
+async fn activities_of(store: &DynStore, user_id: i64) -> Vec<String> {
+    store
+        .activity(&ActivityQuery {
+            user_id,
+            limit: 1000,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.activity)
+        .collect()
 }
 
 #[track_caller]
@@ -3404,6 +3482,8 @@ fn assert_same_session(actual: &SessionRecord, expected: &SessionRecord) {
             pending_at,
             totp_setup_secret,
             totp_setup_at,
+            client,
+            last_activity_at,
         ]
     );
 }
@@ -3492,10 +3572,13 @@ async fn sessions_insert_read_update_and_end(db: Db) {
         .await
         .unwrap();
     let mark = feed_mark(store).await;
-    store.delete_session("s2").await.expect("delete");
+    store.delete_session("s2", &[]).await.expect("delete");
     assert!(session_of(store, "s2").await.is_none());
     assert_eq!(feed_after(store, mark).await, vec![session_entry("s2")]);
-    store.delete_session("s2").await.expect("deleting again");
+    store
+        .delete_session("s2", &[])
+        .await
+        .expect("deleting again");
 
     // delete_sessions_of ends the user's sessions but `keep` (their pending second-factor logins
     // too), and only the user's; the count is what ended.
@@ -3507,7 +3590,10 @@ async fn sessions_insert_read_update_and_end(db: Db) {
     }
     let mark = feed_mark(store).await;
     assert_eq!(
-        store.delete_sessions_of(ann.id, Some("s1")).await.unwrap(),
+        store
+            .delete_sessions_of(ann.id, Some("s1"), &[])
+            .await
+            .unwrap(),
         3
     );
     assert!(session_of(store, "s1").await.is_some());
@@ -3523,14 +3609,23 @@ async fn sessions_insert_read_update_and_end(db: Db) {
     );
     assert_eq!(feed_after(store, mark).await, vec![user_entry(ann.id)]);
     assert_eq!(
-        store.delete_sessions_of(ann.id, Some("bob")).await.unwrap(),
+        store
+            .delete_sessions_of(ann.id, Some("bob"), &[])
+            .await
+            .unwrap(),
         1,
         "keeping another user's session keeps nothing of this user's"
     );
     assert!(session_of(store, "s1").await.is_none());
     assert!(session_of(store, "bob").await.is_some());
-    assert_eq!(store.delete_sessions_of(ann.id, None).await.unwrap(), 0);
-    assert_eq!(store.delete_sessions_of(bob.id, None).await.unwrap(), 1);
+    assert_eq!(
+        store.delete_sessions_of(ann.id, None, &[]).await.unwrap(),
+        0
+    );
+    assert_eq!(
+        store.delete_sessions_of(bob.id, None, &[]).await.unwrap(),
+        1
+    );
     assert!(session_of(store, "bob").await.is_none());
 
     // Deleting a user ends every session naming them, pending logins included.
@@ -3928,8 +4023,14 @@ async fn update_api_key_writes_only_its_fields(db: Db) {
     let store = &env.store;
     let user = add_user(store, "update-key@example.com").await;
     let (org, team) = add_org(store, user.id, "Keys").await;
-    let key = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
-    let other = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let key = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
+    let other = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
     store
         .touch_api_keys(&[(key.id.clone(), T0 + 50)])
         .await
@@ -3946,7 +4047,7 @@ async fn update_api_key_writes_only_its_fields(db: Db) {
     };
     let mark = feed_mark(store).await;
     let updated = store
-        .update_api_key(&key.id, changes.clone())
+        .update_api_key(&key.id, changes.clone(), &[])
         .await
         .expect("update");
     let expected = ApiKeyRecord {
@@ -3977,7 +4078,7 @@ async fn update_api_key_writes_only_its_fields(db: Db) {
         scoped_organizations: Some(vec![]),
         expires_at: None,
     };
-    let updated = store.update_api_key(&key.id, cleared).await.unwrap();
+    let updated = store.update_api_key(&key.id, cleared, &[]).await.unwrap();
     assert_eq!(updated.label, "");
     assert_eq!(updated.scopes, vec!["*"]);
     assert_eq!(updated.scoped_teams, None);
@@ -3988,7 +4089,7 @@ async fn update_api_key_writes_only_its_fields(db: Db) {
     // A missing key: Missing, and nothing recorded.
     let mark = feed_mark(store).await;
     assert_err(
-        store.update_api_key("no-such-key", changes).await,
+        store.update_api_key("no-such-key", changes, &[]).await,
         "Missing(personal API key)",
     );
     assert_eq!(feed_after(store, mark).await, vec![]);
@@ -4001,12 +4102,18 @@ async fn delete_api_key_returns_the_record_once(db: Db) {
     let env = Env::new(db).await;
     let store = &env.store;
     let user = add_user(store, "delete-key@example.com").await;
-    let key = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
-    let kept = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let key = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
+    let kept = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
 
     let mark = feed_mark(store).await;
     let deleted = store
-        .delete_api_key(&key.id)
+        .delete_api_key(&key.id, &[])
         .await
         .expect("delete")
         .expect("the key existed");
@@ -4018,8 +4125,14 @@ async fn delete_api_key_returns_the_record_once(db: Db) {
         vec![(Some(user.id), Some(key.secure_value.clone()))]
     );
     let mark = feed_mark(store).await;
-    assert!(store.delete_api_key(&key.id).await.unwrap().is_none());
-    assert!(store.delete_api_key("no-such-key").await.unwrap().is_none());
+    assert!(store.delete_api_key(&key.id, &[]).await.unwrap().is_none());
+    assert!(
+        store
+            .delete_api_key("no-such-key", &[])
+            .await
+            .unwrap()
+            .is_none()
+    );
     assert_eq!(feed_after(store, mark).await, vec![]);
     assert_same_key(
         &key_by_value(store, &kept.secure_value).await.unwrap(),
@@ -4032,7 +4145,7 @@ async fn delete_api_key_returns_the_record_once(db: Db) {
     for _ in 0..4 {
         raced.push(
             store
-                .insert_api_key(new_key(user.id), LIMIT)
+                .insert_api_key(new_key(user.id), LIMIT, &[])
                 .await
                 .unwrap()
                 .id,
@@ -4046,7 +4159,7 @@ async fn delete_api_key_returns_the_record_once(db: Db) {
                 second.clone()
             };
             let id = id.clone();
-            async move { s.delete_api_key(&id).await.unwrap().map(|k| k.id) }
+            async move { s.delete_api_key(&id, &[]).await.unwrap().map(|k| k.id) }
         }))
         .await;
         assert_eq!(
@@ -4073,11 +4186,14 @@ async fn roll_api_key_replaces_the_hash_once_per_roll(db: Db) {
     let env = Env::new(db).await;
     let store = &env.store;
     let user = add_user(store, "roll-key@example.com").await;
-    let key = store.insert_api_key(new_key(user.id), LIMIT).await.unwrap();
+    let key = store
+        .insert_api_key(new_key(user.id), LIMIT, &[])
+        .await
+        .unwrap();
 
     let mark = feed_mark(store).await;
     let (before, after) = store
-        .roll_api_key(&key.id, "sha256$rolled", "phx_...olld", T0 + 5)
+        .roll_api_key(&key.id, "sha256$rolled", "phx_...olld", T0 + 5, &[])
         .await
         .expect("roll")
         .expect("the key existed");
@@ -4100,7 +4216,7 @@ async fn roll_api_key_replaces_the_hash_once_per_roll(db: Db) {
     );
     assert!(
         store
-            .roll_api_key("no-such-key", "sha256$x", "phx_...x", T0)
+            .roll_api_key("no-such-key", "sha256$x", "phx_...x", T0, &[])
             .await
             .unwrap()
             .is_none()
@@ -4117,7 +4233,7 @@ async fn roll_api_key_replaces_the_hash_once_per_roll(db: Db) {
         let id = key.id.clone();
         async move {
             let (before, after) = s
-                .roll_api_key(&id, &format!("sha256$race{i}"), "phx_...race", T0 + 10)
+                .roll_api_key(&id, &format!("sha256$race{i}"), "phx_...race", T0 + 10, &[])
                 .await
                 .unwrap()
                 .expect("the key exists");
@@ -4170,7 +4286,7 @@ async fn request_password_reset_writes_one_column_and_its_mail_together(db: Db) 
     let mark = feed_mark(store).await;
 
     store
-        .request_password_reset(user.id, T0, new_mail("reset@example.com", T0))
+        .request_password_reset(user.id, T0, new_mail("reset@example.com", T0), &[])
         .await
         .unwrap();
     let mut expected = before.clone();
@@ -4202,7 +4318,7 @@ async fn request_password_reset_writes_one_column_and_its_mail_together(db: Db) 
     let mark = feed_mark(store).await;
     assert_err(
         store
-            .request_password_reset(user.id + 1000, T0, new_mail("ghost@example.com", T0))
+            .request_password_reset(user.id + 1000, T0, new_mail("ghost@example.com", T0), &[])
             .await,
         "Missing(user)",
     );
@@ -4220,7 +4336,7 @@ async fn request_password_reset_writes_one_column_and_its_mail_together(db: Db) 
     )
     .await;
     let refused = store
-        .request_password_reset(user.id, T0 + SECOND, new_mail("reset@example.com", T0))
+        .request_password_reset(user.id, T0 + SECOND, new_mail("reset@example.com", T0), &[])
         .await;
     assert!(refused.is_err(), "{refused:?}");
     assert_same_user(&reload(store, user.id).await, &expected);
@@ -4508,13 +4624,14 @@ async fn api_keys_of_lists_one_users_keys_newest_first(db: Db) {
                     ..new_key(owner.id)
                 },
                 LIMIT,
+                &[],
             )
             .await
             .unwrap();
         inserted.push(key);
     }
     store
-        .insert_api_key(new_key(other.id), LIMIT)
+        .insert_api_key(new_key(other.id), LIMIT, &[])
         .await
         .unwrap();
 
@@ -4671,4 +4788,191 @@ async fn upgrade_password_hash_replaces_only_the_hash_it_read(db: Db) {
             .await
             .unwrap()
     );
+}
+
+/// Every write that takes a log writes it in its transaction (a delete that found nothing writes
+/// none); pages go newest first both ways from a cursor; the filter, pruning by age and the
+/// user's deletion all apply.
+async fn activity_is_written_with_each_write_paged_filtered_and_pruned(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let ann = add_user(store, "log-ann@example.com").await;
+    let bob = add_user(store, "log-bob@example.com").await;
+    let entry = |user: &UserRecord, what: &str, at: Micros| activity_entry(Some(user.id), what, at);
+
+    store
+        .record_activity(&[activity_entry(None, "login_failed", T0)])
+        .await
+        .unwrap();
+    let key = store
+        .insert_api_key(
+            new_key(ann.id),
+            LIMIT,
+            &[entry(&ann, "key_created", T0 + 1)],
+        )
+        .await
+        .unwrap();
+    store
+        .update_api_key(
+            &key.id,
+            ApiKeyChanges {
+                label: "renamed".into(),
+                scopes: key.scopes.clone(),
+                scoped_teams: None,
+                scoped_organizations: None,
+                expires_at: None,
+            },
+            &[entry(&ann, "key_updated", T0 + 2)],
+        )
+        .await
+        .unwrap();
+    store
+        .roll_api_key(
+            &key.id,
+            "sha256$rolled",
+            "phx_...x",
+            T0,
+            &[entry(&ann, "key_rolled", T0 + 3)],
+        )
+        .await
+        .unwrap();
+    store
+        .delete_api_key(&key.id, &[entry(&ann, "key_deleted", T0 + 4)])
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_api_key(&key.id, &[entry(&ann, "not_written", T0)])
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store
+        .insert_session(&session_row("log-1", Some(ann.id), T0 + SESSION_AGE))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_session("log-1", &[entry(&ann, "session_revoked", T0 + 5)])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .delete_session("log-1", &[entry(&ann, "not_written", T0)])
+            .await
+            .unwrap()
+    );
+    store
+        .delete_sessions_of(ann.id, None, &[entry(&ann, "sessions_ended", T0 + 6)])
+        .await
+        .unwrap();
+    store
+        .request_password_reset(
+            ann.id,
+            T0,
+            new_mail("log-ann@example.com", T0),
+            &[entry(&ann, "reset_requested", T0 + 7)],
+        )
+        .await
+        .unwrap();
+    let linked = store
+        .upsert_user_integration(
+            store::NewUserIntegration {
+                user_id: ann.id,
+                kind: "github".into(),
+                integration_id: "42".into(),
+                config: json!({}),
+                sensitive_config: "sealed".into(),
+                now: T0,
+            },
+            &[entry(&ann, "linked", T0 + 8)],
+        )
+        .await
+        .unwrap();
+    assert!(
+        store
+            .delete_user_integration(linked.id, &[entry(&ann, "unlinked", T0 + 9)])
+            .await
+            .unwrap()
+    );
+    store
+        .record_activity(&[entry(&bob, "logged_in", T0 + 10)])
+        .await
+        .unwrap();
+
+    let all = activities_of(store, ann.id).await;
+    assert_eq!(
+        all,
+        [
+            "unlinked",
+            "linked",
+            "reset_requested",
+            "sessions_ended",
+            "session_revoked",
+            "key_deleted",
+            "key_rolled",
+            "key_updated",
+            "key_created"
+        ]
+    );
+    // Stored as given.
+    let page = |before: Option<i64>, after: Option<i64>, activity: Option<&str>| ActivityQuery {
+        user_id: ann.id,
+        activity: activity.map(str::to_string),
+        before,
+        after,
+        limit: 3,
+    };
+    let first = store.activity(&page(None, None, None)).await.unwrap();
+    let stored = &first[0];
+    assert_eq!(
+        (
+            stored.user_id,
+            stored.created_at,
+            stored.ip.as_deref(),
+            stored.user_agent.as_deref()
+        ),
+        (Some(ann.id), T0 + 9, Some("198.51.100.4"), Some("contract"))
+    );
+    assert_eq!(
+        (
+            stored.actor.kind.as_str(),
+            stored.actor.id.clone(),
+            &stored.detail
+        ),
+        ("user", Some(ann.id.to_string()), &json!({"n": 1}))
+    );
+    // Pages: three, the next three below the last id, and back above the first id of that.
+    let second = store
+        .activity(&page(Some(first[2].id), None, None))
+        .await
+        .unwrap();
+    let names =
+        |rows: &[ActivityRecord]| rows.iter().map(|r| r.activity.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        names(&second),
+        ["sessions_ended", "session_revoked", "key_deleted"]
+    );
+    let back = store
+        .activity(&page(None, Some(second[0].id), None))
+        .await
+        .unwrap();
+    assert_eq!(names(&back), names(&first));
+    let filtered = store
+        .activity(&page(None, None, Some("key_rolled")))
+        .await
+        .unwrap();
+    assert_eq!(names(&filtered), ["key_rolled"]);
+
+    // Pruning by age: entries before T0 + 5 go, whoever they belong to.
+    assert_eq!(store.prune_activity(T0 + 5).await.unwrap(), 5);
+    assert_eq!(activities_of(store, ann.id).await.len(), 5);
+    // A deleted user's log goes with them; another user's stays.
+    assert_eq!(
+        store.delete_user(ann.id).await.unwrap(),
+        UserDeletion::Deleted
+    );
+    assert!(activities_of(store, ann.id).await.is_empty());
+    assert_eq!(activities_of(store, bob.id).await, ["logged_in"]);
 }
