@@ -247,6 +247,8 @@ pub trait Store: Send + Sync + 'static {
     // --- sessions ---
     async fn insert_session(&self, session: &SessionRecord) -> StoreResult<()>;
     async fn session(&self, id: &str) -> StoreResult<Option<SessionRecord>>;
+    /// The user's logged-in sessions not over at `now`, newest login first.
+    async fn sessions_of(&self, user_id: i64, now: Micros) -> StoreResult<Vec<SessionRecord>>;
     /// Writes every mutable column of the session.
     async fn update_session(&self, session: &SessionRecord) -> StoreResult<()>;
     /// Ends the session; whether there was one (`log` is written only then).

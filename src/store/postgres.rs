@@ -713,6 +713,17 @@ impl Store for PgStore {
         first(&c, sql::SESSION_BY_ID, &[&id], row::session_from_row).await
     }
 
+    async fn sessions_of(&self, user_id: i64, now: Micros) -> StoreResult<Vec<SessionRecord>> {
+        let c = self.client().await?;
+        all(
+            &c,
+            sql::SESSIONS_OF_USER,
+            &[&user_id, &now],
+            row::session_from_row,
+        )
+        .await
+    }
+
     async fn update_session(&self, s: &SessionRecord) -> StoreResult<()> {
         in_transaction!(self, |tx| scripts::update_session(tx, s))
     }

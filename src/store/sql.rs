@@ -477,6 +477,13 @@ pub const SESSIONS_DELETE_OF_USER: &str =
     "DELETE FROM sessions WHERE (user_id = $1 OR pending_user_id = $1) AND id <> $2";
 /// A session is over once `expires_at <= now` (what authentication refuses); a login that only
 /// waits for its second factor is abandoned once it started before `$2`.
+/// The user's signed-in sessions not over at `$2`, newest login first.
+pub const SESSIONS_OF_USER: &str = concat!(
+    "SELECT ",
+    session_columns!(),
+    " FROM sessions s WHERE s.user_id = $1 AND s.expires_at > $2 \
+     ORDER BY s.login_at DESC, s.created_at DESC, s.id"
+);
 pub const SESSIONS_PRUNE: &str = "DELETE FROM sessions WHERE expires_at <= $1 \
      OR (user_id IS NULL AND (pending_at IS NULL OR pending_at < $2))";
 

@@ -809,6 +809,14 @@ impl Store for SqliteStore {
         self.read(|c| first(c, sql::SESSION_BY_ID, [id], |r| row::session_from_row(r)))
     }
 
+    async fn sessions_of(&self, user_id: i64, now: Micros) -> StoreResult<Vec<SessionRecord>> {
+        self.read(|c| {
+            collect(c, sql::SESSIONS_OF_USER, params![user_id, now], |r| {
+                row::session_from_row(r)
+            })
+        })
+    }
+
     async fn update_session(&self, session: &SessionRecord) -> StoreResult<()> {
         let session = session.clone();
         self.write(move |tx| run_now(scripts::update_session(tx, &session)))

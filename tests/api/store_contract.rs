@@ -3523,6 +3523,25 @@ async fn sessions_insert_read_update_and_end(db: Db) {
         .await
         .unwrap();
     assert_same_session(&session_of(store, "pending").await.unwrap(), &pending);
+    // sessions_of: the user's logged-in sessions not over, newest login first (not the pending
+    // login, not another user's, not an expired one).
+    let later = SessionRecord {
+        login_at: Some(T0 + 5),
+        ..session_row("s2", Some(ann.id), T0 + SESSION_AGE)
+    };
+    store.insert_session(&later).await.unwrap();
+    store
+        .insert_session(&session_row("s-over", Some(ann.id), T0))
+        .await
+        .unwrap();
+    let listed = store.sessions_of(ann.id, T0).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
+        ["s2", "s1"]
+    );
+    assert_same_session(&listed[1], &first);
+    store.delete_session("s2", &[]).await.unwrap();
+    store.delete_session("s-over", &[]).await.unwrap();
 
     // update_session writes every mutable column (created_at is not one) and invalidates the
     // session's cached entry.
