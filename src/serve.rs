@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
+use secrecy::{ExposeSecret, SecretString};
 use tokio::net::TcpListener;
 
 use crate::cache::{self, Caches};
@@ -58,36 +58,14 @@ impl App {
             .site_url
             .clone()
             .unwrap_or_else(|| format!("http://{local}"));
-        let mailer = Mailer::new(&config.email, &config.email_from)?;
-        let redis = match &config.redis_url {
-            Some(url) => RedisLink::connect(url.expose_secret()).await,
-            None => RedisLink::disabled(),
-        };
         let clock = options.clock.unwrap_or_else(Clock::system);
-        let limiter = Arc::new(Limiter::new(redis.clone(), clock.clone()));
-        let kv = Arc::new(Kv::new(redis, clock.clone()));
-        let github =
-            Arc::new(GithubClient::new(&config.github).context("building the GitHub client")?);
-        if github.key_is_unusable() {
-            tracing::warn!(
-                "HOGLET_GITHUB_APP_PRIVATE_KEY is set but is not a usable RSA key: GitHub App calls will fail"
-            );
-        }
-        let state = AppState(Arc::new(Inner {
-            config,
+        let parts = StateParts {
             store,
-            caches: Arc::new(Caches::new()),
-            clock,
-            metrics: Metrics::new(),
-            site_url,
             secret_key,
-            mailer,
-            outbox: MailWake::default(),
-            limiter,
-            hasher: PasswordHasher::start(),
-            kv,
-            github,
-        }));
+            site_url,
+            clock,
+        };
+        let state = build_state(config, parts).await?;
         Ok(Self { state, listener })
     }
 
@@ -134,6 +112,74 @@ impl App {
         let _ = janitor.await;
         served.context("serving HTTP")
     }
+}
+
+/// What the state is built from beside the configuration.
+pub struct StateParts {
+    pub store: DynStore,
+    pub secret_key: SecretString,
+    /// Base of every absolute URL, without a trailing slash.
+    pub site_url: String,
+    pub clock: Clock,
+}
+
+/// The state every use case reaches, from an opened store; binds nothing and starts no task
+/// (the server's background tasks start in [`App::serve`]).
+pub async fn build_state(config: Config, parts: StateParts) -> anyhow::Result<AppState> {
+    let mailer = Mailer::new(&config.email, &config.email_from)?;
+    let redis = match &config.redis_url {
+        Some(url) => RedisLink::connect(url.expose_secret()).await,
+        None => RedisLink::disabled(),
+    };
+    let clock = parts.clock;
+    let limiter = Arc::new(Limiter::new(redis.clone(), clock.clone()));
+    let kv = Arc::new(Kv::new(redis, clock.clone()));
+    let github = Arc::new(GithubClient::new(&config.github).context("building the GitHub client")?);
+    if github.key_is_unusable() {
+        tracing::warn!(
+            "HOGLET_GITHUB_APP_PRIVATE_KEY is set but is not a usable RSA key: GitHub App calls will fail"
+        );
+    }
+    Ok(AppState(Arc::new(Inner {
+        config,
+        store: parts.store,
+        caches: Arc::new(Caches::new()),
+        clock,
+        metrics: Metrics::new(),
+        site_url: parts.site_url,
+        secret_key: parts.secret_key,
+        mailer,
+        outbox: MailWake::default(),
+        limiter,
+        hasher: PasswordHasher::start(),
+        kv,
+        github,
+    })))
+}
+
+/// The state an admin command runs its use cases with: the database (opened and migrated), mail
+/// only logged, no Redis and no GitHub App. It holds a random secret key of
+/// its own, so nothing it could sign or seal (emailed links, TOTP secrets, queued mail) would be
+/// readable by a server: the commands that use it write none of these. What they write reaches
+/// running servers through the invalidation feed, like any other write.
+pub async fn command_state(
+    database_url: crate::config::DatabaseUrl,
+    database_wait: Duration,
+) -> anyhow::Result<AppState> {
+    let config = Config {
+        database_wait,
+        ..Config::new(database_url)
+    };
+    let store = crate::store::connect_within(&config.database_url, config.database_wait)
+        .await
+        .with_context(|| format!("opening the database {:?}", config.database_url))?;
+    let parts = StateParts {
+        store,
+        secret_key: SecretString::from(crate::crypto::random_token(48)),
+        site_url: "http://localhost".into(),
+        clock: Clock::system(),
+    };
+    build_state(config, parts).await
 }
 
 /// How often the janitor runs and what it keeps.

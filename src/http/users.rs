@@ -158,6 +158,7 @@ async fn list(
         is_staff,
         limit,
         offset,
+        ..UserQuery::default()
     };
     let page = users_service::list(&state, &query).await?;
     let results = render::render_users(&state, &requester_of(&caller), page.users).await?;

@@ -66,6 +66,7 @@ activities! {
     UserDeactivated => "user_deactivated", security: true;
     UserActivated => "user_activated", security: true;
     UserDataExported => "user_data_exported", security: true;
+    OrganizationMemberRemoved => "organization_member_removed", security: true;
 }
 
 impl Activity {

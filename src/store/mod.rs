@@ -174,6 +174,15 @@ pub trait Store: Send + Sync + 'static {
         user_id: i64,
         level: MembershipLevel,
     ) -> StoreResult<MembershipRecord>;
+    /// Removes the user from the organization with `log`, unless they are its only owner; a
+    /// user whose current organization it was moves to the one they joined first (or none).
+    /// `Missing("organization")` for an unknown organization.
+    async fn remove_membership(
+        &self,
+        organization: Uuid,
+        user_id: i64,
+        log: &[NewActivity],
+    ) -> StoreResult<MembershipRemoval>;
     async fn create_team(&self, new: NewTeam) -> StoreResult<TeamRecord>;
     async fn team(&self, id: i64) -> StoreResult<Option<TeamRecord>>;
     /// Memberships (with their organizations) of every given user, in join order.

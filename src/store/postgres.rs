@@ -244,6 +244,7 @@ impl ToSql for FilterParam<'_> {
         match self {
             FilterParam::Int(v) => v.to_sql(ty, out),
             FilterParam::Text(v) => v.to_sql(ty, out),
+            FilterParam::Pattern(v) => v.as_str().to_sql(ty, out),
             FilterParam::Bool(v) => v.to_sql(ty, out),
         }
     }
@@ -539,6 +540,20 @@ impl Store for PgStore {
             organization,
             user_id,
             level
+        ))
+    }
+
+    async fn remove_membership(
+        &self,
+        organization: Uuid,
+        user_id: i64,
+        log: &[NewActivity],
+    ) -> StoreResult<MembershipRemoval> {
+        in_transaction!(self, |tx| scripts::remove_membership(
+            tx,
+            organization,
+            user_id,
+            log
         ))
     }
 

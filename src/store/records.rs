@@ -228,6 +228,10 @@ pub struct NewUser {
 pub struct UserQuery {
     pub only_user: Option<i64>,
     pub email: Option<String>,
+    /// Addresses containing this text, in any case (`hoglet user list --email-contains`).
+    pub email_contains: Option<String>,
+    /// Deactivated users too (the API lists only active ones).
+    pub include_inactive: bool,
     pub is_staff: Option<bool>,
     pub limit: i64,
     pub offset: i64,
@@ -441,6 +445,17 @@ pub struct InvalidationRecord {
     pub created_at: Micros,
     pub user_id: Option<i64>,
     pub key_hash: Option<String>,
+}
+
+/// What removing a member from an organization found.
+#[derive(Clone, Debug)]
+pub enum MembershipRemoval {
+    /// Removed: the membership as it was.
+    Removed(MembershipRecord),
+    /// The user is not a member.
+    NotMember,
+    /// The user is the organization's only owner (nothing removed).
+    LastOwner,
 }
 
 /// A browser session. Anonymous while a login waits for its second factor.

@@ -496,6 +496,48 @@ pub(crate) async fn add_membership(
     Ok(membership)
 }
 
+/// [`Store::remove_membership`].
+pub(crate) async fn remove_membership(
+    tx: &impl Exec,
+    organization: Uuid,
+    user_id: i64,
+    log: &[NewActivity],
+) -> StoreResult<MembershipRemoval> {
+    let id = organization.to_string();
+    let lock = tx.pick(&sql::ORGANIZATION_LOCK);
+    if tx
+        .query_opt(lock, args![id.as_str()], |r| r.text(0))
+        .await?
+        .is_none()
+    {
+        return Err(StoreError::Missing("organization"));
+    }
+    let Some(membership) = tx
+        .query_opt(sql::MEMBERSHIP_OF_USER, args![id.as_str(), user_id], |r| {
+            row::membership_from_row(r)
+        })
+        .await?
+    else {
+        return Ok(MembershipRemoval::NotMember);
+    };
+    let owner = MembershipLevel::Owner.as_i64();
+    if membership.level == MembershipLevel::Owner
+        && count(tx, sql::ORGANIZATION_LEVEL_COUNT, args![id.as_str(), owner]).await? <= 1
+    {
+        return Ok(MembershipRemoval::LastOwner);
+    }
+    let membership_id = membership.id.to_string();
+    tx.execute(sql::MEMBERSHIP_DELETE, args![membership_id.as_str()])
+        .await?;
+    tx.execute(sql::USER_LEAVE_ORGANIZATION, args![user_id, id.as_str()])
+        .await?;
+    record(tx, log).await?;
+    // As for joining: every member's view of the organization (member count) changed, and the
+    // member's own views, keys and sessions with it.
+    invalidate(tx, None, None).await?;
+    Ok(MembershipRemoval::Removed(membership))
+}
+
 pub(crate) async fn create_team(tx: &impl Exec, new: &NewTeam) -> StoreResult<TeamRecord> {
     if !organization_exists(tx, &new.organization_id.to_string()).await? {
         return Err(StoreError::Missing("organization"));

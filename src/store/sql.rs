@@ -102,13 +102,33 @@ pub const USER_COUNT: &str = "SELECT count(*) FROM users";
 pub enum FilterParam<'a> {
     Int(i64),
     Text(&'a str),
+    /// A `LIKE` pattern built from the query.
+    Pattern(String),
     Bool(bool),
+}
+
+/// `%text%` for a case-insensitive substring match on `email_lower`, with `LIKE`'s own
+/// characters (and the escape) escaped.
+fn like_pattern(text: &str) -> String {
+    let mut pattern = String::from("%");
+    for c in email_key(text).chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            pattern.push('\\');
+        }
+        pattern.push(c);
+    }
+    pattern.push('%');
+    pattern
 }
 
 /// `WHERE …` of the user list and its parameters, with only the filters in use so each variant
 /// gets its own plan (and the email index is used when filtering by email).
 pub fn user_list_filter(q: &super::UserQuery) -> (String, Vec<FilterParam<'_>>) {
-    let mut clause = String::from("WHERE u.is_active = TRUE");
+    let mut clause = String::from(if q.include_inactive {
+        "WHERE TRUE"
+    } else {
+        "WHERE u.is_active = TRUE"
+    });
     let mut params = Vec::new();
     if let Some(id) = q.only_user {
         params.push(FilterParam::Int(id));
@@ -117,6 +137,13 @@ pub fn user_list_filter(q: &super::UserQuery) -> (String, Vec<FilterParam<'_>>) 
     if let Some(email) = &q.email {
         params.push(FilterParam::Text(email));
         clause.push_str(&format!(" AND u.email = ${}", params.len()));
+    }
+    if let Some(pattern) = &q.email_contains {
+        params.push(FilterParam::Pattern(like_pattern(pattern)));
+        clause.push_str(&format!(
+            " AND u.email_lower LIKE ${} ESCAPE '\\'",
+            params.len()
+        ));
     }
     if let Some(staff) = q.is_staff {
         params.push(FilterParam::Bool(staff));
@@ -142,7 +169,11 @@ pub fn user_list_count(q: &super::UserQuery, rows: usize) -> ListCount {
     if rows < q.limit && (rows > 0 || q.offset == 0) {
         return ListCount::Known(q.offset.saturating_add(rows));
     }
-    if q.only_user.is_some() || q.email.is_some() {
+    if q.only_user.is_some()
+        || q.email.is_some()
+        || q.email_contains.is_some()
+        || q.include_inactive
+    {
         return ListCount::Filtered;
     }
     ListCount::Counter(match q.is_staff {
@@ -383,6 +414,30 @@ pub const MEMBERSHIP_BY_ID: &str = concat!(
     membership_columns!(),
     " FROM organization_memberships m WHERE m.id = $1"
 );
+
+/// `remove_membership`: on Postgres, serialises changes to the organization's members (the
+/// last-owner rule); on SQLite, whether it exists (the single writer serialises already).
+pub const ORGANIZATION_LOCK: Dialects = Dialects {
+    sqlite: "SELECT id FROM organizations WHERE id = $1",
+    postgres: "SELECT id FROM organizations WHERE id = $1 FOR UPDATE",
+};
+pub const MEMBERSHIP_OF_USER: &str = concat!(
+    "SELECT ",
+    membership_columns!(),
+    " FROM organization_memberships m WHERE m.organization_id = $1 AND m.user_id = $2"
+);
+pub const ORGANIZATION_LEVEL_COUNT: &str =
+    "SELECT count(*) FROM organization_memberships WHERE organization_id = $1 AND level = $2";
+pub const MEMBERSHIP_DELETE: &str = "DELETE FROM organization_memberships WHERE id = $1";
+/// A user who left their current organization moves to the one they joined first (and its
+/// first team), or to none, as PostHog does.
+pub const USER_LEAVE_ORGANIZATION: &str = "UPDATE users SET \
+     current_organization_id = (SELECT m.organization_id FROM organization_memberships m \
+       WHERE m.user_id = $1 ORDER BY m.joined_at, m.id LIMIT 1), \
+     current_team_id = (SELECT t.id FROM organization_memberships m \
+       JOIN teams t ON t.organization_id = m.organization_id \
+       WHERE m.user_id = $1 ORDER BY m.joined_at, m.id, t.id LIMIT 1) \
+     WHERE id = $1 AND current_organization_id = $2";
 
 pub const DASHBOARD_INSERT: &str = "INSERT INTO dashboards (team_id, name, created_at) \
      VALUES ($1, $2, $3) RETURNING id, team_id, name, deleted";

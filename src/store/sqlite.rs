@@ -325,6 +325,7 @@ impl rusqlite::ToSql for FilterParam<'_> {
         match self {
             FilterParam::Int(v) => v.to_sql(),
             FilterParam::Text(v) => v.to_sql(),
+            FilterParam::Pattern(v) => v.as_str().to_sql(),
             FilterParam::Bool(v) => v.to_sql(),
         }
     }
@@ -612,6 +613,17 @@ impl Store for SqliteStore {
         level: MembershipLevel,
     ) -> StoreResult<MembershipRecord> {
         self.write(move |tx| run_now(scripts::add_membership(tx, organization, user_id, level)))
+            .await
+    }
+
+    async fn remove_membership(
+        &self,
+        organization: Uuid,
+        user_id: i64,
+        log: &[NewActivity],
+    ) -> StoreResult<MembershipRemoval> {
+        let log = log.to_vec();
+        self.write(move |tx| run_now(scripts::remove_membership(tx, organization, user_id, &log)))
             .await
     }
 
