@@ -1,12 +1,17 @@
 //! The admin operations behind the `hoglet user|org|team|key|dashboard` commands. Each validates its
-//! input, writes in one transaction and returns the JSON the command prints.
+//! input, writes in one transaction and returns the JSON the command prints. The recovery
+//! commands run the use cases of `service::recovery` with the actor `cli`.
 
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use secrecy::SecretString;
+
 use crate::domain::fields;
 use crate::error::ApiError;
-use crate::service::{accounts, api_keys};
+use crate::service::activity::Context;
+use crate::service::{accounts, api_keys, export, recovery};
+use crate::state::AppState;
 use crate::store::{
     DynStore, MembershipLevel, NewOrganization, NewTeam, NewTeamIntegration, OrganizationChanges,
     StoreError, Unique, UserRecord,
@@ -21,6 +26,9 @@ pub const DEFAULT_TEAM_NAME: &str = "Default project";
 pub enum AdminError {
     #[error("{0}")]
     Invalid(String),
+    /// The command was used wrongly (exit code 2, like clap's own usage errors).
+    #[error("{0}")]
+    Usage(String),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
@@ -65,6 +73,8 @@ pub struct NewUserArgs {
     pub first_name: String,
     pub last_name: String,
     pub staff: bool,
+    /// Skip the API's password rules (length, common passwords, similarity to the name).
+    pub allow_weak_password: bool,
 }
 
 pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Value> {
@@ -74,6 +84,7 @@ pub async fn create_user(store: &DynStore, args: NewUserArgs) -> AdminResult<Val
         first_name: args.first_name,
         last_name: args.last_name,
         staff: args.staff,
+        allow_weak_password: args.allow_weak_password,
     };
     let user = accounts::create_account(store, account)
         .await
@@ -336,5 +347,195 @@ pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value
         "user_id": record.user_id,
         "created_at": iso_z(record.created_at),
         "expires_at": record.expires_at.map(iso_z),
+    }))
+}
+
+// --- recovery and control (`hoglet user …`, `key list|revoke`, `org remove-member`) ---
+
+/// Any user with this address, deactivated ones included (what recovery commands act on).
+async fn any_user_by_email(store: &DynStore, email: &str) -> AdminResult<UserRecord> {
+    plain_text("email address", email)?;
+    store
+        .user_by_email(email)
+        .await?
+        .ok_or_else(|| invalid(format!("no user with email {email:?}")))
+}
+
+fn user_summary(user: &UserRecord) -> Value {
+    json!({
+        "id": user.id,
+        "uuid": user.uuid,
+        "email": user.email,
+        "first_name": user.first_name,
+        "last_name": user.last_name,
+        "is_staff": user.is_staff,
+        "is_active": user.is_active,
+        "date_joined": iso_z(user.date_joined),
+        "last_login": user.last_login.map(iso_z),
+    })
+}
+
+pub struct ListUsersArgs {
+    pub email_contains: Option<String>,
+    pub staff: bool,
+    pub limit: i64,
+}
+
+/// Users (deactivated ones too) in id order: `{"count", "results"}`.
+pub async fn list_users(store: &DynStore, args: ListUsersArgs) -> AdminResult<Value> {
+    if let Some(text) = &args.email_contains {
+        plain_text("--email-contains", text)?;
+    }
+    let query = crate::store::UserQuery {
+        email_contains: args.email_contains,
+        is_staff: args.staff.then_some(true),
+        include_inactive: true,
+        limit: args.limit,
+        ..Default::default()
+    };
+    let page = store.list_users(&query).await?;
+    let results: Vec<Value> = page.users.iter().map(user_summary).collect();
+    Ok(json!({"count": page.count, "results": results}))
+}
+
+/// The user with their memberships, second factor, key count and signed-in sessions.
+pub async fn show_user(store: &DynStore, email: &str) -> AdminResult<Value> {
+    let user = any_user_by_email(store, email).await?;
+    let memberships = store.memberships_of(&[user.id]).await?;
+    let device = store.totp_device(user.id).await?;
+    let backup_codes = match device {
+        Some(_) => store.backup_code_count(user.id).await?,
+        None => 0,
+    };
+    let keys = store.api_keys_of(user.id).await?.len();
+    let sessions = store.sessions_of(user.id, system_now()).await?.len();
+    let mut shown = user_summary(&user);
+    let organizations: Vec<Value> = memberships
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.organization.id,
+                "name": m.organization.name,
+                "level": export::level_name(m.membership.level),
+                "joined_at": iso_z(m.membership.joined_at),
+            })
+        })
+        .collect();
+    let extra = json!({
+        "pending_email": user.pending_email,
+        "is_email_verified": user.is_email_verified,
+        "has_password": user.password.is_usable(),
+        "organizations": organizations,
+        "two_factor": {
+            "enabled": device.is_some(),
+            "enabled_at": device.map(|d| iso_z(d.created_at)),
+            "backup_codes_remaining": backup_codes,
+        },
+        "personal_api_keys": keys,
+        "login_sessions": sessions,
+    });
+    if let (Some(shown), Value::Object(extra)) = (shown.as_object_mut(), extra) {
+        shown.extend(extra);
+    }
+    Ok(shown)
+}
+
+/// Sets the password (the API's rules) and ends every session of the user.
+pub async fn set_password(
+    state: &AppState,
+    email: &str,
+    password: &SecretString,
+) -> AdminResult<Value> {
+    let user = any_user_by_email(&state.store, email).await?;
+    let user = recovery::set_password(state, &Context::cli(), &user, password)
+        .await
+        .map_err(refused)?;
+    let mut shown = user_summary(&user);
+    shown["sessions_ended"] = json!(true);
+    Ok(shown)
+}
+
+pub async fn disable_two_factor(state: &AppState, email: &str) -> AdminResult<Value> {
+    let user = any_user_by_email(&state.store, email).await?;
+    let user = recovery::disable_two_factor(state, &Context::cli(), &user)
+        .await
+        .map_err(refused)?;
+    let mut shown = user_summary(&user);
+    shown["two_factor_enabled"] = json!(false);
+    Ok(shown)
+}
+
+/// Deactivates (`active: false`) or reactivates a user.
+pub async fn set_active(state: &AppState, email: &str, active: bool) -> AdminResult<Value> {
+    let user = any_user_by_email(&state.store, email).await?;
+    let user = recovery::set_active(state, &Context::cli(), &user, active)
+        .await
+        .map_err(refused)?;
+    Ok(user_summary(&user))
+}
+
+/// Deletes a user who belongs to no organization (the API's rule), with everything of theirs.
+pub async fn delete_user(state: &AppState, email: &str) -> AdminResult<Value> {
+    let user = any_user_by_email(&state.store, email).await?;
+    crate::service::users::delete(state, &user)
+        .await
+        .map_err(|e| match e {
+            ApiError::Conflict(_) => invalid(format!(
+                "{} still belongs to an organization: remove them first (hoglet org remove-member)",
+                user.email
+            )),
+            other => refused(other),
+        })?;
+    Ok(json!({"deleted": true, "id": user.id, "uuid": user.uuid, "email": user.email}))
+}
+
+/// The export document of `hoglet user export` (recorded in the user's log like the API's).
+pub async fn export_user(state: &AppState, email: &str) -> AdminResult<Value> {
+    let user = any_user_by_email(&state.store, email).await?;
+    export::export(state, &Context::cli(), &user)
+        .await
+        .map_err(refused)
+}
+
+/// The user's keys (metadata only), newest first.
+pub async fn list_keys(store: &DynStore, email: &str) -> AdminResult<Value> {
+    let user = any_user_by_email(store, email).await?;
+    let keys = store.api_keys_of(user.id).await?;
+    let results: Vec<Value> = keys.iter().map(export::api_key).collect();
+    Ok(json!({"count": results.len(), "user": user_ref(&user), "results": results}))
+}
+
+fn user_ref(user: &UserRecord) -> Value {
+    json!({"id": user.id, "uuid": user.uuid, "email": user.email})
+}
+
+pub async fn revoke_key(state: &AppState, id: &str) -> AdminResult<Value> {
+    let key = recovery::revoke_key(state, &Context::cli(), id.trim())
+        .await
+        .map_err(refused)?;
+    Ok(json!({
+        "revoked": true,
+        "id": key.id,
+        "label": key.label,
+        "mask_value": key.mask_value,
+        "user_id": key.user_id,
+    }))
+}
+
+pub async fn remove_member(
+    state: &AppState,
+    organization: &str,
+    email: &str,
+) -> AdminResult<Value> {
+    let organization = parse_org_id(organization)?;
+    let user = any_user_by_email(&state.store, email).await?;
+    let membership = recovery::remove_member(state, &Context::cli(), organization, &user)
+        .await
+        .map_err(refused)?;
+    Ok(json!({
+        "removed": true,
+        "organization_id": membership.organization_id,
+        "user": user_ref(&user),
+        "level": export::level_name(membership.level),
     }))
 }

@@ -12,11 +12,11 @@ use anyhow::Context;
 use clap::builder::TypedValueParser;
 use clap::error::ErrorKind;
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 use crate::admin::{self, AdminError};
 use crate::config::{self, Config, DatabaseUrl, EmailDelivery, LogFormat, SignupPolicy};
-use crate::serve::{App, shutdown_signal};
+use crate::serve::{App, command_state, shutdown_signal};
 use crate::store::MembershipLevel;
 
 /// `Option<T>` spelled so that clap takes the field as one value whose parser decides: an empty
@@ -512,8 +512,19 @@ pub enum UserCommand {
     Create {
         #[arg(long)]
         email: String,
+        /// The password (prefer --password-stdin: other local users can see flags).
+        #[arg(
+            long,
+            required_unless_present = "password_stdin",
+            conflicts_with = "password_stdin"
+        )]
+        password: Option<String>,
+        /// Read the password from the first line of stdin.
         #[arg(long)]
-        password: String,
+        password_stdin: bool,
+        /// Accept a password the API's rules refuse (short, common, like the name).
+        #[arg(long)]
+        allow_weak_password: bool,
         #[arg(long, default_value = "")]
         first_name: String,
         #[arg(long, default_value = "")]
@@ -521,6 +532,60 @@ pub enum UserCommand {
         /// Make the user an instance admin.
         #[arg(long)]
         staff: bool,
+    },
+    /// List users, deactivated ones included, in id order.
+    List {
+        /// Only addresses containing this text (any case).
+        #[arg(long)]
+        email_contains: Option<String>,
+        /// Only instance admins.
+        #[arg(long)]
+        staff: bool,
+        /// At most this many users (1 to 10000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=10_000))]
+        limit: i64,
+    },
+    /// Show a user with their memberships, 2FA status, key and session counts.
+    Show {
+        #[arg(long)]
+        email: String,
+    },
+    /// Set a user's password (read from stdin) and end all their sessions.
+    SetPassword {
+        #[arg(long)]
+        email: String,
+        /// Read the password from the first line of stdin (required: never in a flag).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Turn off a user's two-factor authentication (device and backup codes).
+    #[command(name = "disable-2fa")]
+    Disable2fa {
+        #[arg(long)]
+        email: String,
+    },
+    /// Deactivate a user: their sessions end and their keys stop working at once.
+    Deactivate {
+        #[arg(long)]
+        email: String,
+    },
+    /// Reactivate a deactivated user.
+    Activate {
+        #[arg(long)]
+        email: String,
+    },
+    /// Delete a user who belongs to no organization, with everything of theirs.
+    Delete {
+        #[arg(long)]
+        email: String,
+        /// Confirm the deletion (required).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Print the user's data export (the document of GET /api/users/@me/export/).
+    Export {
+        #[arg(long)]
+        email: String,
     },
 }
 
@@ -573,6 +638,14 @@ pub enum OrgCommand {
         #[arg(long, value_enum, default_value = "member")]
         level: Level,
     },
+    /// Remove a user from an organization (not its only owner).
+    RemoveMember {
+        /// Organization id (uuid).
+        #[arg(long)]
+        org: String,
+        #[arg(long)]
+        email: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -618,6 +691,17 @@ pub enum KeyCommand {
         #[arg(long)]
         expires_at: Option<String>,
     },
+    /// List a user's keys (metadata only, never the values).
+    List {
+        /// Email of the keys' owner.
+        #[arg(long)]
+        email: String,
+    },
+    /// Delete a key by id; it stops working at once.
+    Revoke {
+        #[arg(long)]
+        id: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -636,12 +720,13 @@ pub async fn run(cli: Cli) -> i32 {
     match execute(cli).await {
         Ok(()) => 0,
         Err(e) => {
-            let message = match e.downcast_ref::<AdminError>() {
-                Some(AdminError::Invalid(m)) => m.clone(),
-                _ => format!("{e:#}"),
+            let (message, code) = match e.downcast_ref::<AdminError>() {
+                Some(AdminError::Invalid(m)) => (m.clone(), 1),
+                Some(AdminError::Usage(m)) => (m.clone(), 2),
+                _ => (format!("{e:#}"), 1),
             };
             eprintln!("error: {}", message.replace('\n', " "));
-            1
+            code
         }
     }
 }
@@ -660,23 +745,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::http::openapi::to_json());
             Ok(())
         }
-        Command::User(UserCommand::Create {
-            email,
-            password,
-            first_name,
-            last_name,
-            staff,
-        }) => {
-            let store = connect().await?;
-            let args = admin::NewUserArgs {
-                email,
-                password,
-                first_name,
-                last_name,
-                staff,
-            };
-            print_json(&admin::create_user(&store, args).await?)
-        }
+        Command::User(command) => print_json(&user_command(command, &database_url, wait).await?),
         Command::Org(OrgCommand::Create { name, owner }) => {
             let store = connect().await?;
             print_json(&admin::create_organization(&store, &name, &owner).await?)
@@ -694,6 +763,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Org(OrgCommand::AddMember { org, email, level }) => {
             let store = connect().await?;
             print_json(&admin::add_member(&store, &org, &email, level.into()).await?)
+        }
+        Command::Org(OrgCommand::RemoveMember { org, email }) => {
+            let state = command_state(database_url, wait).await?;
+            print_json(&admin::remove_member(&state, &org, &email).await?)
         }
         Command::Team(TeamCommand::Create { org, name }) => {
             let store = connect().await?;
@@ -745,7 +818,109 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             print_json(&admin::create_key(&store, args).await?)
         }
+        Command::Key(KeyCommand::List { email }) => {
+            let store = connect().await?;
+            print_json(&admin::list_keys(&store, &email).await?)
+        }
+        Command::Key(KeyCommand::Revoke { id }) => {
+            let state = command_state(database_url, wait).await?;
+            print_json(&admin::revoke_key(&state, &id).await?)
+        }
     }
+}
+
+/// `hoglet user …`: reads what the command needs, then runs its admin operation.
+async fn user_command(
+    command: UserCommand,
+    database_url: &DatabaseUrl,
+    wait: Duration,
+) -> anyhow::Result<serde_json::Value> {
+    let state = || command_state(database_url.clone(), wait);
+    let store = || crate::store::connect_within(database_url, wait);
+    Ok(match command {
+        UserCommand::Create {
+            email,
+            password,
+            password_stdin,
+            allow_weak_password,
+            first_name,
+            last_name,
+            staff,
+        } => {
+            let password = match password {
+                Some(password) if !password_stdin => password,
+                _ => read_password()?.expose_secret().to_string(),
+            };
+            let args = admin::NewUserArgs {
+                email,
+                password,
+                first_name,
+                last_name,
+                staff,
+                allow_weak_password,
+            };
+            admin::create_user(&store().await?, args).await?
+        }
+        UserCommand::List {
+            email_contains,
+            staff,
+            limit,
+        } => {
+            let args = admin::ListUsersArgs {
+                email_contains,
+                staff,
+                limit,
+            };
+            admin::list_users(&store().await?, args).await?
+        }
+        UserCommand::Show { email } => admin::show_user(&store().await?, &email).await?,
+        UserCommand::SetPassword {
+            email,
+            password_stdin,
+        } => {
+            if !password_stdin {
+                return Err(usage(
+                    "set-password reads the new password from stdin: pass --password-stdin",
+                ));
+            }
+            let password = read_password()?;
+            admin::set_password(&state().await?, &email, &password).await?
+        }
+        UserCommand::Disable2fa { email } => {
+            admin::disable_two_factor(&state().await?, &email).await?
+        }
+        UserCommand::Deactivate { email } => {
+            admin::set_active(&state().await?, &email, false).await?
+        }
+        UserCommand::Activate { email } => admin::set_active(&state().await?, &email, true).await?,
+        UserCommand::Delete { email, yes } => {
+            if !yes {
+                return Err(usage(
+                    "user delete deletes the user and everything of theirs: confirm with --yes",
+                ));
+            }
+            admin::delete_user(&state().await?, &email).await?
+        }
+        UserCommand::Export { email } => admin::export_user(&state().await?, &email).await?,
+    })
+}
+
+fn usage(message: &str) -> anyhow::Error {
+    AdminError::Usage(message.to_string()).into()
+}
+
+/// The password on the first line of stdin (without its line end); none is a usage error.
+fn read_password() -> anyhow::Result<SecretString> {
+    let mut line = String::new();
+    std::io::stdin()
+        .read_line(&mut line)
+        .context("reading the password from stdin")?;
+    let password = line.strip_suffix('\n').unwrap_or(&line);
+    let password = password.strip_suffix('\r').unwrap_or(password);
+    if password.is_empty() {
+        return Err(usage("no password on stdin"));
+    }
+    Ok(SecretString::from(password.to_string()))
 }
 
 fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {

@@ -65,7 +65,13 @@ pub fn check_new_password(
             ]
         })
         .unwrap_or_default();
-    password::validate_strength(candidate, &inputs).map_err(|weakness| {
+    check_password_against(candidate, &inputs, keep_codes)
+}
+
+/// [`check_new_password`] for an account that does not exist yet: `inputs` are what the
+/// password must not resemble (its email address and names).
+pub fn check_password_against(candidate: &str, inputs: &[&str], keep_codes: bool) -> ApiResult<()> {
+    password::validate_strength(candidate, inputs).map_err(|weakness| {
         let code = if keep_codes {
             weakness.code
         } else {
@@ -259,6 +265,8 @@ pub struct NewAccount {
     pub first_name: String,
     pub last_name: String,
     pub staff: bool,
+    /// Skip the rules a new password follows in the API ([`check_new_password`]).
+    pub allow_weak_password: bool,
 }
 
 /// Checks a field as sign-up's body does, with its messages; `attr` names it in the error.
@@ -289,6 +297,13 @@ pub async fn create_account(store: &DynStore, account: NewAccount) -> ApiResult<
         &account.last_name,
         Chars::new().max(128).blank_ok(),
     )?;
+    // As sign-up: a taken address is told before a weak password.
+    if store.user_by_email(&email).await?.is_some() {
+        return Err(email_taken());
+    }
+    if !account.allow_weak_password {
+        check_password_against(password, &[&email, &first_name, &last_name], false)?;
+    }
     let plain = password.to_string();
     let hash = tokio::task::spawn_blocking(move || password::hash(&plain))
         .await

@@ -113,7 +113,7 @@ fn user_fields(u: &UserRecord) -> Value {
     })
 }
 
-fn level_name(level: crate::store::MembershipLevel) -> &'static str {
+pub fn level_name(level: crate::store::MembershipLevel) -> &'static str {
     match level {
         crate::store::MembershipLevel::Member => "member",
         crate::store::MembershipLevel::Admin => "admin",
@@ -140,7 +140,7 @@ fn organization(m: &MembershipWithOrg, teams: &[TeamRecord]) -> Value {
 }
 
 /// A key's metadata: never its value or hash.
-fn api_key(k: &ApiKeyRecord) -> Value {
+pub fn api_key(k: &ApiKeyRecord) -> Value {
     json!({
         "id": k.id,
         "label": k.label,

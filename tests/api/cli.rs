@@ -36,7 +36,7 @@ fn admin_commands_print_json_and_fail_cleanly() {
             "--email",
             "a@example.com",
             "--password",
-            "pw-123456",
+            crate::helpers::PASSWORD,
             "--staff",
         ],
     ));
@@ -137,7 +137,7 @@ fn admin_commands_refuse_control_characters() {
                 "--email",
                 email,
                 "--password",
-                "pw-123456",
+                crate::helpers::PASSWORD,
                 "--first-name",
                 first,
             ],

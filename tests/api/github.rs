@@ -1651,7 +1651,7 @@ fn team_link_github_command() {
         "--email",
         "gh@example.com",
         "--password",
-        "pw-123456",
+        crate::helpers::PASSWORD,
     ]));
     let org = json(&run(&[
         "org",

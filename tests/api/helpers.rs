@@ -306,6 +306,8 @@ impl TestApp {
                 first_name: "Test".into(),
                 last_name: "User".into(),
                 staff,
+                // Tests choose passwords the API would refuse (to test logins with them).
+                allow_weak_password: true,
             },
         )
         .await
