@@ -133,6 +133,9 @@ impl Authenticators for KeyThenSession {
 #[derive(Clone, Copy, Debug)]
 pub enum Freshness<'a> {
     Required,
+    /// Needed even for a safe request (reading what a stolen session should not: the data
+    /// export).
+    Always,
     /// The action never needs it (`hedgehog_config`, `scene_personalisation`).
     Exempt,
     /// Needed unless the body is non-empty and touches only these fields.
@@ -176,8 +179,9 @@ impl<P: Authenticators> Authenticated<P> {
                     self.method,
                     HttpMethod::GET | HttpMethod::HEAD | HttpMethod::OPTIONS
                 );
+                let always = matches!(freshness, Freshness::Always);
                 let exempt = match freshness {
-                    Freshness::Required => false,
+                    Freshness::Required | Freshness::Always => false,
                     Freshness::Exempt => true,
                     Freshness::UnlessOnly(body, allowed) => {
                         !body.is_empty() && body.keys().all(|k| allowed.contains(&k.as_str()))
@@ -185,7 +189,7 @@ impl<P: Authenticators> Authenticated<P> {
                 };
                 let stale = session.created_at == 0
                     || self.now - session.created_at > SENSITIVE_SESSION_AGE;
-                if P::TIME_SENSITIVE && unsafe_method && !exempt && stale {
+                if (always || P::TIME_SENSITIVE && unsafe_method) && !exempt && stale {
                     return Err(ApiError::PermissionDenied {
                         code: "sensitive_action_required_reauth",
                         detail: "This action requires you to be recently authenticated.".into(),

@@ -9,6 +9,7 @@ pub mod accounts;
 pub mod api_keys;
 pub mod body;
 pub mod client;
+pub mod export;
 pub mod health;
 pub mod integrations;
 pub mod links;
@@ -37,6 +38,7 @@ use crate::state::AppState;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
+        .merge(export::router())
         .merge(accounts::router())
         .merge(two_factor::router())
         .merge(api_keys::router())

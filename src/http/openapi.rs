@@ -78,6 +78,7 @@ enum Access {
 /// 401 unless it is listed here).
 const ACCESS: &[(&str, Access)] = &[
     ("users_destroy", Access::Session),
+    ("users_export_retrieve", Access::Session),
     ("signup_create", Access::Optional),
     ("login_create", Access::Optional),
     ("login_token_create", Access::Anonymous),

@@ -67,6 +67,7 @@ pub fn router() -> Router<AppState> {
             get(accounts::new_password_page).post(accounts::new_password),
         )
         .route("/settings/user/", get(settings::user_page))
+        .route("/settings/user/export/", get(settings::export))
         // A form's address reopened (after a refused change, say) leads back to its page.
         .route(
             "/settings/user/profile/",

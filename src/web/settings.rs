@@ -16,7 +16,9 @@ use crate::domain::redirect;
 use crate::domain::scope::ScopeNeed;
 use crate::error::ApiError;
 use crate::http::body::Body;
+use crate::http::export as http_export;
 use crate::http::users::{RECENT_LOGIN_EXEMPT_FIELDS, USER_WRITE};
+use crate::service::activity::Origin;
 use crate::service::{accounts, users};
 use crate::state::AppState;
 use crate::store::UserRecord;
@@ -273,4 +275,19 @@ pub async fn cancel_email(
         }
         Err(e) => Err(e.into()),
     }
+}
+
+/// Where the page's "Download my data" button leads: the export as a file (the API's
+/// `GET /api/users/@me/export/`), after the password is confirmed when the session logged in more
+/// than two hours ago.
+pub const EXPORT_PAGE: &str = "/settings/user/export";
+
+/// `GET /settings/user/export`: the signed-in user's data export, downloaded.
+pub async fn export(
+    State(state): State<AppState>,
+    auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
+) -> PageResult {
+    let (caller, user) = signed_in!(&state, auth, EXPORT_PAGE, http_export::authorize);
+    Ok(http_export::download(&state, &caller, &user, origin).await?)
 }
