@@ -16,6 +16,7 @@ use hoglet::store::{
     SessionRecord, StoreError, StoreResult, TeamRecord, TotpDeviceRecord, Unique, UserChanges,
     UserDeletion, UserFacts, UserQuery, UserRecord, UserWrite,
 };
+use hoglet::store::MembershipRemoval;
 use hoglet::time::{Micros, SECOND, system_now};
 use serde_json::json;
 use uuid::Uuid;
@@ -43,6 +44,8 @@ db_tests!(
     organization_slugs_get_a_suffix_on_collision,
     concurrent_organizations_with_one_name_get_distinct_slugs,
     add_membership_contract,
+    remove_membership_contract,
+    list_users_finds_addresses_containing_text_and_inactive_users,
     teams_create_read_and_order,
     memberships_follow_join_order_and_counts_see_active_members,
     dashboards_create_and_read,
@@ -4994,4 +4997,167 @@ async fn activity_is_written_with_each_write_paged_filtered_and_pruned(db: Db) {
     );
     assert!(activities_of(store, ann.id).await.is_empty());
     assert_eq!(activities_of(store, bob.id).await, ["logged_in"]);
+}
+
+async fn remove_membership_contract(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let owner = add_user(store, "rm-boss@example.com").await;
+    let (home, home_team) = add_org(store, owner.id, "Home").await;
+    let (org, _) = add_org(store, owner.id, "Leavable").await;
+    let member = add_user(store, "rm-member@example.com").await;
+    store
+        .add_membership(home.id, member.id, MembershipLevel::Member)
+        .await
+        .unwrap();
+    store
+        .add_membership(org.id, member.id, MembershipLevel::Admin)
+        .await
+        .unwrap();
+    assert_eq!(
+        reload(store, member.id).await.current_organization_id,
+        Some(org.id)
+    );
+
+    let mark = feed_mark(store).await;
+    let log = [activity_entry(
+        Some(member.id),
+        "organization_member_removed",
+        T0,
+    )];
+    let removed = store
+        .remove_membership(org.id, member.id, &log)
+        .await
+        .expect("removed");
+    let MembershipRemoval::Removed(membership) = removed else {
+        panic!("not removed: {removed:?}");
+    };
+    assert_eq!(membership.organization_id, org.id);
+    assert_eq!(membership.user_id, member.id);
+    assert_eq!(membership.level, MembershipLevel::Admin);
+    assert!(
+        feed_after(store, mark).await.contains(&EVERYTHING),
+        "leaving changes every member's view of the organization and the member's own"
+    );
+    // The member moves to the organization they joined first, and its first team.
+    let after = reload(store, member.id).await;
+    assert_eq!(after.current_organization_id, Some(home.id));
+    assert_eq!(after.current_team_id, Some(home_team.id));
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[member.id]).await.unwrap()),
+        vec![(home.id, member.id, MembershipLevel::Member)]
+    );
+    assert_eq!(
+        store.member_counts(&[org.id]).await.unwrap(),
+        vec![(org.id, 1)]
+    );
+    let entries = store
+        .activity(&ActivityQuery {
+            user_id: member.id,
+            limit: 10,
+            ..ActivityQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].activity, "organization_member_removed");
+
+    // Refusals change nothing and record nothing.
+    let mark = feed_mark(store).await;
+    assert!(matches!(
+        store.remove_membership(org.id, member.id, &log).await,
+        Ok(MembershipRemoval::NotMember)
+    ));
+    assert!(matches!(
+        store.remove_membership(org.id, owner.id, &log).await,
+        Ok(MembershipRemoval::LastOwner)
+    ));
+    assert_err(
+        store
+            .remove_membership(Uuid::new_v4(), member.id, &log)
+            .await,
+        "Missing(organization)",
+    );
+    assert_eq!(feed_after(store, mark).await, vec![]);
+    assert_eq!(
+        membership_rows(&store.memberships_of(&[owner.id]).await.unwrap()).len(),
+        2
+    );
+    let entries = store
+        .activity(&ActivityQuery {
+            user_id: member.id,
+            limit: 10,
+            ..ActivityQuery::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(entries.len(), 1, "a refusal records nothing");
+
+    // Another owner makes the first one removable; the last member's current context empties.
+    store
+        .add_membership(org.id, member.id, MembershipLevel::Owner)
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.remove_membership(org.id, owner.id, &[]).await,
+        Ok(MembershipRemoval::Removed(_))
+    ));
+    let lonely = add_user(store, "rm-lonely@example.com").await;
+    store
+        .add_membership(org.id, lonely.id, MembershipLevel::Member)
+        .await
+        .unwrap();
+    store
+        .remove_membership(org.id, lonely.id, &[])
+        .await
+        .unwrap();
+    let lonely = reload(store, lonely.id).await;
+    assert_eq!(lonely.current_organization_id, None);
+    assert_eq!(lonely.current_team_id, None);
+}
+
+async fn list_users_finds_addresses_containing_text_and_inactive_users(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let ann = add_user(store, "Ann.Smith@Example.com").await;
+    let bob = add_user(store, "bob_100%@example.com").await;
+    add_user(store, "carol@other.test").await;
+    let write = UserWrite {
+        changes: UserChanges {
+            is_active: Some(false),
+            ..UserChanges::default()
+        },
+        ..UserWrite::default()
+    };
+    store.write_user(bob.id, &write).await.unwrap();
+    let emails = |query: UserQuery| async move {
+        let page = store.list_users(&query).await.unwrap();
+        let emails: Vec<String> = page.users.iter().map(|u| u.email.clone()).collect();
+        assert_eq!(page.count, emails.len() as i64);
+        emails
+    };
+    let query = |text: &str, include_inactive: bool| UserQuery {
+        email_contains: Some(text.into()),
+        include_inactive,
+        limit: 10,
+        ..UserQuery::default()
+    };
+    assert_eq!(emails(query("SMITH", false)).await, vec![ann.email.clone()]);
+    assert_eq!(emails(query("example", false)).await, vec![ann.email.clone()]);
+    assert_eq!(
+        emails(query("example", true)).await,
+        vec![ann.email.clone(), bob.email.clone()]
+    );
+    // LIKE's own characters match only themselves.
+    assert_eq!(emails(query("_100%", true)).await, vec![bob.email.clone()]);
+    assert_eq!(emails(query("n%s", true)).await, Vec::<String>::new());
+    assert_eq!(emails(query("bo__100", true)).await, Vec::<String>::new());
+    let everyone = UserQuery {
+        include_inactive: true,
+        limit: 2,
+        ..UserQuery::default()
+    };
+    let page = store.list_users(&everyone).await.unwrap();
+    assert_eq!(page.users.len(), 2);
+    assert_eq!(page.count, 3);
 }
