@@ -8,6 +8,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use hoglet::config::DatabaseUrl;
+use hoglet::store::MembershipRemoval;
 use hoglet::store::{
     self, ActivityQuery, ActivityRecord, ActorRecord, ApiKeyChanges, ApiKeyRecord, Backend,
     DynStore, InvalidationRecord, MailFailure, MembershipLevel, MembershipWithOrg, NewActivity,
@@ -16,7 +17,6 @@ use hoglet::store::{
     SessionRecord, StoreError, StoreResult, TeamRecord, TotpDeviceRecord, Unique, UserChanges,
     UserDeletion, UserFacts, UserQuery, UserRecord, UserWrite,
 };
-use hoglet::store::MembershipRemoval;
 use hoglet::time::{Micros, SECOND, system_now};
 use serde_json::json;
 use uuid::Uuid;
@@ -5143,7 +5143,10 @@ async fn list_users_finds_addresses_containing_text_and_inactive_users(db: Db) {
         ..UserQuery::default()
     };
     assert_eq!(emails(query("SMITH", false)).await, vec![ann.email.clone()]);
-    assert_eq!(emails(query("example", false)).await, vec![ann.email.clone()]);
+    assert_eq!(
+        emails(query("example", false)).await,
+        vec![ann.email.clone()]
+    );
     assert_eq!(
         emails(query("example", true)).await,
         vec![ann.email.clone(), bob.email.clone()]
