@@ -10,6 +10,7 @@ mod accounts;
 mod api_keys;
 mod api_keys_auth;
 mod cli;
+mod cli_recovery;
 mod config;
 mod export;
 mod github;
