@@ -16,6 +16,42 @@ use crate::service::{export, users};
 use crate::state::AppState;
 use crate::store::UserRecord;
 
+/// The export document, for the OpenAPI document only (the service builds it as JSON);
+/// `docs/export-format.md` describes every field of every section.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct UserExport {
+    /// Always `hoglet-export`.
+    format: String,
+    /// The format's version: `1`.
+    version: i64,
+    #[schema(format = DateTime)]
+    exported_at: String,
+    /// Every stored field of the user but the password hash.
+    #[schema(value_type = Object)]
+    user: serde_json::Value,
+    /// Memberships with their level and the organizations' teams.
+    #[schema(value_type = Vec<Object>)]
+    organizations: Vec<serde_json::Value>,
+    /// Key metadata: label, mask, scopes, created, last used, rolled, expires.
+    #[schema(value_type = Vec<Object>)]
+    personal_api_keys: Vec<serde_json::Value>,
+    /// `enabled`, `enabled_at`, `backup_codes_remaining`.
+    #[schema(value_type = Object)]
+    two_factor: serde_json::Value,
+    /// Signed-in sessions: created, last activity, expires, ip, user agent, login method.
+    #[schema(value_type = Vec<Object>)]
+    login_sessions: Vec<serde_json::Value>,
+    /// Personal integrations: kind, installation, account, created; no tokens.
+    #[schema(value_type = Vec<Object>)]
+    integrations: Vec<serde_json::Value>,
+    #[schema(value_type = Option<Object>)]
+    signal_autonomy: Option<serde_json::Value>,
+    /// Every entry of the user's activity log, newest first.
+    #[schema(value_type = Vec<Object>)]
+    activity: Vec<serde_json::Value>,
+}
+
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(export_data))
 }
@@ -69,7 +105,7 @@ pub async fn download(
     tag = "users",
     params(("uuid" = String, Path, description = "`@me` (or the caller's own uuid).")),
     responses(
-        (status = 200, description = "The export document, with `Content-Disposition: attachment; filename=\"hoglet-export-YYYY-MM-DD.json\"`.", body = Object),
+        (status = 200, description = "The export document, with `Content-Disposition: attachment; filename=\"hoglet-export-YYYY-MM-DD.json\"`.", body = UserExport),
         (status = 401, body = ErrorBody),
         (status = 403, description = "The session logged in more than two hours ago (`sensitive_action_required_reauth`), or another user than the caller is named (`permission_denied`).", body = ErrorBody),
     ),
