@@ -335,9 +335,10 @@ pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value
         expires_at: args.expires_at,
         ..api_keys::NewKey::default()
     };
-    let (record, value) = api_keys::insert(store, system_now(), user.id, key)
-        .await
-        .map_err(refused)?;
+    let api_keys::Inserted { record, value, .. } =
+        api_keys::insert(store, system_now(), &Context::cli(), user.id, key)
+            .await
+            .map_err(refused)?;
     Ok(json!({
         "id": record.id,
         "label": record.label,

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 use crate::store::{ActorRecord, NewActivity};
+use crate::time::Micros;
 
 use super::caller::{Caller, Credential};
 
@@ -177,6 +178,17 @@ impl Context {
         activity: Activity,
         detail: Value,
     ) -> NewActivity {
+        self.entry_at(state.clock.now(), user_id, activity, detail)
+    }
+
+    /// [`Context::entry`] at `now`.
+    pub fn entry_at(
+        &self,
+        now: Micros,
+        user_id: Option<i64>,
+        activity: Activity,
+        detail: Value,
+    ) -> NewActivity {
         let actor = match &self.actor {
             // Labelled when read (the user's current email), so the log keeps no stale copy.
             Actor::User(id) => ActorRecord {
@@ -203,13 +215,38 @@ impl Context {
         NewActivity {
             user_id,
             activity: activity.as_str().into(),
-            created_at: state.clock.now(),
+            created_at: now,
             ip: self.origin.ip_text(),
             user_agent: self.origin.user_agent.clone(),
             actor,
             detail: if detail.is_null() { json!({}) } else { detail },
         }
     }
+}
+
+/// A login refused by a lock (`what`: `client_address`, `account`, `second_factor`): a security
+/// log line and the counter, but no entry (a locked-out client's attempts are cheap; writing a
+/// row for each would let it fill the database).
+pub fn locked_out(state: &AppState, ctx: &Context, what: &str) {
+    state
+        .metrics
+        .security_events
+        .get_or_create(&crate::metrics::ActivityLabels {
+            activity: "login_locked_out".into(),
+        })
+        .inc();
+    let user_id = match ctx.actor {
+        Actor::User(id) => id.to_string(),
+        _ => "-".into(),
+    };
+    tracing::info!(
+        target: "hoglet::security",
+        activity = "login_locked_out",
+        ip = ctx.origin.ip_text().as_deref().unwrap_or("-"),
+        user_id = %user_id,
+        lock = what,
+        "login_locked_out",
+    );
 }
 
 /// After the entries' write committed: one `hoglet::security` log line per security event (the

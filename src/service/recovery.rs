@@ -9,20 +9,18 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::error::{ApiError, ApiResult};
-use crate::service::accounts;
 use crate::service::activity::{self, Activity, Context};
 use crate::service::emails::Outgoing;
+use crate::service::{accounts, api_keys};
 use crate::state::AppState;
 use crate::store::{
     ApiKeyRecord, MembershipRecord, MembershipRemoval, StoreError, UserChanges, UserRecord,
     UserWrite,
 };
 
-/// Applies a write carrying its activity entries, then logs and counts them.
+/// Applies a write carrying its activity entries (logged and counted once it committed).
 async fn commit(state: &AppState, user_id: i64, write: UserWrite) -> ApiResult<UserRecord> {
-    let user = accounts::commit(state, user_id, &write, Outgoing::default()).await?;
-    activity::committed(state, &write.activity);
-    Ok(user)
+    accounts::commit(state, user_id, &write, Outgoing::default()).await
 }
 
 /// Sets the password (by the API's rules for a new password) and ends every session of the user:
@@ -106,21 +104,8 @@ pub async fn revoke_key(state: &AppState, ctx: &Context, id: &str) -> ApiResult<
         return Err(missing());
     }
     let key = state.store.api_key(id).await?.ok_or_else(missing)?;
-    let entries = [ctx.entry(
-        state,
-        Some(key.user_id),
-        Activity::PersonalApiKeyDeleted,
-        json!({"id": key.id, "label": key.label}),
-    )];
-    let deleted = state
-        .store
-        .delete_api_key(&key.id, &entries)
-        .await?
-        .ok_or_else(missing)?;
-    state.caches.invalidate_key(&deleted.secure_value);
-    state.caches.invalidate_user(deleted.user_id);
-    activity::committed(state, &entries);
-    Ok(deleted)
+    api_keys::delete(state, ctx, &key).await?;
+    Ok(key)
 }
 
 /// Removes the user from the organization, unless they are its only owner.

@@ -202,6 +202,8 @@ async fn recovery_commands_take_effect_on_a_running_server(db: Db) {
     assert_eq!(
         cli_activity(&app, user.id).await,
         [
+            // The test's key, made by the admin operation `key create` runs.
+            "personal_api_key_created",
             "user_deactivated",
             "user_activated",
             "password_changed",

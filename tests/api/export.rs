@@ -43,9 +43,16 @@ async fn export_has_every_section_and_no_secret(db: Db) {
         )
         .await
         .assert_ok();
-    let codes = hoglet::service::accounts::regenerate_backup_codes(&app.state, user.id)
+    let codes: Vec<String> = browser
+        .post("/api/users/@me/two_factor_backup_codes/", json!({}))
         .await
-        .unwrap();
+        .assert_ok()["backup_codes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(codes.len(), 10);
     browser
         .post(
             "/api/users/@me/signal_autonomy/",
@@ -109,6 +116,8 @@ async fn export_has_every_section_and_no_secret(db: Db) {
             "login_method"
         ]
     );
+    assert_eq!(session["login_method"], "password");
+    assert!(session["ip"].is_string());
     assert_eq!(document["integrations"], json!([]));
     assert_eq!(document["signal_autonomy"]["autostart_priority"], "P1");
     let activity = document["activity"].as_array().unwrap();
