@@ -11,6 +11,7 @@ use crate::auth::{Authenticated, Caller, Freshness, SessionOnly};
 use crate::domain::scope::ScopeNeed;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::users::UserSegment;
+use crate::ratelimit::Rate;
 use crate::service::activity::{Context, Origin};
 use crate::service::{export, users};
 use crate::state::AppState;
@@ -61,6 +62,10 @@ pub fn authorize(auth: Authenticated<SessionOnly>) -> ApiResult<Caller> {
     auth.authorize_with(ScopeNeed::NoKeyAccess, Freshness::Always)
 }
 
+/// Exports per user and hour: each reads the whole activity log, so a session must not be able
+/// to make it a load generator.
+const EXPORT_RATE: Rate = Rate::per_hour("user_data_export", 10);
+
 /// The document as a download named `hoglet-export-YYYY-MM-DD.json` (the export's date).
 pub async fn download(
     state: &AppState,
@@ -68,6 +73,11 @@ pub async fn download(
     user: &UserRecord,
     origin: Origin,
 ) -> ApiResult<Response> {
+    state
+        .limiter
+        .check(EXPORT_RATE, &user.id.to_string())
+        .await
+        .map_err(ApiError::Throttled)?;
     let ctx = Context::caller(caller, origin);
     let document = export::export(state, &ctx, user).await?;
     let body = serde_json::to_vec_pretty(&document).map_err(ApiError::internal)?;
@@ -95,7 +105,7 @@ pub async fn download(
 /// hoglet addition (not in PostHog's API): a copy of everything hoglet stores about the
 /// signed-in user, as a versioned JSON document (`format` `hoglet-export`, `version` 1) sent as
 /// a file download. Browser sessions only, logged in within the last two hours; only `@me` (or
-/// the caller's own uuid). The export is recorded in the user's activity log
+/// the caller's own uuid); at most 10 exports an hour. The export is recorded in the user's activity log
 /// (`user_data_exported`). It never holds a password hash, key value, TOTP secret, backup code,
 /// session id, CSRF token or integration token.
 #[utoipa::path(

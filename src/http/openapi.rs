@@ -126,6 +126,10 @@ const THROTTLED: &[(&str, &str)] = &[
     ("users_signal_autonomy_retrieve", KEY_RATE),
     ("users_signal_autonomy_create", KEY_RATE),
     ("users_signal_autonomy_destroy", KEY_RATE),
+    (
+        "users_export_retrieve",
+        "more than 10 exports an hour, per user",
+    ),
     ("users_update", PASSWORD_RATE),
     ("users_partial_update", PASSWORD_RATE),
     (

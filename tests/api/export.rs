@@ -201,6 +201,14 @@ async fn export_needs_a_recent_browser_session(db: Db) {
     // Logging in again makes it recent.
     browser.login(email, PASSWORD).await.assert_ok();
     browser.get("/api/users/@me/export/").await.assert_ok();
+
+    // At most ten an hour (one was made in this hour above).
+    for _ in 0..9 {
+        browser.get("/api/users/@me/export/").await.assert_ok();
+    }
+    let throttled = browser.get("/api/users/@me/export/").await;
+    assert_eq!(throttled.status, 429, "{}", throttled.text);
+    assert!(throttled.header("retry-after").is_some());
     app.stop().await;
 }
 
