@@ -18,8 +18,10 @@ use crate::helpers::{
     BinaryServer, Db, PASSWORD, TestApp, TestDatabase, eventually, start, totp_code,
 };
 use crate::store_contract::raw_i64;
+use crate::web_pages::{assert_page, assert_see_other};
 
 db_tests!(
+    the_activity_page_lists_filters_and_pages_the_log,
     every_action_is_recorded_once_with_its_actor_and_address_and_no_secret,
     the_log_is_for_its_user_and_staff_filtered_and_paged_by_cursor,
     entries_older_than_the_retention_are_deleted,
@@ -597,4 +599,76 @@ fn a_failed_login_writes_a_security_log_line_for_fail2ban() {
         !line.contains("Guess-passw0rd") && !line.contains("nobody@"),
         "{line}"
     );
+}
+
+/// `/settings/user-activity`: the entries, a filter, older and newer pages; signed out, the
+/// login page.
+async fn the_activity_page_lists_filters_and_pages_the_log(db: Db) {
+    let mail = tempfile::tempdir().unwrap();
+    let (app, _clock) = app_with(db, mail.path(), |_| {}).await;
+    app.create_user("pages@example.com", false).await;
+    let anonymous = Browser::new(&app);
+    assert_see_other(
+        &anonymous.get("/settings/user-activity").await,
+        "/login?next=/settings/user-activity",
+    );
+    let browser = Browser::with_user_agent(&app, Some(AGENT));
+    assert_eq!(
+        browser
+            .login("pages@example.com", "Wrong-passw0rd")
+            .await
+            .status
+            .as_u16(),
+        400
+    );
+    for _ in 0..60 {
+        browser
+            .login("pages@example.com", PASSWORD)
+            .await
+            .assert_ok();
+    }
+    let page = browser.get("/settings/user-activity").await;
+    assert_page(&page, 200);
+    assert_eq!(
+        page.text.matches("<td>Signed in</td>").count(),
+        50,
+        "a page of 50"
+    );
+    assert!(page.text.contains(AGENT) && page.text.contains("127.0.0.1"));
+    assert!(
+        page.text
+            .contains(r#"<td class="small">method: password</td>"#),
+        "{}",
+        page.text
+    );
+    assert!(!page.text.contains(r#"id="newer""#));
+    let older = page
+        .text
+        .split(r#"href=""#)
+        .map(|s| s.split('"').next().unwrap().replace("&amp;", "&"))
+        .find(|href| href.starts_with("/settings/user-activity?cursor="))
+        .expect("an older page");
+    let older = browser.get(&older).await;
+    assert_page(&older, 200);
+    assert_eq!(older.text.matches("<td>Signed in</td>").count(), 10);
+    assert!(older.text.contains("<td>Failed sign-in</td>"));
+    assert!(older.text.contains("Someone not signed in"));
+    assert!(older.text.contains(r#"id="newer""#));
+    let failed = browser
+        .get("/settings/user-activity?activity=login_failed")
+        .await;
+    assert_page(&failed, 200);
+    assert_eq!(failed.text.matches("<td>Failed sign-in</td>").count(), 1);
+    assert!(!failed.text.contains("<td>Signed in</td>"));
+    assert!(
+        failed
+            .text
+            .contains(r#"<option value="login_failed" selected>"#)
+    );
+    // Nonsense in the query shows the first page.
+    let nonsense = browser
+        .get("/settings/user-activity?activity=nope&cursor=%%%")
+        .await;
+    assert_page(&nonsense, 200);
+    assert_eq!(nonsense.text.matches("<td>Signed in</td>").count(), 50);
 }
