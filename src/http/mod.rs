@@ -6,6 +6,7 @@
 //! route) around the handlers.
 
 pub mod accounts;
+pub mod activity;
 pub mod api_keys;
 pub mod body;
 pub mod client;
@@ -38,6 +39,7 @@ use crate::state::AppState;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
+        .merge(activity::router())
         .merge(export::router())
         .merge(accounts::router())
         .merge(two_factor::router())

@@ -10,15 +10,13 @@ use crate::error::ApiResult;
 use crate::service::activity::{self, Activity, Context};
 use crate::state::AppState;
 use crate::store::{
-    ActivityQuery, ActivityRecord, ApiKeyRecord, MembershipWithOrg, SessionRecord, TeamRecord,
+    ActivityRecord, ApiKeyRecord, MembershipWithOrg, SessionRecord, TeamRecord,
     UserIntegrationRecord, UserRecord,
 };
 use crate::time::iso_z;
 
 pub const FORMAT: &str = "hoglet-export";
 pub const VERSION: i64 = 1;
-/// Activity entries read per query while paging through the log.
-const ACTIVITY_PAGE: usize = 500;
 /// The kinds of personal integration hoglet stores.
 const INTEGRATION_KINDS: &[&str] = &[crate::service::github::KIND];
 
@@ -50,7 +48,7 @@ pub async fn document(state: &AppState, user: &UserRecord) -> ApiResult<Value> {
     for kind in INTEGRATION_KINDS {
         integrations.extend(store.user_integrations(user.id, kind).await?);
     }
-    let activity = all_activity(state, user.id).await?;
+    let activity = activity::all(state, user).await?;
     let mut user_json = user_fields(user);
     user_json["scene_personalisation"] = scenes
         .iter()
@@ -192,27 +190,6 @@ fn integration(i: &UserIntegrationRecord) -> Value {
         "created_at": iso_z(i.created_at),
         "updated_at": iso_z(i.updated_at),
     })
-}
-
-/// Every entry of the user's log, newest first.
-async fn all_activity(state: &AppState, user_id: i64) -> ApiResult<Vec<ActivityRecord>> {
-    let mut all = Vec::new();
-    let mut before = None;
-    loop {
-        let query = ActivityQuery {
-            user_id,
-            before,
-            limit: ACTIVITY_PAGE,
-            ..ActivityQuery::default()
-        };
-        let page = state.store.activity(&query).await?;
-        let done = page.len() < ACTIVITY_PAGE;
-        before = page.last().map(|e| e.id);
-        all.extend(page);
-        if done || before.is_none() {
-            return Ok(all);
-        }
-    }
 }
 
 /// An entry as recorded. An actor is labelled only when it is the user or one of their keys:

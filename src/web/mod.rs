@@ -18,6 +18,7 @@ macro_rules! signed_in {
 }
 
 pub mod accounts;
+pub mod activity;
 pub mod api_docs;
 pub mod api_keys;
 pub mod assets;
@@ -122,6 +123,7 @@ pub fn router() -> Router<AppState> {
             "/settings/user-personal-integrations/github/{installation_id}/delete/",
             back_to(integrations::PAGE).post(integrations::disconnect),
         )
+        .route("/settings/user-activity/", get(activity::page))
         .route(
             "/account-connected/github-integration/",
             get(integrations::account_connected),

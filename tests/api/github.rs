@@ -580,6 +580,41 @@ async fn link_list_repositories_branches_delete(db: Db) {
             None,
         );
     }
+    // Linked in the browser, unlinked with the key: both recorded once, with their actor; the
+    // second (refused) delete records nothing.
+    let log = app
+        .store
+        .activity(&hoglet::store::ActivityQuery {
+            user_id: user.id,
+            activity: None,
+            before: None,
+            after: None,
+            limit: 100,
+        })
+        .await
+        .unwrap();
+    let github: Vec<_> = log
+        .iter()
+        .filter(|e| e.activity.starts_with("github_integration_"))
+        .map(|e| {
+            (
+                e.activity.as_str(),
+                e.actor.kind.as_str(),
+                e.detail["installation_id"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        github,
+        [
+            (
+                "github_integration_unlinked",
+                "personal_api_key",
+                json!("4242")
+            ),
+            ("github_integration_linked", "user", json!("4242")),
+        ]
+    );
     fake.assert_clean();
 }
 
