@@ -158,6 +158,7 @@ async fn revoke_others(
     let caller = auth.authorize(USER_WRITE)?;
     let current = own_session(&state, &caller, &segment).await?;
     let ctx = Context::caller(&caller, origin);
-    let revoked_count = login_sessions::revoke_others(&state, &ctx, caller.user_id, &current).await?;
+    let revoked_count =
+        login_sessions::revoke_others(&state, &ctx, caller.user_id, &current).await?;
     Ok(axum::Json(RevokedCount { revoked_count }))
 }

@@ -61,7 +61,10 @@ impl SessionRow {
                 .unwrap_or_else(|| "Unknown location".into()),
             login_method: method_label(s.login_method.as_deref()),
             created: minute(&s.created_at),
-            last_active: s.last_activity.as_deref().map_or_else(|| "—".into(), minute),
+            last_active: s
+                .last_activity
+                .as_deref()
+                .map_or_else(|| "—".into(), minute),
             is_current: s.is_current,
         }
     }

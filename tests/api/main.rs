@@ -14,6 +14,7 @@ mod config;
 mod github;
 mod hardening;
 mod hygiene;
+mod login_sessions;
 mod operations;
 mod outbox;
 mod replicas;
