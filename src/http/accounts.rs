@@ -20,10 +20,10 @@ use crate::domain::scope::ScopeNeed;
 use crate::domain::user::ROLES_AT_ORGANIZATION;
 use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
-use crate::http::client::ClientIp;
 use crate::http::links;
 use crate::http::paths::Segment;
 use crate::service::accounts::{self, EmailVerified as Verified, LoggedIn, SignedUp as SignupDone};
+use crate::service::activity::{Context, Origin};
 use crate::service::render;
 use crate::state::AppState;
 
@@ -213,13 +213,14 @@ pub(crate) fn reset_password_of(body: &Map<String, Value>) -> ApiResult<String> 
 async fn signup(
     State(state): State<AppState>,
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
+    origin: Origin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
     accounts::ensure_signup_open(&state).await?;
     let input = signup_input(&state, &body.object()?).await?;
     let previous = browser_session(&state, &headers).await?;
-    let (user, done) = accounts::signup(&state, input, previous.as_deref()).await?;
+    let (user, done) = accounts::signup(&state, origin, input, previous.as_deref()).await?;
     let (cookies, redirect_url) = match done {
         SignupDone::VerificationSent => (
             SetCookies::default(),
@@ -267,7 +268,7 @@ async fn signup(
 async fn login(
     State(state): State<AppState>,
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
-    ClientIp(ip): ClientIp,
+    origin: Origin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -276,7 +277,7 @@ async fn login(
     let input = accounts::LoginInput {
         email,
         password: SecretString::from(password),
-        client: ip.to_string(),
+        origin,
         previous_session: previous.as_deref(),
         remembered: session::remember_tokens(&headers).collect(),
     };
@@ -316,6 +317,7 @@ async fn login(
 )]
 async fn login_token(
     State(state): State<AppState>,
+    origin: Origin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -323,7 +325,8 @@ async fn login_token(
         accounts::pending_login(&state, session::current_record(&headers, &state).await?)?;
     let body = body.object()?;
     let token = body.get("token").and_then(accounts::text_of);
-    let (started, remember) = accounts::login_second_factor(&state, &pending, token).await?;
+    let (started, remember) =
+        accounts::login_second_factor(&state, origin, &pending, token).await?;
     let mut cookies = session::started_cookies(&state, &started);
     if let Some(remember) = remember {
         session::add_remember_cookie(&state, &mut cookies, &remember);
@@ -354,10 +357,16 @@ async fn login_precheck(body: Body) -> ApiResult<axum::Json<LoginPrecheck>> {
 async fn end_session(
     state: &AppState,
     caller: Option<crate::auth::Caller>,
+    origin: Origin,
     next: Option<&str>,
 ) -> ApiResult<Response> {
-    let session = caller.as_ref().and_then(|c| c.session());
-    accounts::logout(state, session.map(|s| s.session_id.as_str())).await?;
+    if let Some(caller) = &caller {
+        let ctx = Context::caller(caller, origin);
+        let session = caller
+            .session()
+            .map(|s| (s.session_id.as_str(), caller.user_id));
+        accounts::logout(state, &ctx, session).await?;
+    }
     let location = match next.and_then(redirect::safe_next) {
         Some(next) => format!(
             "/login?next={}",
@@ -402,11 +411,12 @@ fn next_from(body: &Value, query: Option<&str>) -> Option<String> {
 async fn logout(
     State(state): State<AppState>,
     MaybeAuthenticated(caller, ..): MaybeAuthenticated<SessionOnly>,
+    origin: Origin,
     RawQuery(query): RawQuery,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let next = next_from(&body, query.as_deref());
-    end_session(&state, caller, next.as_deref()).await
+    end_session(&state, caller, origin, next.as_deref()).await
 }
 
 /// Log out (API path)
@@ -422,11 +432,12 @@ async fn logout(
 async fn api_logout(
     State(state): State<AppState>,
     MaybeAuthenticated(caller, ..): MaybeAuthenticated<SessionOnly>,
+    origin: Origin,
     RawQuery(query): RawQuery,
     Body(body): Body,
 ) -> ApiResult<Response> {
     let next = next_from(&body, query.as_deref());
-    end_session(&state, caller, next.as_deref()).await
+    end_session(&state, caller, origin, next.as_deref()).await
 }
 
 /// Request a password reset
@@ -446,10 +457,11 @@ async fn api_logout(
 async fn request_password_reset(
     State(state): State<AppState>,
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
+    origin: Origin,
     body: Body,
 ) -> ApiResult<StatusCode> {
     let email = email_of(&body.object()?)?;
-    accounts::request_reset(&state, &email).await?;
+    accounts::request_reset(&state, origin, &email).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -497,6 +509,7 @@ async fn check_password_reset(
 async fn complete_password_reset(
     State(state): State<AppState>,
     Segment(user_uuid): Segment,
+    origin: Origin,
     body: Body,
 ) -> ApiResult<axum::Json<PasswordReset>> {
     let body = body.object()?;
@@ -505,6 +518,7 @@ async fn complete_password_reset(
     let password = reset_password_of(&body)?;
     let user = accounts::complete_reset(
         &state,
+        origin,
         &user_uuid,
         &token.unwrap_or_default(),
         &SecretString::from(password),
@@ -556,6 +570,7 @@ async fn request_email_verification(
 async fn verify_email(
     State(state): State<AppState>,
     MaybeAuthenticated(_caller, ..): MaybeAuthenticated<AnyCaller>,
+    origin: Origin,
     headers: HeaderMap,
     body: Body,
 ) -> ApiResult<Response> {
@@ -567,7 +582,8 @@ async fn verify_email(
         .ok_or_else(|| ApiError::field("token", "required", "This field is required."))?;
     let uuid = body.get("uuid").and_then(accounts::text_of);
     let previous = browser_session(&state, &headers).await?;
-    let done = accounts::verify_email(&state, uuid.as_deref(), &token, previous.as_deref()).await?;
+    let done = accounts::verify_email(&state, origin, uuid.as_deref(), &token, previous.as_deref())
+        .await?;
     let (cookies, body) = match done {
         Verified::LoggedIn(started) => (
             session::started_cookies(&state, &started),

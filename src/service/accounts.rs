@@ -14,8 +14,9 @@ use crate::domain::password::{self, Verified};
 use crate::domain::totp;
 use crate::error::{ApiError, ApiResult};
 use crate::ratelimit::{Backoff, Rate};
+use crate::service::activity::{self, Activity, Context, Origin};
 use crate::service::emails::{self, Outgoing};
-use crate::service::sessions::{self, NewSession, StartedSession};
+use crate::service::sessions::{self, LoginMethod, NewSession, StartedSession};
 use crate::state::AppState;
 use crate::store::{
     DynStore, NewSignup, NewUser, PasswordHash, SessionRecord, StoreError, TotpDeviceRecord,
@@ -141,6 +142,7 @@ async fn commit_or(
     if let Some(Some(keep)) = &write.end_sessions {
         state.caches.invalidate_session(keep);
     }
+    activity::committed(state, &write.activity);
     mail.sent(state).await;
     Ok(user)
 }
@@ -197,6 +199,7 @@ pub async fn check_signup_email(state: &AppState, email: &str) -> ApiResult<()> 
 /// the new one.
 pub async fn signup(
     state: &AppState,
+    origin: Origin,
     input: SignupInput,
     previous: Option<&str>,
 ) -> ApiResult<(UserRecord, SignedUp)> {
@@ -245,7 +248,8 @@ pub async fn signup(
         emails::send_verification(state, &user).await?;
         return Ok((user, SignedUp::VerificationSent));
     }
-    let (user, session) = start_login(state, &user, previous, false).await?;
+    let ctx = Context::anonymous(origin).as_user(user.id);
+    let (user, session) = start_login(state, &ctx, &user, previous, LoginMethod::Password).await?;
     Ok((user, SignedUp::LoggedIn(Box::new(session))))
 }
 
@@ -321,8 +325,8 @@ pub async fn create_account(store: &DynStore, account: NewAccount) -> ApiResult<
 pub struct LoginInput<'a> {
     pub email: String,
     pub password: SecretString,
-    /// The client's address (the per-IP lock).
-    pub client: String,
+    /// Where the login comes from (the per-IP lock, the session and the activity log).
+    pub origin: Origin,
     /// The browser's session, ended by the new one.
     pub previous_session: Option<&'a str>,
     /// The remember-device tokens the browser presented.
@@ -336,11 +340,31 @@ pub enum LoggedIn {
     SecondFactorNeeded(StartedSession),
 }
 
+/// Records a failed login (attached to the account the address names, if any).
+async fn login_failed(
+    state: &AppState,
+    ctx: &Context,
+    user_id: Option<i64>,
+    reason: &str,
+) -> ApiResult<()> {
+    let entry = [ctx.entry(
+        state,
+        user_id,
+        Activity::LoginFailed,
+        json!({ "reason": reason }),
+    )];
+    state.store.record_activity(&entry).await?;
+    activity::committed(state, &entry);
+    Ok(())
+}
+
 /// Checks the password (behind the per-IP and per-account locks) and starts the session, or the
 /// wait for the second factor.
 pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedIn> {
-    let ip = input.client;
+    let ctx = Context::anonymous(input.origin);
+    let ip = ctx.origin.ip_text().unwrap_or_default();
     if state.limiter.failures(LOCKOUT_SCOPE, &ip).await >= state.config.login_failure_limit {
+        activity::locked_out(state, &ctx, "client_address");
         return Err(ApiError::PermissionDenied {
             code: "too_many_failed_attempts",
             detail: "Too many failed login attempts. Please try again in 10 minutes.".into(),
@@ -348,13 +372,11 @@ pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedI
     }
     let account = address_ident(&input.email);
     if let Some(wait) = state.limiter.backoff_wait(ACCOUNT_LOCKOUT, &account).await {
+        activity::locked_out(state, &ctx, "account");
         return Err(ApiError::Throttled(wait));
     }
-    let user = state
-        .store
-        .user_by_email(&input.email)
-        .await?
-        .filter(|u| u.is_active);
+    let named = state.store.user_by_email(&input.email).await?;
+    let user = named.clone().filter(|u| u.is_active);
     let stored = user
         .as_ref()
         .filter(|u| u.password.is_usable())
@@ -376,6 +398,12 @@ pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedI
                 .limiter
                 .backoff_failure(ACCOUNT_LOCKOUT, &account)
                 .await;
+            let reason = match &named {
+                None => "unknown_email",
+                Some(u) if !u.is_active => "inactive",
+                Some(_) => "invalid_password",
+            };
+            login_failed(state, &ctx, named.map(|u| u.id), reason).await?;
             return Err(ApiError::non_field(
                 "invalid_credentials",
                 "Invalid email or password.",
@@ -404,6 +432,7 @@ pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedI
             ));
         }
     }
+    let ctx = ctx.as_user(user.id);
     let device = state.store.totp_device(user.id).await?;
     if let Some(device) = &device
         && !remembered(state, &input.remembered, &user, device)
@@ -411,38 +440,58 @@ pub async fn login(state: &AppState, input: LoginInput<'_>) -> ApiResult<LoggedI
         let session = sessions::start(
             state,
             NewSession::PendingTwoFactor { user_id: user.id },
+            sessions::client(&ctx.origin, None),
             input.previous_session,
         )
         .await?;
         return Ok(LoggedIn::SecondFactorNeeded(session));
     }
     // A remembered device counts as the second factor, as django-two-factor's cookie does.
-    let (_, session) = start_login(state, &user, input.previous_session, device.is_some()).await?;
+    let method = match device {
+        Some(_) => LoginMethod::RememberedDevice,
+        None => LoginMethod::Password,
+    };
+    let (_, session) = start_login(state, &ctx, &user, input.previous_session, method).await?;
     Ok(LoggedIn::Done(session))
 }
 
-/// Starts the logged-in session and records the login (`last_login` only); `second_factor` says
-/// whether this login passed one (organization-enforced 2FA asks).
+/// Starts the logged-in session, records the login (`last_login` only) and its `logged_in`
+/// entry, in one transaction. `method` says whether the login passed a second factor
+/// (organization-enforced 2FA asks).
 async fn start_login(
     state: &AppState,
+    ctx: &Context,
     user: &UserRecord,
     previous: Option<&str>,
-    second_factor: bool,
+    method: LoginMethod,
 ) -> ApiResult<(UserRecord, StartedSession)> {
-    let session = sessions::start(
+    if let Some(previous) = previous {
+        sessions::end(state, previous, &[]).await?;
+    }
+    let second_factor = matches!(
+        method,
+        LoginMethod::Totp | LoginMethod::BackupCode | LoginMethod::RememberedDevice
+    );
+    let session = sessions::new_session(
         state,
         NewSession::LoggedIn {
             user_id: user.id,
             second_factor,
         },
-        previous,
-    )
-    .await?;
+        sessions::client(&ctx.origin, Some(method)),
+    );
     let write = UserWrite {
         changes: UserChanges {
             last_login: Some(Some(state.clock.now())),
             ..UserChanges::default()
         },
+        session: Some(session.record.clone()),
+        activity: vec![ctx.entry(
+            state,
+            Some(user.id),
+            Activity::LoggedIn,
+            json!({ "method": method.as_str() }),
+        )],
         ..UserWrite::default()
     };
     let user = commit(state, user.id, &write, Outgoing::default()).await?;
@@ -481,6 +530,7 @@ pub struct RememberToken {
 /// returns the new session and a token that lets this device skip the second factor.
 pub async fn login_second_factor(
     state: &AppState,
+    origin: Origin,
     pending: &SessionRecord,
     token: Option<String>,
 ) -> ApiResult<(StartedSession, Option<RememberToken>)> {
@@ -491,17 +541,22 @@ pub async fn login_second_factor(
         None => None,
     }
     .ok_or_else(login_expired)?;
-    match check_second_factor(state, &user, &token).await? {
-        SecondFactor::Accepted => {}
+    let ctx = Context::anonymous(origin).as_user(user.id);
+    let method = match check_second_factor(state, &ctx, &user, &token).await? {
+        SecondFactor::Accepted(method) => method,
         SecondFactor::Throttled => {
+            activity::locked_out(state, &ctx, "second_factor");
             return Err(ApiError::non_field(
                 "2fa_too_many_attempts",
                 "Too many attempts.",
             ));
         }
-        SecondFactor::Rejected => return Err(invalid()),
-    }
-    let (user, session) = start_login(state, &user, Some(&pending.id), true).await?;
+        SecondFactor::Rejected => {
+            login_failed(state, &ctx, Some(user.id), "invalid_second_factor").await?;
+            return Err(invalid());
+        }
+    };
+    let (user, session) = start_login(state, &ctx, &user, Some(&pending.id), method).await?;
     let remember = state
         .store
         .totp_device(user.id)
@@ -510,10 +565,15 @@ pub async fn login_second_factor(
     Ok((session, remember))
 }
 
-/// Ends the browser session, if any.
-pub async fn logout(state: &AppState, session_id: Option<&str>) -> ApiResult<()> {
-    if let Some(id) = session_id {
-        sessions::end(state, id).await?;
+/// Ends the browser session of `caller`, if any.
+pub async fn logout(
+    state: &AppState,
+    ctx: &Context,
+    session: Option<(&str, i64)>,
+) -> ApiResult<()> {
+    if let Some((id, user_id)) = session {
+        let entry = ctx.entry(state, Some(user_id), Activity::LoggedOut, Value::Null);
+        sessions::end(state, id, &[entry]).await?;
     }
     Ok(())
 }
@@ -521,7 +581,7 @@ pub async fn logout(state: &AppState, session_id: Option<&str>) -> ApiResult<()>
 // --- password reset ---
 
 /// Emails a reset link when the address belongs to an active account; the same answer either way.
-pub async fn request_reset(state: &AppState, email: &str) -> ApiResult<()> {
+pub async fn request_reset(state: &AppState, origin: Origin, email: &str) -> ApiResult<()> {
     throttle(state, PASSWORD_RESET_RATE, &address_ident(email)).await?;
     if !state.mailer.is_configured() {
         return Err(ApiError::non_field(
@@ -535,7 +595,14 @@ pub async fn request_reset(state: &AppState, email: &str) -> ApiResult<()> {
         .await?
         .filter(|u| u.is_active)
     {
-        emails::send_password_reset(state, &user).await?;
+        let ctx = Context::anonymous(origin);
+        let entry = ctx.entry(
+            state,
+            Some(user.id),
+            Activity::PasswordResetRequested,
+            Value::Null,
+        );
+        emails::send_password_reset(state, &user, entry).await?;
     }
     Ok(())
 }
@@ -568,6 +635,7 @@ pub async fn check_reset(state: &AppState, uuid: &str, token: &str) -> ApiResult
 /// held the old password may hold one too) and the notice commit together.
 pub async fn complete_reset(
     state: &AppState,
+    origin: Origin,
     uuid: &str,
     token: &str,
     password: &SecretString,
@@ -581,6 +649,12 @@ pub async fn complete_reset(
             ..UserChanges::default()
         },
         end_sessions: Some(None),
+        activity: vec![Context::anonymous(origin).as_user(user.id).entry(
+            state,
+            Some(user.id),
+            Activity::PasswordReset,
+            Value::Null,
+        )],
         ..UserWrite::default()
     };
     let mut mail = Outgoing::default();
@@ -641,6 +715,7 @@ pub enum EmailVerified {
 /// the browser in unless the user has 2FA. The change and its notices commit together.
 pub async fn verify_email(
     state: &AppState,
+    origin: Origin,
     uuid: Option<&str>,
     token: &str,
     previous: Option<&str>,
@@ -671,9 +746,25 @@ pub async fn verify_email(
     if !emails::verification_token_is_valid(state, &user, token) {
         return Err(invalid());
     }
+    let ctx = Context::anonymous(origin).as_user(user.id);
     let mut write = UserWrite::default();
     let mut mail = Outgoing::default();
     write.changes.is_email_verified = Some(Some(true));
+    let verified = match &user.pending_email {
+        Some(new_email) => ctx.entry(
+            state,
+            Some(user.id),
+            Activity::EmailChanged,
+            json!({ "previous_email": user.email, "email": new_email }),
+        ),
+        None => ctx.entry(
+            state,
+            Some(user.id),
+            Activity::EmailVerified,
+            json!({ "email": user.email }),
+        ),
+    };
+    write.activity.push(verified);
     if let Some(new_email) = &user.pending_email {
         if let Some(other) = state.store.user_by_email(new_email).await?
             && other.id != user.id
@@ -696,7 +787,7 @@ pub async fn verify_email(
     if two_factor {
         return Ok(EmailVerified::SecondFactorNeeded);
     }
-    let (_, session) = start_login(state, &user, previous, false).await?;
+    let (_, session) = start_login(state, &ctx, &user, previous, LoginMethod::EmailLink).await?;
     Ok(EmailVerified::LoggedIn(Box::new(session)))
 }
 
@@ -757,7 +848,8 @@ pub async fn regenerate_backup_codes(state: &AppState, user_id: i64) -> ApiResul
 /// Result of checking a second-factor code at login.
 #[derive(Debug, PartialEq, Eq)]
 pub enum SecondFactor {
-    Accepted,
+    /// A TOTP code or a backup code (`backup_code_used` is recorded with its use).
+    Accepted(LoginMethod),
     Rejected,
     Throttled,
 }
@@ -768,6 +860,7 @@ pub enum SecondFactor {
 /// means parallel guesses within one backoff window get one evaluation between them.
 pub async fn check_second_factor(
     state: &AppState,
+    ctx: &Context,
     user: &UserRecord,
     token: &str,
 ) -> ApiResult<SecondFactor> {
@@ -779,7 +872,7 @@ pub async fn check_second_factor(
             if let Some(step) = step.filter(|s| *s > device.last_step)
                 && state.store.advance_totp_step(user.id, step).await?
             {
-                return Ok(SecondFactor::Accepted);
+                return Ok(SecondFactor::Accepted(LoginMethod::Totp));
             }
         }
         None if state.store.totp_device(user.id).await?.is_some() => {
@@ -788,7 +881,13 @@ pub async fn check_second_factor(
         None => {}
     }
     let hash = backup_code_hash(state, user.id, token);
-    if state.store.consume_backup_code(user.id, &hash).await? {
+    let used = [ctx.entry(state, Some(user.id), Activity::BackupCodeUsed, Value::Null)];
+    if state
+        .store
+        .consume_backup_code(user.id, &hash, &used)
+        .await?
+    {
+        activity::committed(state, &used);
         state.store.clear_totp_throttle(user.id).await?;
         emails::send_notice(
             state,
@@ -798,7 +897,7 @@ pub async fn check_second_factor(
             "One of your two-factor backup codes was just used to log in to your account.",
         )
         .await;
-        return Ok(SecondFactor::Accepted);
+        return Ok(SecondFactor::Accepted(LoginMethod::BackupCode));
     }
     Ok(SecondFactor::Rejected)
 }

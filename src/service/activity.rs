@@ -211,6 +211,31 @@ impl Context {
     }
 }
 
+/// A login refused by a lock (`what`: `client_address`, `account`, `second_factor`): a security
+/// log line and the counter, but no entry (a locked-out client's attempts are cheap; writing a
+/// row for each would let it fill the database).
+pub fn locked_out(state: &AppState, ctx: &Context, what: &str) {
+    state
+        .metrics
+        .security_events
+        .get_or_create(&crate::metrics::ActivityLabels {
+            activity: "login_locked_out".into(),
+        })
+        .inc();
+    let user_id = match ctx.actor {
+        Actor::User(id) => id.to_string(),
+        _ => "-".into(),
+    };
+    tracing::info!(
+        target: "hoglet::security",
+        activity = "login_locked_out",
+        ip = ctx.origin.ip_text().as_deref().unwrap_or("-"),
+        user_id = %user_id,
+        lock = what,
+        "login_locked_out",
+    );
+}
+
 /// After the entries' write committed: one `hoglet::security` log line per security event (the
 /// client address and user id, for fail2ban and the like) and the events counter.
 pub fn committed(state: &AppState, entries: &[NewActivity]) {

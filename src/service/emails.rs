@@ -5,8 +5,9 @@ use crate::domain::tokens;
 use crate::error::{ApiError, ApiResult};
 use crate::mail::Email;
 use crate::outbox;
+use crate::service::activity;
 use crate::state::AppState;
-use crate::store::{StoreError, UserRecord, UserWrite};
+use crate::store::{NewActivity, StoreError, UserRecord, UserWrite};
 
 const VERIFY_PURPOSE: &str = "email-verification";
 const RESET_PURPOSE: &str = "password-reset";
@@ -93,7 +94,11 @@ pub async fn send_verification(state: &AppState, user: &UserRecord) -> ApiResult
 /// one transaction: the token is minted from the `requested_password_reset_at` written, so it
 /// is valid exactly when the request is stored. A user deleted meanwhile gets nothing, like an
 /// unknown address.
-pub async fn send_password_reset(state: &AppState, user: &UserRecord) -> ApiResult<()> {
+pub async fn send_password_reset(
+    state: &AppState,
+    user: &UserRecord,
+    recorded: NewActivity,
+) -> ApiResult<()> {
     let requested_at = state.clock.now();
     let mut requested = user.clone();
     requested.requested_password_reset_at = Some(requested_at);
@@ -116,10 +121,11 @@ pub async fn send_password_reset(state: &AppState, user: &UserRecord) -> ApiResu
     let mail = outbox::seal(state, &email).map_err(ApiError::internal)?;
     match state
         .store
-        .request_password_reset(user.id, requested_at, mail, &[])
+        .request_password_reset(user.id, requested_at, mail, std::slice::from_ref(&recorded))
         .await
     {
         Ok(()) => {
+            activity::committed(state, &[recorded]);
             state.caches.invalidate_user(user.id);
             state.outbox.wake();
             Ok(())

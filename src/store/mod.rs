@@ -291,7 +291,12 @@ pub trait Store: Send + Sync + 'static {
     async fn delete_two_factor(&self, user_id: i64) -> StoreResult<()>;
     async fn replace_backup_codes(&self, user_id: i64, hashes: &[String]) -> StoreResult<()>;
     /// Deletes the matching unused code; false when there is none.
-    async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool>;
+    async fn consume_backup_code(
+        &self,
+        user_id: i64,
+        hash: &str,
+        log: &[NewActivity],
+    ) -> StoreResult<bool>;
     async fn backup_code_count(&self, user_id: i64) -> StoreResult<i64>;
 
     // --- signal autonomy ---

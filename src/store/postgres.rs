@@ -830,9 +830,15 @@ impl Store for PgStore {
         ))
     }
 
-    async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool> {
-        let c = self.client().await?;
-        Ok(execute(&c, sql::BACKUP_CODE_CONSUME, &[&user_id, &hash]).await? == 1)
+    async fn consume_backup_code(
+        &self,
+        user_id: i64,
+        hash: &str,
+        log: &[NewActivity],
+    ) -> StoreResult<bool> {
+        in_transaction!(self, |tx| scripts::consume_backup_code(
+            tx, user_id, hash, log
+        ))
     }
 
     async fn backup_code_count(&self, user_id: i64) -> StoreResult<i64> {

@@ -756,6 +756,23 @@ pub(crate) async fn delete_sessions_of(
     Ok(n)
 }
 
+/// Deletes the matching unused code (recording `log` only then); whether there was one.
+pub(crate) async fn consume_backup_code(
+    tx: &impl Exec,
+    user_id: i64,
+    hash: &str,
+    log: &[NewActivity],
+) -> StoreResult<bool> {
+    let used = tx
+        .execute(sql::BACKUP_CODE_CONSUME, args![user_id, hash])
+        .await?
+        == 1;
+    if used {
+        record(tx, log).await?;
+    }
+    Ok(used)
+}
+
 async fn put_totp_row(tx: &impl Exec, user_id: i64, d: &TotpDeviceRecord) -> StoreResult<()> {
     tx.execute(
         sql::TOTP_UPSERT,

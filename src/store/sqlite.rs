@@ -939,9 +939,14 @@ impl Store for SqliteStore {
             .await
     }
 
-    async fn consume_backup_code(&self, user_id: i64, hash: &str) -> StoreResult<bool> {
-        let hash = hash.to_string();
-        self.write(move |tx| Ok(exec(tx, sql::BACKUP_CODE_CONSUME, params![user_id, hash])? == 1))
+    async fn consume_backup_code(
+        &self,
+        user_id: i64,
+        hash: &str,
+        log: &[NewActivity],
+    ) -> StoreResult<bool> {
+        let (hash, log) = (hash.to_string(), log.to_vec());
+        self.write(move |tx| run_now(scripts::consume_backup_code(tx, user_id, &hash, &log)))
             .await
     }
 

@@ -16,8 +16,8 @@ use crate::domain::redirect;
 use crate::error::ApiError;
 use crate::http::accounts as api;
 use crate::http::body::Body;
-use crate::http::client::ClientIp;
 use crate::service::accounts::{self, EmailVerified, LoggedIn, SignedUp};
+use crate::service::activity::Origin;
 use crate::state::AppState;
 
 type PageResult = Result<Response, PageError>;
@@ -95,7 +95,7 @@ pub async fn login_page(
 pub async fn login(
     State(state): State<AppState>,
     _visitor: Visitor,
-    ClientIp(ip): ClientIp,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
@@ -108,7 +108,7 @@ pub async fn login(
             let input = accounts::LoginInput {
                 email,
                 password: SecretString::from(password),
-                client: ip.to_string(),
+                origin,
                 previous_session: previous.as_deref(),
                 remembered: session::remember_tokens(&headers).collect(),
             };
@@ -184,6 +184,7 @@ pub async fn second_factor_page(
 pub async fn second_factor(
     State(state): State<AppState>,
     _visitor: Visitor,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
@@ -193,7 +194,7 @@ pub async fn second_factor(
         match accounts::pending_login(&state, session::current_record(&headers, &state).await?) {
             Ok(pending) => {
                 let token = form.get("token").and_then(accounts::text_of);
-                accounts::login_second_factor(&state, &pending, token).await
+                accounts::login_second_factor(&state, origin, &pending, token).await
             }
             Err(e) => Err(e),
         };
@@ -275,6 +276,7 @@ pub struct MessagePage {
 pub async fn signup(
     State(state): State<AppState>,
     _visitor: Visitor,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
@@ -283,7 +285,7 @@ pub async fn signup(
         accounts::ensure_signup_open(&state).await?;
         let input = api::signup_input(&state, &form).await?;
         let previous = api::browser_session(&state, &headers).await?;
-        accounts::signup(&state, input, previous.as_deref()).await
+        accounts::signup(&state, origin, input, previous.as_deref()).await
     }
     .await;
     let (csrf, cookies) = session::page_csrf_token(&state, &headers);
@@ -408,11 +410,12 @@ pub async fn verify_page(
 pub async fn verify(
     State(state): State<AppState>,
     _visitor: Visitor,
+    origin: Origin,
     headers: HeaderMap,
     Path((uuid, token)): Path<(String, String)>,
 ) -> PageResult {
     let previous = api::browser_session(&state, &headers).await?;
-    match accounts::verify_email(&state, Some(&uuid), &token, previous.as_deref()).await {
+    match accounts::verify_email(&state, origin, Some(&uuid), &token, previous.as_deref()).await {
         Ok(EmailVerified::LoggedIn(started)) => Ok(with_cookies(
             see_other(HOME),
             session::started_cookies(&state, &started),
@@ -457,12 +460,13 @@ pub async fn reset_page(State(state): State<AppState>, headers: HeaderMap) -> Re
 pub async fn reset(
     State(state): State<AppState>,
     _visitor: Visitor,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
     let form = form(body)?;
     let outcome = match api::email_of(&form) {
-        Ok(email) => accounts::request_reset(&state, &email).await,
+        Ok(email) => accounts::request_reset(&state, origin, &email).await,
         Err(e) => Err(e),
     };
     let (csrf, cookies) = session::page_csrf_token(&state, &headers);
@@ -524,6 +528,7 @@ pub async fn new_password_page(
 pub async fn new_password(
     State(state): State<AppState>,
     _visitor: Visitor,
+    origin: Origin,
     headers: HeaderMap,
     Path((uuid, token)): Path<(String, String)>,
     body: Result<Body, ApiError>,
@@ -547,7 +552,8 @@ pub async fn new_password(
     }
     let outcome = match api::reset_password_of(&form) {
         Ok(password) => {
-            accounts::complete_reset(&state, &uuid, &token, &SecretString::from(password)).await
+            accounts::complete_reset(&state, origin, &uuid, &token, &SecretString::from(password))
+                .await
         }
         Err(e) => Err(e),
     };

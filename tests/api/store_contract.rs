@@ -1435,7 +1435,12 @@ async fn write_user_applies_every_part_together(db: Db) {
         ("sealed-new", 0)
     );
     assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 1);
-    assert!(store.consume_backup_code(ann.id, "new-1").await.unwrap());
+    assert!(
+        store
+            .consume_backup_code(ann.id, "new-1", &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(last_step(store, bob.id).await, 1, "bob's device untouched");
     assert_eq!(store.outbox_status(T0).await.unwrap(), status(2, 2));
     assert_eq!(
@@ -3907,18 +3912,29 @@ async fn backup_codes_are_single_use(db: Db) {
 
     assert!(
         !store
-            .consume_backup_code(ann.id, "hash-none")
+            .consume_backup_code(ann.id, "hash-none", &[])
             .await
             .unwrap()
     );
     assert!(
-        !store.consume_backup_code(ann.id, "hash-bob").await.unwrap(),
+        !store
+            .consume_backup_code(ann.id, "hash-bob", &[])
+            .await
+            .unwrap(),
         "another user's code"
     );
     assert_eq!(store.backup_code_count(bob.id).await.unwrap(), 2);
-    assert!(store.consume_backup_code(ann.id, "hash-1").await.unwrap());
     assert!(
-        !store.consume_backup_code(ann.id, "hash-1").await.unwrap(),
+        store
+            .consume_backup_code(ann.id, "hash-1", &[])
+            .await
+            .unwrap()
+    );
+    assert!(
+        !store
+            .consume_backup_code(ann.id, "hash-1", &[])
+            .await
+            .unwrap(),
         "used"
     );
     assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 2);
@@ -3927,7 +3943,12 @@ async fn backup_codes_are_single_use(db: Db) {
         2,
         "Bob's code with the same hash is his own"
     );
-    assert!(store.consume_backup_code(bob.id, "hash-1").await.unwrap());
+    assert!(
+        store
+            .consume_backup_code(bob.id, "hash-1", &[])
+            .await
+            .unwrap()
+    );
 
     // One code presented many times at once (through two stores): accepted exactly once.
     let second = env.reopen().await;
@@ -3938,7 +3959,7 @@ async fn backup_codes_are_single_use(db: Db) {
             second.clone()
         };
         let id = ann.id;
-        async move { s.consume_backup_code(id, "hash-2").await.unwrap() }
+        async move { s.consume_backup_code(id, "hash-2", &[]).await.unwrap() }
     }))
     .await;
     assert_eq!(
@@ -3953,7 +3974,12 @@ async fn backup_codes_are_single_use(db: Db) {
         .replace_backup_codes(ann.id, &hashes(&["4", "5"]))
         .await
         .unwrap();
-    assert!(!store.consume_backup_code(ann.id, "hash-3").await.unwrap());
+    assert!(
+        !store
+            .consume_backup_code(ann.id, "hash-3", &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 2);
     store
         .put_totp_device(&totp_device(ann.id, 0))
@@ -3962,7 +3988,12 @@ async fn backup_codes_are_single_use(db: Db) {
     store.delete_two_factor(ann.id).await.unwrap();
     assert_eq!(store.backup_code_count(ann.id).await.unwrap(), 0);
     assert!(store.totp_device(ann.id).await.unwrap().is_none());
-    assert!(!store.consume_backup_code(ann.id, "hash-4").await.unwrap());
+    assert!(
+        !store
+            .consume_backup_code(ann.id, "hash-4", &[])
+            .await
+            .unwrap()
+    );
     assert_eq!(store.backup_code_count(bob.id).await.unwrap(), 1);
 }
 
