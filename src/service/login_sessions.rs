@@ -198,3 +198,36 @@ pub async fn revoke_others(
     activity::committed(state, &log);
     Ok(others)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::device;
+
+    #[test]
+    fn devices_are_named_from_the_user_agent() {
+        let cases = [
+            (
+                "Mozilla/5.0 (Macintosh; Intel Mac OS X 10_15_7) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+                Some("Chrome on macOS"),
+            ),
+            (
+                "Mozilla/5.0 (Windows NT 10.0; Win64; x64; rv:121.0) Gecko/20100101 Firefox/121.0",
+                Some("Firefox on Windows 10"),
+            ),
+            (
+                "Mozilla/5.0 (iPhone; CPU iPhone OS 17_1 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Version/17.1 Mobile/15E148 Safari/604.1",
+                Some("Safari on iOS"),
+            ),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36",
+                Some("Chrome on Linux"),
+            ),
+            ("", None),
+            ("-", None),
+            ("something nobody knows", None),
+        ];
+        for (user_agent, expected) in cases {
+            assert_eq!(device(user_agent).as_deref(), expected, "{user_agent}");
+        }
+    }
+}
