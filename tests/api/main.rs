@@ -11,6 +11,7 @@ mod api_keys;
 mod api_keys_auth;
 mod cli;
 mod config;
+mod geoip;
 mod github;
 mod hardening;
 mod hygiene;
