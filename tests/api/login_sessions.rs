@@ -174,8 +174,13 @@ async fn only_a_session_of_the_user_themself_may_list_or_revoke(db: Db) {
         "You can only see and revoke your own login sessions.",
         None,
     );
-    let member = signed_in(&app, "keyed@example.com", CHROME_MAC).await;
     let staffs = format!("/api/users/{}/login_sessions/", staff.uuid);
+    assert_eq!(
+        entries(&staff_browser.get(&staffs).await).len(),
+        1,
+        "staff may name themself by uuid"
+    );
+    let member = signed_in(&app, "keyed@example.com", CHROME_MAC).await;
     member.get(&staffs).await.assert_error(
         403,
         "authentication_error",
