@@ -6,6 +6,7 @@ use uuid::Uuid;
 
 use crate::domain::fields;
 use crate::error::ApiError;
+use crate::service::activity::Context;
 use crate::service::{accounts, api_keys};
 use crate::store::{
     DynStore, MembershipLevel, NewOrganization, NewTeam, NewTeamIntegration, OrganizationChanges,
@@ -324,9 +325,10 @@ pub async fn create_key(store: &DynStore, args: NewKeyArgs) -> AdminResult<Value
         expires_at: args.expires_at,
         ..api_keys::NewKey::default()
     };
-    let (record, value) = api_keys::insert(store, system_now(), user.id, key)
-        .await
-        .map_err(refused)?;
+    let api_keys::Inserted { record, value, .. } =
+        api_keys::insert(store, system_now(), &Context::cli(), user.id, key)
+            .await
+            .map_err(refused)?;
     Ok(json!({
         "id": record.id,
         "label": record.label,

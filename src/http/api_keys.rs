@@ -20,6 +20,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::paths::Segment;
 use crate::ratelimit::Rate;
+use crate::service::activity::{Context, Origin};
 use crate::service::api_keys;
 use crate::state::AppState;
 use crate::store::ApiKeyRecord;
@@ -358,13 +359,20 @@ async fn scoped_organizations(
 async fn create(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
+    origin: Origin,
     body: Body,
 ) -> ApiResult<Response> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
     let key = new_key(&state, &caller, body.object()?).await?;
-    let (record, value) = api_keys::create(&state, caller.user_id, key).await?;
+    let (record, value) = api_keys::create(
+        &state,
+        &Context::caller(&caller, origin),
+        caller.user_id,
+        key,
+    )
+    .await?;
     Ok((StatusCode::CREATED, axum::Json(view(&record, Some(value)))).into_response())
 }
 
@@ -401,6 +409,7 @@ async fn retrieve(
 async fn write(
     state: AppState,
     auth: Authenticated<KeyThenSession>,
+    origin: Origin,
     id: String,
     body: Body,
     partial: bool,
@@ -418,7 +427,8 @@ async fn write(
         scoped_organizations: input.scoped_organizations,
         expires_at: input.expires_at,
     };
-    let updated = api_keys::update(&state, &current, changes).await?;
+    let updated =
+        api_keys::update(&state, &Context::caller(&caller, origin), &current, changes).await?;
     Ok(axum::Json(view(&updated, None)))
 }
 
@@ -436,9 +446,10 @@ async fn update(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
     Segment(id): Segment,
+    origin: Origin,
     body: Body,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
-    write(state, auth, id, body, false).await
+    write(state, auth, origin, id, body, false).await
 }
 
 /// Update a personal API key
@@ -455,9 +466,10 @@ async fn partial_update(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
     Segment(id): Segment,
+    origin: Origin,
     body: Body,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
-    write(state, auth, id, body, true).await
+    write(state, auth, origin, id, body, true).await
 }
 
 /// Delete a personal API key
@@ -475,12 +487,13 @@ async fn destroy(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
     Segment(id): Segment,
+    origin: Origin,
 ) -> ApiResult<StatusCode> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
     let key = own_key(&state, &caller, &id).await?;
-    api_keys::delete(&state, &key).await?;
+    api_keys::delete(&state, &Context::caller(&caller, origin), &key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -499,11 +512,12 @@ async fn roll(
     State(state): State<AppState>,
     auth: Authenticated<KeyThenSession>,
     Segment(id): Segment,
+    origin: Origin,
 ) -> ApiResult<axum::Json<PersonalApiKeyView>> {
     let caller = auth.authorize_unscoped()?;
     throttle_key(&state, &caller).await?;
     session_only(&caller)?;
     let key = own_key(&state, &caller, &id).await?;
-    let (after, value) = api_keys::roll(&state, &key).await?;
+    let (after, value) = api_keys::roll(&state, &Context::caller(&caller, origin), &key).await?;
     Ok(axum::Json(view(&after, Some(value))))
 }

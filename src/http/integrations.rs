@@ -22,6 +22,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::api_keys::throttle_key;
 use crate::http::body::Body;
 use crate::http::users::UserSegment;
+use crate::service::activity::{Context, Origin};
 use crate::service::github::{self, CallbackQuery, StartLink};
 use crate::service::users::{load_caller, resolve_target};
 use crate::state::AppState;
@@ -215,10 +216,11 @@ async fn github_destroy(
     UserSegment(segment): UserSegment,
     InstallationSegment(installation): InstallationSegment,
     auth: Authenticated<BearerFirst>,
+    origin: Origin,
 ) -> ApiResult<StatusCode> {
-    let (_, target) = target_of(&state, auth, USER_WRITE, &segment, true).await?;
+    let (caller, target) = target_of(&state, auth, USER_WRITE, &segment, true).await?;
     let integration = github::find(&state, target.id, &installation).await?;
-    github::unlink(&state, &integration).await?;
+    github::unlink(&state, &Context::caller(&caller, origin), &integration).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -481,7 +483,10 @@ async fn github_link_complete(
     State(state): State<AppState>,
     request: axum::extract::Request,
 ) -> Response {
-    let (parts, _) = request.into_parts();
+    let (mut parts, _) = request.into_parts();
+    let origin = Origin::from_request_parts(&mut parts, &state)
+        .await
+        .unwrap_or_default();
     let caller = match crate::auth::session::authenticate(&parts, &state).await {
         Ok(caller) => caller,
         Err(e) => return e.into_response(),
@@ -508,7 +513,8 @@ async fn github_link_complete(
         .query()
         .and_then(|q| serde_urlencoded::from_str(q).ok())
         .unwrap_or_default();
-    let location = github::complete(&state, &user, query).await;
+    let ctx = Context::anonymous(origin).as_user(user.id);
+    let location = github::complete(&state, &ctx, &user, query).await;
     let mut response = StatusCode::FOUND.into_response();
     if let Ok(value) = HeaderValue::from_str(&location) {
         response.headers_mut().insert(header::LOCATION, value);

@@ -14,6 +14,7 @@ use crate::http::accounts::{SUCCESS, Success};
 use crate::http::body::Body;
 use crate::http::users::UserSegment;
 use crate::service::accounts;
+use crate::service::activity::{Context, Origin};
 use crate::service::two_factor;
 use crate::service::users::{load_caller, resolve_target};
 use crate::state::AppState;
@@ -110,12 +111,14 @@ async fn start_2fa_setup(
 async fn validate(
     state: &AppState,
     auth: Authenticated<UserViews>,
+    origin: Origin,
     body: Value,
 ) -> ApiResult<axum::Json<Success>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let user = load_caller(state, &caller).await?;
     let token = body.get("token").and_then(accounts::text_of);
-    two_factor::enable(state, &caller, &user, token).await?;
+    let ctx = Context::caller(&caller, origin);
+    two_factor::enable(state, &ctx, &caller, &user, token).await?;
     Ok(axum::Json(SUCCESS))
 }
 
@@ -138,9 +141,10 @@ async fn two_factor_validate(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     _segment: UserSegment,
+    origin: Origin,
     Body(body): Body,
 ) -> ApiResult<axum::Json<Success>> {
-    validate(&state, auth, body).await
+    validate(&state, auth, origin, body).await
 }
 
 /// Validate 2FA setup (deprecated alias)
@@ -160,9 +164,10 @@ async fn validate_2fa(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     _segment: UserSegment,
+    origin: Origin,
     Body(body): Body,
 ) -> ApiResult<axum::Json<Success>> {
-    validate(&state, auth, body).await
+    validate(&state, auth, origin, body).await
 }
 
 /// 2FA status
@@ -215,11 +220,14 @@ async fn two_factor_backup_codes(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    origin: Origin,
 ) -> ApiResult<axum::Json<BackupCodes>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    let codes = two_factor::regenerate_backup_codes(&state, &target).await?;
+    let codes =
+        two_factor::regenerate_backup_codes(&state, &Context::caller(&caller, origin), &target)
+            .await?;
     Ok(axum::Json(BackupCodes {
         backup_codes: codes,
     }))
@@ -238,10 +246,11 @@ async fn two_factor_disable(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    origin: Origin,
 ) -> ApiResult<axum::Json<Success>> {
     let caller = auth.authorize(ScopeNeed::NoKeyAccess)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
-    two_factor::disable(&state, &target).await?;
+    two_factor::disable(&state, &Context::caller(&caller, origin), &target).await?;
     Ok(axum::Json(SUCCESS))
 }

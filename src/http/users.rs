@@ -18,6 +18,7 @@ use crate::error::{ApiError, ApiResult, ErrorBody};
 use crate::http::body::Body;
 use crate::http::links;
 use crate::ratelimit::Rate;
+use crate::service::activity::{Context, Origin};
 use crate::service::render::{self, PaginatedUserList, Requester, UserView};
 use crate::service::users::{self as users_service, load_caller, resolve_target};
 use crate::state::AppState;
@@ -271,9 +272,10 @@ async fn update(
     state: State<AppState>,
     segment: UserSegment,
     auth: Authenticated<UserViews>,
+    origin: Origin,
     body: ApiResult<Body>,
 ) -> ApiResult<Json> {
-    write_user(state, auth, segment, body, false).await
+    write_user(state, auth, segment, origin, body, false).await
 }
 
 /// Update a user
@@ -297,9 +299,10 @@ async fn partial_update(
     state: State<AppState>,
     segment: UserSegment,
     auth: Authenticated<UserViews>,
+    origin: Origin,
     body: ApiResult<Body>,
 ) -> ApiResult<Json> {
-    write_user(state, auth, segment, body, true).await
+    write_user(state, auth, segment, origin, body, true).await
 }
 
 type Json = axum::Json<UserView>;
@@ -312,6 +315,7 @@ async fn write_user(
     State(state): State<AppState>,
     auth: Authenticated<UserViews>,
     UserSegment(segment): UserSegment,
+    origin: Origin,
     body: ApiResult<Body>,
     partial: bool,
 ) -> ApiResult<Json> {
@@ -334,7 +338,8 @@ async fn write_user(
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;
-    let user = users_service::update(&state, &caller, &requester, &target, body, partial).await?;
+    let user =
+        users_service::update(&state, &caller, origin, &requester, &target, body, partial).await?;
     let view = render::render_user(&state, &requester_of(&caller), user).await?;
     Ok(axum::Json(view))
 }
@@ -419,13 +424,15 @@ async fn hedgehog_config_update(
     State(state): State<AppState>,
     UserSegment(segment): UserSegment,
     auth: Authenticated<UserViews>,
+    origin: Origin,
     body: ApiResult<Body>,
 ) -> ApiResult<axum::Json<Value>> {
     let caller = auth.authorize_with(USER_WRITE, Freshness::Exempt)?;
     let requester = load_caller(&state, &caller).await?;
     let target = resolve_target(&state, &requester, &segment).await?;
     let Body(body) = body?;
-    users_service::set_hedgehog_config(&state, &target, body.clone()).await?;
+    let ctx = Context::caller(&caller, origin);
+    users_service::set_hedgehog_config(&state, &ctx, &target, body.clone()).await?;
     Ok(axum::Json(body))
 }
 

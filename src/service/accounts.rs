@@ -832,17 +832,16 @@ pub fn backup_code_hash(state: &AppState, user_id: i64, code: &str) -> String {
     ))
 }
 
-/// Ten fresh backup codes for the user (stored hashed; returned in clear this once).
-pub async fn regenerate_backup_codes(state: &AppState, user_id: i64) -> ApiResult<Vec<String>> {
+/// Ten fresh backup codes for the user, in clear (shown once) and as stored (hashed).
+pub fn new_backup_codes(state: &AppState, user_id: i64) -> (Vec<String>, Vec<String>) {
     let codes: Vec<String> = (0..totp::BACKUP_CODE_COUNT)
         .map(|_| totp::new_backup_code())
         .collect();
-    let hashes: Vec<String> = codes
+    let hashes = codes
         .iter()
         .map(|c| backup_code_hash(state, user_id, c))
         .collect();
-    state.store.replace_backup_codes(user_id, &hashes).await?;
-    Ok(codes)
+    (codes, hashes)
 }
 
 /// Result of checking a second-factor code at login.

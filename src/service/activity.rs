@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::state::AppState;
 use crate::store::{ActorRecord, NewActivity};
+use crate::time::Micros;
 
 use super::caller::{Caller, Credential};
 
@@ -176,6 +177,17 @@ impl Context {
         activity: Activity,
         detail: Value,
     ) -> NewActivity {
+        self.entry_at(state.clock.now(), user_id, activity, detail)
+    }
+
+    /// [`Context::entry`] at `now`.
+    pub fn entry_at(
+        &self,
+        now: Micros,
+        user_id: Option<i64>,
+        activity: Activity,
+        detail: Value,
+    ) -> NewActivity {
         let actor = match &self.actor {
             // Labelled when read (the user's current email), so the log keeps no stale copy.
             Actor::User(id) => ActorRecord {
@@ -202,7 +214,7 @@ impl Context {
         NewActivity {
             user_id,
             activity: activity.as_str().into(),
-            created_at: state.clock.now(),
+            created_at: now,
             ip: self.origin.ip_text(),
             user_agent: self.origin.user_agent.clone(),
             actor,

@@ -1,10 +1,13 @@
 //! Personal API keys: creating, changing, rolling and deleting them. The API and the admin CLI
 //! create keys through [`insert`], so both apply the same limit and the same rules.
 
+use serde_json::json;
+
 use crate::domain::{api_key, fields, scope};
 use crate::error::{ApiError, ApiResult};
+use crate::service::activity::{self, Activity, Context};
 use crate::state::AppState;
-use crate::store::{ApiKeyChanges, ApiKeyRecord, DynStore, NewApiKey, StoreError};
+use crate::store::{ApiKeyChanges, ApiKeyRecord, DynStore, NewActivity, NewApiKey, StoreError};
 use crate::time::Micros;
 
 /// A key to create, validated field by field by its caller.
@@ -71,15 +74,23 @@ fn check_new_key(key: &NewKey) -> ApiResult<()> {
 pub async fn insert(
     store: &DynStore,
     now: Micros,
+    ctx: &Context,
     user_id: i64,
     key: NewKey,
-) -> ApiResult<(ApiKeyRecord, String)> {
+) -> ApiResult<Inserted> {
     check_new_key(&key)?;
     let value = api_key::generate_value();
+    let id = api_key::generate_id();
+    let log = vec![ctx.entry_at(
+        now,
+        Some(user_id),
+        Activity::PersonalApiKeyCreated,
+        json!({ "id": id, "label": key.label, "scopes": key.scopes }),
+    )];
     let record = store
         .insert_api_key(
             NewApiKey {
-                id: api_key::generate_id(),
+                id,
                 user_id,
                 label: key.label,
                 secure_value: api_key::secure_value(&value),
@@ -91,7 +102,7 @@ pub async fn insert(
                 created_at: now,
             },
             api_key::MAX_KEYS_PER_USER,
-            &[],
+            &log,
         )
         .await
         .map_err(|e| match e {
@@ -101,18 +112,28 @@ pub async fn insert(
             ),
             other => other.into(),
         })?;
-    Ok((record, value))
+    Ok(Inserted { record, value, log })
+}
+
+/// A key just created: its record, its value (shown this once) and the log entry recorded
+/// with it.
+pub struct Inserted {
+    pub record: ApiKeyRecord,
+    pub value: String,
+    pub log: Vec<NewActivity>,
 }
 
 /// [`insert`] for a signed-in user; their cached views learn of the new key.
 pub async fn create(
     state: &AppState,
+    ctx: &Context,
     user_id: i64,
     key: NewKey,
 ) -> ApiResult<(ApiKeyRecord, String)> {
-    let created = insert(&state.store, state.clock.now(), user_id, key).await?;
+    let created = insert(&state.store, state.clock.now(), ctx, user_id, key).await?;
     state.caches.invalidate_user(user_id);
-    Ok(created)
+    activity::committed(state, &created.log);
+    Ok((created.record, created.value))
 }
 
 /// The user's keys, newest first.
@@ -137,6 +158,7 @@ pub async fn own(state: &AppState, user_id: i64, id: &str) -> ApiResult<ApiKeyRe
 /// Writes the changed fields of `current`; the key's cached authentication is dropped.
 pub async fn update(
     state: &AppState,
+    ctx: &Context,
     current: &ApiKeyRecord,
     changes: KeyChanges,
 ) -> ApiResult<ApiKeyRecord> {
@@ -149,26 +171,65 @@ pub async fn update(
             .unwrap_or(current.scoped_organizations.clone()),
         expires_at: changes.expires_at.unwrap_or(current.expires_at),
     };
+    let fields: Vec<&str> = [
+        ("label", changes.label != current.label),
+        ("scopes", changes.scopes != current.scopes),
+        ("scoped_teams", changes.scoped_teams != current.scoped_teams),
+        (
+            "scoped_organizations",
+            changes.scoped_organizations != current.scoped_organizations,
+        ),
+        ("expires_at", changes.expires_at != current.expires_at),
+    ]
+    .into_iter()
+    .filter_map(|(name, changed)| changed.then_some(name))
+    .collect();
+    let log = vec![ctx.entry(
+        state,
+        Some(current.user_id),
+        Activity::PersonalApiKeyUpdated,
+        json!({ "id": current.id, "label": changes.label, "fields": fields }),
+    )];
     let updated = state
         .store
-        .update_api_key(&current.id, changes, &[])
+        .update_api_key(&current.id, changes, &log)
         .await?;
     state.caches.invalidate_key(&current.secure_value);
+    activity::committed(state, &log);
     Ok(updated)
 }
 
 /// Deletes the key; it stops working at once.
-pub async fn delete(state: &AppState, key: &ApiKeyRecord) -> ApiResult<()> {
-    state.store.delete_api_key(&key.id, &[]).await?;
+pub async fn delete(state: &AppState, ctx: &Context, key: &ApiKeyRecord) -> ApiResult<()> {
+    let log = vec![ctx.entry(
+        state,
+        Some(key.user_id),
+        Activity::PersonalApiKeyDeleted,
+        json!({ "id": key.id, "label": key.label }),
+    )];
+    let deleted = state.store.delete_api_key(&key.id, &log).await?;
     state.caches.invalidate_key(&key.secure_value);
     state.caches.invalidate_user(key.user_id);
+    if deleted.is_some() {
+        activity::committed(state, &log);
+    }
     Ok(())
 }
 
 /// Replaces the key's value (the old one stops working at once); returns the key with its new
 /// value, shown this once.
-pub async fn roll(state: &AppState, key: &ApiKeyRecord) -> ApiResult<(ApiKeyRecord, String)> {
+pub async fn roll(
+    state: &AppState,
+    ctx: &Context,
+    key: &ApiKeyRecord,
+) -> ApiResult<(ApiKeyRecord, String)> {
     let value = api_key::generate_value();
+    let log = vec![ctx.entry(
+        state,
+        Some(key.user_id),
+        Activity::PersonalApiKeyRolled,
+        json!({ "id": key.id, "label": key.label }),
+    )];
     let (before, after) = state
         .store
         .roll_api_key(
@@ -176,11 +237,12 @@ pub async fn roll(state: &AppState, key: &ApiKeyRecord) -> ApiResult<(ApiKeyReco
             &api_key::secure_value(&value),
             &api_key::mask(&value),
             state.clock.now(),
-            &[],
+            &log,
         )
         .await?
         .ok_or_else(ApiError::not_found)?;
     state.caches.invalidate_key(&before.secure_value);
+    activity::committed(state, &log);
     Ok((after, value))
 }
 

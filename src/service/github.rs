@@ -13,6 +13,7 @@ use serde_json::{Map, Value, json};
 use crate::crypto::sealed;
 use crate::error::{ApiError, ApiResult};
 use crate::github::{GithubError, Reply};
+use crate::service::activity::{self, Activity, Context};
 use crate::state::AppState;
 use crate::store::{NewUserIntegration, UserIntegrationRecord, UserRecord};
 use crate::time::{Micros, SECOND};
@@ -320,12 +321,22 @@ async fn usable_user_token(
 ) -> Result<SecretString, UserTokenError> {
     let now = state.clock.now_secs();
     let drop_row = async |integration: &Integration| {
-        if let Err(e) = state
+        let log = [Context::system().entry(
+            state,
+            Some(integration.record.user_id),
+            Activity::GithubIntegrationUnlinked,
+            json!({ "installation_id": integration.installation_id(), "reason": "tokens_unusable" }),
+        )];
+        match state
             .store
-            .delete_user_integration(integration.record.id, &[])
+            .delete_user_integration(integration.record.id, &log)
             .await
         {
-            tracing::warn!(error = %e, "could not delete a GitHub integration with dead tokens");
+            Ok(true) => activity::committed(state, &log),
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "could not delete a GitHub integration with dead tokens")
+            }
         }
         UserTokenError::ReauthorizationRequired
     };
@@ -991,7 +1002,12 @@ fn valid_installation_id(id: &str) -> bool {
 }
 
 /// `GET /complete/github-link/` for the logged-in `user`: the redirect target (B.5).
-pub async fn complete(state: &AppState, user: &UserRecord, query: CallbackQuery) -> String {
+pub async fn complete(
+    state: &AppState,
+    ctx: &Context,
+    user: &UserRecord,
+    query: CallbackQuery,
+) -> String {
     if let Some(error) = query.error.as_deref() {
         let client = Client::of(peek_state(state, query.state.as_deref()).await.as_ref());
         let reason = if error == "access_denied" {
@@ -1023,7 +1039,16 @@ pub async fn complete(state: &AppState, user: &UserRecord, query: CallbackQuery)
         return Client::Web.failure("invalid_state");
     };
     let client = Client::of(Some(&link));
-    match link_installations(state, user, &link, code, query.installation_id.as_deref()).await {
+    match link_installations(
+        state,
+        ctx,
+        user,
+        &link,
+        code,
+        query.installation_id.as_deref(),
+    )
+    .await
+    {
         Ok(Linked::Done) => client.success(),
         Ok(Linked::Install(url)) => url,
         Err(reason) => client.failure(reason),
@@ -1039,6 +1064,7 @@ enum Linked {
 /// Steps 5–11 of B.5; `Err` carries the reason code.
 async fn link_installations(
     state: &AppState,
+    ctx: &Context,
     user: &UserRecord,
     link: &LinkState,
     code: &str,
@@ -1182,6 +1208,12 @@ async fn link_installations(
         let sealed = secrets
             .seal(state)
             .map_err(|_| "integration_create_failed")?;
+        let log = [ctx.entry(
+            state,
+            Some(user.id),
+            Activity::GithubIntegrationLinked,
+            json!({ "installation_id": id, "account": config.get("account"), "github_user": gh_login }),
+        )];
         state
             .store
             .upsert_user_integration(
@@ -1193,13 +1225,14 @@ async fn link_installations(
                     sensitive_config: sealed,
                     now: state.clock.now(),
                 },
-                &[],
+                &log,
             )
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "storing a GitHub integration failed");
                 "integration_create_failed"
             })?;
+        activity::committed(state, &log);
     }
     Ok(Linked::Done)
 }
@@ -1257,12 +1290,22 @@ pub async fn personal_integrations(
 }
 
 /// Removes a personal integration (and its tokens); not found when it is already gone.
-pub async fn unlink(state: &AppState, integration: &Integration) -> ApiResult<()> {
+pub async fn unlink(state: &AppState, ctx: &Context, integration: &Integration) -> ApiResult<()> {
+    let log = [ctx.entry(
+        state,
+        Some(integration.record.user_id),
+        Activity::GithubIntegrationUnlinked,
+        json!({
+            "installation_id": integration.installation_id(),
+            "account": integration.config().get("account"),
+        }),
+    )];
     if state
         .store
-        .delete_user_integration(integration.record.id, &[])
+        .delete_user_integration(integration.record.id, &log)
         .await?
     {
+        activity::committed(state, &log);
         Ok(())
     } else {
         Err(ApiError::NotFound(NOT_FOUND.into()))

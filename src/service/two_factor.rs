@@ -2,9 +2,12 @@
 //! Each change and what it implies (sessions that never passed the new factor end, a notice
 //! goes out) is one transaction.
 
+use serde_json::Value;
+
 use crate::domain::totp;
 use crate::error::{ApiError, ApiResult};
 use crate::service::accounts::{self, TOTP_SETUP_AGE, commit};
+use crate::service::activity::{Activity, Context};
 use crate::service::caller::Caller;
 use crate::service::emails::{self, Outgoing};
 use crate::state::AppState;
@@ -93,6 +96,7 @@ pub async fn pending_setup(
 /// together.
 pub async fn enable(
     state: &AppState,
+    ctx: &Context,
     caller: &Caller,
     user: &UserRecord,
     token: Option<String>,
@@ -124,6 +128,12 @@ pub async fn enable(
         // Sessions that never passed the new second factor end here.
         end_sessions: Some(Some(session.id.clone())),
         session: Some(session),
+        activity: vec![ctx.entry(
+            state,
+            Some(user.id),
+            Activity::TwoFactorEnabled,
+            Value::Null,
+        )],
         ..UserWrite::default()
     };
     let mut mail = Outgoing::default();
@@ -154,6 +164,7 @@ pub async fn status(state: &AppState, target: &UserRecord) -> ApiResult<Status> 
 /// Ten fresh backup codes (stored hashed; returned in clear this once).
 pub async fn regenerate_backup_codes(
     state: &AppState,
+    ctx: &Context,
     target: &UserRecord,
 ) -> ApiResult<Vec<String>> {
     if state.store.totp_device(target.id).await?.is_none() {
@@ -162,13 +173,31 @@ pub async fn regenerate_backup_codes(
             "2FA must be enabled first",
         ));
     }
-    accounts::regenerate_backup_codes(state, target.id).await
+    let (codes, hashes) = accounts::new_backup_codes(state, target.id);
+    let write = UserWrite {
+        backup_codes: Some(hashes),
+        activity: vec![ctx.entry(
+            state,
+            Some(target.id),
+            Activity::BackupCodesRegenerated,
+            Value::Null,
+        )],
+        ..UserWrite::default()
+    };
+    commit(state, target.id, &write, Outgoing::default()).await?;
+    Ok(codes)
 }
 
 /// Removes the device and every backup code; the notice commits with it.
-pub async fn disable(state: &AppState, target: &UserRecord) -> ApiResult<()> {
+pub async fn disable(state: &AppState, ctx: &Context, target: &UserRecord) -> ApiResult<()> {
     let mut write = UserWrite {
         remove_two_factor: true,
+        activity: vec![ctx.entry(
+            state,
+            Some(target.id),
+            Activity::TwoFactorDisabled,
+            Value::Null,
+        )],
         ..UserWrite::default()
     };
     let mut mail = Outgoing::default();

@@ -1,7 +1,7 @@
 //! The rules of `/api/users/…`: who may act on whom, and PATCH/PUT validation as PostHog's
 //! `UserSerializer` applies it (first error in field order wins; nothing is written on error).
 
-use serde_json::{Map, Value};
+use serde_json::{Map, Value, json};
 use uuid::Uuid;
 
 use crate::domain::fields::{self, Chars, FieldError, FieldResult};
@@ -11,10 +11,11 @@ use crate::domain::user::{
 };
 use crate::error::{ApiError, ApiResult};
 use crate::service::accounts::{self, IdentityChanges, IdentityRequest};
+use crate::service::activity::{Activity, Context, Origin};
 use crate::service::caller::Caller;
 use crate::service::emails::{self, Outgoing};
 use crate::state::AppState;
-use crate::store::{UserChanges, UserDeletion, UserRecord, UserWrite};
+use crate::store::{NewActivity, UserChanges, UserDeletion, UserRecord, UserWrite};
 
 pub const NON_STAFF_ME_ONLY: &str =
     "As a non-staff user you're only allowed to access the `@me` user instance.";
@@ -385,6 +386,7 @@ async fn validate_current_team(
 pub async fn update(
     state: &AppState,
     caller: &Caller,
+    origin: Origin,
     requester: &UserRecord,
     target: &UserRecord,
     body: Value,
@@ -420,12 +422,77 @@ pub async fn update(
         // The link is minted from the record as this write leaves it.
         mail.add(state, &mut write, emails::verification(state, &user))?;
     }
+    let ctx = Context::caller(caller, origin);
+    write.activity = update_entries(state, &ctx, target, &user, password_changed, email_staged);
     accounts::commit(state, user.id, &write, mail).await
+}
+
+/// What a change of the user records: `password_changed`, `email_change_requested` (with the
+/// address staged), `user_deactivated`/`user_activated`, and `user_updated` for the rest.
+fn update_entries(
+    state: &AppState,
+    ctx: &Context,
+    before: &UserRecord,
+    after: &UserRecord,
+    password_changed: bool,
+    email_staged: bool,
+) -> Vec<NewActivity> {
+    let entry = |activity, detail| ctx.entry(state, Some(after.id), activity, detail);
+    let mut entries = Vec::new();
+    if password_changed {
+        entries.push(entry(Activity::PasswordChanged, Value::Null));
+    }
+    if email_staged {
+        entries.push(entry(
+            Activity::EmailChangeRequested,
+            json!({ "email": after.pending_email }),
+        ));
+    }
+    if before.is_active != after.is_active {
+        let activity = match after.is_active {
+            true => Activity::UserActivated,
+            false => Activity::UserDeactivated,
+        };
+        entries.push(entry(activity, Value::Null));
+    }
+    if let Some(detail) = updated_fields(before, after) {
+        entries.push(entry(Activity::UserUpdated, detail));
+    }
+    entries
+}
+
+/// `{"fields": [names], "values": {name: new value}}` of what a change touched, or `None`. Values
+/// only for settings that are neither credentials, addresses nor free-form documents; the
+/// password, the staged address and `is_active` have entries of their own.
+pub fn updated_fields(before: &UserRecord, after: &UserRecord) -> Option<Value> {
+    let mut fields = Vec::new();
+    let mut values = Map::new();
+    macro_rules! compare {
+        (shown: $($shown:ident),*; named: $($named:ident),*) => {
+            $(if before.$shown != after.$shown {
+                fields.push(stringify!($shown));
+                values.insert(stringify!($shown).into(), json!(after.$shown));
+            })*
+            $(if before.$named != after.$named {
+                fields.push(stringify!($named));
+            })*
+        };
+    }
+    compare!(
+        shown: first_name, last_name, is_staff, current_organization_id, current_team_id,
+            anonymize_data, allow_impersonation, toolbar_mode, theme_mode, role_at_organization,
+            allow_sidebar_suggestions, shortcut_position, passkeys_enabled_for_2fa, hide_mcp_hints,
+            email_opt_in;
+        named: email, distinct_id, partial_notification_settings, hedgehog_config,
+            events_column_config, has_seen_product_intro_for, ui_configuration
+    );
+    (!fields.is_empty()).then(|| json!({ "fields": fields, "values": values }))
 }
 
 /// `PATCH /api/users/{uuid}/hedgehog_config/`: the body replaces the stored configuration.
 pub async fn set_hedgehog_config(
     state: &AppState,
+    ctx: &Context,
     target: &UserRecord,
     config: Value,
 ) -> ApiResult<UserRecord> {
@@ -434,6 +501,12 @@ pub async fn set_hedgehog_config(
             hedgehog_config: Some(Some(config)),
             ..UserChanges::default()
         },
+        activity: vec![ctx.entry(
+            state,
+            Some(target.id),
+            Activity::UserUpdated,
+            json!({ "fields": ["hedgehog_config"], "values": {} }),
+        )],
         ..UserWrite::default()
     };
     accounts::commit(state, target.id, &write, Outgoing::default()).await

@@ -16,6 +16,7 @@ use crate::domain::scope::SCOPE_OBJECTS;
 use crate::error::ApiError;
 use crate::http::api_keys::new_key;
 use crate::http::body::{Body, FormLists};
+use crate::service::activity::{Context, Origin};
 use crate::service::api_keys;
 use crate::state::AppState;
 use crate::store::{ApiKeyRecord, UserRecord};
@@ -172,6 +173,7 @@ fn expiry(date: &str) -> Value {
 pub async fn create(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     lists: FormLists,
     body: Result<Body, ApiError>,
@@ -192,7 +194,8 @@ pub async fn create(
     }
     let created = async {
         let key = new_key(&state, &caller, fields).await?;
-        api_keys::create(&state, caller.user_id, key).await
+        let ctx = Context::caller(&caller, origin);
+        api_keys::create(&state, &ctx, caller.user_id, key).await
     }
     .await;
     match created {
@@ -228,6 +231,7 @@ pub async fn create(
 pub async fn roll(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Body, ApiError>,
@@ -235,7 +239,7 @@ pub async fn roll(
     body?;
     let (caller, user) = signed_in!(&state, auth, PAGE, Authenticated::authorize_unscoped);
     let key = api_keys::own(&state, caller.user_id, &id).await?;
-    let (after, value) = api_keys::roll(&state, &key).await?;
+    let (after, value) = api_keys::roll(&state, &Context::caller(&caller, origin), &key).await?;
     let shown = Shown {
         new_value: Some(NewValue {
             label: after.label,
@@ -252,6 +256,7 @@ pub async fn roll(
 pub async fn delete(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     Path(id): Path<String>,
     body: Result<Body, ApiError>,
@@ -268,6 +273,6 @@ pub async fn delete(
             .await?
             .into_response());
     }
-    api_keys::delete(&state, &key).await?;
+    api_keys::delete(&state, &Context::caller(&caller, origin), &key).await?;
     Ok(see_other("/settings/user-api-keys?notice=key_deleted"))
 }

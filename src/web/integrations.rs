@@ -17,6 +17,7 @@ use crate::auth::session;
 use crate::auth::{Authenticated, SessionOnly};
 use crate::error::ApiError;
 use crate::http::body::Body;
+use crate::service::activity::{Context, Origin};
 use crate::service::github;
 use crate::state::AppState;
 use crate::store::{UserIntegrationRecord, UserRecord};
@@ -148,6 +149,7 @@ pub async fn connect(
 pub async fn disconnect(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     Path(installation): Path<String>,
     body: Result<Body, ApiError>,
 ) -> PageResult {
@@ -157,7 +159,7 @@ pub async fn disconnect(
         Err(done) => return Ok(*done),
     };
     let integration = github::find(&state, caller.user_id, &installation).await?;
-    github::unlink(&state, &integration).await?;
+    github::unlink(&state, &Context::caller(&caller, origin), &integration).await?;
     Ok(see_other(
         "/settings/user-personal-integrations?notice=github_disconnected",
     ))

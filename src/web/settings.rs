@@ -17,6 +17,7 @@ use crate::domain::scope::ScopeNeed;
 use crate::error::ApiError;
 use crate::http::body::Body;
 use crate::http::users::{RECENT_LOGIN_EXEMPT_FIELDS, USER_WRITE};
+use crate::service::activity::Origin;
 use crate::service::{accounts, users};
 use crate::state::AppState;
 use crate::store::UserRecord;
@@ -150,6 +151,7 @@ pub async fn user_page(
 async fn save(
     state: &AppState,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: &HeaderMap,
     form: Form,
     body: Result<Body, ApiError>,
@@ -173,6 +175,7 @@ async fn save(
     let saved = users::update(
         state,
         &caller,
+        origin,
         &user,
         &user,
         Value::Object(fields.clone()),
@@ -225,10 +228,11 @@ async fn save(
 pub async fn profile(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
-    save(&state, auth, &headers, Form::Profile, body).await
+    save(&state, auth, origin, &headers, Form::Profile, body).await
 }
 
 /// `POST /settings/user/email`: `email`. With email configured the address waits for its
@@ -236,20 +240,22 @@ pub async fn profile(
 pub async fn email(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
-    save(&state, auth, &headers, Form::Email, body).await
+    save(&state, auth, origin, &headers, Form::Email, body).await
 }
 
 /// `POST /settings/user/password`: `current_password`, `password`. Every other session ends.
 pub async fn password(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
-    save(&state, auth, &headers, Form::Password, body).await
+    save(&state, auth, origin, &headers, Form::Password, body).await
 }
 
 /// `POST /settings/user/email/cancel`: forgets the pending address (its link stops working).

@@ -18,6 +18,7 @@ use crate::auth::{Authenticated, Caller, SessionOnly};
 use crate::domain::scope::ScopeNeed;
 use crate::error::ApiError;
 use crate::http::body::Body;
+use crate::service::activity::{Context, Origin};
 use crate::service::two_factor::{self, Setup};
 use crate::state::AppState;
 use crate::store::UserRecord;
@@ -115,11 +116,12 @@ async fn render(
 /// Makes new backup codes (the old ones stop working) and shows them, this once.
 async fn new_backup_codes(
     state: &AppState,
+    ctx: &Context,
     caller: &Caller,
     user: &UserRecord,
     headers: &HeaderMap,
 ) -> PageResult {
-    let codes = two_factor::regenerate_backup_codes(state, user).await?;
+    let codes = two_factor::regenerate_backup_codes(state, ctx, user).await?;
     let page = render(
         state,
         caller,
@@ -161,6 +163,7 @@ pub async fn page(
 pub async fn enable(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
@@ -168,8 +171,9 @@ pub async fn enable(
     let (caller, user) = signed_in!(&state, auth, PAGE, |auth| auth
         .authorize(ScopeNeed::NoKeyAccess));
     let token = Some(text(&form, "token").trim().to_string()).filter(|t| !t.is_empty());
-    match two_factor::enable(&state, &caller, &user, token).await {
-        Ok(()) => new_backup_codes(&state, &caller, &user, &headers).await,
+    let ctx = Context::caller(&caller, origin);
+    match two_factor::enable(&state, &ctx, &caller, &user, token).await {
+        Ok(()) => new_backup_codes(&state, &ctx, &caller, &user, &headers).await,
         Err(e) if e.status().is_server_error() => Err(e.into()),
         Err(e) => {
             let errors = Errors::of(&e, &["token"]);
@@ -184,6 +188,7 @@ pub async fn enable(
 pub async fn backup_codes(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     headers: HeaderMap,
     body: Result<Body, ApiError>,
 ) -> PageResult {
@@ -193,18 +198,20 @@ pub async fn backup_codes(
     if !two_factor::status(&state, &user).await?.has_totp {
         return Ok(see_other(PAGE));
     }
-    new_backup_codes(&state, &caller, &user, &headers).await
+    let ctx = Context::caller(&caller, origin);
+    new_backup_codes(&state, &ctx, &caller, &user, &headers).await
 }
 
 /// `POST /settings/user-2fa/disable`.
 pub async fn disable(
     State(state): State<AppState>,
     auth: Result<Authenticated<SessionOnly>, ApiError>,
+    origin: Origin,
     body: Result<Body, ApiError>,
 ) -> PageResult {
     body?;
-    let (_, user) = signed_in!(&state, auth, PAGE, |auth| auth
+    let (caller, user) = signed_in!(&state, auth, PAGE, |auth| auth
         .authorize(ScopeNeed::NoKeyAccess));
-    two_factor::disable(&state, &user).await?;
+    two_factor::disable(&state, &Context::caller(&caller, origin), &user).await?;
     Ok(see_other("/settings/user-2fa?notice=two_factor_disabled"))
 }
