@@ -505,3 +505,49 @@ pub async fn run_invalidation_poller(
     }
     caches.flush_last_used(&store).await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(last_activity_at: Micros) -> SessionEntry {
+        SessionEntry {
+            id: "stored-id".into(),
+            user_id: 1,
+            created_at: 0,
+            login_at: Some(0),
+            expires_at: Micros::MAX,
+            csrf_token: String::new(),
+            two_factor: TwoFactorGate::NotEnforced,
+            last_activity_at: AtomicI64::new(last_activity_at),
+        }
+    }
+
+    #[test]
+    fn session_use_is_queued_once_a_minute_however_many_requests_race() {
+        let caches = Caches::new();
+        let entry = session(0);
+        let t0 = 1_700_000_000 * SECOND;
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        caches.note_session_used(&entry, t0);
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            *caches.pending_last_activity.lock(),
+            [("stored-id".to_string(), t0)]
+        );
+        caches.note_session_used(&entry, t0 + LAST_ACTIVITY_GRANULARITY - 1);
+        assert_eq!(caches.pending_last_activity.lock().len(), 1);
+        caches.note_session_used(&entry, t0 + LAST_ACTIVITY_GRANULARITY);
+        assert_eq!(caches.pending_last_activity.lock().len(), 2);
+        // A session loaded with a recent stored value is not written again.
+        let loaded = session(t0);
+        caches.note_session_used(&loaded, t0 + SECOND);
+        assert_eq!(caches.pending_last_activity.lock().len(), 2);
+    }
+}
