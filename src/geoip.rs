@@ -22,6 +22,11 @@ impl GeoIp {
     /// "City, Country", or "Country" (a Country database, or no city known), in English; `None`
     /// when the address is not in the database (private ranges, say).
     pub fn locate(&self, ip: IpAddr) -> Option<String> {
+        // A dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`.
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+            v4 => v4,
+        };
         let found = self.reader.lookup(ip).ok()?;
         if !found.has_data() {
             return None;

@@ -169,6 +169,10 @@ fn the_database_places_addresses_it_knows() {
         Some("Germany"),
         "no city: the country"
     );
+    assert_eq!(
+        at("::ffff:81.2.69.160").as_deref(),
+        Some("London, United Kingdom")
+    );
     assert_eq!(at("10.0.0.1"), None, "not in the database");
     assert_eq!(at("::1"), None, "IPv6 in an IPv4 database");
 }
