@@ -41,15 +41,36 @@ pub fn page_link(
     limit: i64,
     offset: Option<i64>,
 ) -> String {
+    let mut set = vec![("limit", limit.to_string())];
+    if let Some(offset) = offset {
+        set.push(("offset", offset.to_string()));
+    }
+    with_params(base, params, &["limit", "offset"], set)
+}
+
+/// A cursor-paginated list's link: the same query with `cursor` set, without credentials.
+pub fn cursor_link(base: &str, params: &[(String, String)], cursor: String) -> String {
+    with_params(base, params, &[], vec![("cursor", cursor)])
+}
+
+/// The query without `replaced`, the names in `set` and credentials, plus `set`; parameters
+/// sorted by name and encoded like Python's `urlencode`.
+fn with_params(
+    base: &str,
+    params: &[(String, String)],
+    replaced: &[&str],
+    set: Vec<(&str, String)>,
+) -> String {
     let mut pairs: Vec<(&str, Cow<'_, str>)> = params
         .iter()
-        .filter(|(k, _)| k != "limit" && k != "offset" && !is_credential_param(k))
+        .filter(|(k, _)| {
+            !replaced.contains(&k.as_str())
+                && !set.iter().any(|(name, _)| name == k)
+                && !is_credential_param(k)
+        })
         .map(|(k, v)| (k.as_str(), Cow::Borrowed(v.as_str())))
         .collect();
-    pairs.push(("limit", Cow::Owned(limit.to_string())));
-    if let Some(offset) = offset {
-        pairs.push(("offset", Cow::Owned(offset.to_string())));
-    }
+    pairs.extend(set.into_iter().map(|(k, v)| (k, Cow::Owned(v))));
     pairs.sort_by(|a, b| a.0.cmp(b.0));
     let query: Vec<String> = pairs
         .iter()

@@ -6,6 +6,7 @@
 //! route) around the handlers.
 
 pub mod accounts;
+pub mod activity;
 pub mod api_keys;
 pub mod body;
 pub mod client;
@@ -39,6 +40,7 @@ pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
         .merge(login_sessions::router())
+        .merge(activity::router())
         .merge(accounts::router())
         .merge(two_factor::router())
         .merge(api_keys::router())

@@ -191,7 +191,11 @@ pub struct RequestTarget {
 }
 
 impl RequestTarget {
-    fn query_pairs(&self) -> Vec<(String, String)> {
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    pub fn query_pairs(&self) -> Vec<(String, String)> {
         self.query
             .as_deref()
             .and_then(|q| serde_urlencoded::from_str(q).ok())

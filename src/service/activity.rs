@@ -6,8 +6,9 @@ use std::net::IpAddr;
 
 use serde_json::{Value, json};
 
+use crate::error::{ApiError, ApiResult};
 use crate::state::AppState;
-use crate::store::{ActorRecord, NewActivity};
+use crate::store::{ActivityQuery, ActivityRecord, ActorRecord, NewActivity, UserRecord};
 use crate::time::Micros;
 
 use super::caller::{Caller, Credential};
@@ -205,10 +206,16 @@ impl Context {
                 id: None,
                 label: Some("hoglet CLI".into()),
             },
-            Actor::System | Actor::Anonymous => ActorRecord {
+            Actor::System => ActorRecord {
                 kind: "system".into(),
                 id: None,
-                label: None,
+                label: Some("hoglet".into()),
+            },
+            // Someone who has not proven who they are (a failed login): hoglet records it.
+            Actor::Anonymous => ActorRecord {
+                kind: "system".into(),
+                id: None,
+                label: Some("anonymous".into()),
             },
         };
         NewActivity {
@@ -240,10 +247,9 @@ pub fn locked_out(state: &AppState, ctx: &Context, what: &str) {
     };
     tracing::info!(
         target: "hoglet::security",
-        activity = "login_locked_out",
-        ip = ctx.origin.ip_text().as_deref().unwrap_or("-"),
+        ip = %ctx.origin.ip_text().as_deref().unwrap_or("-"),
         user_id = %user_id,
-        lock = what,
+        lock = %what,
         "login_locked_out",
     );
 }
@@ -263,13 +269,159 @@ pub fn committed(state: &AppState, entries: &[NewActivity]) {
         if security {
             tracing::info!(
                 target: "hoglet::security",
-                activity = %entry.activity,
-                ip = entry.ip.as_deref().unwrap_or("-"),
-                user_id = entry.user_id.map_or_else(|| "-".to_string(), |id| id.to_string()),
+                ip = %entry.ip.as_deref().unwrap_or("-"),
+                user_id = %entry.user_id.map_or_else(|| "-".to_string(), |id| id.to_string()),
                 actor = %entry.actor.kind,
                 "{}",
                 entry.activity,
             );
         }
     }
+}
+
+// --- reading the log ---
+
+/// The most entries one page holds, and the default.
+pub const MAX_PAGE: usize = 100;
+pub const DEFAULT_PAGE: usize = 50;
+
+/// Where a page starts: below an entry (older) or above one (newer).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    Before(i64),
+    After(i64),
+}
+
+impl Cursor {
+    /// The opaque text a link carries.
+    pub fn encode(self) -> String {
+        use base64::Engine;
+        let text = match self {
+            Cursor::Before(id) => format!("b{id}"),
+            Cursor::After(id) => format!("a{id}"),
+        };
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(text)
+    }
+
+    /// DRF's `CursorPagination` answers 404 `Invalid cursor` for one it did not make.
+    pub fn decode(text: &str) -> ApiResult<Cursor> {
+        use base64::Engine;
+        let invalid = || ApiError::NotFound("Invalid cursor".into());
+        let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text.trim())
+            .map_err(|_| invalid())?;
+        let text = std::str::from_utf8(&bytes).map_err(|_| invalid())?;
+        let id = |digits: &str| digits.parse::<i64>().ok().filter(|id| *id >= 0);
+        match text.split_at_checked(1) {
+            Some(("b", digits)) => id(digits).map(Cursor::Before),
+            Some(("a", digits)) => id(digits).map(Cursor::After),
+            _ => None,
+        }
+        .ok_or_else(invalid)
+    }
+}
+
+/// One page of a user's log, newest first, with the cursors of its neighbours.
+pub struct Page {
+    pub entries: Vec<ActivityRecord>,
+    pub next: Option<Cursor>,
+    pub previous: Option<Cursor>,
+}
+
+/// What a reader asks for.
+#[derive(Clone, Debug, Default)]
+pub struct PageRequest {
+    pub activity: Option<Activity>,
+    pub cursor: Option<Cursor>,
+    pub limit: Option<usize>,
+}
+
+/// A page of `user`'s log; one more entry than the page is read to tell whether there is more.
+pub async fn page(state: &AppState, user: &UserRecord, request: &PageRequest) -> ApiResult<Page> {
+    let limit = request.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    let (before, after) = match request.cursor {
+        Some(Cursor::Before(id)) => (Some(id), None),
+        Some(Cursor::After(id)) => (None, Some(id)),
+        None => (None, None),
+    };
+    let mut entries = state
+        .store
+        .activity(&ActivityQuery {
+            user_id: user.id,
+            activity: request.activity.map(|a| a.as_str().to_string()),
+            before,
+            after,
+            limit: limit + 1,
+        })
+        .await?;
+    let more = entries.len() > limit;
+    let (next, previous);
+    if after.is_some() {
+        // Read oldest first above the cursor, then put newest first: the extra entry is the
+        // newest one.
+        if more {
+            entries.remove(0);
+        }
+        next = entries.last().map(|e| Cursor::Before(e.id));
+        previous = more
+            .then(|| entries.first().map(|e| Cursor::After(e.id)))
+            .flatten();
+    } else {
+        entries.truncate(limit);
+        next = more
+            .then(|| entries.last().map(|e| Cursor::Before(e.id)))
+            .flatten();
+        previous = before.and_then(|_| entries.first().map(|e| Cursor::After(e.id)));
+    }
+    Ok(Page {
+        entries,
+        next,
+        previous,
+    })
+}
+
+/// Every entry of the user's log, newest first (the data export).
+pub async fn all(state: &AppState, user: &UserRecord) -> ApiResult<Vec<ActivityRecord>> {
+    let mut entries = Vec::new();
+    let mut request = PageRequest {
+        limit: Some(MAX_PAGE),
+        ..PageRequest::default()
+    };
+    loop {
+        let page = page(state, user, &request).await?;
+        entries.extend(page.entries);
+        match page.next {
+            Some(next) => request.cursor = Some(next),
+            None => return Ok(entries),
+        }
+    }
+}
+
+/// The label a user actor is shown with: their current email (looked up once per actor).
+pub async fn actor_labels(
+    state: &AppState,
+    subject: &UserRecord,
+    entries: &[ActivityRecord],
+) -> ApiResult<std::collections::HashMap<String, String>> {
+    let mut labels = std::collections::HashMap::new();
+    labels.insert(subject.id.to_string(), subject.email.clone());
+    for entry in entries {
+        let Some(id) = entry
+            .actor
+            .id
+            .as_ref()
+            .filter(|_| entry.actor.kind == "user")
+        else {
+            continue;
+        };
+        if labels.contains_key(id) {
+            continue;
+        }
+        if let Ok(user_id) = id.parse::<i64>()
+            && let Some(user) = state.store.user_by_id(user_id).await?
+        {
+            labels.insert(id.clone(), user.email);
+        }
+    }
+    Ok(labels)
 }

@@ -31,24 +31,19 @@ pub async fn logged_in_member(app: &TestApp, email: &str) -> (TestUser, Browser)
 
 impl Browser {
     pub fn new(app: &TestApp) -> Self {
-        Self::build(app, None)
+        Self::with_user_agent(app, None)
     }
 
-    /// A browser that sends this `User-Agent` with every request.
-    #[allow(dead_code)]
-    pub fn with_user_agent(app: &TestApp, user_agent: &str) -> Self {
-        Self::build(app, Some(user_agent))
-    }
-
-    fn build(app: &TestApp, user_agent: Option<&str>) -> Self {
+    /// A browser that sends `user_agent` (none: reqwest sends no `User-Agent`).
+    pub fn with_user_agent(app: &TestApp, user_agent: Option<&str>) -> Self {
         let jar = Arc::new(Jar::default());
-        let mut client = reqwest::Client::builder()
+        let mut builder = reqwest::Client::builder()
             .cookie_provider(jar.clone())
             .redirect(reqwest::redirect::Policy::none());
         if let Some(user_agent) = user_agent {
-            client = client.user_agent(user_agent);
+            builder = builder.user_agent(user_agent);
         }
-        let client = client.build().expect("client");
+        let client = builder.build().expect("client");
         Self {
             client,
             jar,

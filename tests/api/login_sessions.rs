@@ -37,7 +37,7 @@ const FIREFOX_WINDOWS: &str =
 
 /// A browser with `user_agent`, logged in as `email`.
 async fn signed_in(app: &TestApp, email: &str, user_agent: &str) -> Browser {
-    let browser = Browser::with_user_agent(app, user_agent);
+    let browser = Browser::with_user_agent(app, Some(user_agent));
     browser.login(email, PASSWORD).await.assert_ok();
     browser
 }

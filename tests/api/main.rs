@@ -7,6 +7,7 @@ mod fake_github;
 mod helpers;
 
 mod accounts;
+mod activity;
 mod api_keys;
 mod api_keys_auth;
 mod cli;
