@@ -73,6 +73,12 @@ impl App {
                 "HOGLET_GITHUB_APP_PRIVATE_KEY is set but is not a usable RSA key: GitHub App calls will fail"
             );
         }
+        let geoip = match &config.geoip_database {
+            Some(file) => Some(Arc::new(
+                crate::geoip::GeoIp::open(file).context("HOGLET_GEOIP_DATABASE")?,
+            )),
+            None => None,
+        };
         let state = AppState(Arc::new(Inner {
             config,
             store,
@@ -87,6 +93,7 @@ impl App {
             hasher: PasswordHasher::start(),
             kv,
             github,
+            geoip,
         }));
         Ok(Self { state, listener })
     }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod health;
 pub mod integrations;
 pub mod links;
+pub mod login_sessions;
 pub mod openapi;
 pub mod origin;
 pub mod paths;
@@ -38,6 +39,7 @@ use crate::state::AppState;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
+        .merge(login_sessions::router())
         .merge(activity::router())
         .merge(accounts::router())
         .merge(two_factor::router())

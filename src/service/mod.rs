@@ -6,6 +6,7 @@ pub mod api_keys;
 pub mod caller;
 pub mod emails;
 pub mod github;
+pub mod login_sessions;
 pub mod render;
 pub mod sessions;
 pub mod signal_autonomy;
