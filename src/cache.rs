@@ -39,6 +39,8 @@ const FEED_OVERLAP: Micros = 5 * SECOND;
 const FEED_BATCH: usize = 10_000;
 /// `last_used_at` is written at most this often per key, as PostHog does.
 const LAST_USED_GRANULARITY: Micros = 3600 * SECOND;
+/// A session's `last_activity_at` is written at most this often.
+pub const LAST_ACTIVITY_GRANULARITY: Micros = 60 * SECOND;
 const MAX_KEYS: usize = 100_000;
 const MAX_RENDER_BYTES: usize = 64 * 1024 * 1024;
 const SHARDS: usize = 16;
@@ -99,6 +101,8 @@ pub struct SessionEntry {
     /// What organization-enforced 2FA asks of this session (users.md §2.8), decided at load; a
     /// change to the organization, the user or their device invalidates the entry.
     pub two_factor: TwoFactorGate,
+    /// When the session was last marked as used (0: never), see [`Caches::note_session_used`].
+    pub last_activity_at: AtomicI64,
 }
 
 /// Organization-enforced 2FA as it applies to one session.
@@ -286,6 +290,7 @@ pub struct Caches {
     sessions: StampedMap<String, Arc<SessionEntry>>,
     me: StampedMap<i64, Bytes>,
     pending_last_used: Mutex<Vec<(String, Micros)>>,
+    pending_last_activity: Mutex<Vec<(String, Micros)>>,
 }
 
 impl Default for Caches {
@@ -302,6 +307,7 @@ impl Caches {
             sessions: StampedMap::new(TTL, MAX_KEYS),
             me: StampedMap::new(RENDER_TTL, MAX_RENDER_BYTES),
             pending_last_used: Mutex::new(Vec::new()),
+            pending_last_activity: Mutex::new(Vec::new()),
         }
     }
 
@@ -405,19 +411,45 @@ impl Caches {
         }
     }
 
+    /// Notes that a session was used; at most once per [`LAST_ACTIVITY_GRANULARITY`] it queues
+    /// a write (the compare-and-swap lets one of many concurrent requests queue it). In the
+    /// common case this is one atomic load.
+    pub fn note_session_used(&self, entry: &SessionEntry, now: Micros) {
+        let last = entry.last_activity_at.load(Ordering::Relaxed);
+        if now - last < LAST_ACTIVITY_GRANULARITY {
+            return;
+        }
+        if entry
+            .last_activity_at
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.pending_last_activity
+                .lock()
+                .push((entry.id.clone(), now));
+        }
+    }
+
     fn take_pending_last_used(&self) -> Vec<(String, Micros)> {
         std::mem::take(&mut *self.pending_last_used.lock())
     }
 
-    /// Writes queued `last_used_at` values.
+    /// Writes queued `last_used_at` (keys) and `last_activity_at` (sessions) values.
     pub async fn flush_last_used(&self, store: &DynStore) {
         let pending = self.take_pending_last_used();
-        if pending.is_empty() {
-            return;
-        }
-        if let Err(e) = store.touch_api_keys(&pending).await {
+        if !pending.is_empty()
+            && let Err(e) = store.touch_api_keys(&pending).await
+        {
             tracing::warn!(error = %e, keys = pending.len(), "could not record key use; will retry");
             self.pending_last_used.lock().extend(pending);
+        }
+        let sessions = std::mem::take(&mut *self.pending_last_activity.lock());
+        if !sessions.is_empty()
+            && let Err(e) = store.touch_sessions(&sessions).await
+        {
+            // The ids are session ids (the cookie's hash): counted, never logged.
+            tracing::warn!(error = %e, sessions = sessions.len(), "could not record session activity; will retry");
+            self.pending_last_activity.lock().extend(sessions);
         }
     }
 }
@@ -472,4 +504,50 @@ pub async fn run_invalidation_poller(
         }
     }
     caches.flush_last_used(&store).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn session(last_activity_at: Micros) -> SessionEntry {
+        SessionEntry {
+            id: "stored-id".into(),
+            user_id: 1,
+            created_at: 0,
+            login_at: Some(0),
+            expires_at: Micros::MAX,
+            csrf_token: String::new(),
+            two_factor: TwoFactorGate::NotEnforced,
+            last_activity_at: AtomicI64::new(last_activity_at),
+        }
+    }
+
+    #[test]
+    fn session_use_is_queued_once_a_minute_however_many_requests_race() {
+        let caches = Caches::new();
+        let entry = session(0);
+        let t0 = 1_700_000_000 * SECOND;
+        std::thread::scope(|scope| {
+            for _ in 0..8 {
+                scope.spawn(|| {
+                    for _ in 0..100 {
+                        caches.note_session_used(&entry, t0);
+                    }
+                });
+            }
+        });
+        assert_eq!(
+            *caches.pending_last_activity.lock(),
+            [("stored-id".to_string(), t0)]
+        );
+        caches.note_session_used(&entry, t0 + LAST_ACTIVITY_GRANULARITY - 1);
+        assert_eq!(caches.pending_last_activity.lock().len(), 1);
+        caches.note_session_used(&entry, t0 + LAST_ACTIVITY_GRANULARITY);
+        assert_eq!(caches.pending_last_activity.lock().len(), 2);
+        // A session loaded with a recent stored value is not written again.
+        let loaded = session(t0);
+        caches.note_session_used(&loaded, t0 + SECOND);
+        assert_eq!(caches.pending_last_activity.lock().len(), 2);
+    }
 }

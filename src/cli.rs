@@ -278,6 +278,10 @@ pub struct ServeArgs {
         value_parser = setting(config::parse_positive)
     )]
     pub activity_retention_days: u64,
+    /// A MaxMind DB file (GeoLite2/GeoIP2 or DB-IP lite, City or Country) that gives login
+    /// sessions a location; unset, sessions show none.
+    #[arg(long, env = "HOGLET_GEOIP_DATABASE", value_name = "PATH")]
+    pub geoip_database: Option<std::path::PathBuf>,
     /// The organization.metadata.instance_tag of every organization (PostHog's INSTANCE_TAG).
     #[arg(
         long,
@@ -402,6 +406,7 @@ impl ServeArgs {
             trusted_proxies: self.trusted_proxies,
             janitor_interval: Duration::from_secs(self.janitor_interval_seconds),
             activity_retention: Duration::from_secs(self.activity_retention_days * 86_400),
+            geoip_database: self.geoip_database,
         }
     }
 }

@@ -210,6 +210,9 @@ pub struct Config {
     pub janitor_interval: Duration,
     /// How long the activity log keeps an entry.
     pub activity_retention: Duration,
+    /// A MaxMind DB file (City or Country) that places login sessions' addresses; none: no
+    /// location is shown.
+    pub geoip_database: Option<std::path::PathBuf>,
 }
 
 /// `HOGLET_DATABASE_URL`'s default.
@@ -261,6 +264,7 @@ impl Config {
             trusted_proxies: Vec::new(),
             janitor_interval: DEFAULT_JANITOR_INTERVAL,
             activity_retention: Duration::from_secs(DEFAULT_ACTIVITY_RETENTION_DAYS * 86_400),
+            geoip_database: None,
         }
     }
 

@@ -11,6 +11,7 @@ pub mod config;
 pub mod crypto;
 pub mod domain;
 pub mod error;
+pub mod geoip;
 pub mod github;
 pub mod http;
 pub mod kv;

@@ -140,6 +140,12 @@ pub async fn build_state(config: Config, parts: StateParts) -> anyhow::Result<Ap
             "HOGLET_GITHUB_APP_PRIVATE_KEY is set but is not a usable RSA key: GitHub App calls will fail"
         );
     }
+    let geoip = match &config.geoip_database {
+        Some(file) => Some(Arc::new(
+            crate::geoip::GeoIp::open(file).context("HOGLET_GEOIP_DATABASE")?,
+        )),
+        None => None,
+    };
     Ok(AppState(Arc::new(Inner {
         config,
         store: parts.store,
@@ -154,6 +160,7 @@ pub async fn build_state(config: Config, parts: StateParts) -> anyhow::Result<Ap
         hasher: PasswordHasher::start(),
         kv,
         github,
+        geoip,
     })))
 }
 

@@ -38,6 +38,8 @@ pub struct Inner {
     /// Short-lived shared values (Redis when configured).
     pub kv: Arc<Kv>,
     pub github: Arc<GithubClient>,
+    /// Places addresses (login sessions' locations), when a database is configured.
+    pub geoip: Option<Arc<crate::geoip::GeoIp>>,
 }
 
 impl Deref for AppState {

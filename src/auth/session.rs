@@ -87,7 +87,9 @@ pub async fn authenticate(parts: &Parts, state: &AppState) -> ApiResult<Option<C
     if is_unsafe(&parts.method) {
         check_csrf(parts, &entry.csrf_token)?;
     }
-    enforce_two_factor(&entry, OriginalPath::of(parts), state.clock.now())?;
+    let now = state.clock.now();
+    enforce_two_factor(&entry, OriginalPath::of(parts), now)?;
+    state.caches.note_session_used(&entry, now);
     Ok(Some(Caller {
         user_id: entry.user_id,
         credential: Credential::Session(Arc::new(SessionAuth {
@@ -130,6 +132,7 @@ async fn logged_in_session(state: &AppState, id: &str) -> ApiResult<Option<Arc<S
         expires_at: record.expires_at,
         csrf_token: record.csrf_token,
         two_factor,
+        last_activity_at: std::sync::atomic::AtomicI64::new(record.last_activity_at.unwrap_or(0)),
     });
     state.caches.put_session(entry.clone(), generation);
     Ok(Some(entry))

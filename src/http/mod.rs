@@ -14,6 +14,7 @@ pub mod export;
 pub mod health;
 pub mod integrations;
 pub mod links;
+pub mod login_sessions;
 pub mod openapi;
 pub mod origin;
 pub mod paths;
@@ -39,6 +40,7 @@ use crate::state::AppState;
 pub fn api_router() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(openapi::base())
         .merge(users::router())
+        .merge(login_sessions::router())
         .merge(activity::router())
         .merge(export::router())
         .merge(accounts::router())

@@ -8,6 +8,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiResult;
 use crate::service::activity::{self, Activity, Context};
+use crate::service::login_sessions;
 use crate::state::AppState;
 use crate::store::{
     ActivityRecord, ApiKeyRecord, MembershipWithOrg, SessionRecord, TeamRecord,
@@ -174,6 +175,7 @@ fn session(s: &SessionRecord) -> Value {
         "expires_at": iso_z(s.expires_at),
         "ip": s.client.ip,
         "user_agent": s.client.user_agent,
+        "device": s.client.user_agent.as_deref().and_then(login_sessions::device),
         "login_method": s.client.login_method,
     })
 }

@@ -7,6 +7,7 @@ pub mod caller;
 pub mod emails;
 pub mod export;
 pub mod github;
+pub mod login_sessions;
 pub mod recovery;
 pub mod render;
 pub mod sessions;

@@ -260,6 +260,9 @@ pub trait Store: Send + Sync + 'static {
     async fn sessions_of(&self, user_id: i64, now: Micros) -> StoreResult<Vec<SessionRecord>>;
     /// Writes every mutable column of the session.
     async fn update_session(&self, session: &SessionRecord) -> StoreResult<()>;
+    /// Records `last_activity_at` for a batch of sessions, never moving one back (no cache
+    /// invalidation: nothing cached shows it).
+    async fn touch_sessions(&self, used: &[(String, Micros)]) -> StoreResult<()>;
     /// Ends the session; whether there was one (`log` is written only then).
     async fn delete_session(&self, id: &str, log: &[NewActivity]) -> StoreResult<bool>;
     /// Ends every session of the user except `keep`, pending second-factor logins included;

@@ -743,6 +743,13 @@ impl Store for PgStore {
         in_transaction!(self, |tx| scripts::update_session(tx, s))
     }
 
+    async fn touch_sessions(&self, used: &[(String, Micros)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        in_transaction!(self, |tx| scripts::touch_sessions(tx, used))
+    }
+
     async fn delete_session(&self, id: &str, log: &[NewActivity]) -> StoreResult<bool> {
         in_transaction!(self, |tx| scripts::delete_session(tx, id, log))
     }

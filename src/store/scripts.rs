@@ -640,6 +640,15 @@ pub(crate) async fn touch_api_keys(tx: &impl Exec, used: &[(String, Micros)]) ->
     Ok(())
 }
 
+/// Every session's `last_activity_at` in one transaction (no invalidation: nothing cached
+/// shows it).
+pub(crate) async fn touch_sessions(tx: &impl Exec, used: &[(String, Micros)]) -> StoreResult<()> {
+    for (id, at) in used {
+        tx.execute(sql::SESSION_TOUCH, args![id, at]).await?;
+    }
+    Ok(())
+}
+
 pub(crate) async fn update_api_key(
     tx: &impl Exec,
     id: &str,

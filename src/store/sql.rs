@@ -526,6 +526,9 @@ pub const SESSION_UPSERT: &str = "INSERT INTO sessions (id, user_id, created_at,
      pending_at = excluded.pending_at, totp_setup_secret = excluded.totp_setup_secret, \
      totp_setup_at = excluded.totp_setup_at";
 pub const SESSION_DELETE: &str = "DELETE FROM sessions WHERE id = $1";
+/// Moves `last_activity_at` forward only (a late batch never undoes a newer write).
+pub const SESSION_TOUCH: &str = "UPDATE sessions SET last_activity_at = $2 \
+     WHERE id = $1 AND (last_activity_at IS NULL OR last_activity_at < $2)";
 /// Logged-in sessions and logins still waiting for their second factor: after a credential
 /// change, a login begun with the old password must not be finished either.
 pub const SESSIONS_DELETE_OF_USER: &str =

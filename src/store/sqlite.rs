@@ -835,6 +835,15 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn touch_sessions(&self, used: &[(String, Micros)]) -> StoreResult<()> {
+        if used.is_empty() {
+            return Ok(());
+        }
+        let used = used.to_vec();
+        self.write(move |tx| run_now(scripts::touch_sessions(tx, &used)))
+            .await
+    }
+
     async fn delete_session(&self, id: &str, log: &[NewActivity]) -> StoreResult<bool> {
         let (id, log) = (id.to_string(), log.to_vec());
         self.write(move |tx| run_now(scripts::delete_session(tx, &id, &log)))

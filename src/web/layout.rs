@@ -92,6 +92,9 @@ pub fn notice(query: Option<&str>) -> Option<&'static str> {
         "two_factor_disabled" => "Two-factor authentication is off.",
         "key_deleted" => "The key is deleted. It no longer works.",
         "github_disconnected" => "The GitHub integration is removed.",
+        "session_revoked" => "The session is signed out.",
+        "session_gone" => "That session had already ended.",
+        "other_sessions_revoked" => "Every other session is signed out.",
         _ => return None,
     })
 }

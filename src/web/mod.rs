@@ -24,6 +24,7 @@ pub mod api_keys;
 pub mod assets;
 pub mod integrations;
 pub mod layout;
+pub mod sessions;
 pub mod settings;
 pub mod two_factor;
 
@@ -110,6 +111,15 @@ pub fn router() -> Router<AppState> {
         .route(
             "/settings/user-api-keys/{id}/delete/",
             back_to(api_keys::PAGE).post(api_keys::delete),
+        )
+        .route("/settings/user-sessions/", get(sessions::page))
+        .route(
+            "/settings/user-sessions/revoke-others/",
+            back_to(sessions::PAGE).post(sessions::revoke_others),
+        )
+        .route(
+            "/settings/user-sessions/{id}/revoke/",
+            back_to(sessions::PAGE).post(sessions::revoke),
         )
         .route(
             "/settings/user-personal-integrations/",

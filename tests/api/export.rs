@@ -113,6 +113,7 @@ async fn export_has_every_section_and_no_secret(db: Db) {
             "expires_at",
             "ip",
             "user_agent",
+            "device",
             "login_method"
         ]
     );

@@ -64,6 +64,7 @@ db_tests!(
     team_integrations_upsert_and_filter,
     sessions_insert_read_update_and_end,
     prune_sessions_removes_only_sessions_that_are_over,
+    touch_sessions_only_moves_forward_and_changes_nothing_else,
     advance_totp_step_accepts_each_step_once,
     backup_codes_are_single_use,
     signup_creates_everything_or_nothing,
@@ -3505,6 +3506,64 @@ fn session_entry(id: &str) -> Entry {
 }
 
 const SESSION_AGE: Micros = 14 * 86_400_000_000;
+
+async fn touch_sessions_only_moves_forward_and_changes_nothing_else(db: Db) {
+    let env = Env::new(db).await;
+    let store = &env.store;
+    let ann = add_user(store, "touch-session@example.com").await;
+    let s1 = session_row("s1", Some(ann.id), T0 + SESSION_AGE);
+    let s2 = session_row("s2", Some(ann.id), T0 + SESSION_AGE);
+    store.insert_session(&s1).await.unwrap();
+    store.insert_session(&s2).await.unwrap();
+    let activity =
+        |id: &'static str| async move { session_of(store, id).await.unwrap().last_activity_at };
+    let mark = feed_mark(store).await;
+
+    store.touch_sessions(&[]).await.unwrap();
+    store
+        .touch_sessions(&[("s1".into(), T0 + 1000), ("s2".into(), T0 + 2000)])
+        .await
+        .unwrap();
+    assert_eq!(
+        (activity("s1").await, activity("s2").await),
+        (Some(T0 + 1000), Some(T0 + 2000))
+    );
+
+    // Older and equal times never move it back; newer ones move it; unknown ids are ignored.
+    store
+        .touch_sessions(&[
+            ("s1".into(), T0 + 500),
+            ("no-such-session".into(), T0 + 9000),
+            ("s2".into(), T0 + 3000),
+            ("s2".into(), T0 + 3000),
+        ])
+        .await
+        .unwrap();
+    assert_eq!(
+        (activity("s1").await, activity("s2").await),
+        (Some(T0 + 1000), Some(T0 + 3000))
+    );
+    // Nothing else of the session changes, and nothing cached shows it: no invalidation.
+    assert_same_session(
+        &session_of(store, "s2").await.unwrap(),
+        &SessionRecord {
+            last_activity_at: Some(T0 + 3000),
+            ..s2.clone()
+        },
+    );
+    assert_eq!(feed_after(store, mark).await, Vec::<Entry>::new());
+    // update_session (a 2FA step, say) leaves it alone.
+    store.update_session(&s1).await.unwrap();
+    assert_eq!(activity("s1").await, Some(T0 + 1000));
+    assert!(
+        store
+            .sessions_of(ann.id, T0)
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.last_activity_at.is_some())
+    );
+}
 
 async fn sessions_insert_read_update_and_end(db: Db) {
     let env = Env::new(db).await;
