@@ -153,8 +153,8 @@ pub(crate) fn team_from_row(r: &(impl Row + ?Sized)) -> anyhow::Result<TeamRecor
         id,
         uuid: r.uuid(1)?,
         organization_id: r.uuid(2)?,
-        // Every team is its own project here, so the project id is the team id.
-        project_id: id,
+        // NULL (a team hoglet created) reads as the team's own id.
+        project_id: r.i64(12)?,
         api_token: r.text(3)?,
         name: r.text(4)?,
         completed_snippet_onboarding: r.bool(5)?,

@@ -32,7 +32,7 @@ macro_rules! team_columns {
     () => {
         "t.id, t.uuid, t.organization_id, t.api_token, t.name, t.completed_snippet_onboarding, \
          t.has_completed_onboarding_for, t.ingested_event, t.is_demo, t.timezone, t.access_control, \
-         t.created_at"
+         t.created_at, COALESCE(t.project_id, t.id)"
     };
 }
 

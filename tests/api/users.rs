@@ -9,6 +9,7 @@ use crate::db_tests;
 use crate::helpers::{Db, eventually, spawn_app};
 
 db_tests!(
+    a_teams_project_id_is_its_own_id_unless_stored,
     me_with_a_key_returns_the_full_user,
     me_without_credentials_is_401,
     key_without_user_scope_is_403,
@@ -889,4 +890,48 @@ async fn paths_that_match_no_user_route_are_404(db: Db) {
         None,
     );
     app.stop().await;
+}
+
+/// A team hoglet creates is its own project; a team whose `project_id` is stored (as an import
+/// from PostHog keeps it) shows that project everywhere `@me` names it.
+async fn a_teams_project_id_is_its_own_id_unless_stored(db: Db) {
+    let app = spawn_app(db).await;
+    let (_, key) = app
+        .user_with_key("projects@example.com", false, &["user:read"])
+        .await;
+    let (org, team_id) = app.create_org("Projects", "projects@example.com").await;
+    let second = app.create_team(&org, "Second").await;
+    crate::store_contract::raw_exec(
+        &app.db,
+        &format!("UPDATE teams SET project_id = 9001 WHERE id = {second}"),
+        &format!("UPDATE teams SET project_id = 9001 WHERE id = {second}"),
+    )
+    .await;
+    let me = app.get("/api/users/@me/", &key).await;
+    let me = me.assert_ok();
+    assert_eq!(me["team"]["id"], json!(team_id));
+    assert_eq!(me["team"]["project_id"], json!(team_id));
+    let teams = me["organization"]["teams"].as_array().unwrap();
+    let ids: Vec<(Value, Value)> = teams
+        .iter()
+        .map(|t| (t["id"].clone(), t["project_id"].clone()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            (json!(team_id), json!(team_id)),
+            (json!(second), json!(9001))
+        ]
+    );
+    let projects: Vec<Value> = me["organization"]["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].clone())
+        .collect();
+    assert_eq!(projects, [json!(team_id), json!(9001)]);
+    assert_eq!(
+        app.store.team(second).await.unwrap().unwrap().project_id,
+        9001
+    );
 }
