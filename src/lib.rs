@@ -14,6 +14,7 @@ pub mod error;
 pub mod geoip;
 pub mod github;
 pub mod http;
+pub mod import;
 pub mod kv;
 pub mod mail;
 pub mod metrics;
