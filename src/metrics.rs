@@ -25,8 +25,8 @@ struct RequestLabels {
 
 /// The label of `hoglet_security_events_total`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ActivityLabels {
-    pub activity: String,
+struct ActivityLabels {
+    activity: String,
 }
 
 type Handles = (Counter, Histogram);
@@ -41,7 +41,7 @@ pub struct Metrics {
     handles: Arc<RwLock<HandleCache>>,
     pub mail: MailMetrics,
     /// Entries of the activity log recorded by this process, by activity.
-    pub security_events: Family<ActivityLabels, Counter>,
+    security_events: Family<ActivityLabels, Counter>,
 }
 
 /// Kept by the outbox worker ([`crate::outbox`]); the depth is read at each scrape.
@@ -141,6 +141,15 @@ impl Metrics {
             .entry(route.to_string())
             .or_default()
             .insert(key, handles);
+    }
+
+    /// Counts one entry of the activity log (or a refused login) under its activity.
+    pub fn count_security_event(&self, activity: &str) {
+        self.security_events
+            .get_or_create(&ActivityLabels {
+                activity: activity.to_string(),
+            })
+            .inc();
     }
 
     /// The Prometheus text exposition.

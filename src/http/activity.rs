@@ -93,14 +93,7 @@ pub fn views(
 
 /// Reads `?activity=`, `?cursor=` and `?limit=` (the last of each, as Django does).
 fn page_request(params: &[(String, String)]) -> ApiResult<PageRequest> {
-    let last = |name: &str| {
-        params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-            .filter(|v| !v.is_empty())
-    };
+    let last = |name: &str| links::last_param(params, name).filter(|v| !v.is_empty());
     let activity = last("activity")
         .map(|name| {
             Activity::parse(name).ok_or_else(|| {

@@ -12,6 +12,15 @@ pub fn is_credential_param(name: &str) -> bool {
     CREDENTIAL_PARAMS.contains(&name)
 }
 
+/// The last value of a query parameter, as Django's `QueryDict` reads a repeated one.
+pub fn last_param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.as_str())
+}
+
 /// The largest `limit` and `offset` a list honours; larger values (also past `i64`) count as
 /// this. 2⁵³ − 1 is the largest integer every JSON client reads exactly, and twice it still fits
 /// `i64`, so `offset + limit` can never overflow.

@@ -129,13 +129,7 @@ async fn list(
     let caller = auth.authorize(USER_READ)?;
     let requester = load_caller(&state, &caller).await?;
     let params = parts.query_pairs();
-    let last = |name: &str| {
-        params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.as_str())
-    };
+    let last = |name: &str| links::last_param(&params, name);
     // Both clamped (`links::page_bound`), so `offset + limit` cannot overflow.
     let limit = last("limit")
         .and_then(links::page_bound)

@@ -235,13 +235,7 @@ impl Context {
 /// log line and the counter, but no entry (a locked-out client's attempts are cheap; writing a
 /// row for each would let it fill the database).
 pub fn locked_out(state: &AppState, ctx: &Context, what: &str) {
-    state
-        .metrics
-        .security_events
-        .get_or_create(&crate::metrics::ActivityLabels {
-            activity: "login_locked_out".into(),
-        })
-        .inc();
+    state.metrics.count_security_event("login_locked_out");
     let user_id = match ctx.actor {
         Actor::User(id) => id.to_string(),
         _ => "-".into(),
@@ -259,13 +253,7 @@ pub fn locked_out(state: &AppState, ctx: &Context, what: &str) {
 /// client address and user id, for fail2ban and the like) and the events counter.
 pub fn committed(state: &AppState, entries: &[NewActivity]) {
     for entry in entries {
-        state
-            .metrics
-            .security_events
-            .get_or_create(&crate::metrics::ActivityLabels {
-                activity: entry.activity.clone(),
-            })
-            .inc();
+        state.metrics.count_security_event(&entry.activity);
         let security = Activity::parse(&entry.activity).is_some_and(Activity::is_security);
         if security {
             tracing::info!(

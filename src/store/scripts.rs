@@ -318,27 +318,7 @@ pub(crate) async fn write_user(
         write_backup_codes(tx, user_id, hashes).await?;
     }
     if let Some(s) = &w.session {
-        tx.execute(
-            sql::SESSION_UPSERT,
-            args![
-                &s.id,
-                s.user_id,
-                s.created_at,
-                s.login_at,
-                s.expires_at,
-                &s.csrf_token,
-                s.two_factor_verified,
-                s.pending_user_id,
-                s.pending_at,
-                &s.totp_setup_secret,
-                s.totp_setup_at,
-                &s.client.ip,
-                &s.client.user_agent,
-                &s.client.login_method,
-                s.last_activity_at
-            ],
-        )
-        .await?;
+        write_session_row(tx, sql::SESSION_UPSERT, s).await?;
     }
     for mail in &w.mail {
         enqueue_mail(tx, mail).await?;
@@ -725,8 +705,14 @@ pub(crate) async fn roll_api_key(
 // --- sessions and two-factor authentication ----------------------------------------------------
 
 pub(crate) async fn insert_session(tx: &impl Exec, s: &SessionRecord) -> StoreResult<()> {
+    write_session_row(tx, sql::SESSION_INSERT, s).await
+}
+
+/// Binds every column of a session row to `statement` ([`sql::SESSION_INSERT`] or
+/// [`sql::SESSION_UPSERT`], which take them in the same order).
+async fn write_session_row(tx: &impl Exec, statement: &str, s: &SessionRecord) -> StoreResult<()> {
     tx.execute(
-        sql::SESSION_INSERT,
+        statement,
         args![
             &s.id,
             s.user_id,

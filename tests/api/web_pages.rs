@@ -295,19 +295,21 @@ async fn login_follows_only_safe_next_paths(db: Db) {
     assert!(!page.text.contains("name=\"next\""), "{}", page.text);
 }
 
+/// `times` logins with a wrong password, each refused with the login page (400).
+async fn fail_logins(browser: &Browser, email: &str, times: usize) {
+    for _ in 0..times {
+        let wrong = browser
+            .submit("/login", &[("email", email), ("password", "wrong")])
+            .await;
+        assert_page(&wrong, 400);
+    }
+}
+
 async fn login_lockout_is_shown_with_its_wait(db: Db) {
     let app = spawn_app_with(db, |c| c.login_failure_limit = 2).await;
     app.create_user("locked@example.com", false).await;
     let browser = visitor(&app).await;
-    for _ in 0..2 {
-        let wrong = browser
-            .submit(
-                "/login",
-                &[("email", "locked@example.com"), ("password", "wrong")],
-            )
-            .await;
-        assert_page(&wrong, 400);
-    }
+    fail_logins(&browser, "locked@example.com", 2).await;
     let locked = browser
         .submit(
             "/login",
@@ -326,15 +328,7 @@ async fn login_throttle_and_unverified_accounts_are_shown(db: Db) {
     let app = mail_app(db, dir.path()).await;
     app.create_user("guessed@example.com", false).await;
     let browser = visitor(&app).await;
-    for _ in 0..10 {
-        let wrong = browser
-            .submit(
-                "/login",
-                &[("email", "guessed@example.com"), ("password", "wrong")],
-            )
-            .await;
-        assert_page(&wrong, 400);
-    }
+    fail_logins(&browser, "guessed@example.com", 10).await;
     let throttled = browser
         .submit(
             "/login",
