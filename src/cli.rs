@@ -132,8 +132,54 @@ pub enum Command {
     /// Manage dashboards (what scene personalisation points at).
     #[command(subcommand)]
     Dashboard(DashboardCommand),
+    /// Import accounts from another server.
+    #[command(subcommand)]
+    Import(ImportCommand),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImportCommand {
+    /// Copy organizations, teams, users (with their password hashes), memberships, personal API
+    /// keys and 2FA devices from a PostHog database, keeping their ids. Reads PostHog in one
+    /// read-only snapshot and never writes to it; rows already imported are left as they are.
+    /// Prints a JSON summary.
+    Posthog(Box<ImportPosthogArgs>),
+}
+
+#[derive(Debug, Args)]
+pub struct ImportPosthogArgs {
+    /// PostHog's PostgreSQL database, e.g. postgres://USER@HOST:5432/posthog (read only).
+    #[arg(
+        long,
+        value_name = "URL",
+        value_parser = secret_setting(parse_posthog_url),
+        hide_env_values = true
+    )]
+    pub from: SecretString,
+    /// Check everything and print the summary, but write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Import only this organization (its teams, members and their keys and devices);
+    /// repeatable. Default: every organization.
+    #[arg(long = "org", value_name = "ORG_UUID")]
+    pub organizations: Vec<uuid::Uuid>,
+    /// Rows read and written per transaction.
+    #[arg(long, value_name = "N", default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub batch: u64,
+    #[command(flatten)]
+    pub secret: SecretKeyArgs,
+}
+
+/// `--from`: a PostgreSQL URL (PostHog runs on nothing else).
+fn parse_posthog_url(value: &str) -> anyhow::Result<SecretString> {
+    match DatabaseUrl::parse(value)? {
+        DatabaseUrl::Postgres(url) => Ok(SecretString::from(url)),
+        DatabaseUrl::Sqlite(_) => {
+            anyhow::bail!("PostHog's database is PostgreSQL: give a postgres:// URL")
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -209,29 +255,8 @@ pub struct ServeArgs {
         value_parser = setting(config::parse_mailbox)
     )]
     pub email_from: String,
-    /// The secret key (prefer the variable or --secret-key-file: other local users can see
-    /// flags) [default: the key file].
-    #[arg(
-        long,
-        env = "HOGLET_SECRET_KEY",
-        value_name = "KEY",
-        default_value = "",
-        hide_default_value = true,
-        hide_env_values = true,
-        value_parser = secret_setting(optional(|v| Ok(SecretString::from(v.to_string()))))
-    )]
-    pub secret_key: OrUnset<SecretString>,
-    /// File holding the secret key [default: <database path>.secret on SQLite, created on first
-    /// start; PostgreSQL needs a key].
-    #[arg(
-        long,
-        env = "HOGLET_SECRET_KEY_FILE",
-        value_name = "PATH",
-        default_value = "",
-        hide_default_value = true,
-        value_parser = setting(optional(|v| Ok(PathBuf::from(v))))
-    )]
-    pub secret_key_file: OrUnset<PathBuf>,
+    #[command(flatten)]
+    pub secret: SecretKeyArgs,
     /// Largest accepted request body in bytes; a larger one answers 413.
     #[arg(
         long,
@@ -371,6 +396,35 @@ pub struct GithubArgs {
     pub github_web_url: OrUnset<String>,
 }
 
+/// Where the secret key comes from: the server's and every command's that seals or hashes
+/// with it.
+#[derive(Debug, Args)]
+pub struct SecretKeyArgs {
+    /// The secret key (prefer the variable or --secret-key-file: other local users can see
+    /// flags) [default: the key file].
+    #[arg(
+        long,
+        env = "HOGLET_SECRET_KEY",
+        value_name = "KEY",
+        default_value = "",
+        hide_default_value = true,
+        hide_env_values = true,
+        value_parser = secret_setting(optional(|v| Ok(SecretString::from(v.to_string()))))
+    )]
+    pub secret_key: OrUnset<SecretString>,
+    /// File holding the secret key [default: <database path>.secret on SQLite, created on first
+    /// start; PostgreSQL needs a key].
+    #[arg(
+        long,
+        env = "HOGLET_SECRET_KEY_FILE",
+        value_name = "PATH",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(|v| Ok(PathBuf::from(v))))
+    )]
+    pub secret_key_file: OrUnset<PathBuf>,
+}
+
 impl ServeArgs {
     /// The server's configuration: everything was parsed and checked by clap already.
     pub fn into_config(self, database_url: DatabaseUrl, database_wait: Duration) -> Config {
@@ -379,8 +433,8 @@ impl ServeArgs {
             database_url,
             database_wait,
             bind: self.bind,
-            secret_key: self.secret_key,
-            secret_key_file: self.secret_key_file,
+            secret_key: self.secret.secret_key,
+            secret_key_file: self.secret.secret_key_file,
             redis_url: self.redis_url,
             signup: self.signup,
             email: self.email,
@@ -745,6 +799,43 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             connect().await?;
             print_json(&serde_json::json!({"migrated": true}))
+        }
+        Command::Import(ImportCommand::Posthog(args)) => {
+            let args = *args;
+            let config = Config {
+                database_wait: wait,
+                secret_key: args.secret.secret_key,
+                secret_key_file: args.secret.secret_key_file,
+                ..Config::new(database_url)
+            };
+            let state = crate::serve::command_state_with_secret_key(config).await?;
+            let options = crate::import::Options {
+                from: args.from,
+                organizations: args.organizations,
+                batch: args.batch as usize,
+                dry_run: args.dry_run,
+            };
+            let progress = crate::import::progress::Progress::for_stderr();
+            let summary = crate::import::run(&state, &options, &progress).await?;
+            let written = summary.users
+                + summary.organizations
+                + summary.memberships
+                + summary.teams
+                + summary.personal_api_keys
+                + summary.totp_devices
+                + summary.backup_codes;
+            eprintln!(
+                "import: {} {written} rows, {} already imported before, {} skipped{}",
+                if options.dry_run {
+                    "would write"
+                } else {
+                    "wrote"
+                },
+                summary.present,
+                summary.skipped.len(),
+                if written == 0 { " (nothing new)" } else { "" }
+            );
+            print_json(&serde_json::to_value(&summary)?)
         }
         Command::Openapi => {
             print!("{}", crate::http::openapi::to_json());

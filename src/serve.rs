@@ -177,12 +177,34 @@ pub async fn command_state(
         database_wait,
         ..Config::new(database_url)
     };
-    let store = crate::store::connect_within(&config.database_url, config.database_wait)
+    let store = open_command_store(&config).await?;
+    let secret_key = SecretString::from(crate::crypto::random_token(48));
+    command_state_from(config, store, secret_key).await
+}
+
+/// [`command_state`] with the server's own secret key (resolved as `serve` does: the variable or
+/// the key file, checked against the database), for a command whose sealed values and keyed
+/// hashes a server must read: the import's TOTP secrets and backup codes.
+pub async fn command_state_with_secret_key(config: Config) -> anyhow::Result<AppState> {
+    let store = open_command_store(&config).await?;
+    let secret_key = crate::secret_key::resolve(&config, store.as_ref()).await?;
+    command_state_from(config, store, secret_key).await
+}
+
+async fn open_command_store(config: &Config) -> anyhow::Result<DynStore> {
+    crate::store::connect_within(&config.database_url, config.database_wait)
         .await
-        .with_context(|| format!("opening the database {:?}", config.database_url))?;
+        .with_context(|| format!("opening the database {:?}", config.database_url))
+}
+
+async fn command_state_from(
+    config: Config,
+    store: DynStore,
+    secret_key: SecretString,
+) -> anyhow::Result<AppState> {
     let parts = StateParts {
         store,
-        secret_key: SecretString::from(crate::crypto::random_token(48)),
+        secret_key,
         site_url: "http://localhost".into(),
         clock: Clock::system(),
     };

@@ -6,77 +6,61 @@
 
 use anyhow::Context;
 use secrecy::SecretString;
-use serde_json::Value;
-use tokio_postgres::{NoTls, Row};
+use tokio_postgres::{IsolationLevel, NoTls, Portal, Row, Transaction};
 use uuid::Uuid;
 
+use crate::store::{ImportMembership, ImportOrganization, ImportTeam, ImportUser, PasswordHash};
 use crate::time::Micros;
 
-/// An open snapshot of a PostHog database.
-pub struct Snapshot {
+/// A connection to a PostHog database.
+pub struct Source {
     client: tokio_postgres::Client,
+}
+
+/// One read-only snapshot of a PostHog database: every query sees the same data.
+pub struct Snapshot<'a> {
+    tx: Transaction<'a>,
     /// Only these organizations (and their teams, members and the members' keys and devices);
-    /// empty: all.
-    organizations: Vec<Uuid>,
+    /// empty: all. Bound as `$1` to every query.
+    organizations: Vec<String>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Organization {
-    pub id: Uuid,
-    pub name: String,
-    pub slug: String,
-    pub created_at: Micros,
-    pub enforce_2fa: Option<bool>,
-    pub members_can_use_personal_api_keys: bool,
+/// What one table's rows are read with: the query and how a row becomes a value.
+pub struct Query<T> {
+    sql: String,
+    map: fn(&Row) -> anyhow::Result<T>,
 }
 
-#[derive(Clone, Debug, PartialEq)]
-pub struct Team {
-    pub id: i64,
-    pub uuid: Uuid,
-    pub organization_id: Uuid,
-    pub project_id: i64,
-    pub api_token: String,
-    pub name: String,
-    pub timezone: String,
-    pub created_at: Micros,
+/// The rows of a [`Query`], fetched a batch at a time from a server-side portal, so a table of
+/// millions never sits in memory.
+pub struct Rows<'s, T> {
+    tx: &'s Transaction<'s>,
+    portal: Portal,
+    map: fn(&Row) -> anyhow::Result<T>,
+    done: bool,
 }
 
-/// `password` is the stored Django hash (`pbkdf2_sha256$…`, or unusable `!…`), never a password.
-#[derive(Clone, Debug, PartialEq)]
-pub struct User {
-    pub id: i64,
-    pub uuid: Uuid,
-    pub email: String,
-    pub password: String,
-    pub first_name: String,
-    pub last_name: String,
-    pub is_staff: bool,
-    pub is_active: bool,
-    pub date_joined: Micros,
-    pub last_login: Option<Micros>,
-    pub distinct_id: Option<String>,
-    pub current_organization_id: Option<Uuid>,
-    pub current_team_id: Option<i64>,
-    pub is_email_verified: Option<bool>,
-    pub pending_email: Option<String>,
-    pub theme_mode: Option<String>,
-    pub hedgehog_config: Option<Value>,
-    pub role_at_organization: Option<String>,
-    pub partial_notification_settings: Option<Value>,
-    pub anonymize_data: Option<bool>,
-    pub toolbar_mode: Option<String>,
-    pub events_column_config: Option<Value>,
-    pub has_seen_product_intro_for: Option<Value>,
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub struct Membership {
-    pub organization_id: Uuid,
-    pub user_id: i64,
-    /// PostHog's levels: 1 member, 8 admin, 15 owner.
-    pub level: i64,
-    pub joined_at: Micros,
+impl<T> Rows<'_, T> {
+    /// Up to `size` more rows; `None` once every row was read.
+    pub async fn next_batch(&mut self, size: usize) -> anyhow::Result<Option<Vec<T>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let size = i32::try_from(size.max(1)).unwrap_or(i32::MAX);
+        let rows = self
+            .tx
+            .query_portal(&self.portal, size)
+            .await
+            .context("reading PostHog")?;
+        self.done = rows.len() < size as usize;
+        if rows.is_empty() {
+            return Ok(None);
+        }
+        rows.iter()
+            .map(self.map)
+            .collect::<anyhow::Result<_>>()
+            .map(Some)
+    }
 }
 
 /// `secure_value` is PostHog's hash (`sha256$…` or a legacy PBKDF2 form); `value` the legacy
@@ -160,9 +144,8 @@ fn filtered(filter: &str, column: &str) -> String {
     filter.replace("{}", column)
 }
 
-impl Snapshot {
-    /// Connects and opens the read-only snapshot.
-    pub async fn open(url: &str, organizations: Vec<Uuid>) -> anyhow::Result<Self> {
+impl Source {
+    pub async fn connect(url: &str) -> anyhow::Result<Self> {
         let (client, connection) = tokio_postgres::connect(url, NoTls)
             .await
             .with_context(|| format!("connecting to {}", crate::config::redact_url(url)))?;
@@ -171,36 +154,96 @@ impl Snapshot {
                 tracing::warn!(error = %e, "the PostHog database connection ended");
             }
         });
-        client
-            .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        Ok(Source { client })
+    }
+
+    /// Opens the read-only `REPEATABLE READ` snapshot, narrowed to `organizations` (empty: all).
+    pub async fn snapshot(&mut self, organizations: &[Uuid]) -> anyhow::Result<Snapshot<'_>> {
+        let tx = self
+            .client
+            .build_transaction()
+            .isolation_level(IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
             .await
             .context("opening a read-only snapshot")?;
         Ok(Snapshot {
-            client,
-            organizations,
+            tx,
+            organizations: organizations.iter().map(Uuid::to_string).collect(),
+        })
+    }
+}
+
+impl Snapshot<'_> {
+    /// Starts reading the query's rows.
+    pub async fn rows<T>(&self, query: &Query<T>) -> anyhow::Result<Rows<'_, T>> {
+        let portal = self
+            .tx
+            .bind(query.sql.as_str(), &[&self.organizations])
+            .await
+            .with_context(|| format!("reading PostHog: {}", query.sql))?;
+        Ok(Rows {
+            tx: &self.tx,
+            portal,
+            map: query.map,
+            done: false,
         })
     }
 
-    async fn rows(&self, sql: &str) -> anyhow::Result<Vec<Row>> {
-        let filter: Vec<String> = self.organizations.iter().map(Uuid::to_string).collect();
-        self.client
-            .query(sql, &[&filter])
-            .await
-            .with_context(|| format!("reading PostHog: {sql}"))
+    /// Every row of the query at once (for small tables and tests).
+    pub async fn all<T>(&self, query: &Query<T>) -> anyhow::Result<Vec<T>> {
+        let mut rows = self.rows(query).await?;
+        let mut out = Vec::new();
+        while let Some(batch) = rows.next_batch(1000).await? {
+            out.extend(batch);
+        }
+        Ok(out)
     }
 
-    pub async fn organizations(&self) -> anyhow::Result<Vec<Organization>> {
-        let sql = format!(
-            "SELECT id::text, name, slug, {}, enforce_2fa, members_can_use_personal_api_keys \
-             FROM posthog_organization WHERE {} ORDER BY created_at, id",
-            micros!("created_at"),
-            filtered(ORG_FILTER, "id"),
-        );
-        self.rows(&sql)
+    /// How many rows the query gives (for progress).
+    pub async fn count<T>(&self, query: &Query<T>) -> anyhow::Result<u64> {
+        let sql = format!("SELECT count(*) FROM ({}) q", query.sql);
+        let row = self
+            .tx
+            .query_one(sql.as_str(), &[&self.organizations])
+            .await
+            .with_context(|| format!("counting in PostHog: {}", query.sql))?;
+        Ok(row.try_get::<_, i64>(0)? as u64)
+    }
+
+    /// The name of django-otp's migration that encrypts TOTP keys, if this database applied one:
+    /// its keys are then not hex and cannot be carried over.
+    pub async fn totp_key_encryption(&self) -> anyhow::Result<Option<String>> {
+        let has_migrations: bool = self
+            .tx
+            .query_one("SELECT to_regclass('django_migrations') IS NOT NULL", &[])
             .await?
-            .iter()
-            .map(|r| {
-                Ok(Organization {
+            .try_get(0)?;
+        if !has_migrations {
+            return Ok(None);
+        }
+        let row = self
+            .tx
+            .query_opt(
+                "SELECT name FROM django_migrations WHERE app = 'otp_totp' \
+                 AND name ILIKE '%encrypt%' ORDER BY id LIMIT 1",
+                &[],
+            )
+            .await
+            .context("reading django_migrations")?;
+        Ok(row.map(|r| r.try_get(0)).transpose()?)
+    }
+
+    pub fn organizations(&self) -> Query<ImportOrganization> {
+        Query {
+            sql: format!(
+                "SELECT id::text, name, slug, {}, enforce_2fa, members_can_use_personal_api_keys \
+                 FROM posthog_organization WHERE {} ORDER BY created_at, id",
+                micros!("created_at"),
+                filtered(ORG_FILTER, "id"),
+            ),
+            map: |r| {
+                Ok(ImportOrganization {
                     id: uuid(r, 0)?,
                     name: r.try_get(1)?,
                     slug: r.try_get(2)?,
@@ -208,57 +251,55 @@ impl Snapshot {
                     enforce_2fa: r.try_get(4)?,
                     members_can_use_personal_api_keys: r.try_get(5)?,
                 })
-            })
-            .collect()
+            },
+        }
     }
 
-    pub async fn teams(&self) -> anyhow::Result<Vec<Team>> {
-        let sql = format!(
-            "SELECT id::bigint, uuid::text, organization_id::text, project_id::bigint, api_token, \
-             name, timezone, {} FROM posthog_team WHERE {} ORDER BY id",
-            micros!("created_at"),
-            filtered(ORG_FILTER, "organization_id"),
-        );
-        self.rows(&sql)
-            .await?
-            .iter()
-            .map(|r| {
-                let id: i64 = r.try_get(0)?;
-                Ok(Team {
-                    id,
+    /// Teams; a team without a `project_id` is its own project.
+    pub fn teams(&self) -> Query<ImportTeam> {
+        Query {
+            sql: format!(
+                "SELECT id::bigint, uuid::text, organization_id::text, \
+                 coalesce(project_id, id)::bigint, api_token, name, timezone, {} \
+                 FROM posthog_team WHERE {} ORDER BY id",
+                micros!("created_at"),
+                filtered(ORG_FILTER, "organization_id"),
+            ),
+            map: |r| {
+                Ok(ImportTeam {
+                    id: r.try_get(0)?,
                     uuid: uuid(r, 1)?,
                     organization_id: uuid(r, 2)?,
-                    project_id: r.try_get::<_, Option<i64>>(3)?.unwrap_or(id),
+                    project_id: r.try_get(3)?,
                     api_token: r.try_get(4)?,
                     name: r.try_get(5)?,
                     timezone: r.try_get(6)?,
                     created_at: r.try_get(7)?,
                 })
-            })
-            .collect()
+            },
+        }
     }
 
-    pub async fn users(&self) -> anyhow::Result<Vec<User>> {
-        let sql = format!(
-            "SELECT id::bigint, uuid::text, email, password, first_name, last_name, is_staff, \
-             is_active, {}, {}, distinct_id, current_organization_id::text, \
-             current_team_id::bigint, is_email_verified, pending_email, theme_mode, \
-             hedgehog_config::text, role_at_organization, partial_notification_settings::text, \
-             anonymize_data, toolbar_mode, events_column_config::text, \
-             has_seen_product_intro_for::text FROM posthog_user WHERE {} ORDER BY id",
-            micros!("date_joined"),
-            micros!("last_login"),
-            filtered(MEMBER_FILTER, "id"),
-        );
-        self.rows(&sql)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(User {
+    /// Users, with the stored Django hash as it is; JSON columns as text.
+    pub fn users(&self) -> Query<ImportUser> {
+        Query {
+            sql: format!(
+                "SELECT id::bigint, uuid::text, email, password, first_name, last_name, is_staff, \
+                 is_active, {}, {}, distinct_id, current_organization_id::text, \
+                 current_team_id::bigint, is_email_verified, pending_email, theme_mode, \
+                 hedgehog_config::text, role_at_organization, partial_notification_settings::text, \
+                 anonymize_data, toolbar_mode, events_column_config::text, \
+                 has_seen_product_intro_for::text FROM posthog_user WHERE {} ORDER BY id",
+                micros!("date_joined"),
+                micros!("last_login"),
+                filtered(MEMBER_FILTER, "id"),
+            ),
+            map: |r| {
+                Ok(ImportUser {
                     id: r.try_get(0)?,
                     uuid: uuid(r, 1)?,
                     email: r.try_get(2)?,
-                    password: r.try_get(3)?,
+                    password: PasswordHash(r.try_get(3)?),
                     first_name: r.try_get(4)?,
                     last_name: r.try_get(5)?,
                     is_staff: r.try_get(6)?,
@@ -271,53 +312,50 @@ impl Snapshot {
                     is_email_verified: r.try_get(13)?,
                     pending_email: r.try_get(14)?,
                     theme_mode: r.try_get(15)?,
-                    hedgehog_config: opt_json(r, 16)?,
+                    hedgehog_config: r.try_get(16)?,
                     role_at_organization: r.try_get(17)?,
-                    partial_notification_settings: opt_json(r, 18)?,
+                    partial_notification_settings: r.try_get(18)?,
                     anonymize_data: r.try_get(19)?,
                     toolbar_mode: r.try_get(20)?,
-                    events_column_config: opt_json(r, 21)?,
-                    has_seen_product_intro_for: opt_json(r, 22)?,
+                    events_column_config: r.try_get(21)?,
+                    has_seen_product_intro_for: r.try_get(22)?,
                 })
-            })
-            .collect()
+            },
+        }
     }
 
-    pub async fn memberships(&self) -> anyhow::Result<Vec<Membership>> {
-        let sql = format!(
-            "SELECT organization_id::text, user_id::bigint, level::bigint, {} \
-             FROM posthog_organizationmembership WHERE {} ORDER BY joined_at, id",
-            micros!("joined_at"),
-            filtered(ORG_FILTER, "organization_id"),
-        );
-        self.rows(&sql)
-            .await?
-            .iter()
-            .map(|r| {
-                Ok(Membership {
+    pub fn memberships(&self) -> Query<ImportMembership> {
+        Query {
+            sql: format!(
+                "SELECT organization_id::text, user_id::bigint, level::bigint, {} \
+                 FROM posthog_organizationmembership WHERE {} ORDER BY joined_at, id",
+                micros!("joined_at"),
+                filtered(ORG_FILTER, "organization_id"),
+            ),
+            map: |r| {
+                Ok(ImportMembership {
                     organization_id: uuid(r, 0)?,
                     user_id: r.try_get(1)?,
                     level: r.try_get(2)?,
                     joined_at: r.try_get(3)?,
                 })
-            })
-            .collect()
+            },
+        }
     }
 
-    pub async fn api_keys(&self) -> anyhow::Result<Vec<ApiKey>> {
-        let sql = format!(
-            "SELECT id::text, user_id::bigint, label, mask_value, secure_value, value, {}, {}, {}, \
-             coalesce(scopes::text[], '{{}}'), scoped_teams::bigint[], \
-             scoped_organizations::text[] FROM posthog_personalapikey WHERE {} ORDER BY created_at, id",
-            micros!("created_at"),
-            micros!("last_used_at"),
-            micros!("last_rolled_at"),
-            filtered(MEMBER_FILTER, "user_id"),
-        );
-        self.rows(&sql)
-            .await?
-            .iter()
-            .map(|r| {
+    pub fn api_keys(&self) -> Query<ApiKey> {
+        Query {
+            sql: format!(
+                "SELECT id::text, user_id::bigint, label, mask_value, secure_value, value, {}, {}, \
+                 {}, coalesce(scopes::text[], '{{}}'), scoped_teams::bigint[], \
+                 scoped_organizations::text[] FROM posthog_personalapikey WHERE {} \
+                 ORDER BY created_at, id",
+                micros!("created_at"),
+                micros!("last_used_at"),
+                micros!("last_rolled_at"),
+                filtered(MEMBER_FILTER, "user_id"),
+            ),
+            map: |r| {
                 Ok(ApiKey {
                     id: r.try_get(0)?,
                     user_id: r.try_get(1)?,
@@ -332,21 +370,19 @@ impl Snapshot {
                     scoped_teams: r.try_get(10)?,
                     scoped_organizations: r.try_get(11)?,
                 })
-            })
-            .collect()
+            },
+        }
     }
 
-    pub async fn totp_devices(&self) -> anyhow::Result<Vec<TotpDevice>> {
-        let sql = format!(
-            "SELECT id::bigint, user_id::bigint, name, confirmed, key, step::bigint, t0::bigint, \
-             digits::bigint, tolerance::bigint, drift::bigint, last_t::bigint \
-             FROM otp_totp_totpdevice WHERE {} ORDER BY id",
-            filtered(MEMBER_FILTER, "user_id"),
-        );
-        self.rows(&sql)
-            .await?
-            .iter()
-            .map(|r| {
+    pub fn totp_devices(&self) -> Query<TotpDevice> {
+        Query {
+            sql: format!(
+                "SELECT id::bigint, user_id::bigint, name, confirmed, key, step::bigint, \
+                 t0::bigint, digits::bigint, tolerance::bigint, drift::bigint, last_t::bigint \
+                 FROM otp_totp_totpdevice WHERE {} ORDER BY id",
+                filtered(MEMBER_FILTER, "user_id"),
+            ),
+            map: |r| {
                 Ok(TotpDevice {
                     id: r.try_get(0)?,
                     user_id: r.try_get(1)?,
@@ -360,29 +396,27 @@ impl Snapshot {
                     drift: r.try_get(9)?,
                     last_t: r.try_get(10)?,
                 })
-            })
-            .collect()
+            },
+        }
     }
 
     /// The unused backup codes of confirmed static devices.
-    pub async fn static_tokens(&self) -> anyhow::Result<Vec<StaticToken>> {
-        let sql = format!(
-            "SELECT t.id::bigint, d.user_id::bigint, t.token FROM otp_static_statictoken t \
-             JOIN otp_static_staticdevice d ON d.id = t.device_id \
-             WHERE d.confirmed AND {} ORDER BY t.id",
-            filtered(MEMBER_FILTER, "d.user_id"),
-        );
-        self.rows(&sql)
-            .await?
-            .iter()
-            .map(|r| {
+    pub fn static_tokens(&self) -> Query<StaticToken> {
+        Query {
+            sql: format!(
+                "SELECT t.id::bigint, d.user_id::bigint, t.token FROM otp_static_statictoken t \
+                 JOIN otp_static_staticdevice d ON d.id = t.device_id \
+                 WHERE d.confirmed AND {} ORDER BY t.id",
+                filtered(MEMBER_FILTER, "d.user_id"),
+            ),
+            map: |r| {
                 Ok(StaticToken {
                     id: r.try_get(0)?,
                     user_id: r.try_get(1)?,
                     token: SecretString::from(r.try_get::<_, String>(2)?),
                 })
-            })
-            .collect()
+            },
+        }
     }
 }
 
@@ -393,13 +427,6 @@ fn uuid(r: &Row, i: usize) -> anyhow::Result<Uuid> {
 fn opt_uuid(r: &Row, i: usize) -> anyhow::Result<Option<Uuid>> {
     r.try_get::<_, Option<String>>(i)?
         .map(|s| Uuid::parse_str(&s))
-        .transpose()
-        .map_err(Into::into)
-}
-
-fn opt_json(r: &Row, i: usize) -> anyhow::Result<Option<Value>> {
-    r.try_get::<_, Option<String>>(i)?
-        .map(|s| serde_json::from_str(&s))
         .transpose()
         .map_err(Into::into)
 }

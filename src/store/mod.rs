@@ -7,6 +7,7 @@
 //! (see [`crate::cache`]), so other processes sharing the database learn about it.
 
 mod exec;
+mod import;
 pub mod postgres;
 mod records;
 mod row;
@@ -421,6 +422,16 @@ pub trait Store: Send + Sync + 'static {
     async fn activity(&self, query: &ActivityQuery) -> StoreResult<Vec<ActivityRecord>>;
     /// Deletes entries recorded before `before`; returns how many.
     async fn prune_activity(&self, before: Micros) -> StoreResult<u64>;
+
+    // --- import from PostHog ---
+    /// Writes one batch of PostHog rows in one transaction (see [`ImportBatch`]), or with
+    /// `write` false only checks what writing it would do.
+    async fn import(
+        &self,
+        batch: ImportBatch,
+        write: bool,
+        now: Micros,
+    ) -> StoreResult<ImportReport>;
 
     // --- cross-process cache invalidation feed ---
     /// Invalidations recorded after `since` (microseconds), newest first, at most 10,000.

@@ -794,6 +794,15 @@ impl Store for PgStore {
         execute(&c, sql::ACTIVITY_PRUNE, &[&before]).await
     }
 
+    async fn import(
+        &self,
+        batch: ImportBatch,
+        write: bool,
+        now: Micros,
+    ) -> StoreResult<ImportReport> {
+        in_transaction!(self, |tx| super::import::import(tx, &batch, write, now))
+    }
+
     async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64> {
         let c = self.client().await?;
         execute(&c, sql::OUTBOX_PRUNE_DEAD, &[&before]).await

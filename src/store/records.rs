@@ -737,3 +737,174 @@ pub struct ActivityQuery {
     pub after: Option<i64>,
     pub limit: usize,
 }
+
+// --- import from PostHog (`hoglet import posthog`) ------------------------------------------------
+
+/// One batch of rows carried over from PostHog, all of one table, written by [`super::Store::import`]
+/// with their PostHog ids. A row is inserted only when nothing with its id (or uuid) exists yet;
+/// a row already there from an earlier run is left as it is; a row that would collide with
+/// different data (an email, slug, token or key hash, or its id, taken by another row) is skipped
+/// and reported, never overwritten.
+#[derive(Clone, Debug)]
+pub enum ImportBatch {
+    Organizations(Vec<ImportOrganization>),
+    Teams(Vec<ImportTeam>),
+    Users(Vec<ImportUser>),
+    Memberships(Vec<ImportMembership>),
+    ApiKeys(Vec<ImportApiKey>),
+    TotpDevices(Vec<ImportTotpDevice>),
+    BackupCodes(Vec<ImportBackupCode>),
+}
+
+impl ImportBatch {
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Organizations(rows) => rows.len(),
+            Self::Teams(rows) => rows.len(),
+            Self::Users(rows) => rows.len(),
+            Self::Memberships(rows) => rows.len(),
+            Self::ApiKeys(rows) => rows.len(),
+            Self::TotpDevices(rows) => rows.len(),
+            Self::BackupCodes(rows) => rows.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// What writing (or, in a dry run, checking) a batch found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ImportReport {
+    /// Rows inserted (a dry run: rows that would be).
+    pub written: u64,
+    /// Rows already in hoglet as they are in PostHog (an earlier run brought them).
+    pub present: u64,
+    /// Rows left out, with the reason.
+    pub skipped: Vec<ImportSkip>,
+}
+
+/// A row left out of the import: its PostHog id and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImportSkip {
+    pub id: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportOrganization {
+    pub id: Uuid,
+    pub name: String,
+    pub slug: String,
+    pub created_at: Micros,
+    pub enforce_2fa: Option<bool>,
+    pub members_can_use_personal_api_keys: bool,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportTeam {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub organization_id: Uuid,
+    pub project_id: i64,
+    pub api_token: String,
+    pub name: String,
+    pub timezone: String,
+    pub created_at: Micros,
+}
+
+/// A PostHog user. JSON columns are kept as PostHog's JSON text.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportUser {
+    pub id: i64,
+    pub uuid: Uuid,
+    pub email: String,
+    /// The stored Django hash (`pbkdf2_sha256$…`, or unusable `!…`), never a password.
+    pub password: PasswordHash,
+    pub first_name: String,
+    pub last_name: String,
+    pub is_staff: bool,
+    pub is_active: bool,
+    pub date_joined: Micros,
+    pub last_login: Option<Micros>,
+    pub distinct_id: Option<String>,
+    pub current_organization_id: Option<Uuid>,
+    pub current_team_id: Option<i64>,
+    pub is_email_verified: Option<bool>,
+    pub pending_email: Option<String>,
+    pub theme_mode: Option<String>,
+    pub hedgehog_config: Option<String>,
+    pub role_at_organization: Option<String>,
+    pub partial_notification_settings: Option<String>,
+    pub anonymize_data: Option<bool>,
+    pub toolbar_mode: Option<String>,
+    pub events_column_config: Option<String>,
+    pub has_seen_product_intro_for: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportMembership {
+    pub organization_id: Uuid,
+    pub user_id: i64,
+    /// PostHog's levels: 1 member, 8 admin, 15 owner.
+    pub level: i64,
+    pub joined_at: Micros,
+}
+
+/// A personal API key as hoglet stores it: `secure_value` is a hash, never the key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImportApiKey {
+    pub id: String,
+    pub user_id: i64,
+    pub label: String,
+    pub secure_value: String,
+    pub mask_value: String,
+    pub created_at: Micros,
+    pub last_used_at: Option<Micros>,
+    pub last_rolled_at: Option<Micros>,
+    pub scopes: Vec<String>,
+    pub scoped_teams: Option<Vec<i64>>,
+    pub scoped_organizations: Option<Vec<String>>,
+}
+
+/// A confirmed django-otp device as hoglet's TOTP: `secret` sealed, `last_step` PostHog's
+/// `last_t`.
+#[derive(Clone)]
+pub struct ImportTotpDevice {
+    /// PostHog's device id (for the report).
+    pub id: i64,
+    pub user_id: i64,
+    pub secret: String,
+    pub last_step: i64,
+    pub created_at: Micros,
+}
+
+/// A django-otp static token as hoglet's keyed hash.
+#[derive(Clone)]
+pub struct ImportBackupCode {
+    /// PostHog's token id (for the report).
+    pub id: i64,
+    pub user_id: i64,
+    pub code_hash: String,
+    pub created_at: Micros,
+}
+
+// Sealed and hashed values are still not for logs.
+impl std::fmt::Debug for ImportTotpDevice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportTotpDevice")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for ImportBackupCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ImportBackupCode")
+            .field("id", &self.id)
+            .field("user_id", &self.user_id)
+            .finish_non_exhaustive()
+    }
+}

@@ -117,7 +117,11 @@ async fn api_key_by_id(tx: &impl Exec, sql: &str, id: &str) -> StoreResult<Optio
         .await
 }
 
-async fn count(tx: &impl Exec, sql: &str, params: &[exec::Param<'_>]) -> StoreResult<i64> {
+pub(crate) async fn count(
+    tx: &impl Exec,
+    sql: &str,
+    params: &[exec::Param<'_>],
+) -> StoreResult<i64> {
     Ok(tx.query_opt(sql, params, |r| r.i64(0)).await?.unwrap_or(0))
 }
 
@@ -262,7 +266,7 @@ async fn insert_organization_tree(
     Ok((organization, team))
 }
 
-fn json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
+pub(crate) fn json<T: serde::Serialize>(value: &T) -> StoreResult<String> {
     serde_json::to_string(value).map_err(|e| StoreError::Other(e.into()))
 }
 

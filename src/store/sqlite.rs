@@ -901,6 +901,16 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn import(
+        &self,
+        batch: ImportBatch,
+        write: bool,
+        now: Micros,
+    ) -> StoreResult<ImportReport> {
+        self.write(move |tx| run_now(super::import::import(tx, &batch, write, now)))
+            .await
+    }
+
     async fn prune_dead_mail(&self, before: Micros) -> StoreResult<u64> {
         self.write(move |tx| exec(tx, sql::OUTBOX_PRUNE_DEAD, params![before]).map(|n| n as u64))
             .await

@@ -18,6 +18,7 @@ mod geoip;
 mod github;
 mod hardening;
 mod hygiene;
+mod import_posthog;
 mod import_source;
 mod login_sessions;
 mod operations;
