@@ -15,7 +15,7 @@ use crate::helpers::{Db, TestApp, TestDatabase, postgres_url, spawn_app_on_clock
 use crate::store_contract::{raw_exec, raw_i64};
 
 /// PostHog's tables with their real column sets.
-pub const POSTHOG_SCHEMA: &str = crate::import_source::SCHEMA;
+pub const POSTHOG_SCHEMA: &str = include_str!("fixtures/posthog_schema.sql");
 
 const SECRET_KEY: &str = "import-test-secret-key-0123456789abcdefghijklmnopqrstuvwxyz";
 const ORG_A: &str = "0188a0a0-0000-7000-8000-00000000000a";
@@ -29,6 +29,7 @@ const PLAINTEXT_KEY: &str = "phx_ann0plaintext0key0from0before0hashing0xcdef";
 /// The TOTP secret of Ann's device, as django-otp stores it (hex of 20 bytes).
 const TOTP_HEX: &str = "3132333435363738393031323334353637383930";
 const BACKUP_CODES: [&str; 2] = ["abcd1234", "efgh5678"];
+const GUS_KEY: &str = "phx_gus0joined0posthog0after0the0first0import0abcdefg";
 
 crate::db_tests!(a_posthog_database_imports_and_its_users_keys_and_2fa_work);
 
@@ -170,7 +171,7 @@ async fn a_posthog_database_imports_and_its_users_keys_and_2fa_work(db: Db) {
     )
     .await;
     let last_t = clock.now_secs() / 30;
-    let (_posthog, from) = posthog_database(&posthog_rows(resident.id, last_t)).await;
+    let (posthog, from) = posthog_database(&posthog_rows(resident.id, last_t)).await;
 
     let expected_skips = json!([
         skipped(
@@ -389,6 +390,71 @@ async fn a_posthog_database_imports_and_its_users_keys_and_2fa_work(db: Db) {
         raw_i64(&app.db, "SELECT count(*) FROM users").await,
         users_before
     );
+    assert_eq!(
+        app.get("/api/users/@me/", SHA_KEY).await.status.as_u16(),
+        401
+    );
+
+    // Rows that appeared in PostHog since are all a later run brings.
+    raw_exec(
+        &posthog,
+        "",
+        &format!(
+            "INSERT INTO posthog_user (id, uuid, email, password, first_name, date_joined) VALUES \
+             (20, '0188a0a0-0000-7000-8000-000000000020', 'gus@beta.example', '!x', 'Gus', now()); \
+             INSERT INTO posthog_organizationmembership (id, organization_id, user_id, level, \
+             joined_at, updated_at) VALUES (gen_random_uuid(), '{ORG_B}', 20, 1, now(), now()); \
+             INSERT INTO posthog_personalapikey (id, user_id, label, secure_value, mask_value, \
+             created_at, scopes) VALUES ('key-gus', 20, 'gus', '{}', 'phx_...gus0', now(), '{{*}}');",
+            sha256_value(GUS_KEY)
+        ),
+    )
+    .await;
+    let (newer, _) = import(&app, &from, &[]).await;
+    assert_eq!(
+        (
+            &newer["users"],
+            &newer["memberships"],
+            &newer["personal_api_keys"],
+            &newer["teams"]
+        ),
+        (&json!(1), &json!(1), &json!(1), &json!(0))
+    );
+    let gus = app.get("/api/users/@me/", GUS_KEY).await;
+    assert_eq!(gus.assert_ok()["organization"]["id"], ORG_B);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_organization_imports_alone_and_encrypted_totp_keys_are_reported() {
+    if postgres_url().is_none() {
+        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the PostHog import test did not run");
+        return;
+    }
+    let app = spawn_app_with(Db::Sqlite, |c| c.secret_key = Some(SECRET_KEY.into())).await;
+    let (posthog, from) = posthog_database(&posthog_rows(1000, 0)).await;
+    raw_exec(
+        &posthog,
+        "",
+        "INSERT INTO django_migrations (app, name, applied) VALUES \
+         ('otp_totp', '0001_initial', now()), ('otp_totp', '0004_encrypted_key', now());",
+    )
+    .await;
+    let (summary, _) = import(&app, &from, &["--org", ORG_B]).await;
+    assert_eq!(
+        summary,
+        json!({
+            "users": 1, "organizations": 1, "memberships": 1, "teams": 1,
+            "personal_api_keys": 1, "totp_devices": 0, "backup_codes": 0,
+            "skipped": [skipped(
+                "otp_totp_totpdevice",
+                "2",
+                "django-otp encrypts TOTP keys in this database (migration 0004_encrypted_key), \
+                 so the key cannot be read",
+            )],
+        })
+    );
+    let bob = app.get("/api/users/@me/", LEGACY_260K_KEY).await;
+    assert_eq!(bob.assert_ok()["email"], "bob@beta.example");
     assert_eq!(
         app.get("/api/users/@me/", SHA_KEY).await.status.as_u16(),
         401

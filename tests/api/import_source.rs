@@ -1,6 +1,6 @@
-//! The import's view of a PostHog database (issue 14): a PostHog-shaped schema with more columns
-//! than hoglet reads, in an order of its own, read through one read-only snapshot, whole or for
-//! some organizations. Needs PostgreSQL (`HOGLET_TEST_POSTGRES_URL`).
+//! The import's view of a PostHog database (issue 14): PostHog's real column sets (many more than
+//! hoglet reads), read through one read-only snapshot, whole or for some organizations. Needs
+//! PostgreSQL (`HOGLET_TEST_POSTGRES_URL`).
 
 use hoglet::config::DatabaseUrl;
 use hoglet::import::source::Source;
@@ -9,55 +9,11 @@ use serde_json::json;
 use uuid::Uuid;
 
 use crate::helpers::{Db, TestDatabase, postgres_url};
+use crate::import_posthog::POSTHOG_SCHEMA;
 use crate::store_contract::raw_exec;
 
 const ORG_A: &str = "0188a0a0-0000-7000-8000-00000000000a";
 const ORG_B: &str = "0188a0a0-0000-7000-8000-00000000000b";
-
-/// PostHog's tables as far as the import reads them, each with a column it does not read first.
-pub const SCHEMA: &str = r#"
-CREATE TABLE posthog_organization (
-    plugins_access_level smallint NOT NULL DEFAULT 9,
-    id uuid PRIMARY KEY, name varchar(64) NOT NULL, slug varchar(48) NOT NULL UNIQUE,
-    created_at timestamptz NOT NULL, enforce_2fa boolean,
-    members_can_use_personal_api_keys boolean NOT NULL DEFAULT true);
-CREATE TABLE posthog_team (
-    app_urls varchar(200)[] NOT NULL DEFAULT '{}',
-    id integer PRIMARY KEY, uuid uuid NOT NULL, organization_id uuid NOT NULL,
-    project_id bigint, api_token varchar(200) NOT NULL, name varchar(200) NOT NULL,
-    timezone varchar(240) NOT NULL DEFAULT 'UTC', created_at timestamptz NOT NULL);
-CREATE TABLE posthog_user (
-    is_impersonated boolean DEFAULT false,
-    id integer PRIMARY KEY, uuid uuid NOT NULL, email varchar(254) NOT NULL,
-    password varchar(128) NOT NULL, first_name varchar(150) NOT NULL,
-    last_name varchar(150) NOT NULL DEFAULT '', is_staff boolean NOT NULL DEFAULT false,
-    is_active boolean NOT NULL DEFAULT true, date_joined timestamptz NOT NULL,
-    last_login timestamptz, distinct_id varchar(200), current_organization_id uuid,
-    current_team_id integer, is_email_verified boolean, pending_email varchar(254),
-    theme_mode varchar(20), hedgehog_config jsonb, role_at_organization varchar(64),
-    partial_notification_settings jsonb, anonymize_data boolean, toolbar_mode varchar(200),
-    events_column_config jsonb NOT NULL DEFAULT '{"active": "DEFAULT"}',
-    has_seen_product_intro_for jsonb);
-CREATE TABLE posthog_organizationmembership (
-    id uuid PRIMARY KEY, organization_id uuid NOT NULL, user_id integer NOT NULL,
-    level smallint NOT NULL, joined_at timestamptz NOT NULL, updated_at timestamptz);
-CREATE TABLE posthog_personalapikey (
-    id varchar(50) PRIMARY KEY, user_id integer NOT NULL, label varchar(40) NOT NULL,
-    value varchar(50), mask_value varchar(11), secure_value varchar(300),
-    created_at timestamptz NOT NULL, last_used_at timestamptz, last_rolled_at timestamptz,
-    scopes varchar(100)[], scoped_teams integer[], scoped_organizations varchar(100)[]);
-CREATE TABLE otp_totp_totpdevice (
-    throttling_failure_count integer NOT NULL DEFAULT 0,
-    id integer PRIMARY KEY, user_id integer NOT NULL, name varchar(64) NOT NULL,
-    confirmed boolean NOT NULL, key varchar(80) NOT NULL, step smallint NOT NULL,
-    t0 bigint NOT NULL, digits smallint NOT NULL, tolerance smallint NOT NULL,
-    drift smallint NOT NULL, last_t bigint NOT NULL);
-CREATE TABLE otp_static_staticdevice (
-    id integer PRIMARY KEY, user_id integer NOT NULL, name varchar(64) NOT NULL,
-    confirmed boolean NOT NULL);
-CREATE TABLE otp_static_statictoken (
-    id integer PRIMARY KEY, device_id integer NOT NULL, token varchar(16) NOT NULL);
-"#;
 
 const ROWS: &str = r#"
 INSERT INTO posthog_organization (id, name, slug, created_at, enforce_2fa) VALUES
@@ -93,7 +49,7 @@ async fn a_posthog_snapshot_reads_the_columns_it_carries_over() {
         return;
     }
     let posthog = TestDatabase::create(Db::Postgres).await;
-    raw_exec(&posthog, "", &format!("{SCHEMA}{ROWS}")).await;
+    raw_exec(&posthog, "", &format!("{POSTHOG_SCHEMA}{ROWS}")).await;
     let DatabaseUrl::Postgres(url) = &posthog.url else {
         unreachable!("a Postgres test database")
     };
