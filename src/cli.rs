@@ -817,24 +817,7 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             };
             let progress = crate::import::progress::Progress::for_stderr();
             let summary = crate::import::run(&state, &options, &progress).await?;
-            let written = summary.users
-                + summary.organizations
-                + summary.memberships
-                + summary.teams
-                + summary.personal_api_keys
-                + summary.totp_devices
-                + summary.backup_codes;
-            eprintln!(
-                "import: {} {written} rows, {} already imported before, {} skipped{}",
-                if options.dry_run {
-                    "would write"
-                } else {
-                    "wrote"
-                },
-                summary.present,
-                summary.skipped.len(),
-                if written == 0 { " (nothing new)" } else { "" }
-            );
+            eprintln!("{}", summary.outcome(options.dry_run));
             print_json(&serde_json::to_value(&summary)?)
         }
         Command::Openapi => {

@@ -54,6 +54,32 @@ pub struct Summary {
     pub present: u64,
 }
 
+impl Summary {
+    /// Rows written (in a dry run: that would be), of every kind.
+    pub fn written(&self) -> u64 {
+        self.users
+            + self.organizations
+            + self.memberships
+            + self.teams
+            + self.personal_api_keys
+            + self.totp_devices
+            + self.backup_codes
+    }
+
+    /// The one-line outcome for people (stderr), e.g. "import: wrote 12 rows, 3 already
+    /// imported before, 1 skipped".
+    pub fn outcome(&self, dry_run: bool) -> String {
+        let written = self.written();
+        format!(
+            "import: {} {written} rows, {} already imported before, {} skipped{}",
+            if dry_run { "would write" } else { "wrote" },
+            self.present,
+            self.skipped.len(),
+            if written == 0 { " (nothing new)" } else { "" }
+        )
+    }
+}
+
 #[derive(Debug, Serialize, PartialEq, Eq)]
 pub struct Skipped {
     /// PostHog's table.

@@ -386,6 +386,11 @@ async fn a_posthog_database_imports_and_its_users_keys_and_2fa_work(db: Db) {
         }))
     );
     assert!(stderr.contains("nothing new"), "{stderr}");
+    // Not a terminal: plain progress lines, one per table at its end.
+    assert!(
+        stderr.contains("import: posthog_user 5/5 read, 0 written, 2 skipped done"),
+        "{stderr}"
+    );
     assert_eq!(
         raw_i64(&app.db, "SELECT count(*) FROM users").await,
         users_before
