@@ -12,6 +12,7 @@
 //! a foreign-key error that would fail the batch. The statements spell every value as
 //! `CAST($n AS type)` so that PostgreSQL knows each parameter's type in a `SELECT` list.
 
+use futures_util::future::try_join_all;
 use uuid::Uuid;
 
 use super::exec::{Exec, args};
@@ -159,6 +160,12 @@ fn is_postgres<E: Exec>(_: &E) -> bool {
     E::BACKEND == Backend::Postgres
 }
 
+/// Rows whose statements are sent together: PostgreSQL pipelines them on the connection (one
+/// round trip for the lot instead of one each); on SQLite they run one after another as always.
+/// Kept small so `try_join_all` polls every statement at each turn (SQLite's scripts must finish
+/// in one poll).
+const PIPELINE: usize = 24;
+
 async fn import_rows<R: ImportRow>(
     tx: &impl Exec,
     rows: &[R],
@@ -166,36 +173,51 @@ async fn import_rows<R: ImportRow>(
     now: Micros,
 ) -> StoreResult<ImportReport> {
     let mut report = ImportReport::default();
-    for row in rows {
-        let id = row.source_id();
-        let claimed = if write {
-            tx.execute(LEDGER_CLAIM, args![R::SOURCE, id.as_str(), now])
-                .await?
-                == 1
+    for chunk in rows.chunks(PIPELINE) {
+        let ids: Vec<String> = chunk.iter().map(ImportRow::source_id).collect();
+        // Claim each row in the ledger (a dry run only looks); a row claimed before is present.
+        let claimed = try_join_all(ids.iter().map(|id| async move {
+            Ok::<_, StoreError>(if write {
+                tx.execute(LEDGER_CLAIM, args![R::SOURCE, id.as_str(), now])
+                    .await?
+                    == 1
+            } else {
+                count(tx, LEDGER_HAS, args![R::SOURCE, id.as_str()]).await? == 0
+            })
+        }))
+        .await?;
+        let fresh: Vec<(&R, &String)> = chunk
+            .iter()
+            .zip(&ids)
+            .zip(&claimed)
+            .filter_map(|(row, claimed)| claimed.then_some(row))
+            .collect();
+        report.present += (chunk.len() - fresh.len()) as u64;
+        let inserted = if write {
+            try_join_all(fresh.iter().map(|(row, _)| row.insert(tx, now))).await?
         } else {
-            count(tx, LEDGER_HAS, args![R::SOURCE, id.as_str()]).await? == 0
+            vec![0; fresh.len()]
         };
-        if !claimed {
-            report.present += 1;
-            continue;
-        }
-        if write && row.insert(tx, now).await? == 1 {
-            report.written += 1;
-            continue;
-        }
-        match row.clash(tx, write).await? {
-            Clash::Present => report.present += 1,
-            Clash::None if !write => report.written += 1,
-            clash => {
-                let reason = match clash {
-                    Clash::Skip(reason) => reason,
-                    _ => "not written, for a reason hoglet could not find".to_string(),
-                };
-                if write {
-                    tx.execute(LEDGER_RELEASE, args![R::SOURCE, id.as_str()])
-                        .await?;
+        report.written += inserted.iter().sum::<u64>();
+        // Only a row that wrote nothing needs a look at what stands in its way.
+        for ((row, id), _) in fresh.iter().zip(&inserted).filter(|(_, n)| **n == 0) {
+            match row.clash(tx, write).await? {
+                Clash::Present => report.present += 1,
+                Clash::None if !write => report.written += 1,
+                clash => {
+                    let reason = match clash {
+                        Clash::Skip(reason) => reason,
+                        _ => "not written, for a reason hoglet could not find".to_string(),
+                    };
+                    if write {
+                        tx.execute(LEDGER_RELEASE, args![R::SOURCE, id.as_str()])
+                            .await?;
+                    }
+                    report.skipped.push(ImportSkip {
+                        id: id.to_string(),
+                        reason,
+                    });
                 }
-                report.skipped.push(ImportSkip { id, reason });
             }
         }
     }
