@@ -440,3 +440,85 @@ fn totp_secret(device: &source::TotpDevice) -> Result<Vec<u8>, String> {
         _ => Err("its key is not hex".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+
+    use super::*;
+
+    fn device(step: i64, t0: i64, digits: i64, key: &str) -> source::TotpDevice {
+        source::TotpDevice {
+            id: 1,
+            user_id: 7,
+            name: "default".into(),
+            confirmed: true,
+            key: SecretString::from(key.to_string()),
+            step,
+            t0,
+            digits,
+            tolerance: 1,
+            drift: 0,
+            last_t: 0,
+        }
+    }
+
+    #[test]
+    fn only_devices_hoglet_verifies_as_they_are_come_over() {
+        let hex = "3132333435363738393031323334353637383930";
+        assert_eq!(
+            totp_secret(&device(30, 0, 6, hex)).unwrap(),
+            b"12345678901234567890"
+        );
+        for (bad, reason) in [
+            (device(60, 0, 6, hex), "every 60 seconds"),
+            (device(30, 15, 6, hex), "t0 = 15"),
+            (device(30, 0, 8, hex), "8 digits"),
+            (device(30, 0, 6, "not hex!"), "not hex"),
+            (device(30, 0, 6, ""), "not hex"),
+        ] {
+            let err = totp_secret(&bad).unwrap_err();
+            assert!(err.contains(reason), "{err}");
+        }
+        let mut unconfirmed = device(30, 0, 6, hex);
+        unconfirmed.confirmed = false;
+        assert!(
+            totp_secret(&unconfirmed)
+                .unwrap_err()
+                .contains("never confirmed")
+        );
+    }
+
+    fn key(secure_value: Option<&str>, value: Option<&str>, mask: Option<&str>) -> source::ApiKey {
+        source::ApiKey {
+            id: "k".into(),
+            user_id: 7,
+            label: "l".into(),
+            mask_value: mask.map(str::to_string),
+            secure_value: secure_value.map(str::to_string),
+            value: value.map(|v| SecretString::from(v.to_string())),
+            created_at: 0,
+            last_used_at: None,
+            last_rolled_at: None,
+            scopes: vec![],
+            scoped_teams: None,
+            scoped_organizations: None,
+        }
+    }
+
+    #[test]
+    fn a_key_keeps_its_hash_and_a_plaintext_key_is_hashed() {
+        let plaintext = "phx_0123456789abcdefghijklmnopqrstuvwxyz";
+        let kept = convert_api_key(key(Some("sha256$ab"), Some(plaintext), Some("phx_...wxyz")));
+        assert_eq!(kept.unwrap().secure_value, "sha256$ab");
+        let hashed = convert_api_key(key(None, Some(plaintext), None)).unwrap();
+        assert_eq!(hashed.secure_value, api_key::secure_value(plaintext));
+        assert_eq!(hashed.mask_value, "phx_...wxyz");
+        assert!(!format!("{hashed:?}").contains(plaintext));
+        let (id, reason) = convert_api_key(key(None, None, None)).unwrap_err();
+        assert_eq!(
+            (id.as_str(), reason.as_str()),
+            ("k", "it holds neither a key hash nor a key")
+        );
+    }
+}

@@ -520,3 +520,81 @@ fn sorted(mut summary: Value) -> Value {
     }
     summary
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_import_leaves_hoglet_consistent_and_the_next_run_completes_it() {
+    if postgres_url().is_none() {
+        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the PostHog import test did not run");
+        return;
+    }
+    let app = spawn_app_with(Db::Sqlite, |c| c.secret_key = Some(SECRET_KEY.into())).await;
+    let (posthog, from) = posthog_database(&posthog_rows(1000, 0)).await;
+    // A role that may read every table but the keys: the first run stops there. SELECT is all
+    // the import needs.
+    let role = format!("importer_{}", uuid::Uuid::new_v4().simple());
+    raw_exec(
+        &posthog,
+        "",
+        &format!(
+            "CREATE ROLE {role} LOGIN; GRANT SELECT ON ALL TABLES IN SCHEMA public TO {role}; \
+             REVOKE SELECT ON posthog_personalapikey FROM {role};"
+        ),
+    )
+    .await;
+    let mut limited = url::Url::parse(&from).unwrap();
+    limited.set_username(&role).unwrap();
+    limited.set_password(None).unwrap();
+
+    let interrupted = hoglet(&app, &["import", "posthog", "--from", limited.as_str()]);
+    assert_eq!(interrupted.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&interrupted.stderr);
+    assert!(stderr.contains("posthog_personalapikey"), "{stderr}");
+    // What was written before is whole: users with their memberships, no key yet.
+    assert_eq!(raw_i64(&app.db, "SELECT count(*) FROM users").await, 5);
+    assert_eq!(
+        raw_i64(&app.db, "SELECT count(*) FROM organization_memberships").await,
+        4
+    );
+    assert_eq!(
+        raw_i64(&app.db, "SELECT count(*) FROM personal_api_keys").await,
+        0
+    );
+    let bob = Browser::new(&app);
+    assert_eq!(
+        bob.login("bob@beta.example", BOB_PASSWORD).await.json,
+        json!({"success": true})
+    );
+    assert_eq!(
+        bob.get("/api/users/@me/").await.json["organization"]["id"],
+        ORG_B
+    );
+
+    let (rest, _) = import(&app, &from, &[]).await;
+    assert_eq!(
+        (
+            &rest["users"],
+            &rest["memberships"],
+            &rest["organizations"],
+            &rest["teams"]
+        ),
+        (&json!(0), &json!(0), &json!(0), &json!(0))
+    );
+    assert_eq!(
+        (
+            &rest["personal_api_keys"],
+            &rest["totp_devices"],
+            &rest["backup_codes"]
+        ),
+        (&json!(6), &json!(1), &json!(2))
+    );
+    assert_eq!(
+        app.get("/api/users/@me/", SHA_KEY).await.assert_ok()["email"],
+        "ann@alpha.example"
+    );
+    raw_exec(
+        &posthog,
+        "",
+        &format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}; DROP ROLE {role};"),
+    )
+    .await;
+}
