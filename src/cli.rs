@@ -16,6 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 
 use crate::admin::{self, AdminError};
 use crate::config::{self, Config, DatabaseUrl, EmailDelivery, LogFormat, SignupPolicy};
+use crate::domain::scope;
 use crate::serve::{App, command_state, shutdown_signal};
 use crate::store::MembershipLevel;
 
@@ -569,6 +570,7 @@ fn setting_name(arg: &clap::Arg) -> String {
 pub enum UserCommand {
     /// Create a user with a password.
     Create {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
         /// The password (prefer --password-stdin: other local users can see flags).
@@ -584,8 +586,10 @@ pub enum UserCommand {
         /// Accept a password the API's rules refuse (short, common, like the name).
         #[arg(long)]
         allow_weak_password: bool,
+        /// First name shown in the app.
         #[arg(long, default_value = "")]
         first_name: String,
+        /// Last name shown in the app.
         #[arg(long, default_value = "")]
         last_name: String,
         /// Make the user an instance admin.
@@ -606,11 +610,13 @@ pub enum UserCommand {
     },
     /// Show a user with their memberships, 2FA status, key and session counts.
     Show {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
     },
     /// Set a user's password (read from stdin) and end all their sessions.
     SetPassword {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
         /// Read the password from the first line of stdin (required: never in a flag).
@@ -620,21 +626,25 @@ pub enum UserCommand {
     /// Turn off a user's two-factor authentication (device and backup codes).
     #[command(name = "disable-2fa")]
     Disable2fa {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
     },
     /// Deactivate a user: their sessions end and their keys stop working at once.
     Deactivate {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
     },
     /// Reactivate a deactivated user.
     Activate {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
     },
     /// Delete a user who belongs to no organization, with everything of theirs.
     Delete {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
         /// Confirm the deletion (required).
@@ -643,6 +653,7 @@ pub enum UserCommand {
     },
     /// Print the user's data export (the document of GET /api/users/@me/export/).
     Export {
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
     },
@@ -669,6 +680,7 @@ impl From<Level> for MembershipLevel {
 pub enum OrgCommand {
     /// Create an organization (with its default project) owned by an existing user.
     Create {
+        /// The name to show (1 to 64 characters).
         #[arg(long)]
         name: String,
         /// Email of the owner.
@@ -692,8 +704,10 @@ pub enum OrgCommand {
         /// Organization id (uuid).
         #[arg(long)]
         org: String,
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
+        /// The member's level in the organization.
         #[arg(long, value_enum, default_value = "member")]
         level: Level,
     },
@@ -702,6 +716,7 @@ pub enum OrgCommand {
         /// Organization id (uuid).
         #[arg(long)]
         org: String,
+        /// The user's login email (any case).
         #[arg(long)]
         email: String,
     },
@@ -714,6 +729,7 @@ pub enum TeamCommand {
         /// Organization id (uuid).
         #[arg(long)]
         org: String,
+        /// The name to show (1 to 64 characters).
         #[arg(long)]
         name: String,
     },
@@ -741,14 +757,15 @@ pub enum KeyCommand {
         /// Email of the key's owner.
         #[arg(long)]
         email: String,
+        /// A name for the key, to tell it apart (1 to 40 characters).
         #[arg(long)]
         label: String,
-        /// Comma-separated scopes, e.g. `user:read,user:write`, or `*`.
-        #[arg(long)]
-        scopes: String,
-        /// Optional expiry (RFC 3339), after which the key is refused.
-        #[arg(long)]
-        expires_at: Option<String>,
+        /// Comma-separated scopes, e.g. `user:read,user:write`, or `*` for every scope.
+        #[arg(long, value_name = "SCOPES", value_parser = setting(parse_scopes), long_help = scopes_help())]
+        scopes: List<String>,
+        /// Optional expiry (RFC 3339, e.g. 2027-01-31T00:00:00Z), after which the key is refused.
+        #[arg(long, value_name = "TIME", value_parser = setting(parse_time))]
+        expires_at: Option<crate::time::Micros>,
     },
     /// List a user's keys (metadata only, never the values).
     List {
@@ -758,6 +775,7 @@ pub enum KeyCommand {
     },
     /// Delete a key by id; it stops working at once.
     Revoke {
+        /// The key's id (from `key list`).
         #[arg(long)]
         id: String,
     },
@@ -767,11 +785,49 @@ pub enum KeyCommand {
 pub enum DashboardCommand {
     /// Create a dashboard in a team.
     Create {
+        /// Team (project) id.
         #[arg(long)]
         team: i64,
+        /// The name to show (1 to 64 characters).
         #[arg(long)]
         name: String,
     },
+}
+
+/// `--scopes`: a comma-separated list of valid scopes (at least one).
+fn parse_scopes(value: &str) -> anyhow::Result<Vec<String>> {
+    let scopes: Vec<String> = value
+        .split(',')
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    anyhow::ensure!(
+        !scopes.is_empty(),
+        "give at least one scope, e.g. user:read"
+    );
+    if let Some(bad) = scopes.iter().find(|s| !scope::is_valid_scope(s)) {
+        anyhow::bail!("{bad:?} is not a scope; `hoglet key create --help` lists them");
+    }
+    Ok(scopes)
+}
+
+/// `--expires-at`: an RFC 3339 time.
+fn parse_time(value: &str) -> anyhow::Result<crate::time::Micros> {
+    crate::time::parse_rfc3339(value)
+        .ok_or_else(|| anyhow::anyhow!("not an RFC 3339 time, e.g. 2027-01-31T00:00:00Z"))
+}
+
+/// `key create --help`: every scope a key may have.
+fn scopes_help() -> String {
+    let objects = scope::SCOPE_OBJECTS
+        .iter()
+        .map(|object| format!("{object}:read, {object}:write"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "Comma-separated scopes, e.g. `user:read,user:write`, or `*` for every scope.\n\n\
+         Scopes: *, {objects}."
+    )
 }
 
 /// Runs the parsed command; returns the process exit code.
@@ -876,18 +932,6 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             scopes,
             expires_at,
         }) => {
-            let scopes: Vec<String> = scopes
-                .split(',')
-                .map(|s| s.trim().to_string())
-                .filter(|s| !s.is_empty())
-                .collect();
-            let expires_at = expires_at
-                .map(|t| {
-                    crate::time::parse_rfc3339(&t).ok_or_else(|| {
-                        AdminError::Invalid(format!("{t:?} is not an RFC 3339 time"))
-                    })
-                })
-                .transpose()?;
             let store = connect().await?;
             let args = admin::NewKeyArgs {
                 email,

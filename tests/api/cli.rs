@@ -115,7 +115,55 @@ fn admin_commands_print_json_and_fail_cleanly() {
             "user:delete",
         ],
     );
-    assert_eq!(bad_scope.status.code(), Some(1));
+    assert_eq!(bad_scope.status.code(), Some(2), "bad usage");
+    assert!(
+        String::from_utf8_lossy(&bad_scope.stderr).contains("\"user:delete\" is not a scope"),
+        "{}",
+        String::from_utf8_lossy(&bad_scope.stderr)
+    );
+    // Every kind of bad usage exits 2 and writes nothing.
+    for args in [
+        vec!["serve", "--signup", "maybe"],
+        vec!["--database-url", "mysql://x", "migrate"],
+        vec![
+            "key",
+            "create",
+            "--email",
+            "a@example.com",
+            "--label",
+            "x",
+            "--scopes",
+            "user:read",
+            "--expires-at",
+            "tomorrow",
+        ],
+        vec![
+            "key",
+            "create",
+            "--email",
+            "a@example.com",
+            "--label",
+            "x",
+            "--scopes",
+            " , ",
+        ],
+    ] {
+        let refused = hoglet(&url, &args);
+        assert_eq!(refused.status.code(), Some(2), "{args:?}");
+        assert!(refused.stdout.is_empty(), "{args:?}");
+    }
+    // The help lists every scope a key may have.
+    let help = hoglet(&url, &["key", "create", "--help"]);
+    let help = String::from_utf8_lossy(&help.stdout);
+    for scope in [
+        "*,",
+        "user:read",
+        "user:write",
+        "feature_flag:write",
+        "webhook:read",
+    ] {
+        assert!(help.contains(scope), "{scope} in {help}");
+    }
 
     assert!(hoglet(&url, &["migrate"]).status.success());
     assert!(hoglet(&url, &["migrate"]).status.success());
