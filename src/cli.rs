@@ -136,8 +136,72 @@ pub enum Command {
     /// Import accounts from another server.
     #[command(subcommand)]
     Import(ImportCommand),
+    /// Exit 0 when the server answers ready (GET /_ready/: the database answers and is
+    /// migrated), 1 otherwise; for supervisors and container health checks.
+    Healthcheck(HealthcheckArgs),
     /// Print the OpenAPI document.
     Openapi,
+}
+
+#[derive(Debug, Args)]
+pub struct HealthcheckArgs {
+    /// The readiness URL to ask [default: /_ready/ on the port of HOGLET_BIND, on loopback].
+    #[arg(long, value_name = "URL", value_parser = setting(parse_http_url))]
+    pub url: Option<String>,
+    /// The server's listen address, to find its port when --url is not given.
+    #[arg(
+        long,
+        env = "HOGLET_BIND",
+        value_name = "ADDR",
+        default_value = config::DEFAULT_BIND,
+        value_parser = setting(config::parse_bind)
+    )]
+    pub bind: String,
+    /// Seconds to wait for the answer.
+    #[arg(long, value_name = "SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=300))]
+    pub timeout_seconds: u64,
+}
+
+/// `healthcheck --url`: an http(s) URL.
+fn parse_http_url(value: &str) -> anyhow::Result<String> {
+    let url = url::Url::parse(value)?;
+    anyhow::ensure!(
+        matches!(url.scheme(), "http" | "https"),
+        "use an http:// or https:// URL"
+    );
+    Ok(value.to_string())
+}
+
+/// `/_ready/` on the loopback address of `bind` (a server bound to every address answers there).
+fn readiness_url(bind: &str) -> String {
+    let (host, port) = bind.rsplit_once(':').unwrap_or((bind, "8000"));
+    let host = match host {
+        "0.0.0.0" | "" => "127.0.0.1",
+        "[::]" => "[::1]",
+        host => host,
+    };
+    format!("http://{host}:{port}/_ready/")
+}
+
+/// Asks the readiness URL; `Ok` with the answer only for a 200.
+async fn healthcheck(args: HealthcheckArgs) -> anyhow::Result<String> {
+    let url = args.url.unwrap_or_else(|| readiness_url(&args.bind));
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(args.timeout_seconds))
+        .build()?;
+    let response = client
+        .get(&url)
+        .send()
+        .await
+        .with_context(|| format!("{url} did not answer"))?;
+    let status = response.status();
+    let body = response.text().await.unwrap_or_default();
+    anyhow::ensure!(
+        status.is_success(),
+        "{url} answered {status}: {}",
+        body.trim()
+    );
+    Ok(body)
 }
 
 #[derive(Debug, Subcommand)]
@@ -875,6 +939,10 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let summary = crate::import::run(&state, &options, &progress).await?;
             eprintln!("{}", summary.outcome(options.dry_run));
             print_json(&serde_json::to_value(&summary)?)
+        }
+        Command::Healthcheck(args) => {
+            println!("{}", healthcheck(args).await?.trim());
+            Ok(())
         }
         Command::Openapi => {
             print!("{}", crate::http::openapi::to_json());

@@ -50,11 +50,6 @@ impl Deref for AppState {
 }
 
 impl AppState {
-    /// One round trip to the database (readiness).
-    pub async fn ping_database(&self) -> crate::store::StoreResult<()> {
-        self.store.ping().await
-    }
-
     /// Derives a purpose-bound key from `HOGLET_SECRET_KEY` (HMAC-SHA256 of the purpose).
     pub fn derived_key(&self, purpose: &str) -> [u8; 32] {
         use hmac::{Mac, SimpleHmac};

@@ -191,6 +191,7 @@ pub const TWO_FACTOR_ALLOWED_PATHS: &[&str] = &[
     "/api/login/token/",
     "/api/users/@me/",
     "/_health/",
+    "/_ready/",
 ];
 const TWO_FACTOR_ALLOWED_PREFIXES: &[&str] = &["/static/", "/uploaded_media/"];
 /// hoglet's own pages for setting the second factor up (PostHog's app does it within the paths

@@ -1,4 +1,4 @@
-//! Liveness and metrics endpoints (no authentication).
+//! Liveness, readiness and metrics endpoints (no authentication).
 
 use std::time::Duration;
 
@@ -6,38 +6,51 @@ use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
-use serde_json::json;
+use serde_json::{Value, json};
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::state::AppState;
 
-/// `/_health` answers within this even when the database hangs, and so does `/metrics` (whose
+/// `/_ready` answers within this even when the database hangs, and so does `/metrics` (whose
 /// outbox depth comes from the database).
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(1);
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .route("/_health/", get(health))
+        .route("/_ready/", get(ready))
         .route("/metrics/", get(metrics))
 }
 
-/// 200 when the database answers, 503 otherwise.
-async fn health(State(state): State<AppState>) -> impl IntoResponse {
-    match tokio::time::timeout(HEALTH_TIMEOUT, state.ping_database()).await {
-        Ok(Ok(())) => (StatusCode::OK, axum::Json(json!({"status": "ok"}))),
+/// Liveness: the process answers (nothing else is asked, so a database outage never gets a
+/// healthy process restarted).
+async fn health() -> impl IntoResponse {
+    axum::Json(json!({"status": "ok"}))
+}
+
+/// Readiness: 200 when the database answers and has every migration this binary carries; 503
+/// with the reason otherwise.
+async fn ready(State(state): State<AppState>) -> impl IntoResponse {
+    let unavailable = |reason: Value| (StatusCode::SERVICE_UNAVAILABLE, axum::Json(reason));
+    let expected = state.store.expected_schema_version();
+    match tokio::time::timeout(HEALTH_TIMEOUT, state.store.schema_version()).await {
+        Ok(Ok(version)) if version >= expected => (
+            StatusCode::OK,
+            axum::Json(json!({"status": "ok", "schema_version": version})),
+        ),
+        Ok(Ok(version)) => unavailable(json!({
+            "status": "unavailable",
+            "migrations": "pending",
+            "schema_version": version,
+            "expected_schema_version": expected,
+        })),
         Ok(Err(e)) => {
-            tracing::warn!(error = %e, "health check: database unavailable");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"status": "unavailable", "database": "error"})),
-            )
+            tracing::warn!(error = %e, "readiness check: database unavailable");
+            unavailable(json!({"status": "unavailable", "database": "error"}))
         }
         Err(_) => {
-            tracing::warn!("health check: database did not answer in time");
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                axum::Json(json!({"status": "unavailable", "database": "timeout"})),
-            )
+            tracing::warn!("readiness check: database did not answer in time");
+            unavailable(json!({"status": "unavailable", "database": "timeout"}))
         }
     }
 }

@@ -110,8 +110,13 @@ pub enum UserDeletion {
 pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> Backend;
 
-    /// Cheap round trip used by `/_health`.
+    /// The cheapest round trip.
     async fn ping(&self) -> StoreResult<()>;
+
+    /// The latest migration applied to the database (a round trip, for `/_ready`).
+    async fn schema_version(&self) -> StoreResult<i64>;
+    /// The latest migration this binary carries: the database is current when it has it.
+    fn expected_schema_version(&self) -> i64;
 
     /// Returns the stored value for `key`, inserting `value` first when there is none.
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
@@ -447,6 +452,16 @@ pub enum Backend {
 }
 
 pub type DynStore = Arc<dyn Store>;
+
+/// The version of the newest migration a backend's runner holds.
+fn latest_migration(runner: &refinery::Runner) -> i64 {
+    runner
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
 
 /// Opens (creating if needed) and migrates the database named by `url`, in one attempt.
 pub async fn connect(url: &crate::config::DatabaseUrl) -> anyhow::Result<DynStore> {

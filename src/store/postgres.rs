@@ -395,6 +395,18 @@ impl Store for PgStore {
         execute(&c, sql::PING, &[]).await.map(|_| ())
     }
 
+    async fn schema_version(&self) -> StoreResult<i64> {
+        let c = self.client().await?;
+        first(&c, sql::SCHEMA_VERSION, &[], |r| r.i64(0))
+            .await
+            .map(Option::unwrap_or_default)
+    }
+
+    fn expected_schema_version(&self) -> i64 {
+        static LATEST: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *LATEST.get_or_init(|| super::latest_migration(&embedded::migrations::runner()))
+    }
+
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
         in_transaction!(self, |tx| scripts::setting_or_insert(tx, key, value))
     }

@@ -73,6 +73,8 @@ macro_rules! team_integration_columns {
 pub(crate) use user_columns;
 
 pub const PING: &str = "SELECT 1";
+pub const SCHEMA_VERSION: &str =
+    "SELECT CAST(COALESCE(max(version), 0) AS BIGINT) FROM refinery_schema_history";
 
 pub const SETTING_GET: &str = "SELECT value FROM settings WHERE key = $1";
 pub const SETTING_DELETE: &str = "DELETE FROM settings WHERE key = $1 AND value = $2";

@@ -456,6 +456,15 @@ impl Store for SqliteStore {
         self.read(|c| Ok(prepare(c, sql::PING)?.query_row([], |_| Ok(()))?))
     }
 
+    async fn schema_version(&self) -> StoreResult<i64> {
+        self.read(|c| Ok(prepare(c, sql::SCHEMA_VERSION)?.query_row([], |r| r.get(0))?))
+    }
+
+    fn expected_schema_version(&self) -> i64 {
+        static LATEST: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+        *LATEST.get_or_init(|| super::latest_migration(&embedded::migrations::runner()))
+    }
+
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
         let (key, value) = (key.to_string(), value.to_string());
         self.write(move |tx| run_now(scripts::setting_or_insert(tx, &key, &value)))

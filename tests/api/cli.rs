@@ -276,6 +276,24 @@ fn serve_prints_the_real_port_and_stops_on_sigterm() {
     stream.read_to_string(&mut response).unwrap();
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 
+    // `healthcheck` answers 0 for a ready server, found by URL or by its listen address.
+    let ready_url = format!("http://{addr}/_ready/");
+    let ready = hoglet(&url, &["healthcheck", "--url", &ready_url]);
+    assert_eq!(ready.status.code(), Some(0), "{ready:?}");
+    assert!(String::from_utf8_lossy(&ready.stdout).contains("\"status\":\"ok\""));
+    let by_bind = Command::new(env!("CARGO_BIN_EXE_hoglet"))
+        .args(["healthcheck"])
+        .env("HOGLET_BIND", &addr)
+        .output()
+        .unwrap();
+    assert_eq!(by_bind.status.code(), Some(0), "{by_bind:?}");
+    assert_eq!(
+        hoglet(&url, &["healthcheck", "--url", "ftp://x/"])
+            .status
+            .code(),
+        Some(2)
+    );
+
     let killed = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -283,4 +301,13 @@ fn serve_prints_the_real_port_and_stops_on_sigterm() {
     assert!(killed.success());
     let status = child.wait().unwrap();
     assert_eq!(status.code(), Some(0), "graceful shutdown exits 0");
+    let gone = hoglet(
+        &url,
+        &["healthcheck", "--url", &ready_url, "--timeout-seconds", "2"],
+    );
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("did not answer"),
+        "{gone:?}"
+    );
 }

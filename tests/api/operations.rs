@@ -19,6 +19,37 @@ async fn health_metrics_and_schema(db: Db) {
     let health = app.call(Method::GET, "/_health", None, None).await;
     assert_eq!(health.status.as_u16(), 200);
     assert_eq!(health.json["status"], "ok");
+    let ready = app.call(Method::GET, "/_ready", None, None).await;
+    assert_eq!(ready.status.as_u16(), 200, "{}", ready.text);
+    assert_eq!(ready.json["status"], "ok");
+    let version = ready.json["schema_version"].as_i64().unwrap();
+    assert!(version >= 10, "{version}");
+
+    // A database that lacks this binary's latest migration is not ready (but alive).
+    crate::store_contract::raw_exec(
+        &app.db,
+        "UPDATE refinery_schema_history SET version = -1 WHERE version = (SELECT max(version) FROM refinery_schema_history)",
+        "UPDATE refinery_schema_history SET version = -1 WHERE version = (SELECT max(version) FROM refinery_schema_history)",
+    )
+    .await;
+    let behind = app.call(Method::GET, "/_ready", None, None).await;
+    assert_eq!(behind.status.as_u16(), 503, "{}", behind.text);
+    assert_eq!(behind.json["migrations"], "pending");
+    assert_eq!(behind.json["expected_schema_version"], version);
+    assert!(behind.json["schema_version"].as_i64().unwrap() < version);
+    assert_eq!(
+        app.call(Method::GET, "/_health", None, None)
+            .await
+            .status
+            .as_u16(),
+        200
+    );
+    crate::store_contract::raw_exec(
+        &app.db,
+        &format!("UPDATE refinery_schema_history SET version = {version} WHERE version = -1"),
+        &format!("UPDATE refinery_schema_history SET version = {version} WHERE version = -1"),
+    )
+    .await;
 
     let schema = app.call(Method::GET, "/api/schema/", None, None).await;
     assert_eq!(schema.status.as_u16(), 200);
@@ -123,13 +154,17 @@ async fn database_outage_answers_503_and_recovers() {
         .unwrap();
 
     let started = std::time::Instant::now();
-    let health = app.call(Method::GET, "/_health", None, None).await;
-    assert_eq!(health.status.as_u16(), 503, "{}", health.text);
+    let ready = app.call(Method::GET, "/_ready", None, None).await;
+    assert_eq!(ready.status.as_u16(), 503, "{}", ready.text);
+    assert_eq!(ready.json["database"], "error", "{}", ready.text);
     assert!(
         started.elapsed() < std::time::Duration::from_millis(1500),
         "{:?}",
         started.elapsed()
     );
+    // Alive all the while: a supervisor must not restart a process for its database.
+    let alive = app.call(Method::GET, "/_health", None, None).await;
+    assert_eq!(alive.status.as_u16(), 200);
     let list = app.get("/api/users/", &key).await;
     list.assert_error(
         503,
@@ -143,7 +178,7 @@ async fn database_outage_answers_503_and_recovers() {
     let mut recovered = false;
     for _ in 0..50 {
         if app
-            .call(Method::GET, "/_health", None, None)
+            .call(Method::GET, "/_ready", None, None)
             .await
             .status
             .as_u16()
@@ -154,7 +189,7 @@ async fn database_outage_answers_503_and_recovers() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
-    assert!(recovered, "health recovers once the database is back");
+    assert!(recovered, "readiness recovers once the database is back");
     assert_eq!(app.get("/api/users/", &key).await.status.as_u16(), 200);
     task.abort();
     app.stop().await;
