@@ -1758,11 +1758,11 @@ fn team_link_github_command() {
 
 /// Two replicas sharing Postgres and Redis: a link started on one completes on the other.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn link_state_is_shared_through_redis() {
-    if crate::helpers::postgres_url().is_none() {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the two-replica test needs Postgres");
-        return;
-    }
     let redis =
         std::env::var("HOGLET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into());
     let fake = FakeGithub::start().await;

@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 
 use crate::browser::Browser;
-use crate::helpers::{Db, TestApp, TestDatabase, postgres_url, spawn_app_on_clock, spawn_app_with};
+use crate::helpers::{Db, TestApp, TestDatabase, spawn_app_on_clock, spawn_app_with};
 use crate::store_contract::{raw_exec, raw_i64};
 
 /// PostHog's tables with their real column sets.
@@ -31,7 +31,33 @@ const TOTP_HEX: &str = "3132333435363738393031323334353637383930";
 const BACKUP_CODES: [&str; 2] = ["abcd1234", "efgh5678"];
 const GUS_KEY: &str = "phx_gus0joined0posthog0after0the0first0import0abcdefg";
 
-crate::db_tests!(a_posthog_database_imports_and_its_users_keys_and_2fa_work);
+/// Both hoglet backends; each needs PostgreSQL for the PostHog side.
+macro_rules! on_both_targets {
+    ($name:ident) => {
+        mod sqlite {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(hoglet_test_postgres),
+                ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+            )]
+            async fn $name() {
+                super::$name(crate::helpers::Db::Sqlite).await;
+            }
+        }
+        mod postgres {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[cfg_attr(
+                not(hoglet_test_postgres),
+                ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+            )]
+            async fn $name() {
+                super::$name(crate::helpers::Db::Postgres).await;
+            }
+        }
+    };
+}
+
+on_both_targets!(a_posthog_database_imports_and_its_users_keys_and_2fa_work);
 
 /// Django's `PBKDF2PasswordHasher`: `pbkdf2_sha256$<iterations>$<salt>$<base64 digest>`.
 fn django_pbkdf2(secret: &str, salt: &str, iterations: u32) -> String {
@@ -156,10 +182,6 @@ fn skipped(table: &str, id: &str, reason: &str) -> Value {
 }
 
 async fn a_posthog_database_imports_and_its_users_keys_and_2fa_work(db: Db) {
-    if postgres_url().is_none() {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the PostHog import test did not run");
-        return;
-    }
     // A server already runs on the hoglet database; one user there is in the import's way.
     let (app, clock) = spawn_app_on_clock(db, |c| c.secret_key = Some(SECRET_KEY.into())).await;
     let resident = app.create_user("carol@shared.example", false).await;
@@ -431,11 +453,11 @@ async fn a_posthog_database_imports_and_its_users_keys_and_2fa_work(db: Db) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn one_organization_imports_alone_and_encrypted_totp_keys_are_reported() {
-    if postgres_url().is_none() {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the PostHog import test did not run");
-        return;
-    }
     let app = spawn_app_with(Db::Sqlite, |c| c.secret_key = Some(SECRET_KEY.into())).await;
     let (posthog, from) = posthog_database(&posthog_rows(1000, 0)).await;
     raw_exec(
@@ -522,11 +544,11 @@ fn sorted(mut summary: Value) -> Value {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn an_interrupted_import_leaves_hoglet_consistent_and_the_next_run_completes_it() {
-    if postgres_url().is_none() {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the PostHog import test did not run");
-        return;
-    }
     let app = spawn_app_with(Db::Sqlite, |c| c.secret_key = Some(SECRET_KEY.into())).await;
     let (posthog, from) = posthog_database(&posthog_rows(1000, 0)).await;
     // A role that may read every table but the keys: the first run stops there. SELECT is all

@@ -121,11 +121,12 @@ async fn unknown_paths_and_methods(db: Db) {
 
 /// A Postgres outage answers 503 quickly and the server recovers by itself.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn database_outage_answers_503_and_recovers() {
-    let Some(server) = crate::helpers::postgres_url() else {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the outage test needs Postgres");
-        return;
-    };
+    let server = crate::helpers::postgres_server();
     let app = spawn_app(Db::Postgres).await;
     let (_, key) = app.user_with_key("outage@example.com", false, &["*"]).await;
     assert_eq!(

@@ -9,7 +9,7 @@ use reqwest::Method;
 use serde_json::json;
 
 use crate::browser::Browser;
-use crate::helpers::{Db, PASSWORD, Reply, TestApp, TestDatabase, postgres_url, start};
+use crate::helpers::{Db, PASSWORD, Reply, TestApp, TestDatabase, start};
 
 fn redis_url() -> String {
     std::env::var("HOGLET_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
@@ -33,11 +33,11 @@ async fn replica(database: TestDatabase, mail: &std::path::Path) -> TestApp {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn two_replicas_share_revocation_and_limits() {
-    if postgres_url().is_none() {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: the two-replica test needs Postgres");
-        return;
-    }
     let mail = tempfile::tempdir().unwrap();
     let database = TestDatabase::create(Db::Postgres).await;
     let second = database.shared();

@@ -15,8 +15,7 @@ use serde_json::json;
 use crate::browser::{Browser, wait_for_mail};
 use crate::db_tests;
 use crate::helpers::{
-    Db, PASSWORD, TestApp, TestDatabase, eventually, postgres_url, spawn_app, spawn_app_with,
-    start, totp_code,
+    Db, PASSWORD, TestApp, TestDatabase, eventually, spawn_app, spawn_app_with, start, totp_code,
 };
 
 db_tests!(
@@ -112,11 +111,11 @@ async fn an_unusable_key_file_is_a_clear_startup_error() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn postgres_needs_a_key_and_never_generates_one() {
-    if postgres_url().is_none() {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: Postgres test not run");
-        return;
-    }
     let database = TestDatabase::create(Db::Postgres).await;
     let error = build(&database, |_| {})
         .await
@@ -510,11 +509,12 @@ fn a_postgres_that_never_answers_is_retried_then_named_without_its_password() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(hoglet_test_postgres),
+    ignore = "HOGLET_TEST_POSTGRES_URL is not set"
+)]
 async fn a_postgres_that_comes_up_late_is_waited_for() {
-    let Some(server) = postgres_url() else {
-        eprintln!("HOGLET_TEST_POSTGRES_URL is not set: Postgres test not run");
-        return;
-    };
+    let server = crate::helpers::postgres_server();
     let database = TestDatabase::create(Db::Postgres).await;
     let DatabaseUrl::Postgres(real_url) = &database.url else {
         unreachable!()
