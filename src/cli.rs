@@ -1123,9 +1123,15 @@ fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
 }
 
 async fn serve(config: Config) -> anyhow::Result<()> {
-    tracing::info!(database = ?config.database_url, bind = %config.bind, "starting hoglet");
+    tracing::info!(
+        version = env!("CARGO_PKG_VERSION"),
+        database = ?config.database_url,
+        bind = %config.bind,
+        "starting hoglet"
+    );
     let app = App::build(config).await.context("starting the server")?;
     app.serve(shutdown_signal(), |addr| {
+        tracing::info!(address = %addr, "listening on http://{addr}");
         let mut out = std::io::stdout().lock();
         let _ = writeln!(out, "hoglet listening on http://{addr}");
         let _ = out.flush();

@@ -130,6 +130,8 @@ pub async fn resolve(config: &Config, store: &dyn Store) -> anyhow::Result<Secre
         }
     } else if created {
         tracing::info!(file = %source, "generated a secret key (mode 0600): keep this file with the database's backups, but never inside them");
+    } else {
+        tracing::info!(source = %source, "read the secret key");
     }
 
     check_against_database(store, &key, &source).await?;

@@ -463,6 +463,21 @@ fn latest_migration(runner: &refinery::Runner) -> i64 {
         .unwrap_or(0)
 }
 
+/// Logs what a migration run did: the migrations it applied, or that the schema was current.
+fn log_migrations(report: &refinery::Report, runner: &refinery::Runner) {
+    let applied: Vec<String> = report
+        .applied_migrations()
+        .iter()
+        .map(|m| format!("V{}__{}", m.version(), m.name()))
+        .collect();
+    let version = latest_migration(runner);
+    if applied.is_empty() {
+        tracing::info!(schema_version = version, "database schema is current");
+    } else {
+        tracing::info!(schema_version = version, applied = %applied.join(", "), "applied migrations");
+    }
+}
+
 /// Opens (creating if needed) and migrates the database named by `url`, in one attempt.
 pub async fn connect(url: &crate::config::DatabaseUrl) -> anyhow::Result<DynStore> {
     connect_within(url, std::time::Duration::ZERO).await

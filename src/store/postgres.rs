@@ -143,10 +143,14 @@ async fn migrate(mut client: tokio_postgres::Client, connection: Connection) -> 
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
         .await
         .context("taking the migration lock")?;
-    let applied = embedded::migrations::runner()
+    let runner = embedded::migrations::runner();
+    let applied = runner
         .run_async(&mut client)
         .await
         .context("applying Postgres migrations");
+    if let Ok(report) = &applied {
+        super::log_migrations(report, &runner);
+    }
     client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await

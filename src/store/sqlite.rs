@@ -115,9 +115,11 @@ impl SqliteStore {
             mode.eq_ignore_ascii_case("wal"),
             "SQLite refused WAL mode (got {mode})"
         );
-        embedded::migrations::runner()
+        let runner = embedded::migrations::runner();
+        let report = runner
             .run(&mut writer)
             .context("applying SQLite migrations")?;
+        super::log_migrations(&report, &runner);
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
         let readers = Pool::open(&path, workers.max(MIN_READERS))?;
         let scanners = Pool::open(&path, SCAN_READERS)?;

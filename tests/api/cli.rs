@@ -311,3 +311,38 @@ fn serve_prints_the_real_port_and_stops_on_sigterm() {
         "{gone:?}"
     );
 }
+
+/// The default log says what a new operator needs: the version, the database (its password
+/// hidden), the migrations applied or that none were due, where the secret key came from, and
+/// the listening address.
+#[test]
+fn the_default_log_tells_how_the_server_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("log.db").display());
+    let start = || {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_hoglet"));
+        command
+            .env("HOGLET_DATABASE_URL", &url)
+            .env_remove("HOGLET_LOG")
+            .env_remove("RUST_LOG")
+            .env_remove("HOGLET_SECRET_KEY");
+        crate::helpers::BinaryServer::start(command)
+    };
+    let first = start();
+    let base = first.base.clone();
+    let log = first.stop();
+    for expected in [
+        format!("starting hoglet version=\"{}\"", env!("CARGO_PKG_VERSION")),
+        format!("database={url}"),
+        "applied migrations schema_version=".to_string(),
+        "V1__initial".to_string(),
+        "generated a secret key".to_string(),
+        format!("listening on {base}"),
+    ] {
+        assert!(log.contains(&expected), "{expected:?} in {log}");
+    }
+    let again = start().stop();
+    assert!(again.contains("database schema is current"), "{again}");
+    assert!(again.contains("read the secret key"), "{again}");
+    assert!(!again.contains("applied migrations"), "{again}");
+}
