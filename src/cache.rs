@@ -23,6 +23,7 @@ use bytes::Bytes;
 use parking_lot::{Mutex, RwLock};
 
 use crate::domain::scope::{ScopeDenied, ScopeNeed, check_key_scopes};
+use crate::metrics::CacheCounters;
 use crate::store::{ApiKeyRecord, DynStore, InvalidationRecord};
 use crate::time::{Micros, SECOND, system_now};
 
@@ -286,6 +287,7 @@ impl<K: Hash + Eq, V: Clone> StampedMap<K, V> {
 
 pub struct Caches {
     stamps: Stamps,
+    counts: CacheCounts,
     keys: StampedMap<[u8; 32], Arc<KeyEntry>>,
     sessions: StampedMap<String, Arc<SessionEntry>>,
     me: StampedMap<i64, Bytes>,
@@ -299,10 +301,24 @@ impl Default for Caches {
     }
 }
 
+/// Hits and misses of each cache, for `/metrics`.
+#[derive(Clone, Default)]
+pub struct CacheCounts {
+    pub keys: CacheCounters,
+    pub sessions: CacheCounters,
+    pub me: CacheCounters,
+}
+
 impl Caches {
     pub fn new() -> Self {
+        Self::counted(CacheCounts::default())
+    }
+
+    /// Caches whose lookups are counted in `counts`.
+    pub fn counted(counts: CacheCounts) -> Self {
         Self {
             stamps: Stamps::new(),
+            counts,
             keys: StampedMap::new(TTL, MAX_KEYS),
             sessions: StampedMap::new(TTL, MAX_KEYS),
             me: StampedMap::new(RENDER_TTL, MAX_RENDER_BYTES),
@@ -317,7 +333,7 @@ impl Caches {
     }
 
     pub fn key(&self, digest: &[u8; 32]) -> Option<Arc<KeyEntry>> {
-        self.keys.get(digest, &self.stamps)
+        self.counts.keys.count(self.keys.get(digest, &self.stamps))
     }
 
     pub fn put_key(&self, digest: [u8; 32], entry: Arc<KeyEntry>, since: Generation) {
@@ -326,7 +342,9 @@ impl Caches {
     }
 
     pub fn session(&self, id: &str) -> Option<Arc<SessionEntry>> {
-        self.sessions.get(&id.to_string(), &self.stamps)
+        self.counts
+            .sessions
+            .count(self.sessions.get(&id.to_string(), &self.stamps))
     }
 
     pub fn put_session(&self, entry: Arc<SessionEntry>, since: Generation) {
@@ -344,7 +362,7 @@ impl Caches {
     }
 
     pub fn me(&self, user_id: i64) -> Option<Bytes> {
-        self.me.get(&user_id, &self.stamps)
+        self.counts.me.count(self.me.get(&user_id, &self.stamps))
     }
 
     pub fn put_me(&self, user_id: i64, body: Bytes, since: Generation) {

@@ -372,6 +372,17 @@ pub struct ServeArgs {
     /// sessions a location; unset, sessions show none.
     #[arg(long, env = "HOGLET_GEOIP_DATABASE", value_name = "PATH")]
     pub geoip_database: Option<std::path::PathBuf>,
+    /// Serve /metrics on this address (HOST:PORT, or :PORT for loopback) instead of the public
+    /// port, which then answers 404 there [default: /metrics on the public port].
+    #[arg(
+        long,
+        env = "HOGLET_METRICS_BIND",
+        value_name = "ADDR",
+        default_value = "",
+        hide_default_value = true,
+        value_parser = setting(optional(config::parse_bind))
+    )]
+    pub metrics_bind: OrUnset<String>,
     /// The organization.metadata.instance_tag of every organization (PostHog's INSTANCE_TAG).
     #[arg(
         long,
@@ -526,6 +537,7 @@ impl ServeArgs {
             janitor_interval: Duration::from_secs(self.janitor_interval_seconds),
             activity_retention: Duration::from_secs(self.activity_retention_days * 86_400),
             geoip_database: self.geoip_database,
+            metrics_bind: self.metrics_bind,
         }
     }
 }

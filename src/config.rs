@@ -213,6 +213,8 @@ pub struct Config {
     /// A MaxMind DB file (City or Country) that places login sessions' addresses; none: no
     /// location is shown.
     pub geoip_database: Option<std::path::PathBuf>,
+    /// `HOGLET_METRICS_BIND`: serve `/metrics` on this address only (not on the public port).
+    pub metrics_bind: Option<String>,
 }
 
 /// `HOGLET_DATABASE_URL`'s default.
@@ -265,21 +267,35 @@ impl Config {
             janitor_interval: DEFAULT_JANITOR_INTERVAL,
             activity_retention: Duration::from_secs(DEFAULT_ACTIVITY_RETENTION_DAYS * 86_400),
             geoip_database: None,
+            metrics_bind: None,
         }
     }
 
     /// Resolves `--bind`: `HOST:PORT`, or `:PORT` for loopback; port 0 picks a free port.
     pub fn bind_addr(&self) -> anyhow::Result<SocketAddr> {
-        let bind = if self.bind.starts_with(':') {
-            format!("127.0.0.1{}", self.bind)
+        resolve_bind(&self.bind)
+    }
+
+    /// Where `/metrics` is served apart, if it is.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        self.metrics_bind.as_deref().map(resolve_bind).transpose()
+    }
+}
+
+/// A listen address as `HOGLET_BIND` takes it (`:PORT` is loopback).
+fn resolve_bind(bind: &str) -> anyhow::Result<SocketAddr> {
+    {
+        let address = if bind.starts_with(':') {
+            format!("127.0.0.1{bind}")
         } else {
-            self.bind.clone()
+            bind.to_string()
         };
         use std::net::ToSocketAddrs;
-        bind.to_socket_addrs()
-            .with_context(|| format!("invalid bind address {:?}", self.bind))?
+        address
+            .to_socket_addrs()
+            .with_context(|| format!("invalid bind address {bind:?}"))?
             .next()
-            .with_context(|| format!("bind address {:?} resolves to nothing", self.bind))
+            .with_context(|| format!("bind address {bind:?} resolves to nothing"))
     }
 }
 

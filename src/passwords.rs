@@ -66,6 +66,11 @@ impl PasswordHasher {
         }
     }
 
+    /// Hashes and verifications waiting for a thread or running.
+    pub fn queue_depth(&self) -> usize {
+        QUEUE_DEPTH - self.slots.available_permits()
+    }
+
     async fn run<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Job) -> anyhow::Result<T> {
         let _slot = self.slots.acquire().await?;
         let (tx, rx) = oneshot::channel();

@@ -30,6 +30,8 @@ use crate::web;
 pub struct App {
     state: AppState,
     listener: TcpListener,
+    /// `/metrics` apart from the public port (`HOGLET_METRICS_BIND`).
+    metrics_listener: Option<TcpListener>,
 }
 
 /// Options tests use to control the app; production uses the defaults.
@@ -54,6 +56,14 @@ impl App {
             .await
             .with_context(|| format!("binding {bind}"))?;
         let local = listener.local_addr()?;
+        let metrics_listener = match config.metrics_addr()? {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding {addr} (HOGLET_METRICS_BIND)"))?,
+            ),
+            None => None,
+        };
         let site_url = config
             .site_url
             .clone()
@@ -66,11 +76,24 @@ impl App {
             clock,
         };
         let state = build_state(config, parts).await?;
-        Ok(Self { state, listener })
+        Ok(Self {
+            state,
+            listener,
+            metrics_listener,
+        })
     }
 
     pub fn local_addr(&self) -> anyhow::Result<SocketAddr> {
         Ok(self.listener.local_addr()?)
+    }
+
+    /// Where `/metrics` is served apart, if it is.
+    pub fn metrics_addr(&self) -> anyhow::Result<Option<SocketAddr>> {
+        Ok(self
+            .metrics_listener
+            .as_ref()
+            .map(TcpListener::local_addr)
+            .transpose()?)
     }
 
     pub fn state(&self) -> &AppState {
@@ -101,7 +124,22 @@ impl App {
             },
             stop_rx.clone(),
         ));
-        let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx));
+        let mail_worker = tokio::spawn(outbox::run_worker(self.state.clone(), stop_rx.clone()));
+        let metrics_server = self.metrics_listener.map(|listener| {
+            let mut stop = stop_rx;
+            let router = http::health::metrics_router(self.state.clone());
+            tokio::spawn(async move {
+                let stopped = async move {
+                    let _ = stop.changed().await;
+                };
+                if let Err(e) = axum::serve(listener, router)
+                    .with_graceful_shutdown(stopped)
+                    .await
+                {
+                    tracing::error!(error = %e, "the metrics listener failed");
+                }
+            })
+        });
         let service = http::service(self.state.clone(), web::router(), web::not_found);
         let server = axum::serve(self.listener, service).with_graceful_shutdown(shutdown);
         on_ready(addr);
@@ -110,6 +148,9 @@ impl App {
         let _ = poller.await;
         let _ = mail_worker.await;
         let _ = janitor.await;
+        if let Some(metrics_server) = metrics_server {
+            let _ = metrics_server.await;
+        }
         served.context("serving HTTP")
     }
 }
@@ -146,12 +187,20 @@ pub async fn build_state(config: Config, parts: StateParts) -> anyhow::Result<Ap
         )),
         None => None,
     };
+    let metrics = Metrics::new(crate::metrics::Sources {
+        writer: parts.store.writer_stats(),
+    });
+    let caches = Caches::counted(crate::cache::CacheCounts {
+        keys: metrics.cache_counters("keys"),
+        sessions: metrics.cache_counters("sessions"),
+        me: metrics.cache_counters("me"),
+    });
     Ok(AppState(Arc::new(Inner {
         config,
         store: parts.store,
-        caches: Arc::new(Caches::new()),
+        caches: Arc::new(caches),
         clock,
-        metrics: Metrics::new(),
+        metrics,
         site_url: parts.site_url,
         secret_key: parts.secret_key,
         mailer,

@@ -55,8 +55,28 @@ async fn ready(State(state): State<AppState>) -> impl IntoResponse {
     }
 }
 
-async fn metrics(State(state): State<AppState>) -> impl IntoResponse {
+/// `/metrics` alone, for the listener of `HOGLET_METRICS_BIND`.
+pub fn metrics_router(state: AppState) -> axum::Router {
+    axum::Router::new()
+        .route("/metrics", get(render_metrics))
+        .route("/metrics/", get(render_metrics))
+        .with_state(state)
+}
+
+/// The public port's `/metrics`: not there when the metrics have an address of their own.
+async fn metrics(State(state): State<AppState>) -> axum::response::Response {
+    if state.config.metrics_bind.is_some() {
+        return crate::error::ApiError::not_found().into_response();
+    }
+    render_metrics(State(state)).await.into_response()
+}
+
+async fn render_metrics(State(state): State<AppState>) -> impl IntoResponse {
     crate::outbox::refresh_depth(&state, HEALTH_TIMEOUT).await;
+    state
+        .metrics
+        .password_hash_queue
+        .set(state.hasher.queue_depth() as i64);
     (
         [(
             header::CONTENT_TYPE,

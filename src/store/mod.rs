@@ -118,6 +118,11 @@ pub trait Store: Send + Sync + 'static {
     /// The latest migration this binary carries: the database is current when it has it.
     fn expected_schema_version(&self) -> i64;
 
+    /// The SQLite writer thread's queue and group sizes (none on PostgreSQL).
+    fn writer_stats(&self) -> Option<crate::metrics::WriterStats> {
+        None
+    }
+
     /// Returns the stored value for `key`, inserting `value` first when there is none.
     async fn setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
     /// The stored value for `key`, if any.

@@ -27,6 +27,7 @@ use super::row::{self, Row};
 use super::scripts;
 use super::sql::{self, ColumnValue, FilterParam, ListCount, user_columns};
 use super::*;
+use crate::metrics::WriterStats;
 use crate::time::Micros;
 
 mod embedded {
@@ -64,6 +65,7 @@ struct Inner {
     readers: Pool,
     scanners: Pool,
     writes: mpsc::Sender<Job>,
+    stats: WriterStats,
 }
 
 /// A few connections taken without blocking when one is free.
@@ -124,9 +126,11 @@ impl SqliteStore {
         let readers = Pool::open(&path, workers.max(MIN_READERS))?;
         let scanners = Pool::open(&path, SCAN_READERS)?;
         let (tx, rx) = mpsc::channel::<Job>();
+        let stats = WriterStats::default();
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("hoglet-sqlite-writer".into())
-            .spawn(move || run_writer(writer, rx))
+            .spawn(move || run_writer(writer, rx, &writer_stats))
             .context("starting the SQLite writer thread")?;
         Ok(Self {
             inner: Arc::new(Inner {
@@ -134,6 +138,7 @@ impl SqliteStore {
                 readers,
                 scanners,
                 writes: tx,
+                stats,
             }),
         })
     }
@@ -176,13 +181,26 @@ impl SqliteStore {
             }),
         };
         let stopped = || StoreError::Unavailable(anyhow::anyhow!("the SQLite writer stopped"));
-        self.inner.writes.send(job).map_err(|_| stopped())?;
+        self.inner.stats.queue_depth.inc();
+        self.inner.writes.send(job).map_err(|_| {
+            self.inner.stats.queue_depth.dec();
+            stopped()
+        })?;
         answer.await.map_err(|_| stopped())?
     }
 }
 
+/// Takes a group's writes off the queue-depth gauge when the group is done, however it ends.
+struct QueueRelease<'a>(&'a prometheus_client::metrics::gauge::Gauge, i64);
+
+impl Drop for QueueRelease<'_> {
+    fn drop(&mut self) {
+        self.0.dec_by(self.1);
+    }
+}
+
 /// The writer thread: group commit of everything queued, one savepoint per write.
-fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
+fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>, stats: &WriterStats) {
     while let Ok(first) = jobs.recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_GROUP {
@@ -191,6 +209,9 @@ fn run_writer(mut conn: Connection, jobs: mpsc::Receiver<Job>) {
                 Err(_) => break,
             }
         }
+        // Counted when taken: the gauge is what waits or runs in this group.
+        stats.group_size.observe(batch.len() as f64);
+        let _taken = QueueRelease(&stats.queue_depth, batch.len() as i64);
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
@@ -460,6 +481,10 @@ impl Store for SqliteStore {
 
     async fn schema_version(&self) -> StoreResult<i64> {
         self.read(|c| Ok(prepare(c, sql::SCHEMA_VERSION)?.query_row([], |r| r.get(0))?))
+    }
+
+    fn writer_stats(&self) -> Option<WriterStats> {
+        Some(self.inner.stats.clone())
     }
 
     fn expected_schema_version(&self) -> i64 {

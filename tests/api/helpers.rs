@@ -180,6 +180,8 @@ pub fn with_database(server: &str, name: &str) -> String {
 pub struct TestApp {
     #[allow(dead_code)] // the bound address, for tests that speak raw TCP
     pub addr: SocketAddr,
+    /// Where `/metrics` is served apart (`HOGLET_METRICS_BIND`), if it is.
+    pub metrics_addr: Option<SocketAddr>,
     pub base: String,
     pub client: reqwest::Client,
     pub state: AppState,
@@ -247,6 +249,7 @@ pub async fn start(
     }
     let app = App::build_with(config, options).await.expect("app builds");
     let addr = app.local_addr().expect("bound");
+    let metrics_addr = app.metrics_addr().expect("metrics bound");
     let state = app.state().clone();
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(async move {
@@ -261,6 +264,7 @@ pub async fn start(
     });
     TestApp {
         addr,
+        metrics_addr,
         base: format!("http://{addr}"),
         client: reqwest::Client::builder()
             .cookie_store(true)

@@ -9,10 +9,32 @@ use crate::helpers::{Db, PASSWORD, spawn_app};
 
 db_tests!(
     health_metrics_and_schema,
+    metrics_can_have_an_address_of_their_own,
     unknown_paths_and_methods,
     schema_documents_the_shared_errors,
     undecodable_segments_and_repeated_parameters_answer_the_envelope,
 );
+
+/// With `HOGLET_METRICS_BIND`, `/metrics` is served there and the public port answers 404.
+async fn metrics_can_have_an_address_of_their_own(db: Db) {
+    let app =
+        crate::helpers::spawn_app_with(db, |c| c.metrics_bind = Some("127.0.0.1:0".into())).await;
+    let public = app.call(Method::GET, "/metrics", None, None).await;
+    public.assert_error(404, "invalid_request", "not_found", "Not found.", None);
+    let metrics_addr = app.metrics_addr.expect("a metrics address");
+    assert_ne!(metrics_addr, app.addr);
+    let apart = reqwest::get(format!("http://{metrics_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(apart.status().as_u16(), 200);
+    let text = apart.text().await.unwrap();
+    assert!(text.contains("hoglet_build_info{version=\""), "{text}");
+    // The API is not served there.
+    let api = reqwest::get(format!("http://{metrics_addr}/api/users/@me/"))
+        .await
+        .unwrap();
+    assert_eq!(api.status().as_u16(), 404);
+}
 
 async fn health_metrics_and_schema(db: Db) {
     let app = spawn_app(db).await;
@@ -80,12 +102,47 @@ async fn health_metrics_and_schema(db: Db) {
         "hoglet_mail_delivered_total 0",
         "hoglet_mail_failures_total 0",
         "hoglet_mail_dead_total 0",
+        "hoglet_password_hash_queue_depth 0",
+        &format!(
+            "hoglet_build_info{{version=\"{}\"}} 1",
+            env!("CARGO_PKG_VERSION")
+        ),
+        "# TYPE process_cpu_seconds counter",
+        "# TYPE process_resident_memory_bytes gauge",
+        "# TYPE process_open_fds gauge",
+        "# TYPE process_start_time_seconds gauge",
+        "# TYPE hoglet_cache_lookups counter",
     ] {
         assert!(
             metrics.text.lines().any(|l| l == sample),
             "{sample} in {}",
             metrics.text
         );
+    }
+    // A key's second request is answered from the cache.
+    let (_, key) = app
+        .user_with_key("cached@example.com", false, &["user:read"])
+        .await;
+    for _ in 0..2 {
+        app.get("/api/users/@me/", &key).await.assert_ok();
+    }
+    let metrics = app.call(Method::GET, "/metrics", None, None).await;
+    let value = |name: &str| -> f64 {
+        metrics
+            .text
+            .lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{name} in {}", metrics.text))
+    };
+    assert!(value("hoglet_cache_lookups_total{cache=\"keys\",result=\"hit\"}") >= 1.0);
+    assert!(value("hoglet_cache_lookups_total{cache=\"keys\",result=\"miss\"}") >= 1.0);
+    assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+    if db == Db::Sqlite {
+        // Every write went through the writer: the groups it committed are counted.
+        assert!(value("hoglet_sqlite_writer_group_size_count") >= 1.0);
+        assert_eq!(value("hoglet_sqlite_writer_queue_depth"), 0.0);
+    } else {
+        assert!(!metrics.text.contains("hoglet_sqlite_writer"));
     }
     app.stop().await;
 }
