@@ -21,10 +21,11 @@ const BUSY_WAIT: Duration = Duration::from_secs(5);
 
 /// `hoglet backup --to FILE [--force]`.
 pub fn backup(database: &DatabaseUrl, to: &Path, force: bool) -> Result<Value, AdminError> {
-    let source = sqlite_path(database, "backup", || {
-        "hoglet backup copies SQLite databases; for PostgreSQL use pg_dump, e.g. \
-         pg_dump --format=custom --file=FILE"
-            .to_string()
+    let source = sqlite_path(database, |url| {
+        format!(
+            "the database is PostgreSQL: back it up with pg_dump, e.g. \
+             pg_dump --format=custom --file=FILE '{url}'"
+        )
     })?;
     if !source.is_file() {
         return Err(invalid(format!("no database at {}", source.display())));
@@ -88,11 +89,11 @@ pub fn backup(database: &DatabaseUrl, to: &Path, force: bool) -> Result<Value, A
 
 /// `hoglet restore --from FILE`.
 pub fn restore(database: &DatabaseUrl, from: &Path) -> Result<Value, AdminError> {
-    let target = sqlite_path(database, "restore", || {
-        "hoglet restore replaces SQLite databases; for PostgreSQL use pg_restore (for a \
-         pg_dump --format=custom file) or psql (for a plain SQL dump), e.g. \
-         pg_restore --clean --if-exists --dbname"
-            .to_string()
+    let target = sqlite_path(database, |url| {
+        format!(
+            "the database is PostgreSQL: restore a pg_dump file with pg_restore, e.g. \
+             pg_restore --clean --if-exists --dbname '{url}' FILE (psql for a plain SQL dump)"
+        )
     })?;
     if !from.is_file() {
         return Err(AdminError::Usage(format!("no file at {}", from.display())));
@@ -264,20 +265,15 @@ fn lock_unused(target: &Path) -> Result<Option<Connection>, AdminError> {
     }
 }
 
-/// The SQLite file of `database`, or the usage error pointing PostgreSQL at its own tools (the
-/// command shape with the URL, its password hidden).
+/// The SQLite file of `database`, or the usage error pointing PostgreSQL at its own tools: the
+/// command shape with the URL, its password hidden.
 fn sqlite_path(
     database: &DatabaseUrl,
-    command: &str,
-    hint: impl FnOnce() -> String,
+    postgres: impl FnOnce(&str) -> String,
 ) -> Result<PathBuf, AdminError> {
     match database {
         DatabaseUrl::Sqlite(path) => Ok(path.clone()),
-        DatabaseUrl::Postgres(url) => Err(AdminError::Usage(format!(
-            "{command} works on SQLite only: {} '{}'",
-            hint(),
-            redact_url(url)
-        ))),
+        DatabaseUrl::Postgres(url) => Err(AdminError::Usage(postgres(&redact_url(url)))),
     }
 }
 
