@@ -117,6 +117,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending migrations and exit.
     Migrate,
+    /// Copy the SQLite database, consistently, while a server may be writing it.
+    Backup(BackupArgs),
+    /// Put a backup in place of the SQLite database (which no running server may have open).
+    Restore(RestoreArgs),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -135,30 +139,8 @@ pub enum Command {
     /// Import accounts from another server.
     #[command(subcommand)]
     Import(ImportCommand),
-    /// Copy the SQLite database, consistently, while a server may be writing it.
-    Backup(BackupArgs),
-    /// Put a backup in place of the SQLite database (which no running server may have open).
-    Restore(RestoreArgs),
     /// Print the OpenAPI document.
     Openapi,
-}
-
-#[derive(Debug, Args)]
-pub struct BackupArgs {
-    /// The file to write the copy to; it must not exist unless --force.
-    #[arg(long, value_name = "FILE")]
-    pub to: PathBuf,
-    /// Replace FILE if it exists.
-    #[arg(long)]
-    pub force: bool,
-}
-
-#[derive(Debug, Args)]
-pub struct RestoreArgs {
-    /// A backup made by `hoglet backup`: checked (integrity, schema version), then put in
-    /// place of the database atomically.
-    #[arg(long, value_name = "FILE")]
-    pub from: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -485,6 +467,24 @@ impl ServeArgs {
             geoip_database: self.geoip_database,
         }
     }
+}
+
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file to write the copy to; it must not exist unless --force.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A backup made by `hoglet backup`: checked (integrity, schema version), then put in
+    /// place of the database atomically.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
 }
 
 /// `HOGLET_REDIS_URL`: what the Redis client accepts (`redis://`, `rediss://`, `unix://`, …).
@@ -822,6 +822,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             connect().await?;
             print_json(&serde_json::json!({"migrated": true}))
         }
+        Command::Backup(args) => {
+            let value = tokio::task::spawn_blocking(move || {
+                crate::backup::backup(&database_url, &args.to, args.force)
+            })
+            .await??;
+            print_json(&value)
+        }
+        Command::Restore(args) => {
+            let value = tokio::task::spawn_blocking(move || {
+                crate::backup::restore(&database_url, &args.from)
+            })
+            .await??;
+            print_json(&value)
+        }
         Command::Import(ImportCommand::Posthog(args)) => {
             let args = *args;
             let config = Config {
@@ -841,20 +855,6 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             let summary = crate::import::run(&state, &options, &progress).await?;
             eprintln!("{}", summary.outcome(options.dry_run));
             print_json(&serde_json::to_value(&summary)?)
-        }
-        Command::Backup(args) => {
-            let value = tokio::task::spawn_blocking(move || {
-                crate::backup::backup(&database_url, &args.to, args.force)
-            })
-            .await??;
-            print_json(&value)
-        }
-        Command::Restore(args) => {
-            let value = tokio::task::spawn_blocking(move || {
-                crate::backup::restore(&database_url, &args.from)
-            })
-            .await??;
-            print_json(&value)
         }
         Command::Openapi => {
             print!("{}", crate::http::openapi::to_json());
