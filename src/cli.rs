@@ -118,6 +118,10 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Apply pending migrations and exit.
     Migrate,
+    /// Copy the SQLite database, consistently, while a server may be writing it.
+    Backup(BackupArgs),
+    /// Put a backup in place of the SQLite database (which no running server may have open).
+    Restore(RestoreArgs),
     /// Manage users.
     #[command(subcommand)]
     User(UserCommand),
@@ -542,6 +546,24 @@ impl ServeArgs {
     }
 }
 
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The file to write the copy to; it must not exist unless --force.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+    /// Replace FILE if it exists.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// A backup made by `hoglet backup`: checked (integrity, schema version), then put in
+    /// place of the database atomically.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+}
+
 /// `HOGLET_REDIS_URL`: what the Redis client accepts (`redis://`, `rediss://`, `unix://`, …).
 fn parse_redis_url(value: &str) -> anyhow::Result<SecretString> {
     redis::IntoConnectionInfo::into_connection_info(value).map_err(|e| {
@@ -931,6 +953,20 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             connect().await?;
             print_json(&serde_json::json!({"migrated": true}))
+        }
+        Command::Backup(args) => {
+            let value = tokio::task::spawn_blocking(move || {
+                crate::backup::backup(&database_url, &args.to, args.force)
+            })
+            .await??;
+            print_json(&value)
+        }
+        Command::Restore(args) => {
+            let value = tokio::task::spawn_blocking(move || {
+                crate::backup::restore(&database_url, &args.from)
+            })
+            .await??;
+            print_json(&value)
         }
         Command::Import(ImportCommand::Posthog(args)) => {
             let args = *args;

@@ -34,6 +34,17 @@ mod embedded {
     refinery::embed_migrations!("migrations/sqlite");
 }
 
+/// The latest schema version this binary's SQLite migrations reach (refinery's
+/// `refinery_schema_history.version`): a database at a higher one was made by a newer hoglet.
+pub fn latest_schema_version() -> i64 {
+    embedded::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| i64::from(m.version()))
+        .max()
+        .unwrap_or(0)
+}
+
 /// Connections for short reads on the async workers (one per worker is enough).
 const MIN_READERS: usize = 2;
 /// Connections for reads that may scan, used from the blocking pool.
