@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
+use crate::cli::json_of;
 use crate::helpers::{BinaryServer, Db, PASSWORD, postgres_url, spawn_app, spawn_app_with};
 
 fn hoglet(database_url: &str, args: &[&str]) -> Output {
@@ -22,16 +23,6 @@ fn hoglet(database_url: &str, args: &[&str]) -> Output {
 
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())
-}
-
-fn json_of(output: &Output) -> Value {
-    assert!(
-        output.status.success(),
-        "exit {:?}, stderr: {}",
-        output.status.code(),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout).expect("stdout is one JSON object")
 }
 
 #[track_caller]

@@ -13,7 +13,8 @@ fn hoglet(database_url: &str, args: &[&str]) -> Output {
         .expect("hoglet runs")
 }
 
-fn json_of(output: &Output) -> Value {
+/// The command's JSON answer (it must have succeeded).
+pub fn json_of(output: &Output) -> Value {
     assert!(
         output.status.success(),
         "exit {:?}, stderr: {}",
