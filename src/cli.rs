@@ -33,30 +33,6 @@ type List<T> = Vec<T>;
     about = "A fast, self-hostable server for PostHog's Users API"
 )]
 pub struct Cli {
-    /// Database URL: sqlite://FILE (created if missing), sqlite:///ABSOLUTE/PATH, sqlite:FILE or
-    /// postgres://USER[:PASSWORD]@HOST:PORT/DB.
-    #[arg(
-        long,
-        env = "HOGLET_DATABASE_URL",
-        value_name = "URL",
-        default_value = config::DEFAULT_DATABASE_URL,
-        value_parser = secret_setting(DatabaseUrl::parse),
-        hide_env_values = true,
-        global = true
-    )]
-    pub database_url: DatabaseUrl,
-
-    /// Seconds to keep retrying a PostgreSQL that does not answer at start (0: try once).
-    #[arg(
-        long,
-        env = "HOGLET_DATABASE_WAIT_SECONDS",
-        value_name = "SECONDS",
-        default_value_t = config::DEFAULT_DATABASE_WAIT.as_secs(),
-        value_parser = setting(config::parse_count),
-        global = true
-    )]
-    pub database_wait_seconds: u64,
-
     /// Log filter, e.g. debug or info,hoglet::access=debug [default: info for serve, warn for
     /// admin commands; RUST_LOG when this is unset].
     #[arg(
@@ -112,34 +88,82 @@ impl Cli {
     }
 }
 
+/// Where the database is: taken by every command that opens one (not by `openapi` or
+/// `healthcheck`), before or after its subcommand (`hoglet user --database-url … list`).
+#[derive(Clone, Debug, Args)]
+pub struct DatabaseArgs {
+    /// Database URL: sqlite://FILE (created if missing), sqlite:///ABSOLUTE/PATH, sqlite:FILE or
+    /// postgres://USER[:PASSWORD]@HOST:PORT/DB.
+    #[arg(
+        long,
+        env = "HOGLET_DATABASE_URL",
+        value_name = "URL",
+        default_value = config::DEFAULT_DATABASE_URL,
+        value_parser = secret_setting(DatabaseUrl::parse),
+        hide_env_values = true,
+        global = true
+    )]
+    pub database_url: DatabaseUrl,
+
+    /// Seconds to keep retrying a PostgreSQL that does not answer at start (0: try once).
+    #[arg(
+        long,
+        env = "HOGLET_DATABASE_WAIT_SECONDS",
+        value_name = "SECONDS",
+        default_value_t = config::DEFAULT_DATABASE_WAIT.as_secs(),
+        value_parser = setting(config::parse_count),
+        global = true
+    )]
+    pub database_wait_seconds: u64,
+}
+
+impl DatabaseArgs {
+    fn wait(&self) -> Duration {
+        Duration::from_secs(self.database_wait_seconds)
+    }
+
+    /// Opens and migrates the database (waiting for a PostgreSQL that starts with hoglet).
+    async fn store(&self) -> anyhow::Result<crate::store::DynStore> {
+        crate::store::connect_within(&self.database_url, self.wait()).await
+    }
+
+    /// What the use cases need, built without a listener (see [`command_state`]).
+    async fn state(&self) -> anyhow::Result<crate::state::AppState> {
+        command_state(self.database_url.clone(), self.wait()).await
+    }
+}
+
+/// A group of commands that share the database arguments.
+#[derive(Debug, Args)]
+pub struct WithDatabase<C: Subcommand> {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(subcommand)]
+    pub command: C,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Apply migrations, then serve HTTP until SIGTERM or Ctrl-C.
     Serve(Box<ServeArgs>),
     /// Apply pending migrations and exit.
-    Migrate,
+    Migrate(DatabaseArgs),
     /// Copy the SQLite database, consistently, while a server may be writing it.
     Backup(BackupArgs),
     /// Put a backup in place of the SQLite database (which no running server may have open).
     Restore(RestoreArgs),
     /// Manage users.
-    #[command(subcommand)]
-    User(UserCommand),
+    User(WithDatabase<UserCommand>),
     /// Manage organizations.
-    #[command(subcommand)]
-    Org(OrgCommand),
+    Org(WithDatabase<OrgCommand>),
     /// Manage teams (projects).
-    #[command(subcommand)]
-    Team(TeamCommand),
+    Team(WithDatabase<TeamCommand>),
     /// Manage personal API keys.
-    #[command(subcommand)]
-    Key(KeyCommand),
+    Key(WithDatabase<KeyCommand>),
     /// Manage dashboards (what scene personalisation points at).
-    #[command(subcommand)]
-    Dashboard(DashboardCommand),
+    Dashboard(WithDatabase<DashboardCommand>),
     /// Import accounts from another server.
-    #[command(subcommand)]
-    Import(ImportCommand),
+    Import(WithDatabase<ImportCommand>),
     /// Exit 0 when the server answers ready (GET /_ready/: the database answers and is
     /// migrated), 1 otherwise; for supervisors and container health checks.
     Healthcheck(HealthcheckArgs),
@@ -253,6 +277,8 @@ fn parse_posthog_url(value: &str) -> anyhow::Result<SecretString> {
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// Listen address HOST:PORT, or :PORT for loopback; port 0 picks a free port.
     #[arg(
         long,
@@ -507,11 +533,11 @@ pub struct SecretKeyArgs {
 
 impl ServeArgs {
     /// The server's configuration: everything was parsed and checked by clap already.
-    pub fn into_config(self, database_url: DatabaseUrl, database_wait: Duration) -> Config {
+    pub fn into_config(self) -> Config {
         let github = self.github;
         Config {
-            database_url,
-            database_wait,
+            database_wait: self.database.wait(),
+            database_url: self.database.database_url,
             bind: self.bind,
             secret_key: self.secret.secret_key,
             secret_key_file: self.secret.secret_key_file,
@@ -548,6 +574,8 @@ impl ServeArgs {
 
 #[derive(Debug, Args)]
 pub struct BackupArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// The file to write the copy to; it must not exist unless --force.
     #[arg(long, value_name = "FILE")]
     pub to: PathBuf,
@@ -558,6 +586,8 @@ pub struct BackupArgs {
 
 #[derive(Debug, Args)]
 pub struct RestoreArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
     /// A backup made by `hoglet backup`: checked (integrity, schema version), then put in
     /// place of the database atomically.
     #[arg(long, value_name = "FILE")]
@@ -945,49 +975,27 @@ pub async fn run(cli: Cli) -> i32 {
 }
 
 async fn execute(cli: Cli) -> anyhow::Result<()> {
-    let database_url = cli.database_url;
-    let wait = Duration::from_secs(cli.database_wait_seconds);
-    let connect = || crate::store::connect_within(&database_url, wait);
     match cli.command {
-        Command::Serve(args) => serve(args.into_config(database_url.clone(), wait)).await,
-        Command::Migrate => {
-            connect().await?;
+        Command::Serve(args) => serve(args.into_config()).await,
+        Command::Migrate(database) => {
+            database.store().await?;
             print_json(&serde_json::json!({"migrated": true}))
         }
         Command::Backup(args) => {
             let value = tokio::task::spawn_blocking(move || {
-                crate::backup::backup(&database_url, &args.to, args.force)
+                crate::backup::backup(&args.database.database_url, &args.to, args.force)
             })
             .await??;
             print_json(&value)
         }
         Command::Restore(args) => {
             let value = tokio::task::spawn_blocking(move || {
-                crate::backup::restore(&database_url, &args.from)
+                crate::backup::restore(&args.database.database_url, &args.from)
             })
             .await??;
             print_json(&value)
         }
-        Command::Import(ImportCommand::Posthog(args)) => {
-            let args = *args;
-            let config = Config {
-                database_wait: wait,
-                secret_key: args.secret.secret_key,
-                secret_key_file: args.secret.secret_key_file,
-                ..Config::new(database_url)
-            };
-            let state = crate::serve::command_state_with_secret_key(config).await?;
-            let options = crate::import::Options {
-                from: args.from,
-                organizations: args.organizations,
-                batch: args.batch as usize,
-                dry_run: args.dry_run,
-            };
-            let progress = crate::import::progress::Progress::for_stderr();
-            let summary = crate::import::run(&state, &options, &progress).await?;
-            eprintln!("{}", summary.outcome(options.dry_run));
-            print_json(&serde_json::to_value(&summary)?)
-        }
+        Command::Import(group) => import_command(group).await,
         Command::Healthcheck(args) => {
             println!("{}", healthcheck(args).await?.trim());
             Ok(())
@@ -996,86 +1004,124 @@ async fn execute(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::http::openapi::to_json());
             Ok(())
         }
-        Command::User(command) => print_json(&user_command(command, &database_url, wait).await?),
-        Command::Org(OrgCommand::Create { name, owner }) => {
-            let store = connect().await?;
-            print_json(&admin::create_organization(&store, &name, &owner).await?)
+        Command::User(group) => print_json(&user_command(group.command, &group.database).await?),
+        Command::Org(group) => print_json(&org_command(group.command, &group.database).await?),
+        Command::Team(group) => print_json(&team_command(group.command, &group.database).await?),
+        Command::Key(group) => print_json(&key_command(group.command, &group.database).await?),
+        Command::Dashboard(group) => {
+            let DashboardCommand::Create { team, name } = group.command;
+            let store = group.database.store().await?;
+            print_json(&admin::create_dashboard(&store, team, &name).await?)
         }
-        Command::Org(OrgCommand::Update {
+    }
+}
+
+/// `hoglet import posthog`: runs with the server's secret key, prints the summary.
+async fn import_command(group: WithDatabase<ImportCommand>) -> anyhow::Result<()> {
+    let ImportCommand::Posthog(args) = group.command;
+    let args = *args;
+    let config = Config {
+        database_wait: group.database.wait(),
+        secret_key: args.secret.secret_key,
+        secret_key_file: args.secret.secret_key_file,
+        ..Config::new(group.database.database_url)
+    };
+    let state = crate::serve::command_state_with_secret_key(config).await?;
+    let options = crate::import::Options {
+        from: args.from,
+        organizations: args.organizations,
+        batch: args.batch as usize,
+        dry_run: args.dry_run,
+    };
+    let progress = crate::import::progress::Progress::for_stderr();
+    let summary = crate::import::run(&state, &options, &progress).await?;
+    eprintln!("{}", summary.outcome(options.dry_run));
+    print_json(&serde_json::to_value(&summary)?)
+}
+
+/// `hoglet org …`.
+async fn org_command(
+    command: OrgCommand,
+    database: &DatabaseArgs,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(match command {
+        OrgCommand::Create { name, owner } => {
+            admin::create_organization(&database.store().await?, &name, &owner).await?
+        }
+        OrgCommand::Update {
             org,
             name,
             enforce_2fa,
-        }) => {
-            let store = crate::store::connect(&database_url).await?;
-            print_json(
-                &admin::update_organization(&store, &org, name.as_deref(), enforce_2fa).await?,
-            )
+        } => {
+            let store = database.store().await?;
+            admin::update_organization(&store, &org, name.as_deref(), enforce_2fa).await?
         }
-        Command::Org(OrgCommand::AddMember { org, email, level }) => {
-            let store = connect().await?;
-            print_json(&admin::add_member(&store, &org, &email, level.into()).await?)
+        OrgCommand::AddMember { org, email, level } => {
+            admin::add_member(&database.store().await?, &org, &email, level.into()).await?
         }
-        Command::Org(OrgCommand::RemoveMember { org, email }) => {
-            let state = command_state(database_url, wait).await?;
-            print_json(&admin::remove_member(&state, &org, &email).await?)
+        OrgCommand::RemoveMember { org, email } => {
+            admin::remove_member(&database.state().await?, &org, &email).await?
         }
-        Command::Team(TeamCommand::Create { org, name }) => {
-            let store = connect().await?;
-            print_json(&admin::create_team(&store, &org, &name).await?)
-        }
-        Command::Team(TeamCommand::LinkGithub {
+    })
+}
+
+/// `hoglet team …`.
+async fn team_command(
+    command: TeamCommand,
+    database: &DatabaseArgs,
+) -> anyhow::Result<serde_json::Value> {
+    let store = database.store().await?;
+    Ok(match command {
+        TeamCommand::Create { org, name } => admin::create_team(&store, &org, &name).await?,
+        TeamCommand::LinkGithub {
             team,
             installation_id,
             created_by,
             github_login,
-        }) => {
-            let store = connect().await?;
+        } => {
             let args = admin::LinkGithubArgs {
                 team,
                 installation_id,
                 created_by,
                 github_login,
             };
-            print_json(&admin::link_team_github(&store, args).await?)
+            admin::link_team_github(&store, args).await?
         }
-        Command::Dashboard(DashboardCommand::Create { team, name }) => {
-            let store = connect().await?;
-            print_json(&admin::create_dashboard(&store, team, &name).await?)
-        }
-        Command::Key(KeyCommand::Create {
+    })
+}
+
+/// `hoglet key …`.
+async fn key_command(
+    command: KeyCommand,
+    database: &DatabaseArgs,
+) -> anyhow::Result<serde_json::Value> {
+    Ok(match command {
+        KeyCommand::Create {
             email,
             label,
             scopes,
             expires_at,
-        }) => {
-            let store = connect().await?;
+        } => {
             let args = admin::NewKeyArgs {
                 email,
                 label,
                 scopes,
                 expires_at,
             };
-            print_json(&admin::create_key(&store, args).await?)
+            admin::create_key(&database.store().await?, args).await?
         }
-        Command::Key(KeyCommand::List { email }) => {
-            let store = connect().await?;
-            print_json(&admin::list_keys(&store, &email).await?)
-        }
-        Command::Key(KeyCommand::Revoke { id }) => {
-            let state = command_state(database_url, wait).await?;
-            print_json(&admin::revoke_key(&state, &id).await?)
-        }
-    }
+        KeyCommand::List { email } => admin::list_keys(&database.store().await?, &email).await?,
+        KeyCommand::Revoke { id } => admin::revoke_key(&database.state().await?, &id).await?,
+    })
 }
 
 /// `hoglet user …`: reads what the command needs, then runs its admin operation.
 async fn user_command(
     command: UserCommand,
-    database_url: &DatabaseUrl,
-    wait: Duration,
+    database: &DatabaseArgs,
 ) -> anyhow::Result<serde_json::Value> {
-    let state = || command_state(database_url.clone(), wait);
-    let store = || crate::store::connect_within(database_url, wait);
+    let state = || database.state();
+    let store = || database.store();
     Ok(match command {
         UserCommand::Create {
             email,
@@ -1196,10 +1242,8 @@ mod tests {
     }
 
     fn serve_config(args: &[&str]) -> Config {
-        let cli = parse(args).unwrap();
-        let wait = Duration::from_secs(cli.database_wait_seconds);
-        match cli.command {
-            Command::Serve(serve) => serve.into_config(cli.database_url, wait),
+        match parse(args).unwrap().command {
+            Command::Serve(serve) => serve.into_config(),
             other => panic!("not serve: {other:?}"),
         }
     }
@@ -1233,11 +1277,11 @@ mod tests {
     #[test]
     fn every_flag_reaches_the_config() {
         let config = serve_config(&[
+            "serve",
             "--database-url",
             "postgres://bob:hunter2@db:5432/x",
             "--database-wait-seconds",
             "0",
-            "serve",
             "--bind",
             ":0",
             "--site-url",
@@ -1372,11 +1416,11 @@ mod tests {
     fn secret_values_stay_out_of_errors() {
         for args in [
             vec![
+                "migrate",
                 "--database-url",
                 "postgres://bob:hunter2@db:port/x",
-                "migrate",
             ],
-            vec!["--database-url", "mysql://bob:hunter2@db/x", "migrate"],
+            vec!["user", "--database-url", "mysql://bob:hunter2@db/x", "list"],
             vec!["serve", "--redis-url", "redis://:hunter2@[cache"],
             vec!["serve", "--email", "smtp://me:hunter2@"],
             vec!["serve", "--email", "smpt://me:hunter2@mail"],

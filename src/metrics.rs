@@ -1,7 +1,8 @@
 //! Prometheus metrics: request counts and latency by method, route and status, the mail
 //! outbox (depth, deliveries, failed attempts, messages given up), the activity log's events,
-//! cache hits and misses, the SQLite writer's queue and group commits, the password-hash queue,
-//! the process (`process_*`, read from `/proc` at each scrape) and the build.
+//! cache hits and misses, database query time and errors by operation, the SQLite writer's queue
+//! and group commits, the password-hash queue, the process (`process_*`, read from `/proc` at
+//! each scrape) and the build.
 //!
 //! The handles of each (route, method, status) are created once and cached, so recording a
 //! request costs two atomic updates and a read-locked lookup, without allocating.
@@ -37,6 +38,17 @@ struct ActivityLabels {
 struct CacheLabels {
     cache: &'static str,
     result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct QueryErrorLabels {
+    operation: &'static str,
+    kind: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,11 +91,49 @@ impl Default for WriterStats {
     }
 }
 
+/// Time and failures of the store's operations (one per method of [`crate::store::Store`]),
+/// kept by [`crate::store::Metered`].
+#[derive(Clone)]
+pub struct QueryMetrics {
+    durations: Family<OperationLabels, Histogram>,
+    errors: Family<QueryErrorLabels, Counter>,
+}
+
+impl Default for QueryMetrics {
+    fn default() -> Self {
+        Self {
+            // 10 µs … ~1.3 s
+            durations: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.000_01, 2.0, 18))
+            }),
+            errors: Family::default(),
+        }
+    }
+}
+
+impl QueryMetrics {
+    /// Records one call of `operation`. `failure` names a database failure (`unavailable`: the
+    /// database did not answer; `other`: it answered with an error); a refusal the caller
+    /// expects (a duplicate, a missing row, a limit) is an answer, not a failure.
+    pub fn observe(&self, operation: &'static str, seconds: f64, failure: Option<&'static str>) {
+        self.durations
+            .get_or_create(&OperationLabels { operation })
+            .observe(seconds);
+        if let Some(kind) = failure {
+            self.errors
+                .get_or_create(&QueryErrorLabels { operation, kind })
+                .inc();
+        }
+    }
+}
+
 /// What the metrics read from the parts they describe.
 #[derive(Default)]
 pub struct Sources {
     /// Only SQLite has a writer thread.
     pub writer: Option<WriterStats>,
+    /// The store's operations (absent for a store built without [`crate::store::Metered`]).
+    pub queries: Option<QueryMetrics>,
 }
 
 type Handles = (Counter, Histogram);
@@ -186,6 +236,18 @@ impl Metrics {
                 "sqlite_writer_group_size",
                 "Writes committed together in one SQLite transaction (group commit)",
                 writer.group_size,
+            );
+        }
+        if let Some(queries) = sources.queries {
+            registry.register(
+                "db_query_duration_seconds",
+                "Time of database operations (one per store method, its whole transaction), by operation",
+                queries.durations,
+            );
+            registry.register(
+                "db_query_errors",
+                "Database operations that failed, by operation and kind (unavailable: no answer; other: an error answer)",
+                queries.errors,
             );
         }
         let password_hash_queue = Gauge::default();

@@ -189,6 +189,7 @@ pub async fn build_state(config: Config, parts: StateParts) -> anyhow::Result<Ap
     };
     let metrics = Metrics::new(crate::metrics::Sources {
         writer: parts.store.writer_stats(),
+        queries: parts.store.query_metrics(),
     });
     let caches = Caches::counted(crate::cache::CacheCounts {
         keys: metrics.cache_counters("keys"),

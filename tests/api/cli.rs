@@ -125,7 +125,10 @@ fn admin_commands_print_json_and_fail_cleanly() {
     // Every kind of bad usage exits 2 and writes nothing.
     for args in [
         vec!["serve", "--signup", "maybe"],
-        vec!["--database-url", "mysql://x", "migrate"],
+        vec!["migrate", "--database-url", "mysql://x"],
+        // The database flags belong to the commands that open a database.
+        vec!["openapi", "--database-url", "sqlite://x.db"],
+        vec!["healthcheck", "--database-wait-seconds", "1"],
         vec![
             "key",
             "create",
@@ -168,6 +171,18 @@ fn admin_commands_print_json_and_fail_cleanly() {
 
     assert!(hoglet(&url, &["migrate"]).status.success());
     assert!(hoglet(&url, &["migrate"]).status.success());
+    // Either side of a group's subcommand.
+    for args in [
+        ["user", "list", "--database-url", url.as_str()],
+        ["user", "--database-url", url.as_str(), "list"],
+    ] {
+        let listed = json_of(&hoglet("sqlite:///nonexistent-dir/unused.db", &args));
+        assert_eq!(listed["results"][0]["email"], "a@example.com", "{args:?}");
+    }
+    // `openapi` opens no database, so a database setting it cannot use does not stop it.
+    let openapi = hoglet("mysql://x", &["openapi"]);
+    assert!(openapi.status.success(), "{openapi:?}");
+    assert!(String::from_utf8_lossy(&openapi.stdout).contains("\"/api/users/{uuid}/\""));
 }
 
 /// Admin commands refuse control characters in names, labels and addresses like the API does

@@ -112,6 +112,8 @@ async fn health_metrics_and_schema(db: Db) {
         "# TYPE process_open_fds gauge",
         "# TYPE process_start_time_seconds gauge",
         "# TYPE hoglet_cache_lookups counter",
+        "# TYPE hoglet_db_query_duration_seconds histogram",
+        "# TYPE hoglet_db_query_errors counter",
     ] {
         assert!(
             metrics.text.lines().any(|l| l == sample),
@@ -137,6 +139,12 @@ async fn health_metrics_and_schema(db: Db) {
     assert!(value("hoglet_cache_lookups_total{cache=\"keys\",result=\"hit\"}") >= 1.0);
     assert!(value("hoglet_cache_lookups_total{cache=\"keys\",result=\"miss\"}") >= 1.0);
     assert!(value("process_resident_memory_bytes") > 1_000_000.0);
+    // The key's first request looked it up in the database, under the store method's name.
+    assert!(
+        value("hoglet_db_query_duration_seconds_count{operation=\"api_key_by_secure_value\"}")
+            >= 1.0
+    );
+    assert!(!metrics.text.contains("hoglet_db_query_errors_total{"));
     if db == Db::Sqlite {
         // Every write went through the writer: the groups it committed are counted.
         assert!(value("hoglet_sqlite_writer_group_size_count") >= 1.0);
@@ -144,6 +152,27 @@ async fn health_metrics_and_schema(db: Db) {
     } else {
         assert!(!metrics.text.contains("hoglet_sqlite_writer"));
     }
+
+    // A query the database refuses is counted as an error of its operation (and answers 500).
+    crate::store_contract::raw_exec(
+        &app.db,
+        "DROP TABLE signal_autonomy_configs",
+        "DROP TABLE signal_autonomy_configs",
+    )
+    .await;
+    let (_, admin) = app.user_with_key("broken@example.com", false, &["*"]).await;
+    let broken = app.get("/api/users/@me/signal_autonomy/", &admin).await;
+    assert_eq!(broken.status.as_u16(), 500, "{}", broken.text);
+    let metrics = app.call(Method::GET, "/metrics", None, None).await;
+    assert!(
+        metrics
+            .text
+            .lines()
+            .any(|l| l
+                == "hoglet_db_query_errors_total{operation=\"signal_autonomy\",kind=\"other\"} 1"),
+        "{}",
+        metrics.text
+    );
     app.stop().await;
 }
 
@@ -248,6 +277,15 @@ async fn database_outage_answers_503_and_recovers() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     assert!(recovered, "readiness recovers once the database is back");
+    // The failed readiness query is counted, by operation, as the database not answering.
+    let metrics = app.call(Method::GET, "/metrics", None, None).await;
+    assert!(
+        metrics.text.lines().any(|l| l.starts_with(
+            "hoglet_db_query_errors_total{operation=\"schema_version\",kind=\"unavailable\"}"
+        )),
+        "{}",
+        metrics.text
+    );
     assert_eq!(app.get("/api/users/", &key).await.status.as_u16(), 200);
     task.abort();
     app.stop().await;

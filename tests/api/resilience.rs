@@ -499,7 +499,7 @@ fn a_postgres_that_never_answers_is_retried_then_named_without_its_password() {
 
     // 0: one attempt, no retry.
     let once = Command::new(env!("CARGO_BIN_EXE_hoglet"))
-        .args(["--database-wait-seconds", "0", "migrate"])
+        .args(["migrate", "--database-wait-seconds", "0"])
         .env("HOGLET_DATABASE_URL", &url)
         .env_remove("HOGLET_LOG")
         .output()
