@@ -92,16 +92,23 @@ impl Default for WriterStats {
 }
 
 /// Time and failures of the store's operations (one per method of [`crate::store::Store`]),
-/// kept by [`crate::store::Metered`].
+/// kept by [`crate::store::Metered`]. An operation is its index in the names given to `new`, so
+/// timing a call costs no label lookup once its histogram exists.
 #[derive(Clone)]
 pub struct QueryMetrics {
+    names: &'static [&'static str],
+    /// The histogram of each operation, taken from `durations` at its first call (so only
+    /// operations that ran are exported).
+    handles: Arc<[std::sync::OnceLock<Histogram>]>,
     durations: Family<OperationLabels, Histogram>,
     errors: Family<QueryErrorLabels, Counter>,
 }
 
-impl Default for QueryMetrics {
-    fn default() -> Self {
+impl QueryMetrics {
+    pub fn new(names: &'static [&'static str]) -> Self {
         Self {
+            names,
+            handles: names.iter().map(|_| std::sync::OnceLock::new()).collect(),
             // 10 µs … ~1.3 s
             durations: Family::new_with_constructor(|| {
                 Histogram::new(exponential_buckets(0.000_01, 2.0, 18))
@@ -109,15 +116,19 @@ impl Default for QueryMetrics {
             errors: Family::default(),
         }
     }
-}
 
-impl QueryMetrics {
-    /// Records one call of `operation`. `failure` names a database failure (`unavailable`: the
-    /// database did not answer; `other`: it answered with an error); a refusal the caller
-    /// expects (a duplicate, a missing row, a limit) is an answer, not a failure.
-    pub fn observe(&self, operation: &'static str, seconds: f64, failure: Option<&'static str>) {
-        self.durations
-            .get_or_create(&OperationLabels { operation })
+    /// Records one call of operation `index`. `failure` names a database failure
+    /// (`unavailable`: the database did not answer; `other`: it answered with an error); a
+    /// refusal the caller expects (a duplicate, a missing row, a limit) is an answer, not a
+    /// failure.
+    pub fn observe(&self, index: usize, seconds: f64, failure: Option<&'static str>) {
+        let operation = self.names[index];
+        self.handles[index]
+            .get_or_init(|| {
+                self.durations
+                    .get_or_create(&OperationLabels { operation })
+                    .clone()
+            })
             .observe(seconds);
         if let Some(kind) = failure {
             self.errors

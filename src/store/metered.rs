@@ -23,6 +23,16 @@ macro_rules! store_trait {
             )*
         }
     ) => {
+        /// The store's operations, in the order of the trait: an operation's metrics are at
+        /// its index.
+        #[allow(non_camel_case_types)]
+        #[derive(Clone, Copy)]
+        enum Operation {
+            $($name,)*
+        }
+
+        const OPERATIONS: &[&str] = &[$(stringify!($name),)*];
+
         $(#[$trait_meta])*
         #[async_trait]
         pub trait Store: Send + Sync + 'static {
@@ -53,7 +63,7 @@ macro_rules! store_trait {
 
             $(
                 async fn $name(&self $(, $arg: $ty)*) -> $ret {
-                    self.time(stringify!($name), self.inner.$name($($arg),*)).await
+                    self.time(Operation::$name as usize, self.inner.$name($($arg),*)).await
                 }
             )*
         }
@@ -70,13 +80,13 @@ impl Metered {
     pub fn new(inner: DynStore) -> Self {
         Self {
             inner,
-            metrics: QueryMetrics::default(),
+            metrics: QueryMetrics::new(super::OPERATIONS),
         }
     }
 
     pub(super) async fn time<T>(
         &self,
-        operation: &'static str,
+        operation: usize,
         call: impl Future<Output = StoreResult<T>>,
     ) -> StoreResult<T> {
         let started = Instant::now();

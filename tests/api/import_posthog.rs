@@ -138,27 +138,15 @@ pub async fn posthog_database(rows: &str) -> (TestDatabase, String) {
 }
 
 /// Runs `hoglet ARGS` on the app's database with the app's secret key.
-fn hoglet(app: &TestApp, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoglet"))
-        .args(args)
-        .env("HOGLET_DATABASE_URL", app.db.cli_url())
-        .env("HOGLET_SECRET_KEY", SECRET_KEY)
-        .env_remove("HOGLET_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("hoglet runs")
-}
-
-/// The import's summary (the command must have succeeded), and its stderr.
-pub async fn import(app: &TestApp, from: &str, extra: &[&str]) -> (Value, String) {
-    let mut args = vec!["import", "posthog", "--from", from];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.into_iter().map(str::to_string).collect();
-    let app_url = app.db.cli_url();
-    let output = tokio::task::spawn_blocking(move || {
+/// Runs `hoglet` on the app's database with the server's secret key, off the runtime (the app
+/// serving in this test's runtime must go on answering meanwhile).
+async fn hoglet(app: &TestApp, args: &[&str]) -> Output {
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let database_url = app.db.cli_url();
+    tokio::task::spawn_blocking(move || {
         Command::new(env!("CARGO_BIN_EXE_hoglet"))
             .args(&args)
-            .env("HOGLET_DATABASE_URL", app_url)
+            .env("HOGLET_DATABASE_URL", database_url)
             .env("HOGLET_SECRET_KEY", SECRET_KEY)
             .env_remove("HOGLET_LOG")
             .stdin(Stdio::null())
@@ -166,7 +154,14 @@ pub async fn import(app: &TestApp, from: &str, extra: &[&str]) -> (Value, String
             .expect("hoglet runs")
     })
     .await
-    .expect("joined");
+    .expect("joined")
+}
+
+/// The import's summary (the command must have succeeded), and its stderr.
+pub async fn import(app: &TestApp, from: &str, extra: &[&str]) -> (Value, String) {
+    let mut args = vec!["import", "posthog", "--from", from];
+    args.extend_from_slice(extra);
+    let output = hoglet(app, &args).await;
     let stderr = String::from_utf8_lossy(&output.stderr).to_string();
     assert!(
         output.status.success(),
@@ -495,7 +490,8 @@ async fn the_import_command_refuses_what_it_cannot_read() {
     let not_postgres = hoglet(
         &app,
         &["import", "posthog", "--from", "sqlite://posthog.db"],
-    );
+    )
+    .await;
     assert_eq!(not_postgres.status.code(), Some(2));
     assert!(
         String::from_utf8_lossy(&not_postgres.stderr).contains("PostHog's database is PostgreSQL"),
@@ -512,7 +508,8 @@ async fn the_import_command_refuses_what_it_cannot_read() {
             "--org",
             "alpha",
         ],
-    );
+    )
+    .await;
     assert_eq!(bad_org.status.code(), Some(2));
     // Nothing listens on port 1: a clear error naming the source, its password hidden.
     let unreachable = hoglet(
@@ -523,7 +520,8 @@ async fn the_import_command_refuses_what_it_cannot_read() {
             "--from",
             "postgres://u:hunter2@127.0.0.1:1/posthog",
         ],
-    );
+    )
+    .await;
     assert_eq!(unreachable.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&unreachable.stderr);
     assert!(stderr.contains("connecting to postgres://u:"), "{stderr}");
@@ -567,7 +565,7 @@ async fn an_interrupted_import_leaves_hoglet_consistent_and_the_next_run_complet
     limited.set_username(&role).unwrap();
     limited.set_password(None).unwrap();
 
-    let interrupted = hoglet(&app, &["import", "posthog", "--from", limited.as_str()]);
+    let interrupted = hoglet(&app, &["import", "posthog", "--from", limited.as_str()]).await;
     assert_eq!(interrupted.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&interrupted.stderr);
     assert!(stderr.contains("posthog_personalapikey"), "{stderr}");
