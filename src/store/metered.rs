@@ -1,6 +1,6 @@
 //! [`Metered`]: the store every caller gets, timing each operation of the backend it wraps.
 //!
-//! [`store_trait!`] declares [`super::Store`] and `Metered`'s implementation of it from one list
+//! `store_trait!` declares [`super::Store`] and `Metered`'s implementation of it from one list
 //! of methods, so every operation is measured under its own name and a new one cannot be left
 //! out.
 
