@@ -1120,8 +1120,6 @@ async fn user_command(
     command: UserCommand,
     database: &DatabaseArgs,
 ) -> anyhow::Result<serde_json::Value> {
-    let state = || database.state();
-    let store = || database.store();
     Ok(match command {
         UserCommand::Create {
             email,
@@ -1144,7 +1142,7 @@ async fn user_command(
                 staff,
                 allow_weak_password,
             };
-            admin::create_user(&store().await?, args).await?
+            admin::create_user(&database.store().await?, args).await?
         }
         UserCommand::List {
             email_contains,
@@ -1156,9 +1154,9 @@ async fn user_command(
                 staff,
                 limit,
             };
-            admin::list_users(&store().await?, args).await?
+            admin::list_users(&database.store().await?, args).await?
         }
-        UserCommand::Show { email } => admin::show_user(&store().await?, &email).await?,
+        UserCommand::Show { email } => admin::show_user(&database.store().await?, &email).await?,
         UserCommand::SetPassword {
             email,
             password_stdin,
@@ -1169,24 +1167,28 @@ async fn user_command(
                 ));
             }
             let password = read_password()?;
-            admin::set_password(&state().await?, &email, &password).await?
+            admin::set_password(&database.state().await?, &email, &password).await?
         }
         UserCommand::Disable2fa { email } => {
-            admin::disable_two_factor(&state().await?, &email).await?
+            admin::disable_two_factor(&database.state().await?, &email).await?
         }
         UserCommand::Deactivate { email } => {
-            admin::set_active(&state().await?, &email, false).await?
+            admin::set_active(&database.state().await?, &email, false).await?
         }
-        UserCommand::Activate { email } => admin::set_active(&state().await?, &email, true).await?,
+        UserCommand::Activate { email } => {
+            admin::set_active(&database.state().await?, &email, true).await?
+        }
         UserCommand::Delete { email, yes } => {
             if !yes {
                 return Err(usage(
                     "user delete deletes the user and everything of theirs: confirm with --yes",
                 ));
             }
-            admin::delete_user(&state().await?, &email).await?
+            admin::delete_user(&database.state().await?, &email).await?
         }
-        UserCommand::Export { email } => admin::export_user(&state().await?, &email).await?,
+        UserCommand::Export { email } => {
+            admin::export_user(&database.state().await?, &email).await?
+        }
     })
 }
 

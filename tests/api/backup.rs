@@ -9,17 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use parking_lot::Mutex;
 use serde_json::{Value, json};
 
-use crate::cli::json_of;
+use crate::cli::{hoglet, json_of};
 use crate::helpers::{BinaryServer, Db, PASSWORD, postgres_url, spawn_app, spawn_app_with};
-
-fn hoglet(database_url: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hoglet"))
-        .args(args)
-        .env("HOGLET_DATABASE_URL", database_url)
-        .env_remove("HOGLET_LOG")
-        .output()
-        .expect("hoglet runs")
-}
 
 fn sqlite_url(path: &Path) -> String {
     format!("sqlite://{}", path.display())

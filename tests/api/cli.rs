@@ -4,7 +4,8 @@ use std::process::{Command, Output};
 
 use serde_json::Value;
 
-fn hoglet(database_url: &str, args: &[&str]) -> Output {
+/// Runs the binary on `database_url` (with the default log level), to completion.
+pub fn hoglet(database_url: &str, args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_hoglet"))
         .args(args)
         .env("HOGLET_DATABASE_URL", database_url)
